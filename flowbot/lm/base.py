@@ -1,0 +1,127 @@
+"""The LM interface every provider implements: messages in, completions (text + usage) out.
+
+A *provider* is transport only (how a request reaches a model). Caching, metering, budgets and
+the concurrency limit are added around any provider by :class:`flowbot.lm.client.LMClient`.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Role = Literal["system", "user", "assistant"]
+Message = dict[str, str]  # {"role": ..., "content": ...}
+
+
+@dataclass(frozen=True)
+class LMRequest:
+    """One chat request. ``n`` samples are returned; sample *i* uses ``seed + i`` when seeded."""
+
+    messages: tuple[tuple[str, str], ...]  # (role, content) pairs, hashable
+    temperature: float = 0.0
+    max_tokens: int | None = None
+    n: int = 1
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, messages: list[Message], **kw: Any) -> "LMRequest":
+        pairs = tuple((m["role"], m["content"]) for m in messages)
+        if "stop" in kw and kw["stop"] is not None:
+            kw["stop"] = tuple(kw["stop"])
+        elif "stop" in kw:
+            kw["stop"] = ()
+        return cls(messages=pairs, **kw)
+
+    def message_dicts(self) -> list[Message]:
+        return [{"role": r, "content": c} for r, c in self.messages]
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float | None = None  # None when the price is unknown
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def __add__(self, other: "Usage") -> "Usage":
+        if self.cost_usd is None and other.cost_usd is None:
+            cost = None
+        else:
+            cost = (self.cost_usd or 0.0) + (other.cost_usd or 0.0)
+        return Usage(
+            self.prompt_tokens + other.prompt_tokens,
+            self.completion_tokens + other.completion_tokens,
+            cost,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "cost_usd": self.cost_usd,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> "Usage":
+        d = d or {}
+        return cls(int(d.get("prompt_tokens", 0)), int(d.get("completion_tokens", 0)), d.get("cost_usd"))
+
+
+@dataclass
+class Completion:
+    """The answer to one request: ``texts[i]`` is sample *i*."""
+
+    texts: list[str]
+    usage: Usage = field(default_factory=Usage)
+    model: str = ""
+    cached: list[bool] = field(default_factory=list)  # per sample: served from the cache
+
+    @property
+    def text(self) -> str:
+        return self.texts[0] if self.texts else ""
+
+
+class LMError(Exception):
+    """Base class of LM failures that reach the caller."""
+
+
+class LMTransientError(LMError):
+    """Worth retrying: rate limit, server error, timeout, dropped connection, malformed body."""
+
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class LMPermanentError(LMError):
+    """Not worth retrying: bad key, unknown model, invalid request. The message says what to fix."""
+
+
+class BudgetExceeded(LMError):
+    """A budget (calls, tokens, dollars or time) would be exceeded by the next call."""
+
+
+class Provider(abc.ABC):
+    """Transport to one model. Implementations must be safe to call concurrently."""
+
+    #: model identifier used in cache keys and reports
+    model: str
+
+    @abc.abstractmethod
+    async def complete(self, request: LMRequest) -> Completion:
+        """Return ``request.n`` samples. Raise LMTransientError / LMPermanentError on failure."""
+
+    def price_per_token(self) -> tuple[float, float] | None:
+        """(input, output) dollars per token, or None when unknown."""
+        return None
+
+    #: at most this many requests in flight to this provider (the client enforces it)
+    max_concurrency: int = 8
+
+    async def aclose(self) -> None:  # pragma: no cover - optional
+        return None

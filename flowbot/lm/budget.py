@@ -1,0 +1,263 @@
+"""Usage meter (per role) and budgets (calls, tokens, dollars, seconds) that stop a run cleanly.
+
+A budget is checked *before* each paid call and counts calls as soon as they start, so a run
+never overshoots a call cap, and overshoots a token or dollar cap by at most the calls already in
+flight. Budgets nest: a child budget (say, one candidate's share) also charges its parents.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from flowbot.lm.base import BudgetExceeded, Usage
+
+
+@dataclass
+class RoleUsage:
+    calls: int = 0  # paid calls (cache misses) that returned
+    cached_calls: int = 0  # served entirely from the cache
+    failed_calls: int = 0  # gave up after retries
+    retries: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    priced: bool = True  # False once any paid call had an unknown price
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "calls": self.calls,
+            "cached_calls": self.cached_calls,
+            "failed_calls": self.failed_calls,
+            "retries": self.retries,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "cost_usd": round(self.cost_usd, 6) if self.priced else None,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RoleUsage":
+        cost = d.get("cost_usd")
+        return cls(
+            calls=d.get("calls", 0),
+            cached_calls=d.get("cached_calls", 0),
+            failed_calls=d.get("failed_calls", 0),
+            retries=d.get("retries", 0),
+            prompt_tokens=d.get("prompt_tokens", 0),
+            completion_tokens=d.get("completion_tokens", 0),
+            cost_usd=cost or 0.0,
+            priced=cost is not None,
+        )
+
+
+class UsageMeter:
+    """Counts what each role (``task``, ``optimizer``, ``judge`` ...) used. Thread- and task-safe."""
+
+    def __init__(self) -> None:
+        self._by_role: dict[str, RoleUsage] = {}
+        self._lock = threading.Lock()
+
+    def _role(self, role: str) -> RoleUsage:
+        return self._by_role.setdefault(role, RoleUsage())
+
+    def record_paid(self, role: str, usage: Usage) -> None:
+        with self._lock:
+            r = self._role(role)
+            r.calls += 1
+            r.prompt_tokens += usage.prompt_tokens
+            r.completion_tokens += usage.completion_tokens
+            if usage.cost_usd is None:
+                r.priced = r.priced and usage.total_tokens == 0
+            else:
+                r.cost_usd += usage.cost_usd
+
+    def record_cached(self, role: str) -> None:
+        with self._lock:
+            self._role(role).cached_calls += 1
+
+    def record_failure(self, role: str) -> None:
+        with self._lock:
+            self._role(role).failed_calls += 1
+
+    def record_retry(self, role: str) -> None:
+        with self._lock:
+            self._role(role).retries += 1
+
+    def snapshot(self) -> dict[str, RoleUsage]:
+        with self._lock:
+            return {k: RoleUsage(**vars(v)) for k, v in self._by_role.items()}
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {k: v.to_dict() for k, v in self.snapshot().items()}
+
+    def total(self) -> RoleUsage:
+        total = RoleUsage()
+        for r in self.snapshot().values():
+            total.calls += r.calls
+            total.cached_calls += r.cached_calls
+            total.failed_calls += r.failed_calls
+            total.retries += r.retries
+            total.prompt_tokens += r.prompt_tokens
+            total.completion_tokens += r.completion_tokens
+            total.cost_usd += r.cost_usd
+            total.priced = total.priced and r.priced
+        return total
+
+
+@dataclass
+class BudgetLimits:
+    max_calls: int | None = None
+    max_tokens: int | None = None
+    max_usd: float | None = None
+    max_seconds: float | None = None
+
+    def is_unlimited(self) -> bool:
+        return all(v is None for v in vars(self).values())
+
+    def describe(self) -> str:
+        parts = []
+        if self.max_calls is not None:
+            parts.append(f"{self.max_calls} calls")
+        if self.max_tokens is not None:
+            parts.append(f"{self.max_tokens:,} tokens")
+        if self.max_usd is not None:
+            parts.append(f"${self.max_usd:g}")
+        if self.max_seconds is not None:
+            parts.append(f"{self.max_seconds:g} s")
+        return " / ".join(parts) if parts else "unlimited"
+
+
+@dataclass
+class _Spent:
+    calls: int = 0
+    tokens: int = 0
+    usd: float = 0.0
+
+
+class Budget:
+    """Caps on paid LM work across all roles. ``check()`` raises :class:`BudgetExceeded`.
+
+    >>> b = Budget(max_calls=2)
+    >>> b.start_call(); b.finish_call(Usage(10, 5))
+    >>> b.remaining_calls()
+    1
+    """
+
+    def __init__(
+        self,
+        max_calls: int | None = None,
+        max_tokens: int | None = None,
+        max_usd: float | None = None,
+        max_seconds: float | None = None,
+        *,
+        parent: "Budget | None" = None,
+        name: str = "run",
+        clock=time.monotonic,
+    ) -> None:
+        self.limits = BudgetLimits(max_calls, max_tokens, max_usd, max_seconds)
+        self.parent = parent
+        self.name = name
+        self.spent = _Spent()
+        self._in_flight = 0
+        self._clock = clock
+        self._started = clock()
+        self._seconds_before = 0.0  # time spent in earlier sessions of a resumed run
+        self._lock = threading.Lock()
+
+    # -- queries -------------------------------------------------------------------------
+    def elapsed(self) -> float:
+        return self._seconds_before + (self._clock() - self._started)
+
+    def _own_reason(self) -> str | None:
+        lim, s = self.limits, self.spent
+        if lim.max_calls is not None and s.calls + self._in_flight >= lim.max_calls:
+            return f"{self.name} budget of {lim.max_calls} calls is used up"
+        if lim.max_tokens is not None and s.tokens >= lim.max_tokens:
+            return f"{self.name} budget of {lim.max_tokens:,} tokens is used up"
+        if lim.max_usd is not None and s.usd >= lim.max_usd:
+            return f"{self.name} budget of ${lim.max_usd:g} is used up"
+        if lim.max_seconds is not None and self.elapsed() >= lim.max_seconds:
+            return f"{self.name} time budget of {lim.max_seconds:g} s is used up"
+        return None
+
+    def exhausted_reason(self) -> str | None:
+        b: Budget | None = self
+        while b is not None:
+            reason = b._own_reason()
+            if reason:
+                return reason
+            b = b.parent
+        return None
+
+    @property
+    def exhausted(self) -> bool:
+        return self.exhausted_reason() is not None
+
+    def check(self) -> None:
+        reason = self.exhausted_reason()
+        if reason:
+            raise BudgetExceeded(reason)
+
+    def remaining_calls(self) -> int | None:
+        vals = []
+        b: Budget | None = self
+        while b is not None:
+            if b.limits.max_calls is not None:
+                vals.append(b.limits.max_calls - b.spent.calls - b._in_flight)
+            b = b.parent
+        return min(vals) if vals else None
+
+    def fraction_used(self) -> float:
+        """The largest used fraction of any own limit (0 when unlimited)."""
+        lim, s = self.limits, self.spent
+        fr = [0.0]
+        if lim.max_calls:
+            fr.append(s.calls / lim.max_calls)
+        if lim.max_tokens:
+            fr.append(s.tokens / lim.max_tokens)
+        if lim.max_usd:
+            fr.append(s.usd / lim.max_usd)
+        if lim.max_seconds:
+            fr.append(self.elapsed() / lim.max_seconds)
+        return max(fr)
+
+    # -- accounting ----------------------------------------------------------------------
+    def start_call(self) -> None:
+        """Reserve one call (raises if no budget is left). Pair with finish_call/abort_call."""
+        with self._lock:
+            self.check()
+            b: Budget | None = self
+            while b is not None:
+                b._in_flight += 1
+                b = b.parent
+
+    def finish_call(self, usage: Usage) -> None:
+        b: Budget | None = self
+        while b is not None:
+            b._in_flight -= 1
+            b.spent.calls += 1
+            b.spent.tokens += usage.total_tokens
+            b.spent.usd += usage.cost_usd or 0.0
+            b = b.parent
+
+    def abort_call(self) -> None:
+        """A reserved call failed before any tokens were billed."""
+        b: Budget | None = self
+        while b is not None:
+            b._in_flight -= 1
+            b = b.parent
+
+    def child(self, name: str, **limits: Any) -> "Budget":
+        return Budget(**limits, parent=self, name=name, clock=self._clock)
+
+    # -- persistence (resume) ------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {"calls": self.spent.calls, "tokens": self.spent.tokens, "usd": self.spent.usd,
+                "seconds": self.elapsed()}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.spent = _Spent(state.get("calls", 0), state.get("tokens", 0), state.get("usd", 0.0))
+        self._seconds_before = float(state.get("seconds", 0.0))
+        self._started = self._clock()

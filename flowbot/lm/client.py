@@ -1,0 +1,206 @@
+"""``LMClient``: what the rest of FlowBot calls. It wraps one provider with the response cache, the
+per-role usage meter, the budget, the concurrency limit and retries.
+
+    >>> import asyncio
+    >>> from flowbot.lm import LMClient, ScriptedLM
+    >>> lm = LMClient(ScriptedLM(default="4"))
+    >>> asyncio.run(lm.complete([{"role": "user", "content": "2+2?"}])).text
+    '4'
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+from flowbot.lm.base import Completion, LMRequest, LMTransientError, Message, Provider, Usage
+from flowbot.lm.budget import Budget, UsageMeter
+from flowbot.lm.cache import ResponseCache, cache_key
+from flowbot.lm.retry import RetryPolicy
+
+
+@dataclass
+class _Shared:
+    """State shared by every view of one client (role and budget views)."""
+
+    semaphores: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore]"
+    limit: int
+    meter: UsageMeter
+    cache: ResponseCache | None
+
+
+class LMClient:
+    def __init__(
+        self,
+        provider: Provider,
+        *,
+        role: str = "task",
+        cache: ResponseCache | None = None,
+        meter: UsageMeter | None = None,
+        budget: Budget | None = None,
+        max_concurrency: int | None = None,
+        retry: RetryPolicy | None = None,
+        default_seed: int | None = 0,
+    ) -> None:
+        self.provider = provider
+        self.role = role
+        self.budget = budget
+        self.retry = retry or RetryPolicy()
+        self.default_seed = default_seed
+        limit = max_concurrency or getattr(provider, "max_concurrency", 8)
+        self._shared = _Shared(weakref.WeakKeyDictionary(), limit, meter or UsageMeter(), cache)
+
+    # -- views ---------------------------------------------------------------------------
+    @property
+    def model(self) -> str:
+        return self.provider.model
+
+    @property
+    def meter(self) -> UsageMeter:
+        return self._shared.meter
+
+    @property
+    def cache(self) -> ResponseCache | None:
+        return self._shared.cache
+
+    def _view(self, **changes: Any) -> "LMClient":
+        clone = object.__new__(LMClient)
+        clone.__dict__.update(self.__dict__)
+        clone.__dict__.update(changes)
+        return clone
+
+    def with_budget(self, budget: Budget | None) -> "LMClient":
+        """The same client (cache, meter, concurrency) charging another budget."""
+        return self._view(budget=budget)
+
+    def with_role(self, role: str) -> "LMClient":
+        return self._view(role=role)
+
+    def _semaphore(self) -> asyncio.Semaphore:
+        # One per event loop: the sync API runs each call in a fresh loop, and an asyncio
+        # semaphore must not be shared across loops.
+        loop = asyncio.get_running_loop()
+        sem = self._shared.semaphores.get(loop)
+        if sem is None:
+            sem = self._shared.semaphores[loop] = asyncio.Semaphore(self._shared.limit)
+        return sem
+
+    # -- the call ------------------------------------------------------------------------
+    async def complete(
+        self,
+        messages: list[Message],
+        *,
+        temperature: float = 0.0,
+        max_tokens: int | None = None,
+        n: int = 1,
+        seed: int | None = None,
+        stop: list[str] | None = None,
+    ) -> Completion:
+        """Return ``n`` samples; cached samples cost nothing, missing ones are fetched."""
+        if n < 1:
+            raise ValueError("n must be at least 1")
+        request = LMRequest.of(
+            messages,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            n=n,
+            seed=self.default_seed if seed is None else seed,
+            stop=stop,
+        )
+        texts: list[str | None] = [None] * n
+        usages: list[Usage] = [Usage() for _ in range(n)]
+        cached = [False] * n
+        cache = self._shared.cache
+        keys = [cache_key(self.model, request, i) for i in range(n)]
+        if cache is not None:
+            for i, key in enumerate(keys):
+                hit = cache.get(key)
+                if hit is not None:
+                    texts[i], usages[i] = hit
+                    cached[i] = True
+        if all(cached):
+            self.meter.record_cached(self.role)
+        for start, count in _missing_runs(cached):
+            sub = LMRequest(
+                messages=request.messages,
+                temperature=request.temperature,
+                max_tokens=request.max_tokens,
+                n=count,
+                seed=None if request.seed is None else request.seed + start,
+                stop=request.stop,
+            )
+            result = await self._paid_call(sub)
+            per_sample = _split_usage(result.usage, count)
+            for j in range(count):
+                text = result.texts[j] if j < len(result.texts) else ""
+                texts[start + j] = text
+                usages[start + j] = per_sample[j]
+                if cache is not None:
+                    cache.put(keys[start + j], self.model, text, per_sample[j])
+        total = Usage()
+        for u in usages:
+            total = total + u
+        return Completion(texts=[t or "" for t in texts], usage=total, model=self.model, cached=cached)
+
+    async def _paid_call(self, request: LMRequest) -> Completion:
+        async with self._semaphore():
+            # Checked after waiting for a slot, so queued calls see the budget as it is now.
+            if self.budget is not None:
+                self.budget.start_call()
+            try:
+                result = await self.retry.run(
+                    lambda: self.provider.complete(request),
+                    on_retry=lambda *_: self.meter.record_retry(self.role),
+                )
+            except BaseException:
+                if self.budget is not None:
+                    self.budget.abort_call()
+                self.meter.record_failure(self.role)
+                raise
+        if len(result.texts) < request.n:
+            raise LMTransientError(f"{self.model} returned {len(result.texts)} of {request.n} samples")
+        usage = self._priced(result.usage)
+        result.usage = usage
+        if self.budget is not None:
+            self.budget.finish_call(usage)
+        self.meter.record_paid(self.role, usage)
+        return result
+
+    def _priced(self, usage: Usage) -> Usage:
+        if usage.cost_usd is not None:
+            return usage
+        price = self.provider.price_per_token()
+        if price is None:
+            return usage
+        cost = usage.prompt_tokens * price[0] + usage.completion_tokens * price[1]
+        return Usage(usage.prompt_tokens, usage.completion_tokens, cost)
+
+
+def _missing_runs(cached: list[bool]) -> list[tuple[int, int]]:
+    """Contiguous runs of uncached sample indices as (start, length)."""
+    runs: list[tuple[int, int]] = []
+    i = 0
+    while i < len(cached):
+        if cached[i]:
+            i += 1
+            continue
+        j = i
+        while j < len(cached) and not cached[j]:
+            j += 1
+        runs.append((i, j - i))
+        i = j
+    return runs
+
+
+def _split_usage(usage: Usage, count: int) -> list[Usage]:
+    if count == 1:
+        return [usage]
+    out = []
+    for j in range(count):
+        pt = usage.prompt_tokens // count + (1 if j < usage.prompt_tokens % count else 0)
+        ct = usage.completion_tokens // count + (1 if j < usage.completion_tokens % count else 0)
+        cost = None if usage.cost_usd is None else usage.cost_usd / count
+        out.append(Usage(pt, ct, cost))
+    return out

@@ -1,0 +1,58 @@
+"""Retries with exponential backoff and full jitter for transient LM failures."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable, TypeVar
+
+from flowbot.lm.base import LMPermanentError, LMTransientError
+
+T = TypeVar("T")
+
+
+@dataclass
+class RetryPolicy:
+    """``max_attempts`` tries in all; the wait before try *k* is uniform in [0, min(cap, base·2^k)]
+    (full jitter, so many clients hitting one rate limit spread out), and at least the server's
+    ``Retry-After`` when it sent one. Permanent errors (bad key, unknown model) are never retried."""
+
+    max_attempts: int = 6
+    base_delay: float = 0.5
+    max_delay: float = 30.0
+    attempt_timeout: float | None = 300.0
+    rng: random.Random = field(default_factory=random.Random, repr=False)
+
+    def delay(self, attempt: int, retry_after: float | None) -> float:
+        cap = min(self.max_delay, self.base_delay * (2**attempt))
+        wait = self.rng.uniform(0, cap)
+        if retry_after is not None:
+            wait = max(wait, min(retry_after, self.max_delay))
+        return wait
+
+    async def run(
+        self,
+        attempt_fn: Callable[[], Awaitable[T]],
+        on_retry: Callable[[int, Exception], None] | None = None,
+    ) -> T:
+        last: Exception | None = None
+        for attempt in range(self.max_attempts):
+            try:
+                if self.attempt_timeout is None:
+                    return await attempt_fn()
+                return await asyncio.wait_for(attempt_fn(), self.attempt_timeout)
+            except LMPermanentError:
+                raise
+            except (LMTransientError, asyncio.TimeoutError) as exc:
+                last = exc
+                if attempt + 1 >= self.max_attempts:
+                    break
+                if on_retry is not None:
+                    on_retry(attempt, exc)
+                await asyncio.sleep(self.delay(attempt, getattr(exc, "retry_after", None)))
+        if isinstance(last, asyncio.TimeoutError):
+            raise LMTransientError(
+                f"no answer within {self.attempt_timeout:g} s after {self.max_attempts} attempts"
+            ) from last
+        raise LMTransientError(f"gave up after {self.max_attempts} attempts: {last}") from last

@@ -1,0 +1,80 @@
+"""A deterministic scripted LM for tests: replies come from rules, a queue, or a default.
+
+    >>> lm = ScriptedLM(rules=[(r"capital of France", "Paris")], default="I don't know")
+    >>> import asyncio
+    >>> from flowbot.lm.base import LMRequest
+    >>> asyncio.run(lm.complete(LMRequest.of([{"role": "user", "content": "capital of France?"}]))).text
+    'Paris'
+
+A rule is ``(matcher, reply)``: ``matcher`` is a regex searched in the whole conversation text or a
+predicate ``fn(request) -> bool``; ``reply`` is a string or ``fn(request, sample_index) -> str``.
+Rules are tried in order; the queue (if any) is used when no rule matches; then ``default``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from typing import Callable, Iterable, Union
+
+from flowbot.lm.base import Completion, LMPermanentError, LMRequest, Provider, Usage
+
+Matcher = Union[str, "re.Pattern[str]", Callable[[LMRequest], bool]]
+Reply = Union[str, Callable[[LMRequest, int], str]]
+
+
+def conversation_text(request: LMRequest) -> str:
+    return "\n".join(content for _, content in request.messages)
+
+
+def count_tokens(text: str) -> int:
+    """A crude, deterministic token count (whitespace words) so usage is non-zero in tests."""
+    return len(text.split())
+
+
+class ScriptedLM(Provider):
+    def __init__(
+        self,
+        rules: Iterable[tuple[Matcher, Reply]] = (),
+        *,
+        queue: Iterable[str] = (),
+        default: Reply | None = None,
+        model: str = "scripted",
+        price_per_token: tuple[float, float] | None = None,
+        max_concurrency: int = 64,
+    ) -> None:
+        self.model = model
+        self.rules = [(self._compile(m), r) for m, r in rules]
+        self.queue = deque(queue)
+        self.default = default
+        self.calls: list[LMRequest] = []  # every request that reached the provider (not the cache)
+        self._price = price_per_token
+        self.max_concurrency = max_concurrency
+
+    @staticmethod
+    def _compile(m: Matcher) -> Callable[[LMRequest], bool]:
+        if callable(m) and not isinstance(m, re.Pattern):
+            return m
+        pattern = re.compile(m, re.S) if isinstance(m, str) else m
+        return lambda req: bool(pattern.search(conversation_text(req)))
+
+    def price_per_token(self) -> tuple[float, float] | None:
+        return self._price
+
+    def _reply(self, request: LMRequest, index: int) -> str:
+        for match, reply in self.rules:
+            if match(request):
+                return reply(request, index) if callable(reply) else reply
+        if self.queue:
+            return self.queue.popleft()
+        if self.default is not None:
+            return self.default(request, index) if callable(self.default) else self.default
+        last = request.messages[-1][1][:200] if request.messages else ""
+        raise LMPermanentError(f"ScriptedLM has no reply for: {last!r}")
+
+    async def complete(self, request: LMRequest) -> Completion:
+        self.calls.append(request)
+        texts = [self._reply(request, i) for i in range(request.n)]
+        prompt = count_tokens(conversation_text(request)) * request.n
+        completion = sum(count_tokens(t) for t in texts)
+        return Completion(texts=texts, usage=Usage(prompt, completion), model=self.model)
