@@ -1,0 +1,160 @@
+import pytest
+
+from flowbot.graph import (
+    AddBranch,
+    AddNode,
+    AddToolStep,
+    EditError,
+    Ensemble,
+    InsertAfter,
+    InsertVerifier,
+    LLMNode,
+    MergeNode,
+    NodeParams,
+    RemoveNode,
+    ReplaceNode,
+    Rewire,
+    Sketch,
+    ToolNode,
+    Workflow,
+    apply_edit,
+    parse_edit,
+)
+
+
+def three_chain() -> Workflow:
+    s = Sketch(inputs=["q"], outputs=["answer"], nodes=[
+        LLMNode(id="plan", reads=["q"], writes="plan"),
+        LLMNode(id="draft", reads=["q", "plan"], writes="draft"),
+        LLMNode(id="final", reads=["draft"], writes="answer"),
+    ])
+    return Workflow(sketch=s, params={n: NodeParams(instruction=f"{n} instr") for n in ("plan", "draft", "final")})
+
+
+def untouched_params_kept(before: Workflow, after: Workflow, touched: set[str]) -> None:
+    for node_id, p in before.params.items():
+        if node_id not in touched and node_id in after.params:
+            assert after.params[node_id] == p
+
+
+def test_insert_verifier_rewires_readers():
+    w = three_chain()
+    w2 = apply_edit(w, InsertVerifier(target="draft"))
+    v = w2.sketch.node("verify_draft")
+    assert v.reads == ["q", "plan", "draft"] and v.writes == "draft_verified"
+    assert w2.sketch.node("final").reads == ["draft_verified"]
+    assert "correct" in w2.params["verify_draft"].instruction
+    untouched_params_kept(w, w2, set())
+    # the original is not modified
+    assert w.sketch.node("final").reads == ["draft"]
+
+
+def test_insert_after_output_node_moves_output():
+    w = three_chain()
+    node = LLMNode(id="polish", reads=["answer"], writes="answer_polished")
+    w2 = apply_edit(w, InsertAfter(target="final", node=node, params=NodeParams(instruction="polish")))
+    assert w2.sketch.outputs == ["answer_polished"]
+    assert w2.params["polish"].instruction == "polish"
+
+
+def test_insert_after_must_read_target():
+    with pytest.raises(EditError, match="must read 'draft'"):
+        apply_edit(three_chain(), InsertAfter(target="draft", node=LLMNode(id="x", reads=["q"], writes="y")))
+
+
+def test_remove_node_uses_its_single_input():
+    w = three_chain()
+    w2 = apply_edit(w, RemoveNode(node_id="final"))
+    assert w2.sketch.outputs == ["draft"]
+    assert "final" not in w2.params
+    untouched_params_kept(w, w2, set())
+
+
+def test_remove_node_needs_replacement_when_ambiguous():
+    with pytest.raises(EditError, match="replacement"):
+        apply_edit(three_chain(), RemoveNode(node_id="draft"))
+    w2 = apply_edit(three_chain(), RemoveNode(node_id="draft", replacement="plan"))
+    assert w2.sketch.node("final").reads == ["plan"]
+
+
+def test_remove_that_leaves_a_dangling_read_fails_clearly():
+    with pytest.raises(EditError, match="does not exist"):
+        apply_edit(three_chain(), RemoveNode(node_id="draft", replacement="nope"))
+
+
+def test_replace_node_keeps_field_and_params_of_same_kind():
+    w = three_chain()
+    w2 = apply_edit(w, ReplaceNode(node_id="plan", node=LLMNode(id="plan", reads=["q"], writes="whatever")))
+    assert w2.sketch.node("plan").writes == "plan"
+    assert w2.params["plan"] == w.params["plan"]
+    w3 = apply_edit(w, ReplaceNode(node_id="plan", node=ToolNode(id="plan_tool", tool="calculator", args={"expression": "q"}, writes="x")))
+    assert w3.sketch.node("plan_tool").writes == "plan"
+    assert "plan" not in w3.params
+
+
+def test_rewire_and_cycle_rejected():
+    w2 = apply_edit(three_chain(), Rewire(node_id="final", reads=["draft", "plan"]))
+    assert w2.sketch.node("final").reads == ["draft", "plan"]
+    with pytest.raises(EditError, match="cycle"):
+        apply_edit(three_chain(), Rewire(node_id="plan", reads=["q", "draft"]))
+
+
+def test_ensemble_copies_params_and_merges():
+    w = three_chain()
+    w2 = apply_edit(w, Ensemble(node_id="draft", k=3, strategy="majority"))
+    ids = w2.sketch.node_ids()
+    assert {"draft_1", "draft_2", "draft_3", "draft_merge"} <= set(ids)
+    merge = w2.sketch.node("draft_merge")
+    assert isinstance(merge, MergeNode) and merge.writes == "draft" and len(merge.reads) == 3
+    seeds = {w2.params[f"draft_{i}"].seed for i in (1, 2, 3)}
+    assert len(seeds) == 3  # distinct samples
+    assert all(w2.params[f"draft_{i}"].instruction == "draft instr" for i in (1, 2, 3))
+    untouched_params_kept(w, w2, {"draft"})
+
+
+def test_add_tool_step_with_producer():
+    w = three_chain()
+    w2 = apply_edit(w, AddToolStep(tool="python", consumer="final", producer_reads=["q"]), known_tools={"python"})
+    tool = next(n for n in w2.sketch.nodes if isinstance(n, ToolNode))
+    assert tool.tool == "python"
+    assert tool.writes in w2.sketch.node("final").reads
+    producer = w2.sketch.writer_of(tool.args["input"])
+    assert producer is not None and producer.output.extract == "code"
+
+
+def test_add_tool_step_unknown_tool_rejected():
+    with pytest.raises(EditError, match="unknown tool"):
+        apply_edit(three_chain(), AddToolStep(tool="teleport", consumer="final", args={"x": "q"}), known_tools={"python"})
+
+
+def test_add_branch_builds_route_and_join():
+    w = three_chain()
+    w2 = apply_edit(w, AddBranch(target="final", reads=["q"], labels=("easy", "hard")))
+    s = w2.sketch
+    branch = s.node("route_final")
+    assert branch.routes == {"easy": ["final"], "hard": ["final_hard"]}
+    join = s.node("final_join")
+    assert join.writes == "answer" and join.strategy == "first"
+    assert w2.params["final"] == w.params["final"]
+
+
+def test_add_node_with_consumers():
+    w2 = apply_edit(three_chain(), AddNode(node=LLMNode(id="hint", reads=["q"], writes="hint"), consumers=["final"]))
+    assert w2.sketch.node("final").reads == ["draft", "hint"]
+
+
+def test_parse_edit_from_json_and_errors():
+    e = parse_edit({"op": "ensemble", "node_id": "draft", "k": 5})
+    assert isinstance(e, Ensemble) and e.k == 5
+    with pytest.raises(EditError, match="invalid edit"):
+        parse_edit({"op": "teleport"})
+    with pytest.raises(EditError):
+        parse_edit({"op": "ensemble", "node_id": "x", "k": 1})
+    # dicts are accepted by apply_edit
+    w2 = apply_edit(three_chain(), {"op": "insert_verifier", "target": "plan"})
+    assert w2.sketch.has_node("verify_plan")
+
+
+def test_unknown_node_in_edit():
+    with pytest.raises(EditError, match="no node 'ghost'"):
+        apply_edit(three_chain(), Ensemble(node_id="ghost"))
