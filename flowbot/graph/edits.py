@@ -14,7 +14,7 @@ pydantic models so an optimizer LLM can propose them as JSON that is checked bef
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Iterable, Literal, Union
+from typing import Annotated, Any, Iterable, Literal, Mapping, Sequence, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
@@ -28,7 +28,7 @@ from flowbot.graph.nodes import (
     OutputFormat,
     ToolNode,
 )
-from flowbot.graph.sketch import Sketch, Workflow, WorkflowValidationError
+from flowbot.graph.sketch import Sketch, Workflow, WorkflowValidationError, tool_args
 
 
 class EditError(ValueError):
@@ -105,7 +105,8 @@ class AddToolStep(_Edit):
     args: dict[str, str] = Field(default_factory=dict)
     producer_reads: list[str] = Field(default_factory=list)
     producer_instruction: str = ""
-    primary_arg: str = "input"
+    #: the tool argument the producer's output is bound to (default: the tool's primary argument)
+    primary_arg: str | None = None
 
 
 class Ensemble(_Edit):
@@ -322,7 +323,7 @@ def _insert_verifier(w: Workflow, e: InsertVerifier) -> Workflow:
     return _insert_after(w, InsertAfter(target=target.id, node=node, params=params))
 
 
-def _add_tool_step(w: Workflow, e: AddToolStep) -> Workflow:
+def _add_tool_step(w: Workflow, e: AddToolStep, tools: Any = None) -> Workflow:
     s = w.sketch
     consumer = _require(s, e.consumer)
     if isinstance(consumer, ToolNode):
@@ -342,7 +343,9 @@ def _add_tool_step(w: Workflow, e: AddToolStep) -> Workflow:
         )
         nodes.append(producer)
         params[producer.id] = NodeParams(instruction=e.producer_instruction or f"Write the input for the {e.tool} tool.")
-        args.setdefault(e.primary_arg, in_field)
+        signature = tool_args(tools, e.tool)
+        primary = e.primary_arg or (signature[0] if signature else "input")
+        args.setdefault(primary, in_field)
         taken |= {producer.id, in_field}
     if not args:
         raise EditError("a tool step needs 'args' bound to fields or 'producer_reads' for an llm producer")
@@ -443,11 +446,15 @@ _APPLY = {
 }
 
 
-def apply_edit(workflow: Workflow, edit: Any, known_tools: Iterable[str] | None = None) -> Workflow:
-    """Apply one edit (a model or a JSON-like dict) and return a new, validated workflow."""
+def apply_edit(workflow: Workflow, edit: Any, known_tools: Iterable[str] | Mapping[str, Sequence[str]] | None = None
+               ) -> Workflow:
+    """Apply one edit (a model or a JSON-like dict) and return a new, validated workflow.
+    ``known_tools``: tool names, or name -> argument names (primary first) to check bindings too."""
     if isinstance(edit, dict):
         edit = parse_edit(edit)
-    result = _APPLY[edit.op](workflow.model_copy(deep=True), edit)
+    fn = _APPLY[edit.op]
+    copy = workflow.model_copy(deep=True)
+    result = fn(copy, edit, known_tools) if fn is _add_tool_step else fn(copy, edit)
     result = Workflow.model_validate(result.model_dump())  # re-validate nodes built by model_copy
     try:
         result.check(known_tools)

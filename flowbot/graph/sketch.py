@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -207,6 +207,13 @@ def validate_sketch(sketch: Sketch, known_tools: Iterable[str] | None = None) ->
     return problems
 
 
+def tool_args(known_tools: Iterable[str] | Mapping[str, Sequence[str]] | None, tool: str) -> list[str] | None:
+    """The argument names of ``tool`` (primary first) when ``known_tools`` is a signature mapping."""
+    if isinstance(known_tools, Mapping) and tool in known_tools:
+        return list(known_tools[tool])
+    return None
+
+
 def _kind_problems(sketch: Sketch, n: Node, ids: set[str], known_tools: Iterable[str] | None) -> list[Problem]:
     out: list[Problem] = []
     if isinstance(n, LLMNode):
@@ -217,6 +224,11 @@ def _kind_problems(sketch: Sketch, n: Node, ids: set[str], known_tools: Iterable
     elif isinstance(n, ToolNode):
         if known_tools is not None and n.tool not in set(known_tools):
             out.append(Problem(f"unknown tool {n.tool!r} (known: {', '.join(sorted(known_tools))})", node=n.id))
+        allowed = tool_args(known_tools, n.tool)
+        for arg in n.args:
+            if allowed is not None and arg not in allowed:
+                out.append(Problem(f"tool {n.tool!r} has no argument {arg!r} (arguments: {', '.join(allowed)})",
+                                   node=n.id))
         if not n.args:
             out.append(Problem("a tool node needs at least one argument bound to a field", node=n.id))
     elif isinstance(n, BranchNode):
@@ -267,6 +279,12 @@ class Workflow(BaseModel):
         for pid in self.params:
             if pid not in ids:
                 problems.append(Problem("parameters given for a node that does not exist", node=pid))
+        for pid, p in self.params.items():
+            for tool, bindings in (p.config.get("tool_args") or {}).items():
+                for arg, f in dict(bindings).items():
+                    if f not in self.sketch.inputs:
+                        problems.append(Problem(f"tool_args binds {tool}.{arg} to a field that is not a "
+                                                "workflow input", node=pid, field=f))
         if known_tools is not None:
             known = set(known_tools)
             for pid, p in self.params.items():

@@ -10,14 +10,15 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from flowbot.lm.base import BudgetExceeded, Usage
 
 
 @dataclass
 class RoleUsage:
-    calls: int = 0  # paid calls (cache misses) that returned
+    calls: int = 0  # paid calls (cache misses) that returned, including replayed ones
+    replayed_calls: int = 0  # of those, paid in an earlier session of this run (free now)
     cached_calls: int = 0  # served entirely from the cache
     failed_calls: int = 0  # gave up after retries
     retries: int = 0
@@ -29,6 +30,7 @@ class RoleUsage:
     def to_dict(self) -> dict[str, Any]:
         return {
             "calls": self.calls,
+            "replayed_calls": self.replayed_calls,
             "cached_calls": self.cached_calls,
             "failed_calls": self.failed_calls,
             "retries": self.retries,
@@ -42,6 +44,7 @@ class RoleUsage:
         cost = d.get("cost_usd")
         return cls(
             calls=d.get("calls", 0),
+            replayed_calls=d.get("replayed_calls", 0),
             cached_calls=d.get("cached_calls", 0),
             failed_calls=d.get("failed_calls", 0),
             retries=d.get("retries", 0),
@@ -62,10 +65,11 @@ class UsageMeter:
     def _role(self, role: str) -> RoleUsage:
         return self._by_role.setdefault(role, RoleUsage())
 
-    def record_paid(self, role: str, usage: Usage) -> None:
+    def record_paid(self, role: str, usage: Usage, replayed: bool = False) -> None:
         with self._lock:
             r = self._role(role)
             r.calls += 1
+            r.replayed_calls += int(replayed)
             r.prompt_tokens += usage.prompt_tokens
             r.completion_tokens += usage.completion_tokens
             if usage.cost_usd is None:
@@ -96,6 +100,7 @@ class UsageMeter:
         total = RoleUsage()
         for r in self.snapshot().values():
             total.calls += r.calls
+            total.replayed_calls += r.replayed_calls
             total.cached_calls += r.cached_calls
             total.failed_calls += r.failed_calls
             total.retries += r.retries
@@ -165,6 +170,11 @@ class Budget:
         self._started = clock()
         self._seconds_before = 0.0  # time spent in earlier sessions of a resumed run
         self._lock = threading.Lock()
+        self._stop_conditions: list[Callable[[], str | None]] = []
+
+    def add_stop_condition(self, condition: Callable[[], str | None]) -> None:
+        """``condition()`` returns a reason to stop (e.g. a stop file appeared) or None."""
+        self._stop_conditions.append(condition)
 
     # -- queries -------------------------------------------------------------------------
     def elapsed(self) -> float:
@@ -180,6 +190,10 @@ class Budget:
             return f"{self.name} budget of ${lim.max_usd:g} is used up"
         if lim.max_seconds is not None and self.elapsed() >= lim.max_seconds:
             return f"{self.name} time budget of {lim.max_seconds:g} s is used up"
+        for condition in self._stop_conditions:
+            reason = condition()
+            if reason:
+                return reason
         return None
 
     def exhausted_reason(self) -> str | None:

@@ -10,10 +10,18 @@ import hashlib
 import json
 import sqlite3
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from flowbot.lm.base import LMRequest, Usage
+
+
+@dataclass
+class CacheEntry:
+    text: str
+    usage: Usage
+    origin: str | None  # the run that paid for it
 
 
 def cache_key(model: str, request: LMRequest, sample_index: int) -> str:
@@ -46,24 +54,26 @@ class ResponseCache:
             self._conn.execute(
                 "CREATE TABLE IF NOT EXISTS responses ("
                 " key TEXT PRIMARY KEY, model TEXT, text TEXT,"
-                " prompt_tokens INTEGER, completion_tokens INTEGER, cost_usd REAL)"
+                " prompt_tokens INTEGER, completion_tokens INTEGER, cost_usd REAL, origin TEXT)"
             )
             self._conn.commit()
 
-    def get(self, key: str) -> tuple[str, Usage] | None:
+    def get(self, key: str) -> CacheEntry | None:
         with self._lock:
             row = self._conn.execute(
-                "SELECT text, prompt_tokens, completion_tokens, cost_usd FROM responses WHERE key=?", (key,)
+                "SELECT text, prompt_tokens, completion_tokens, cost_usd, origin FROM responses WHERE key=?",
+                (key,),
             ).fetchone()
         if row is None:
             return None
-        return row[0], Usage(row[1], row[2], row[3])
+        return CacheEntry(row[0], Usage(row[1], row[2], row[3]), row[4])
 
-    def put(self, key: str, model: str, text: str, usage: Usage) -> None:
+    def put(self, key: str, model: str, text: str, usage: Usage, origin: str | None = None) -> None:
+        """Store a response; ``origin`` names the run that paid for it (see LMClient ``run_id``)."""
         with self._lock:
             self._conn.execute(
-                "INSERT OR REPLACE INTO responses VALUES (?,?,?,?,?,?)",
-                (key, model, text, usage.prompt_tokens, usage.completion_tokens, usage.cost_usd),
+                "INSERT OR REPLACE INTO responses VALUES (?,?,?,?,?,?,?)",
+                (key, model, text, usage.prompt_tokens, usage.completion_tokens, usage.cost_usd, origin),
             )
             self._conn.commit()
 

@@ -29,6 +29,8 @@ class _Shared:
     limit: int
     meter: UsageMeter
     cache: ResponseCache | None
+    run_id: str | None
+    seen: set[str]  # cache keys this session already used (a replay charges each once)
 
 
 class LMClient:
@@ -43,14 +45,19 @@ class LMClient:
         max_concurrency: int | None = None,
         retry: RetryPolicy | None = None,
         default_seed: int | None = 0,
+        run_id: str | None = None,
     ) -> None:
+        """``run_id``: responses this run paid for are stored with it; when the run is resumed,
+        the first use of each of them is charged to the budget and meter again (as *replayed*), so a
+        resumed run retraces the same decisions and its totals cover every session, while nothing
+        is paid twice."""
         self.provider = provider
         self.role = role
         self.budget = budget
         self.retry = retry or RetryPolicy()
         self.default_seed = default_seed
         limit = max_concurrency or getattr(provider, "max_concurrency", 8)
-        self._shared = _Shared(weakref.WeakKeyDictionary(), limit, meter or UsageMeter(), cache)
+        self._shared = _Shared(weakref.WeakKeyDictionary(), limit, meter or UsageMeter(), cache, run_id, set())
 
     # -- views ---------------------------------------------------------------------------
     @property
@@ -114,13 +121,23 @@ class LMClient:
         cached = [False] * n
         cache = self._shared.cache
         keys = [cache_key(self.model, request, i) for i in range(n)]
+        replayed = Usage()
+        n_replayed = 0
         if cache is not None:
             for i, key in enumerate(keys):
                 hit = cache.get(key)
-                if hit is not None:
-                    texts[i], usages[i] = hit
-                    cached[i] = True
-        if all(cached):
+                if hit is None:
+                    continue
+                texts[i], usages[i] = hit.text, hit.usage
+                cached[i] = True
+                if self._shared.run_id is not None and hit.origin == self._shared.run_id \
+                        and key not in self._shared.seen:
+                    replayed = replayed + hit.usage
+                    n_replayed += 1
+                self._shared.seen.add(key)
+        if n_replayed:
+            self._charge_replay(replayed)
+        elif all(cached):
             self.meter.record_cached(self.role)
         for start, count in _missing_runs(cached):
             sub = LMRequest(
@@ -138,7 +155,8 @@ class LMClient:
                 texts[start + j] = text
                 usages[start + j] = per_sample[j]
                 if cache is not None:
-                    cache.put(keys[start + j], self.model, text, per_sample[j])
+                    cache.put(keys[start + j], self.model, text, per_sample[j], self._shared.run_id)
+                    self._shared.seen.add(keys[start + j])
         total = Usage()
         for u in usages:
             total = total + u
@@ -167,6 +185,13 @@ class LMClient:
             self.budget.finish_call(usage)
         self.meter.record_paid(self.role, usage)
         return result
+
+    def _charge_replay(self, usage: Usage) -> None:
+        """Count a response this run paid for in an earlier session as it was counted then."""
+        if self.budget is not None:
+            self.budget.start_call()  # raises where the original run stopped
+            self.budget.finish_call(usage)
+        self.meter.record_paid(self.role, usage, replayed=True)
 
     def _priced(self, usage: Usage) -> Usage:
         if usage.cost_usd is not None:

@@ -27,6 +27,8 @@ class Tool(abc.ABC):
     description: str  # one line, shown to LLMs that may call the tool
     #: the argument an LLM supplies when it calls the tool by name with a single text input
     primary_arg: str = "input"
+    #: the other arguments a tool node may bind to fields (configuration comes from node params)
+    extra_args: tuple[str, ...] = ()
 
     @abc.abstractmethod
     async def call(self, **kwargs: Any) -> ToolResult:
@@ -53,6 +55,10 @@ class ToolRegistry:
 
     def names(self) -> set[str]:
         return set(self._tools)
+
+    def signatures(self) -> dict[str, list[str]]:
+        """Tool name -> argument names, the primary one first (what workflow validation checks)."""
+        return {name: [t.primary_arg, *t.extra_args] for name, t in self._tools.items()}
 
     def __contains__(self, name: str) -> bool:
         return name in self._tools

@@ -1,0 +1,374 @@
+"""Speed of the embedded local models on this machine.
+
+Prints the CPU, then for each model: load time, prompt and generation tokens per second, the time
+of one chain-of-thought GSM8K question, and what prompt-prefix reuse saves. With ``--engines`` it
+also compares llama-cpp-python (in-process, one sequence at a time; what FlowBot uses) with
+xllamacpp (llama.cpp's server with parallel slots and continuous batching) at 1 and 4 requests in
+flight. The CPU is shared with anything else running, so the share of CPU used by other processes
+during each measurement is printed too; numbers taken while it is high are not representative.
+
+    python benchmarks/local_model.py                              # both models, llama-cpp-python
+    python benchmarks/local_model.py --models qwen2.5-coder-0.5b --engines \\
+        --xllamacpp-path /tmp/xl --questions 8                     # + the engine comparison
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from flowbot.lm import LMClient
+from flowbot.lm.base import LMRequest
+from flowbot.lm.local import LlamaCppProvider, physical_cores, pull, unload_all
+
+GSM8K = Path("/work/shared/datasets/gsm8k/official")
+_FALLBACK_QUESTION = {
+    "question": "A baker makes 24 muffins. She sells 3 boxes of 5 muffins and gives 4 muffins to a "
+    "neighbour. How many muffins does she have left?",
+    "answer": "#### 5",
+}
+COT = "Solve the problem step by step, then give the final answer on its own line as 'Answer: <number>'."
+
+
+# -- machine ---------------------------------------------------------------------------------
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> list[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                return [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
+    except OSError:
+        pass
+    return []
+
+
+class CpuShare:
+    """Share of the machine's CPU time used by *other* processes over an interval (Linux)."""
+
+    def __enter__(self) -> "CpuShare":
+        self.t0, self.total0, self.idle0 = time.monotonic(), *self._system()
+        self.mine0 = self._mine()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        total, idle = self._system()
+        busy = (total - self.total0) - (idle - self.idle0)
+        ticks = os.sysconf("SC_CLK_TCK")
+        mine = (self._mine() - self.mine0) * ticks
+        self.others = max(0.0, (busy - mine) / max(1, total - self.total0))
+
+    @staticmethod
+    def _system() -> tuple[int, int]:
+        try:
+            fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+            return sum(fields), fields[3] + fields[4]
+        except OSError:
+            return 1, 1
+
+    @staticmethod
+    def _mine() -> float:
+        t = os.times()
+        return t.user + t.system + t.children_user + t.children_system
+
+
+def wait_for_quiet(max_wait: float) -> None:
+    """Wait (up to ``max_wait`` seconds) until the 1-minute load average drops below 0.5."""
+    deadline = time.monotonic() + max_wait
+    while hasattr(os, "getloadavg") and os.getloadavg()[0] > 0.5 and time.monotonic() < deadline:
+        time.sleep(5)
+
+
+# -- data ------------------------------------------------------------------------------------
+
+
+def gsm8k(split: str, n: int) -> list[dict[str, str]]:
+    path = GSM8K / f"{split}.jsonl"
+    if not path.exists():
+        return [_FALLBACK_QUESTION] * n
+    rows = []
+    with open(path) as f:
+        for line in f:
+            rows.append(json.loads(line))
+            if len(rows) == n:
+                break
+    return rows
+
+
+def gold(row: dict[str, str]) -> str:
+    return row["answer"].split("####")[-1].strip().replace(",", "")
+
+
+def extract(text: str) -> str:
+    for pattern in (r"Answer:\s*\$?(-?[\d,]*\.?\d+)", r"\\boxed\{\s*\$?(-?[\d,]*\.?\d+)"):
+        found = re.findall(pattern, text)
+        if found:
+            return found[-1].replace(",", "")
+    numbers = re.findall(r"-?\d[\d,]*\.?\d*", text)
+    return numbers[-1].replace(",", "").rstrip(".") if numbers else ""
+
+
+def cot_messages(question: str) -> list[dict[str, str]]:
+    return [{"role": "system", "content": COT}, {"role": "user", "content": question}]
+
+
+def demos_prefix(k: int, salt: str = "") -> str:
+    parts = [f"Instructions{salt}: solve grade-school math problems; reason briefly, then answer."]
+    for row in gsm8k("train", k + 20)[20 : 20 + k] if salt else gsm8k("train", k):
+        parts.append(f"Question: {row['question']}\nReasoning: {row['answer'].split('####')[0].strip()}\nAnswer: {gold(row)}")
+    return "\n\n".join(parts)
+
+
+# -- llama-cpp-python ------------------------------------------------------------------------
+
+
+@dataclass
+class Delta:
+    prompt_tokens: int
+    evaluated: int
+    completion_tokens: int
+    prompt_s: float
+    gen_s: float
+    wall: float
+
+
+def measured(provider: LlamaCppProvider, fn: Callable[[], Any]) -> tuple[Any, Delta]:
+    before = provider.stats
+    b = (before.prompt_tokens, before.prompt_tokens_evaluated, before.completion_tokens,
+         before.prompt_seconds, before.generation_seconds)  # fmt: skip
+    t = time.perf_counter()
+    out = fn()
+    wall = time.perf_counter() - t
+    s = provider.stats
+    return out, Delta(s.prompt_tokens - b[0], s.prompt_tokens_evaluated - b[1], s.completion_tokens - b[2],
+                      s.prompt_seconds - b[3], s.generation_seconds - b[4], wall)  # fmt: skip
+
+
+def call(provider: LlamaCppProvider, messages: list[dict[str, str]], **kw: Any) -> str:
+    return provider.complete_sync(LMRequest.of(messages, **kw)).text
+
+
+def bench_llama(model: str, questions: int) -> dict[str, Any]:
+    out: dict[str, Any] = {"engine": "llama-cpp-python", "model": model}
+    pull(model)
+    with CpuShare() as share:
+        t = time.perf_counter()
+        provider = LlamaCppProvider(model).load()
+        out["load_s"] = time.perf_counter() - t
+
+        # prompt speed: a long prompt sharing nothing with earlier ones
+        words = " ".join(f"w{i}x{(i * 7919) % 1000}" for i in range(700))
+        _, d = measured(provider, lambda: call(provider, [{"role": "user", "content": words}], max_tokens=1))
+        out["prompt_tokens"], out["prompt_tok_s"] = d.evaluated, d.evaluated / d.prompt_s
+
+        # generation speed
+        msg = [{"role": "user", "content": "Count from 1 to 200, separated by commas."}]
+        _, d = measured(provider, lambda: call(provider, msg, max_tokens=128))
+        out["gen_tokens"], out["gen_tok_s"] = d.completion_tokens, d.completion_tokens / d.gen_s
+
+        # one chain-of-thought GSM8K question
+        row = gsm8k("test", 1)[0]
+        text, d = measured(provider, lambda: call(provider, cot_messages(row["question"]), max_tokens=512))
+        out["cot"] = {"seconds": d.wall, "prompt_tokens": d.prompt_tokens, "completion_tokens": d.completion_tokens,
+                      "predicted": extract(text), "gold": gold(row)}  # fmt: skip
+    out["others_cpu_share"] = share.others
+    out["prefix"] = bench_prefix(provider)
+    unload_all()
+    out["state_cache"] = bench_state_cache(model)
+    if questions:
+        out["throughput"] = {c: throughput_llama(model, questions, c) for c in (1, 4)}
+    return out
+
+
+def bench_prefix(provider: LlamaCppProvider) -> dict[str, Any]:
+    """Same long prefix, different question: how much of the second prompt is recomputed."""
+    prefix = demos_prefix(8)
+    rows = gsm8k("test", 3)
+    msgs = [[{"role": "system", "content": prefix}, {"role": "user", "content": r["question"]}] for r in rows]
+    call(provider, [{"role": "user", "content": "unrelated warm-up"}], max_tokens=1)
+    with CpuShare() as share:
+        _, cold = measured(provider, lambda: call(provider, msgs[0], max_tokens=1))
+        _, warm = measured(provider, lambda: call(provider, msgs[1], max_tokens=1))
+    return {
+        "prompt_tokens": cold.prompt_tokens,
+        "cold": {"evaluated": cold.evaluated, "seconds": cold.wall},
+        "warm": {"evaluated": warm.evaluated, "seconds": warm.wall},
+        "others_cpu_share": share.others,
+    }
+
+
+def bench_state_cache(model: str) -> dict[str, Any]:
+    """Two prefixes alternating (like two workflow nodes): without and with a RAM state cache."""
+    rows = gsm8k("test", 4)
+    prefixes = [demos_prefix(6), demos_prefix(6, salt=" (B)")]
+    order = [[{"role": "system", "content": prefixes[i % 2]}, {"role": "user", "content": rows[i // 2]["question"]}]
+             for i in range(8)]  # fmt: skip
+    result = {}
+    for label, mb in (("no_state_cache", 0), ("ram_state_cache_1GB", 1024)):
+        provider = LlamaCppProvider(model, state_cache_mb=mb).load()
+        with CpuShare() as share:
+            _, d = measured(provider, lambda: [call(provider, m, max_tokens=1) for m in order])
+        result[label] = {"seconds": d.wall, "evaluated": d.evaluated, "prompt_tokens": d.prompt_tokens,
+                         "others_cpu_share": share.others}  # fmt: skip
+        unload_all()
+    return result
+
+
+def throughput_llama(model: str, questions: int, concurrency: int) -> dict[str, Any]:
+    rows = gsm8k("test", questions)
+    provider = LlamaCppProvider(model).load()
+    client = LMClient(provider, max_concurrency=concurrency)
+
+    async def run() -> list[Any]:
+        return await asyncio.gather(*(client.complete(cot_messages(r["question"]), max_tokens=384) for r in rows))
+
+    with CpuShare() as share:
+        t = time.perf_counter()
+        results = asyncio.run(run())
+        wall = time.perf_counter() - t
+    unload_all()
+    gen = sum(r.usage.completion_tokens for r in results)
+    correct = sum(extract(r.text) == gold(row) for r, row in zip(results, rows))
+    return {"questions_per_min": 60 * len(rows) / wall, "gen_tok_s": gen / wall, "seconds": wall,
+            "correct": correct, "others_cpu_share": share.others}  # fmt: skip
+
+
+# -- xllamacpp (run in a child process: two copies of ggml must not share one process) --------
+
+
+def throughput_xllamacpp(model: str, questions: int, concurrency: int, xl_path: str | None) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, "--_xllamacpp-worker", model, str(questions), str(concurrency)]
+    env = dict(os.environ)
+    if xl_path:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (xl_path, env.get("PYTHONPATH", "")) if p)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
+    return json.loads(lines[-1])
+
+
+def _xllamacpp_worker(model: str, questions: int, concurrency: int) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    import xllamacpp as xlc
+
+    params = xlc.CommonParams()
+    params.model.path = str(pull(model, progress=False))
+    params.n_parallel = concurrency
+    params.n_ctx = 4096 * concurrency  # llama-server splits the context between its slots
+    params.cpuparams.n_threads = physical_cores()
+    params.cpuparams_batch.n_threads = physical_cores()
+    t = time.perf_counter()
+    server = xlc.Server(params)
+    load_s = time.perf_counter() - t
+    rows = gsm8k("test", questions)
+
+    def ask(row: dict[str, str], max_tokens: int = 384) -> dict[str, Any]:
+        body = {"messages": cot_messages(row["question"]), "max_tokens": max_tokens, "temperature": 0, "seed": 0}
+        return server.handle_chat_completions(body)
+
+    # single-stream speeds from llama-server's own timings
+    words = " ".join(f"w{i}x{(i * 7919) % 1000}" for i in range(700))
+    p = server.handle_chat_completions({"messages": [{"role": "user", "content": words}], "max_tokens": 1})
+    g = server.handle_chat_completions(
+        {"messages": [{"role": "user", "content": "Count from 1 to 200, separated by commas."}], "max_tokens": 128, "temperature": 0}
+    )
+    with CpuShare() as share:
+        t = time.perf_counter()
+        with ThreadPoolExecutor(concurrency) as pool:
+            results = list(pool.map(ask, rows))
+        wall = time.perf_counter() - t
+    gen = sum(r["usage"]["completion_tokens"] for r in results)
+    correct = sum(extract(r["choices"][0]["message"]["content"]) == gold(row) for r, row in zip(results, rows))
+    print(json.dumps({
+        "load_s": load_s, "prompt_tok_s": p["timings"]["prompt_per_second"],
+        "gen_tok_s_single": g["timings"]["predicted_per_second"],
+        "questions_per_min": 60 * len(rows) / wall, "gen_tok_s": gen / wall, "seconds": wall,
+        "correct": correct, "others_cpu_share": share.others,
+    }))  # fmt: skip
+
+
+# -- report ----------------------------------------------------------------------------------
+
+
+def report(results: list[dict[str, Any]], engines: dict[str, dict[int, dict[str, Any]]]) -> None:
+    print()
+    for r in results:
+        cot, pre, sc = r["cot"], r["prefix"], r["state_cache"]
+        print(f"== {r['model']} (llama-cpp-python, n_threads={physical_cores()}) ==")
+        print(f"  load                  {r['load_s']:.1f} s")
+        print(f"  prompt                {r['prompt_tok_s']:.0f} tok/s ({r['prompt_tokens']} tokens)")
+        print(f"  generation            {r['gen_tok_s']:.1f} tok/s ({r['gen_tokens']} tokens)")
+        print(f"  CoT GSM8K question    {cot['seconds']:.1f} s ({cot['prompt_tokens']} prompt + "
+              f"{cot['completion_tokens']} generated tokens; answer {cot['predicted']!r}, gold {cot['gold']!r})")
+        print(f"  others' CPU share     {r['others_cpu_share']:.0%}")
+        print(f"  prefix reuse          {pre['prompt_tokens']}-token prompt: cold {pre['cold']['seconds']:.2f} s "
+              f"({pre['cold']['evaluated']} tokens computed), same prefix + new question "
+              f"{pre['warm']['seconds']:.2f} s ({pre['warm']['evaluated']} computed)")
+        for label, v in sc.items():
+            print(f"  two alternating prefixes, 8 calls, {label}: {v['seconds']:.1f} s "
+                  f"({v['evaluated']} of {v['prompt_tokens']} prompt tokens computed)")
+        for c, v in r.get("throughput", {}).items():
+            print(f"  GSM8K CoT, {c} in flight: {v['questions_per_min']:.1f} questions/min, "
+                  f"{v['gen_tok_s']:.1f} generated tok/s, {v['correct']} correct (others' CPU {v['others_cpu_share']:.0%})")
+    for model, by_c in engines.items():
+        print(f"== {model} (xllamacpp: llama.cpp server, parallel slots, continuous batching) ==")
+        for c, v in by_c.items():
+            if "error" in v:
+                print(f"  {c} in flight: unavailable ({v['error']})")
+                continue
+            print(f"  {c} in flight: {v['questions_per_min']:.1f} questions/min, {v['gen_tok_s']:.1f} generated tok/s, "
+                  f"{v['correct']} correct; single-stream prompt {v['prompt_tok_s']:.0f} tok/s, "
+                  f"generation {v['gen_tok_s_single']:.1f} tok/s (others' CPU {v['others_cpu_share']:.0%})")
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--_xllamacpp-worker":
+        _xllamacpp_worker(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+        return
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="qwen2.5-coder-0.5b,qwen2.5-coder-1.5b")
+    ap.add_argument("--questions", type=int, default=0, help="GSM8K questions per throughput run (0 = skip)")
+    ap.add_argument("--engines", action="store_true", help="also measure xllamacpp (needs it importable)")
+    ap.add_argument("--xllamacpp-path", help="directory holding the xllamacpp package (pip install --target)")
+    ap.add_argument("--wait-quiet", type=float, default=0, help="wait up to N s for the machine to go idle")
+    ap.add_argument("--json", help="also write the raw results here")
+    args = ap.parse_args()
+    print(f"CPU: {cpu_model()} | {physical_cores()} physical cores | {' '.join(cpu_flags())} | "
+          f"load average {os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else f"CPU: {cpu_model()}")
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    results, engines = [], {}
+    for model in models:
+        wait_for_quiet(args.wait_quiet)
+        results.append(bench_llama(model, args.questions))
+        if args.engines and args.questions:
+            engines[model] = {c: throughput_xllamacpp(model, args.questions, c, args.xllamacpp_path) for c in (1, 4)}
+    report(results, engines)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"cpu": cpu_model(), "results": results, "engines": engines}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,327 @@
+"""The Python API: load, evaluate, estimate and optimize — the same semantics as the CLI.
+
+    >>> import flowbot
+    >>> task = flowbot.Task("add", data=[{"q": f"{i}+1", "a": str(i + 1)} for i in range(20)],
+    ...                     inputs=["q"], targets=["a"], metric="numeric")
+    >>> task.sizes()
+    {'train': 12, 'val': 4, 'test': 4}
+
+Complete examples: ``docs/own-task.md`` (bring your own task) and the README.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from flowbot.graph.io import load_workflow
+from flowbot.graph.sketch import Workflow as IRWorkflow
+from flowbot.lm.base import Provider
+from flowbot.lm.budget import Budget, UsageMeter
+from flowbot.lm.cache import ResponseCache
+from flowbot.optim.aflow import AFlowConfig
+from flowbot.optim.archive import Objective
+from flowbot.optim.driver import OptimizationResult, OptimizeConfig, TaskData, run_optimization
+from flowbot.optim.estimate import Estimate, estimate_run
+from flowbot.optim.inner import InnerConfig
+from flowbot.optim.outer import OuterConfig
+from flowbot.optim.rundir import RunDir
+from flowbot.runtime.batch import BatchResult, evaluate_examples
+from flowbot.runtime.executor import Executor
+from flowbot.runtime.models import ModelPool, default_cache_path
+from flowbot.runtime.runnable import Workflow, default_tools
+from flowbot.tasks.baselines import KINDS, task_baseline
+from flowbot.tasks.benchmarks import BENCHMARKS, load_benchmark
+from flowbot.tasks.judge import LLMJudge
+from flowbot.tasks.task import Task
+
+
+# -- loading -------------------------------------------------------------------------------------
+def load(path: str | Path, *, model: str | None = None, base_url: str | None = None) -> Workflow:
+    """Load a saved workflow, optionally bound to a model.
+
+    >>> wf = load("best.json", model="gpt-4o-mini")            # doctest: +SKIP
+    >>> wf(question="How many legs do 3 spiders have?")         # doctest: +SKIP
+    {'answer': '24'}
+    """
+    return Workflow.load(path, model=model, base_url=base_url)
+
+
+def get_task(spec: Task | str, data_dir: str | Path | None = None) -> Task:
+    """A Task object, a benchmark name, or a task file (YAML/TOML)."""
+    if isinstance(spec, Task):
+        return spec
+    if str(spec).lower().endswith((".yaml", ".yml", ".toml")):
+        return Task.from_file(spec)
+    return load_benchmark(str(spec), data_dir)
+
+
+def resolve_seed(seed: Any, task: Task) -> IRWorkflow:
+    """A workflow object, a baseline name (io/cot/sc/react), or a path to a workflow JSON file."""
+    if isinstance(seed, IRWorkflow):
+        return seed
+    if seed is None:
+        seed = "cot"
+    if isinstance(seed, str) and seed in KINDS:
+        return task_baseline(task, seed)
+    return load_workflow(seed, known_tools=default_tools().names())
+
+
+def _check_fields(workflow: IRWorkflow, task: Task) -> None:
+    missing = [f for f in workflow.sketch.inputs if f not in task.inputs]
+    if missing:
+        raise ValueError(f"the workflow reads {', '.join(missing)}, which task {task.name!r} does not provide "
+                         f"(its inputs: {', '.join(task.inputs)})")
+    if task.output not in workflow.sketch.outputs:
+        raise ValueError(f"the workflow writes {', '.join(workflow.sketch.outputs)} but task {task.name!r} "
+                         f"scores the field {task.output!r}")
+
+
+def _budget(budget: Any) -> Budget:
+    if budget is None:
+        return Budget()
+    if isinstance(budget, Budget):
+        return budget
+    if isinstance(budget, (int, float)):
+        return Budget(max_usd=float(budget))
+    if isinstance(budget, dict):
+        names = {"calls": "max_calls", "tokens": "max_tokens", "usd": "max_usd", "dollars": "max_usd",
+                 "seconds": "max_seconds"}
+        kw = {names.get(k, k): v for k, v in budget.items()}
+        return Budget(**kw)
+    raise TypeError("budget must be a Budget, a dict like {'calls': 300, 'usd': 2}, or dollars")
+
+
+def _bind_judge(metric: Any, pool: ModelPool, judge_model: str | None) -> Any:
+    if isinstance(metric, LLMJudge) and not metric.bound:
+        return metric.bind(pool.client(judge_model or metric.model, role="judge"))
+    return metric
+
+
+# -- evaluation ----------------------------------------------------------------------------------
+@dataclass
+class EvalResult:
+    workflow: str
+    task: str
+    split: str
+    model: str
+    score: float
+    stderr: float
+    n: int
+    calls: int
+    tokens: int
+    cost_usd: float | None
+    wall_s: float
+    usage: dict[str, dict[str, Any]]
+    batch: BatchResult = field(repr=False)
+
+    @property
+    def predictions(self) -> list[dict[str, Any]]:
+        return [r.prediction for r in self.batch.results]
+
+    def to_dict(self, traces: bool = True) -> dict[str, Any]:
+        d = {k: v for k, v in asdict(self).items() if k != "batch"}
+        d["examples"] = [r.to_dict(with_trace=traces) for r in self.batch.results]
+        d["stopped"] = self.batch.stopped
+        return d
+
+
+async def aevaluate(
+    workflow: Any,
+    task: Task | str,
+    *,
+    split: str = "test",
+    limit: int | None = None,
+    model: str | None = None,
+    base_url: str | None = None,
+    judge_model: str | None = None,
+    concurrency: int = 4,
+    progress: bool = False,
+    budget: Any = None,
+    data_dir: str | Path | None = None,
+    cache: str | Path | None | bool = True,
+    providers: dict[str, Provider] | None = None,
+    seed: int = 0,
+) -> EvalResult:
+    """Async :func:`evaluate`."""
+    task = get_task(task, data_dir)
+    wf = resolve_seed(workflow, task)
+    _check_fields(wf, task)
+    cache_obj = _cache(cache)
+    pool = ModelPool(model, base_url=base_url, cache=cache_obj, meter=UsageMeter(), budget=_budget(budget),
+                     providers=providers, seed=seed)
+    metric = _bind_judge(task.metric, pool, judge_model)
+    examples = task.examples(split, limit)
+    executor = Executor(pool.client(), tools=default_tools(), models=pool.resolver())
+    start = time.perf_counter()
+    batch = await evaluate_examples(executor, wf, examples, metric, concurrency=concurrency, progress=progress,
+                                    description=f"{task.name}/{split} {wf.name}")
+    return EvalResult(
+        workflow=wf.name, task=task.name, split=split, model=pool.client().model, score=batch.score,
+        stderr=batch.stderr(), n=len(batch.results), calls=batch.calls, tokens=batch.usage.total_tokens,
+        cost_usd=batch.usage.cost_usd, wall_s=time.perf_counter() - start, usage=pool.meter.to_dict(),
+        batch=batch,
+    )
+
+
+def evaluate(workflow: Any, task: Task | str, **kwargs: Any) -> EvalResult:
+    """Score a workflow on a task split.
+
+    >>> result = flowbot.evaluate("cot", "gsm8k", split="test", limit=20)   # doctest: +SKIP
+    >>> result.score, result.calls, result.cost_usd                         # doctest: +SKIP
+
+    ``workflow``: a Workflow, a baseline name (io, cot, sc, react) or a workflow file.
+    Returns an :class:`EvalResult` (score, per-example predictions and traces, usage, cost).
+    """
+    return asyncio.run(aevaluate(workflow, task, **kwargs))
+
+
+def _cache(cache: str | Path | None | bool) -> ResponseCache | None:
+    if cache is False or cache is None:
+        return None
+    if cache is True:
+        path = default_cache_path()
+        return ResponseCache(path) if path else None
+    return ResponseCache(cache)
+
+
+# -- optimization --------------------------------------------------------------------------------
+def _make_config(method: str, objective: str, cost_weight: float, inner: Any, outer: Any, aflow: Any,
+                 **sizes: Any) -> OptimizeConfig:
+    def build(kind: type, value: Any) -> Any:
+        if value is None:
+            return kind()
+        if isinstance(value, kind):
+            return value
+        return kind(**value)
+
+    if method not in ("flowbot", "inner-only", "aflow"):
+        raise ValueError(f"unknown method {method!r}; use flowbot, inner-only or aflow")
+    if objective not in ("score", "cost"):
+        raise ValueError(f"unknown objective {objective!r}; use 'score' or 'cost'")
+    return OptimizeConfig(method=method, inner=build(InnerConfig, inner), outer=build(OuterConfig, outer),
+                          aflow=build(AFlowConfig, aflow), objective=Objective(objective, cost_weight), **sizes)
+
+
+def default_run_dir(task: Task, method: str, config: dict[str, Any]) -> Path:
+    """``runs/<task>-<method>-<hash of the settings>``: the same command resumes the same run."""
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return Path("runs") / f"{task.name}-{method}-{digest}"
+
+
+def prepare_run(task: Task | str, *, seed: Any = "cot", model: str | None = None,
+                optimizer_model: str | None = None, base_url: str | None = None,
+                optimizer_base_url: str | None = None, budget: Any = None, objective: str = "score",
+                cost_weight: float = 0.05, method: str = "flowbot", run_dir: str | Path | None = None,
+                inner: Any = None, outer: Any = None, aflow: Any = None, train_size: int | None = 40,
+                val_size: int | None = 20, test_size: int | None = None, concurrency: int = 4,
+                random_seed: int = 0, data_dir: str | Path | None = None, progress: bool = False,
+                evaluate_test: bool = True, providers: dict[str, Provider] | None = None) -> "PreparedRun":
+    task = get_task(task, data_dir)
+    seed_wf = resolve_seed(seed, task)
+    _check_fields(seed_wf, task)
+    cfg = _make_config(method, objective, cost_weight, inner, outer, aflow, train_size=train_size,
+                       val_size=val_size, test_size=test_size, concurrency=concurrency, seed=random_seed,
+                       progress=progress, evaluate_test=evaluate_test)
+    budget_obj = _budget(budget)
+    settings = {
+        "task": task.name, "task_sizes": task.sizes(), "seed_workflow": json.loads(seed_wf.model_dump_json()),
+        "model": model or "(default)", "optimizer_model": optimizer_model or "(same as model)",
+        "base_url": base_url, "optimizer_base_url": optimizer_base_url, "method": method,
+        "optimize": json.loads(json.dumps(cfg.to_dict(), default=str)),
+    }
+    path = Path(run_dir) if run_dir else default_run_dir(task, method, settings)
+    return PreparedRun(task, seed_wf, cfg, budget_obj, path, settings | {"budget": budget_obj.limits.describe()},
+                       model, optimizer_model, base_url, optimizer_base_url, providers)
+
+
+@dataclass
+class PreparedRun:
+    task: Task
+    seed: IRWorkflow
+    config: OptimizeConfig
+    budget: Budget
+    run_dir: Path
+    settings: dict[str, Any]
+    model: str | None
+    optimizer_model: str | None
+    base_url: str | None
+    optimizer_base_url: str | None
+    providers: dict[str, Provider] | None
+
+    def estimate(self) -> Estimate:
+        pools = self._pools(cache=None, run_id=None)
+        return estimate_run(self.task, self.seed, self.config, self.budget,
+                            task_price=pools[0].provider().price_per_token(),
+                            optimizer_price=pools[1].provider().price_per_token())
+
+    def _pools(self, cache: ResponseCache | None, run_id: str | None) -> tuple[ModelPool, ModelPool]:
+        meter = UsageMeter()
+        task_pool = ModelPool(self.model, base_url=self.base_url, cache=cache, meter=meter, budget=self.budget,
+                              run_id=run_id, seed=self.config.seed, providers=self.providers)
+        opt_name = self.optimizer_model or task_pool.default
+        opt_base = self.optimizer_base_url if self.optimizer_model else (self.optimizer_base_url or self.base_url)
+        if opt_name == task_pool.default and opt_base == self.base_url:
+            return task_pool, task_pool  # one provider (and one loaded local model) for both roles
+        opt_pool = ModelPool(opt_name, base_url=opt_base, cache=cache, meter=meter, budget=self.budget,
+                             run_id=run_id, seed=self.config.seed, providers=self.providers)
+        return task_pool, opt_pool
+
+    async def arun(self, callbacks: Iterable[Callable[[dict[str, Any]], None]] = ()) -> OptimizationResult:
+        rd = RunDir(self.run_dir)
+        run_id, resumed = rd.start(self.settings)
+        rd.clear_stop()
+        cache = ResponseCache(rd.cache_path)
+        task_pool, opt_pool = self._pools(cache, run_id)
+        for cb in callbacks:
+            rd.events.listeners.append(lambda event, replayed, cb=cb: cb({**event, "replayed": replayed}))
+        task = self.task
+        metric = _bind_judge(task.metric, opt_pool, None)
+        data = TaskData(name=task.name, description=task.description or task.describe(),
+                        output_field=task.output, target_fields=task.targets, metric=metric,
+                        train=task.examples("train"), val=task.examples("val"), test=task.examples("test"))
+        try:
+            return await run_optimization(
+                data, self.seed, task_pool.client(), opt_pool.client(role="optimizer"), tools=default_tools(),
+                config=self.config, run_dir=rd, budget=self.budget, resumed=resumed, models=task_pool.resolver())
+        finally:
+            cache.close()
+
+
+def optimize(task: Task | str, *, seed: Any = "cot", model: str | None = None, optimizer_model: str | None = None,
+             budget: Any = None, objective: str = "score", run_dir: str | Path | None = None,
+             callbacks: Iterable[Callable[[dict[str, Any]], None]] = (), **options: Any) -> OptimizationResult:
+    """Optimize a workflow for a task; resumable through its run directory.
+
+    >>> result = flowbot.optimize(task, seed="cot", model="gpt-4o-mini",       # doctest: +SKIP
+    ...                           budget={"usd": 2}, run_dir="runs/mytask")
+    >>> result.best.save("best.json"); result.test_score                      # doctest: +SKIP
+
+    ``seed``: a baseline name (io, cot, sc, react), a workflow file or object. ``budget``: dollars,
+    a dict such as ``{"calls": 300, "tokens": 2e6, "usd": 5, "seconds": 3600}`` or a Budget; it caps
+    every role (task, optimizer, judge) together. ``objective``: ``score`` or ``cost`` (score minus
+    ``cost_weight`` × cost per example). ``callbacks`` receive every run event as a dict. Other
+    options: ``method`` (flowbot, inner-only, aflow), ``inner``/``outer``/``aflow`` settings,
+    ``train_size``, ``val_size``, ``test_size``, ``concurrency``, ``random_seed``, ``base_url``,
+    ``optimizer_base_url``, ``data_dir``, ``cost_weight``.
+    """
+    prepared = prepare_run(task, seed=seed, model=model, optimizer_model=optimizer_model, budget=budget,
+                           objective=objective, run_dir=run_dir, **options)
+    result = asyncio.run(prepared.arun(callbacks))
+    result.best = Workflow.from_ir(result.best)
+    return result
+
+
+def estimate(task: Task | str, **options: Any) -> Estimate:
+    """Projected calls, tokens and dollars of :func:`optimize` with the same arguments, before paying."""
+    options.pop("callbacks", None)
+    return prepare_run(task, **options).estimate()
+
+
+def benchmarks() -> dict[str, str]:
+    return {name: b.description for name, b in BENCHMARKS.items()}

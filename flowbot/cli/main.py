@@ -1,0 +1,337 @@
+"""The ``flowbot`` command: run, show, eval, optimize, report, export, models, tasks, metrics.
+
+    $ flowbot optimize --task gsm8k --budget-calls 400          # the embedded model, no key needed
+    $ flowbot eval --task gsm8k --workflow cot --workflow sc --limit 50
+    $ flowbot run best.json --input '{"question": "..."}' --trace
+    $ flowbot optimize --data train.jsonl --input question --target answer --metric f1
+
+API keys are read from the environment only (e.g. OPENAI_API_KEY), never from options.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from flowbot.cli.errors import handled
+from flowbot.version import __version__
+
+app = typer.Typer(name="flowbot", help="Induce LLM workflows from data: optimize structure and prompts together.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+ModelOpt = typer.Option(None, "--model", "-m", help="Task model: a hosted name (gpt-4o-mini, anthropic/...), "
+                        "a local model (qwen2.5-coder-1.5b) or a .gguf path. Default: a hosted model when a "
+                        "provider key is set, else the embedded qwen2.5-coder-1.5b.")
+BaseUrlOpt = typer.Option(None, "--base-url", help="An OpenAI-compatible server for the model (vLLM, Ollama, "
+                          "llama.cpp server), e.g. http://localhost:8000/v1")
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"flowbot {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                               help="Show the version and exit.")) -> None:
+    """FlowBot command line."""
+
+
+# -- run / show ----------------------------------------------------------------------------------
+@app.command()
+@handled
+def run(
+    workflow: Path = typer.Argument(..., help="A workflow JSON file."),
+    input: str = typer.Option(..., "--input", "-i", help="The input fields as JSON, e.g. '{\"question\": \"...\"}', "
+                              "or @file.json."),
+    model: Optional[str] = ModelOpt,
+    base_url: Optional[str] = BaseUrlOpt,
+    trace: bool = typer.Option(False, "--trace", help="Also print every node's inputs, output, cost and time."),
+) -> None:
+    """Run a workflow on one input and print its output fields."""
+    from flowbot.runtime.runnable import Workflow
+
+    values = _json_arg(input, "--input")
+    wf = Workflow.load(workflow, model=model, base_url=base_url)
+    outputs, tr = wf(values, trace=True)
+    out.print_json(json.dumps(outputs, ensure_ascii=False, default=str))
+    if trace:
+        from flowbot.report.trace_view import print_trace
+
+        print_trace(tr, out)
+    if tr.error:
+        err.print(f"[yellow]warning:[/] {tr.error}")
+
+
+@app.command()
+@handled
+def show(
+    workflow: Path = typer.Argument(..., help="A workflow JSON file."),
+    format: str = typer.Option("text", "--format", "-f", help="text, mermaid or json"),
+) -> None:
+    """Print a workflow as text, as a Mermaid diagram, or as normalized JSON."""
+    from flowbot.graph.io import load_workflow, workflow_to_json
+    from flowbot.graph.render import to_mermaid, to_text
+    from flowbot.tools import default_registry
+
+    wf = load_workflow(workflow, known_tools=default_registry().names())
+    renderers = {"text": to_text, "mermaid": to_mermaid, "json": workflow_to_json}
+    if format not in renderers:
+        raise typer.BadParameter(f"unknown format {format!r}; use text, mermaid or json")
+    print(renderers[format](wf))
+
+
+# -- tasks from options --------------------------------------------------------------------------
+def _task_from_options(task: str | None, task_file: Path | None, data: Path | None, val: Path | None,
+                       test: Path | None, inputs: list[str] | None, targets: list[str] | None, metric: str | None,
+                       labels: str | None, data_dir: Path | None, split_seed: int = 0) -> Any:
+    from flowbot.api import get_task
+    from flowbot.tasks.task import Task
+
+    chosen = [x for x in (task, task_file, data) if x]
+    if len(chosen) != 1:
+        raise typer.BadParameter("give exactly one of --task NAME, --task-file FILE or --data FILE")
+    if task_file:
+        return Task.from_file(task_file)
+    if task:
+        return get_task(task, data_dir)
+    if not inputs or not targets:
+        raise typer.BadParameter("--data needs --input FIELD (repeatable) and --target FIELD")
+    label_list = [x.strip() for x in labels.split(",")] if labels else None
+    return Task(Path(data).stem, data=str(data), val=str(val) if val else None, test=str(test) if test else None,
+                inputs=inputs, targets=targets, metric=metric or "exact_match", labels=label_list, seed=split_seed)
+
+
+# -- eval ----------------------------------------------------------------------------------------
+@app.command("eval")
+@handled
+def eval_cmd(
+    task: Optional[str] = typer.Option(None, "--task", "-t", help="A benchmark (gsm8k, math, hotpotqa, drop, fever, "
+                                       "triviaqa, humaneval, mbpp) or a task file."),
+    workflow: list[str] = typer.Option(["cot"], "--workflow", "-w", help="Baseline name (io, cot, sc, react) or a "
+                                       "workflow file; repeat to compare several side by side."),
+    split: str = typer.Option("test", "--split", help="train, val or test"),
+    limit: Optional[int] = typer.Option(None, "--limit", "-n", help="Only the first N examples of the split."),
+    concurrency: int = typer.Option(4, "--concurrency", "-c"),
+    model: Optional[str] = ModelOpt,
+    base_url: Optional[str] = BaseUrlOpt,
+    out_path: Optional[Path] = typer.Option(None, "--out", "-o", help="Where to write the JSON result "
+                                            "(default: eval-<task>-<split>.json)."),
+    task_file: Optional[Path] = typer.Option(None, "--task-file", help="A task described in YAML/TOML."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Your own data (JSONL/JSON/CSV/Parquet)."),
+    val: Optional[Path] = typer.Option(None, "--val"),
+    test: Optional[Path] = typer.Option(None, "--test"),
+    input_fields: Optional[list[str]] = typer.Option(None, "--input", help="An input field of --data (repeatable)."),
+    target: Optional[list[str]] = typer.Option(None, "--target", help="The target field of --data."),
+    metric: Optional[str] = typer.Option(None, "--metric", help="exact_match, f1, numeric, contains, label, pass_at_1, "
+                                         "module:function or file.py:function"),
+    labels: Optional[str] = typer.Option(None, "--labels", help="Comma-separated labels for --metric label."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Benchmark data root (default: "
+                                            "$FLOWBOT_DATA_DIR, the bundled GSM8K sample, or Hugging Face)."),
+    no_traces: bool = typer.Option(False, "--no-traces", help="Leave traces out of the JSON result."),
+) -> None:
+    """Evaluate one or more workflows on a task split; prints a table and writes JSON."""
+    from flowbot.api import aevaluate
+
+    the_task = _task_from_options(task, task_file, data, val, test, input_fields, target, metric, labels, data_dir)
+    _note_default_model(model)
+    results = []
+    for wf in workflow:
+        results.append(asyncio.run(aevaluate(wf, the_task, split=split, limit=limit, model=model, base_url=base_url,
+                                             concurrency=concurrency, progress=True)))
+    table = Table(title=f"{the_task.name} / {split}")
+    for col in ("workflow", "score", "examples", "calls", "tokens", "dollars", "wall s"):
+        table.add_column(col, justify="right" if col != "workflow" else "left")
+    for r in results:
+        table.add_row(r.workflow, f"{r.score:.3f} ± {r.stderr:.3f}", str(r.n), str(r.calls), f"{r.tokens:,}",
+                      "—" if r.cost_usd is None else f"${r.cost_usd:.4f}", f"{r.wall_s:.1f}")
+    out.print(table)
+    path = out_path or Path(f"eval-{the_task.name}-{split}.json")
+    payload = {"flowbot_version": __version__, "task": the_task.name, "split": split, "limit": limit,
+               "command": " ".join(["flowbot", *sys.argv[1:]]),
+               "results": [r.to_dict(traces=not no_traces) for r in results]}
+    path.write_text(json.dumps(payload, indent=1, ensure_ascii=False, default=str), encoding="utf-8")
+    out.print(f"wrote {path}")
+
+
+# -- optimize ------------------------------------------------------------------------------------
+@app.command()
+@handled
+def optimize(
+    task: Optional[str] = typer.Option(None, "--task", "-t", help="A benchmark name or a task file."),
+    seed_workflow: str = typer.Option("cot", "--from", help="Seed workflow: io, cot, sc, react or a workflow file."),
+    model: Optional[str] = ModelOpt,
+    optimizer_model: Optional[str] = typer.Option(None, "--optimizer-model", help="The model that writes "
+                                                  "losses, gradients, prompts and edits (default: --model)."),
+    base_url: Optional[str] = BaseUrlOpt,
+    optimizer_base_url: Optional[str] = typer.Option(None, "--optimizer-base-url"),
+    budget_usd: Optional[float] = typer.Option(None, "--budget-usd", help="Dollar cap over all roles."),
+    budget_calls: Optional[int] = typer.Option(None, "--budget-calls", help="Cap on paid LM calls over all roles."),
+    budget_tokens: Optional[int] = typer.Option(None, "--budget-tokens"),
+    budget_seconds: Optional[float] = typer.Option(None, "--budget-seconds", help="Wall-time cap."),
+    objective: str = typer.Option("score", "--objective", help="score, or cost (score minus --cost-weight × cost "
+                                  "per example)"),
+    cost_weight: float = typer.Option(0.05, "--cost-weight", help="Per dollar per example (or per 1k tokens for "
+                                      "free local models)."),
+    inner_only: bool = typer.Option(False, "--inner-only", help="Prompt-only ablation: no structural search."),
+    method: str = typer.Option("flowbot", "--method", help="flowbot, inner-only or aflow (the AFlow-style baseline)"),
+    feedback: str = typer.Option("backward", "--feedback", help="backward (layer by layer) or global (ablation)"),
+    steps: int = typer.Option(3, "--steps", help="Inner-loop steps (minibatches) per candidate."),
+    rounds: int = typer.Option(3, "--rounds", help="Outer-loop rounds (structural edits tried)."),
+    minibatch: int = typer.Option(5, "--minibatch"),
+    candidates: int = typer.Option(1, "--candidates", help="Instruction rewrites proposed per node and step."),
+    demos: int = typer.Option(2, "--demos", help="Few-shot demos to try per node (0 = off)."),
+    train_size: Optional[int] = typer.Option(40, "--train-size"),
+    val_size: Optional[int] = typer.Option(20, "--val-size"),
+    test_size: Optional[int] = typer.Option(None, "--test-size"),
+    concurrency: int = typer.Option(4, "--concurrency", "-c"),
+    random_seed: int = typer.Option(0, "--seed"),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Default: runs/<task>-<method>-<settings hash>; "
+                                           "re-running the same command resumes it."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the projected calls, tokens and dollars; pay nothing."),
+    no_test: bool = typer.Option(False, "--no-test", help="Skip the final test evaluation."),
+    report: bool = typer.Option(True, "--report/--no-report", help="Write report.html into the run directory."),
+    task_file: Optional[Path] = typer.Option(None, "--task-file"),
+    data: Optional[Path] = typer.Option(None, "--data", help="Training data of your own task."),
+    val: Optional[Path] = typer.Option(None, "--val"),
+    test: Optional[Path] = typer.Option(None, "--test"),
+    input_fields: Optional[list[str]] = typer.Option(None, "--input"),
+    target: Optional[list[str]] = typer.Option(None, "--target"),
+    metric: Optional[str] = typer.Option(None, "--metric"),
+    labels: Optional[str] = typer.Option(None, "--labels"),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir"),
+) -> None:
+    """Optimize a workflow's structure and prompts for a task within a budget (resumable)."""
+    from flowbot.api import prepare_run
+    from flowbot.cli.progress import RunPrinter
+
+    the_task = _task_from_options(task, task_file, data, val, test, input_fields, target, metric, labels, data_dir)
+    budget = {k: v for k, v in {"max_usd": budget_usd, "max_calls": budget_calls, "max_tokens": budget_tokens,
+                                "max_seconds": budget_seconds}.items() if v is not None}
+    if inner_only:
+        method = "inner-only"
+    prepared = prepare_run(
+        the_task, seed=seed_workflow, model=model, optimizer_model=optimizer_model, base_url=base_url,
+        optimizer_base_url=optimizer_base_url, budget=budget or None, objective=objective, cost_weight=cost_weight,
+        method=method, run_dir=run_dir, train_size=train_size, val_size=val_size, test_size=test_size,
+        concurrency=concurrency, random_seed=random_seed, data_dir=data_dir, evaluate_test=not no_test,
+        progress=True,
+        inner={"steps": steps, "minibatch_size": minibatch, "candidates": candidates, "feedback": feedback,
+               "demos": demos, "seed": random_seed},
+        outer={"rounds": rounds},
+        aflow={"rounds": rounds, "seed": random_seed},
+    )
+    _note_default_model(model)
+    estimate = prepared.estimate()
+    printer = RunPrinter(out)
+    printer.print_estimate(estimate, the_task, prepared)
+    if dry_run:
+        return
+    out.print(f"run directory: {prepared.run_dir}  (create {prepared.run_dir / 'STOP'} or press Ctrl-C to stop; "
+              "re-run the same command to resume)")
+    try:
+        result = asyncio.run(prepared.arun([printer.on_event]))
+    except KeyboardInterrupt:
+        err.print(f"\n[yellow]interrupted.[/] Everything paid for is kept in {prepared.run_dir}; "
+                  "re-run the same command to resume.")
+        raise typer.Exit(130) from None
+    printer.print_result(result)
+    if report:
+        from flowbot.report.html import write_report
+
+        path = write_report(prepared.run_dir)
+        out.print(f"report: {path}")
+
+
+def _note_default_model(model: str | None) -> None:
+    from flowbot.lm.resolve import EMBEDDED_DEFAULT, default_model
+
+    if model is None and default_model() == EMBEDDED_DEFAULT:
+        err.print(f"[dim]No --model and no provider key in the environment: using the embedded {EMBEDDED_DEFAULT} "
+                  "(fetched once, about 1.1 GB, on first use).[/]")
+
+
+# -- report / export / listings ------------------------------------------------------------------
+@app.command()
+@handled
+def report(run_dir: Path = typer.Argument(..., help="A run directory.")) -> None:
+    """Write report.html (scores and cost over the run, Pareto front, workflow pictures, prompt diffs)."""
+    from flowbot.report.html import write_report
+
+    out.print(f"wrote {write_report(run_dir)}")
+
+
+@app.command()
+@handled
+def export(
+    workflow: Path = typer.Argument(..., help="A workflow JSON file (e.g. a run's best.json)."),
+    python: Path = typer.Option(..., "--python", help="The Python module to write."),
+) -> None:
+    """Write a small standalone Python module that runs the workflow with the installed flowbot."""
+    from flowbot.report.export import export_python
+
+    out.print(f"wrote {export_python(workflow, python)}")
+
+
+@app.command()
+def tasks() -> None:
+    """List the built-in benchmarks and their split protocols."""
+    from flowbot.tasks.benchmarks import BENCHMARKS
+
+    table = Table("task", "inputs → target", "metric", "splits")
+    for b in BENCHMARKS.values():
+        table.add_row(b.name, f"{', '.join(b.inputs)} → {b.output or b.targets[0]}", b.metric, b.protocol)
+    out.print(table)
+
+
+@app.command()
+def metrics() -> None:
+    """List the built-in metrics."""
+    from flowbot.tasks.metric_specs import metric_names
+
+    table = Table("metric", "what it measures")
+    for name, text in metric_names().items():
+        table.add_row(name, text)
+    out.print(table)
+
+
+def _json_arg(text: str, option: str) -> dict[str, Any]:
+    if text.startswith("@"):
+        path = Path(text[1:])
+        if not path.exists():
+            raise typer.BadParameter(f"{path}: no such file", param_hint=option)
+        text = path.read_text(encoding="utf-8")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise typer.BadParameter(f"not valid JSON ({exc.msg} at column {exc.colno})", param_hint=option) from None
+    if not isinstance(value, dict):
+        raise typer.BadParameter("must be a JSON object of field values", param_hint=option)
+    return value
+
+
+def _mount_models() -> None:
+    from flowbot.cli.models import app as models_app
+
+    app.add_typer(models_app, name="models")
+
+
+_mount_models()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,95 @@
+"""Live output of ``flowbot optimize``: the estimate before, one line per event during, a summary after."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+class RunPrinter:
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.replayed = 0
+
+    def print_estimate(self, estimate: Any, task: Any, prepared: Any) -> None:
+        c = self.console
+        c.print(f"[bold]{task.describe()}[/]")
+        c.print(f"method {prepared.config.method}; budget {estimate.budget} (counts calls, tokens and dollars of "
+                "all roles together)")
+        table = Table(title="projected cost (planning figures)")
+        for col in ("phase", "task calls", "optimizer calls", "judge calls", "tokens", "dollars"):
+            table.add_column(col, justify="left" if col == "phase" else "right")
+        rows = list(estimate.phases.items()) + [("total", estimate.total)]
+        for name, p in rows:
+            table.add_row(name, f"{p.task_calls:.0f}", f"{p.optimizer_calls:.0f}", f"{p.judge_calls:.0f}",
+                          f"{p.tokens:,.0f}", "—" if p.usd is None else f"${p.usd:.3f}")
+        c.print(table)
+        for w in estimate.warnings:
+            c.print(f"[bold yellow]warning:[/] {w}")
+        for n in estimate.notes:
+            c.print(f"[dim]{n}[/]")
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        if event.get("replayed"):
+            self.replayed += 1
+            if self.replayed == 1:
+                self.console.print("[dim]resuming: replaying the run's log and cache (nothing is paid twice)…[/]")
+            return
+        kind = event.get("type")
+        c = self.console
+        if kind == "seed_evaluated":
+            c.print(f"seed: validation score {event['val_score']:.3f}")
+        elif kind == "inner_candidate":
+            mark = "[green]accepted[/]" if event["accepted"] else f"[dim]rejected ({event['reason']})[/]"
+            after = event["val_after"]
+            score = f"val {event['val_before']:.3f} → {after:.3f}" if after is not None else \
+                f"minibatch {event['minibatch_before']:.2f} → {event['minibatch_after']:.2f}"
+            c.print(f"  inner step {event['step']}: {event['change']} of {event['node_id']}: {score} {mark}")
+        elif kind == "candidate_proposed":
+            c.print(f"[bold]edit[/] from {event['parent']}: {event['edit']}")
+        elif kind == "candidate_rejected":
+            c.print(f"[dim]proposal from {event['parent']} dropped: {event.get('reason') or 'invalid'} "
+                    f"{event.get('error') or event.get('edit') or ''}[/]")
+        elif kind == "candidate_evaluated":
+            cost = f"${event['cost_per_example']:.5f}/ex" if event["cost_per_example"] else \
+                f"{event['tokens_per_example']:.0f} tok/ex"
+            c.print(f"[bold]{event['id']}[/] ({event['edit']}): validation {event['val_score']:.3f}, {cost}, "
+                    f"{event['nodes']} nodes")
+        elif kind == "candidate_accepted":
+            c.print(f"  [green]new best: {event['id']} ({event['val_score']:.3f})[/]")
+        elif kind == "budget_warning":
+            c.print(f"[yellow]budget:[/] {event['message']}")
+        elif kind == "test_evaluated":
+            c.print(f"test ({event['id']}): {event['score']:.3f} on {event['n']} examples")
+
+    def print_result(self, result: Any) -> None:
+        c = self.console
+        s = result.summary
+        c.print()
+        c.print(f"[bold]best workflow[/] {result.best_id}: validation {result.val_score:.3f} "
+                f"(seed {result.seed_val_score:.3f}) → {result.run_dir}/best.json")
+        if s.get("test"):
+            line = f"test {s['test']['score']:.3f} ± {s['test']['stderr']:.3f} on {s['test']['n']}"
+            if s.get("seed_test"):
+                line += f"; seed {s['seed_test']['score']:.3f}"
+            gain = s.get("test_gain_vs_seed")
+            if gain and gain.get("n"):
+                line += f"; paired gain {gain['mean']:+.3f} [{gain['ci95'][0]:+.3f}, {gain['ci95'][1]:+.3f}]"
+            c.print(line)
+        table = Table(title="usage by role")
+        for col in ("role", "calls", "replayed", "cached", "prompt tok", "completion tok", "dollars"):
+            table.add_column(col, justify="right" if col != "role" else "left")
+        for role, u in result.usage.items():
+            table.add_row(role, str(u["calls"]), str(u.get("replayed_calls", 0)), str(u["cached_calls"]),
+                          f"{u['prompt_tokens']:,}", f"{u['completion_tokens']:,}",
+                          "—" if u["cost_usd"] is None else f"${u['cost_usd']:.4f}")
+        c.print(table)
+        phases = ", ".join(f"{k} {v['calls']} calls/{v['tokens']:,} tok" for k, v in result.phases.items())
+        c.print(f"by phase (this session): {phases}")
+        if len(result.front) > 1:
+            c.print("Pareto front (score vs cost per example): " + "; ".join(
+                f"{e['id']} {e['val_score']:.3f} @ {e['tokens_per_example']:.0f} tok" for e in result.front))
+        if result.stopped:
+            c.print(f"[yellow]stopped:[/] {result.stopped}")

@@ -1,0 +1,332 @@
+"""Any OpenAI-compatible chat server by base URL: vLLM, Ollama, llama.cpp server, OpenAI itself.
+
+    >>> from flowbot.lm import LMClient
+    >>> from flowbot.lm.openai_compat import OpenAICompatProvider
+    >>> lm = LMClient(OpenAICompatProvider("qwen2.5-7b", base_url="http://localhost:8000/v1"))
+    >>> # await lm.complete([{"role": "user", "content": "2+2?"}])
+
+The provider is transport only: it makes one attempt per call and turns every failure into
+:class:`LMTransientError` (worth retrying: 429, 5xx, timeouts, dropped connections, malformed
+bodies) or :class:`LMPermanentError` (bad key, unknown model, invalid request). Retries, the
+cache, budgets and the concurrency limit come from :class:`flowbot.lm.client.LMClient`.
+
+The API key is read only from an environment variable (``OPENAI_API_KEY`` unless told otherwise)
+and never appears in an error message or a repr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import math
+import os
+import threading
+import time
+from typing import Any, AsyncGenerator, Awaitable, Callable, Mapping
+
+import openai
+
+from flowbot.lm.base import Completion, LMPermanentError, LMRequest, LMTransientError, Provider, Usage
+
+log = logging.getLogger(__name__)
+
+#: sent when the key variable is unset: local servers ignore the key, but the client needs one
+PLACEHOLDER_KEY = "not-needed"
+
+# Statuses the OpenAI API documents as worth retrying besides 5xx.
+_RETRYABLE_4XX = {408, 409, 425, 429}
+
+
+class _Secret:
+    """Holds the API key; its repr never shows it."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: str) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return "<hidden>"
+
+    def redact(self, text: str) -> str:
+        if self.value and self.value != PLACEHOLDER_KEY and len(self.value) >= 4:
+            return text.replace(self.value, "***")
+        return text
+
+
+# -- helpers shared with the litellm provider ---------------------------------------------------
+def parse_retry_after(headers: Mapping[str, str] | None, now: float | None = None) -> float | None:
+    """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date)."""
+    if not headers:
+        return None
+    get = headers.get
+    raw_ms = get("retry-after-ms") or get("Retry-After-Ms")
+    if raw_ms:
+        try:
+            return max(0.0, float(raw_ms) / 1000.0)
+        except ValueError:
+            pass
+    raw = get("retry-after") or get("Retry-After")
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+        return max(0.0, value) if math.isfinite(value) else None
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(raw).timestamp()
+    except (TypeError, ValueError, IndexError):
+        return None
+    return max(0.0, when - (time.time() if now is None else now))
+
+
+def server_message(body: object, fallback: str = "") -> str:
+    """The human part of an error body ({"error": {"message": ...}} or similar), shortened."""
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict):
+            msg = inner.get("message") or inner.get("detail") or inner.get("msg")
+            if msg:
+                return str(msg)[:500]
+        elif isinstance(inner, str) and inner:
+            return inner[:500]
+    if isinstance(body, str) and body:
+        return body[:500]
+    return fallback[:500]
+
+
+def error_for_status(
+    status: int,
+    message: str,
+    *,
+    model: str,
+    endpoint: str,
+    key_env: str | None,
+    key_set: bool = True,
+    retry_after: float | None = None,
+    code: str | None = None,
+) -> Exception:
+    """Map an HTTP error status to LMTransientError / LMPermanentError with a message saying what to fix."""
+    said = f": {message}" if message else ""
+    if status == 429 and (code == "insufficient_quota" or "exceeded your current quota" in message):
+        return LMPermanentError(f"quota exhausted at {endpoint} for model {model!r}{said}")
+    if status in _RETRYABLE_4XX or status >= 500:
+        return LMTransientError(f"{endpoint} returned HTTP {status} for model {model!r}{said}",
+                                retry_after=retry_after)
+    if status in (401, 403):
+        if key_env:
+            hint = f"check the {key_env} environment variable" + ("" if key_set else " (it is not set)")
+        else:
+            hint = "check the API key in the environment"
+        return LMPermanentError(f"authentication failed for {endpoint}: {hint} (HTTP {status}{said})")
+    if status == 404:
+        return LMPermanentError(
+            f"model {model!r} not found at {endpoint} (HTTP 404{said}); check the model name, "
+            "and that the base URL points at the API root (usually ending in /v1)")
+    return LMPermanentError(f"{endpoint} rejected the request for model {model!r} (HTTP {status}{said})")
+
+
+def estimate_tokens(text: str) -> int:
+    """About four characters per token: used only when a server reports no usage."""
+    return math.ceil(len(text) / 4) if text else 0
+
+
+FetchFn = Callable[[int, "int | None"], Awaitable[tuple[list[str], Usage]]]
+
+
+async def collect_samples(request: LMRequest, fetch: FetchFn) -> tuple[list[str], Usage]:
+    """Ask for ``request.n`` samples; if the server returns fewer (many local servers ignore
+    ``n``), ask again for the rest. A follow-up request starting at sample *k* uses ``seed + k``."""
+    texts: list[str] = []
+    usage = Usage()
+    while len(texts) < request.n:
+        need = request.n - len(texts)
+        seed = None if request.seed is None else request.seed + len(texts)
+        got, used = await fetch(need, seed)
+        if not got:
+            raise LMTransientError("server returned no choices")
+        texts.extend(got[:need])
+        usage = usage + used
+    return texts, usage
+
+
+async def _closes_with_loop(client: Any) -> AsyncGenerator[None, None]:
+    """Close ``client`` when its event loop shuts down.
+
+    Once started, an async generator is registered with the running loop, and ``asyncio.run``
+    finalizes such generators (``loop.shutdown_asyncgens``) while the loop still runs. So a client
+    made inside ``asyncio.run`` (the sync API) closes its connections instead of leaking sockets.
+    The provider keeps a reference, so the generator is not finalized earlier.
+    """
+    try:
+        yield
+    finally:
+        await client.close()
+
+
+# -- the provider ---------------------------------------------------------------------------------
+class OpenAICompatProvider(Provider):
+    """Chat completions from any OpenAI-compatible server, through the official ``openai`` client.
+
+    Args:
+        model: the model name the server knows (e.g. ``"llama3.1:8b"`` for Ollama).
+        base_url: the API root, e.g. ``http://localhost:11434/v1``.
+        api_key_env: the environment variable holding the key. When unset, a placeholder key is
+            sent (local servers ignore it); a 401 then says which variable to set.
+        timeout: seconds for one HTTP attempt (``RetryPolicy.attempt_timeout`` also applies).
+        max_concurrency: requests in flight at once (enforced by LMClient).
+        price_per_token: (input, output) dollars per token when known, for the meter and budgets.
+        extra_body: extra JSON fields for every request (e.g. vLLM's ``top_k``).
+    """
+
+    def __init__(
+        self,
+        model: str,
+        base_url: str = "https://api.openai.com/v1",
+        *,
+        api_key_env: str = "OPENAI_API_KEY",
+        timeout: float = 600.0,
+        max_concurrency: int = 8,
+        price_per_token: tuple[float, float] | None = None,
+        extra_body: dict[str, Any] | None = None,
+    ) -> None:
+        if not model:
+            raise ValueError("OpenAICompatProvider needs a model name")
+        if not base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must start with http:// or https://, got {base_url!r}")
+        self.model = model
+        self.base_url = base_url.rstrip("/")
+        self.api_key_env = api_key_env
+        self.timeout = timeout
+        self.max_concurrency = max_concurrency
+        self.extra_body = dict(extra_body or {})
+        self._price = price_per_token
+        self._key: _Secret | None = None  # read from the environment at first use
+        # One AsyncOpenAI per event loop: its httpx pool is bound to the loop that first used it,
+        # and the sync API runs each call in a fresh loop.
+        self._clients: dict[asyncio.AbstractEventLoop, tuple[Any, AsyncGenerator[None, None]]] = {}
+        self._lock = threading.Lock()
+        #: calls whose usage the server did not report, so tokens were estimated
+        self.estimated_usage_calls = 0
+
+    def __repr__(self) -> str:
+        return (f"OpenAICompatProvider(model={self.model!r}, base_url={self.base_url!r}, "
+                f"api_key_env={self.api_key_env!r})")
+
+    def price_per_token(self) -> tuple[float, float] | None:
+        return self._price
+
+    # -- clients ---------------------------------------------------------------------------
+    def _secret(self) -> _Secret:
+        if self._key is None:
+            self._key = _Secret(os.environ.get(self.api_key_env, ""))
+        return self._key
+
+    async def _client(self) -> Any:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            for old in [lp for lp in self._clients if lp.is_closed()]:
+                del self._clients[old]
+            entry = self._clients.get(loop)
+            if entry is None:
+                client = openai.AsyncOpenAI(
+                    base_url=self.base_url,
+                    api_key=self._secret().value or PLACEHOLDER_KEY,
+                    max_retries=0,  # LMClient's RetryPolicy retries
+                    timeout=self.timeout,
+                )
+                entry = self._clients[loop] = (client, _closes_with_loop(client))
+                fresh = True
+            else:
+                fresh = False
+        if fresh:
+            await entry[1].__anext__()
+        return entry[0]
+
+    async def aclose(self) -> None:
+        """Close the HTTP client of the running loop (a loop ended by asyncio.run closes its own)."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            entry = self._clients.pop(loop, None)
+        if entry is not None:
+            await entry[1].aclose()
+
+    # -- the call --------------------------------------------------------------------------
+    async def complete(self, request: LMRequest) -> Completion:
+        texts, usage = await collect_samples(request, lambda n, seed: self._fetch(request, n, seed))
+        return Completion(texts=texts, usage=usage, model=self.model)
+
+    async def _fetch(self, request: LMRequest, n: int, seed: int | None) -> tuple[list[str], Usage]:
+        kwargs: dict[str, Any] = {
+            "model": self.model,
+            "messages": request.message_dicts(),
+            "temperature": request.temperature,
+        }
+        if n > 1:
+            kwargs["n"] = n
+        if seed is not None:
+            kwargs["seed"] = seed
+        if request.max_tokens is not None:
+            kwargs["max_tokens"] = request.max_tokens
+        if request.stop:
+            kwargs["stop"] = list(request.stop)
+        if self.extra_body:
+            kwargs["extra_body"] = self.extra_body
+        response = await self._send(kwargs)
+        texts = self._texts(response)
+        return texts, self._usage(response, request, texts)
+
+    async def _send(self, kwargs: dict[str, Any]) -> Any:
+        secret = self._secret()
+        try:
+            client = await self._client()
+            return await client.chat.completions.create(**kwargs)
+        except openai.APIStatusError as exc:
+            err = error_for_status(
+                exc.status_code, secret.redact(server_message(exc.body, exc.message)),
+                model=self.model, endpoint=self.base_url, key_env=self.api_key_env,
+                key_set=bool(secret.value), retry_after=parse_retry_after(exc.response.headers),
+                code=getattr(exc, "code", None),
+            )
+        except openai.APITimeoutError:
+            err = LMTransientError(f"{self.base_url} timed out after {self.timeout:g} s")
+        except openai.APIConnectionError as exc:
+            cause = exc.__cause__ or exc
+            err = LMTransientError(secret.redact(
+                f"connection to {self.base_url} failed: {type(cause).__name__}: {cause}"))
+        except (openai.APIResponseValidationError, ValueError) as exc:
+            # A body that is not the JSON it claims to be (ValueError covers JSONDecodeError).
+            err = LMTransientError(secret.redact(
+                f"malformed response from {self.base_url}: {type(exc).__name__}: {exc}"[:500]))
+        # Raised outside the except blocks, so no chained cause carries the server's raw text.
+        raise err
+
+    def _texts(self, response: Any) -> list[str]:
+        choices = getattr(response, "choices", None)
+        if not isinstance(choices, list) or not choices:
+            raise LMTransientError(f"malformed response from {self.base_url}: no choices")
+        texts = []
+        for choice in choices:
+            message = getattr(choice, "message", None)
+            if message is None:
+                raise LMTransientError(f"malformed response from {self.base_url}: a choice has no message")
+            texts.append(getattr(message, "content", None) or "")
+        return texts
+
+    def _usage(self, response: Any, request: LMRequest, texts: list[str]) -> Usage:
+        usage = getattr(response, "usage", None)
+        prompt = getattr(usage, "prompt_tokens", None)
+        completion = getattr(usage, "completion_tokens", None)
+        if isinstance(prompt, int) and isinstance(completion, int):
+            return Usage(prompt, completion)
+        return self._estimated_usage(request, texts)
+
+    def _estimated_usage(self, request: LMRequest, texts: list[str]) -> Usage:
+        if self.estimated_usage_calls == 0:
+            log.warning("%s reports no token usage for %s; estimating ~4 characters per token",
+                        self.base_url, self.model)
+        self.estimated_usage_calls += 1
+        prompt = sum(estimate_tokens(c) for _, c in request.messages)
+        return Usage(prompt, sum(estimate_tokens(t) for t in texts))

@@ -1,0 +1,391 @@
+"""A small OpenAI-compatible HTTP server for tests and benchmarks, with fault injection.
+
+It runs an asyncio server in a background thread of the calling process, on 127.0.0.1 and a free
+port, so the real client code (``openai``, ``litellm``, ``httpx``) talks real HTTP to it. Requests
+are handled concurrently (latency is an ``asyncio.sleep``), so it does not serialize clients.
+
+    >>> from flowbot.lm.testing import Fault, OpenAITestServer
+    >>> with OpenAITestServer(reply="pong", latency_s=0.0) as srv:
+    ...     srv.fail_next(Fault.rate_limit(retry_after=1))
+    ...     srv.base_url.startswith("http://127.0.0.1:")
+    True
+
+Replies: ``reply`` is a string, ``fn(body) -> str`` or ``fn(body, choice_index) -> str`` where
+``body`` is the request JSON. Faults: :meth:`OpenAITestServer.fail_next` queues faults used by the
+next chat requests one each; ``fault_rule(body) -> Fault | None`` decides when the queue is empty.
+Only stdlib is used, so core FlowBot does not depend on aiohttp or a web framework.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable, Union
+
+ReplyFn = Union[str, Callable[[dict], str], Callable[[dict, int], str]]
+FaultRule = Callable[[dict], Union["Fault", None]]
+
+_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
+            404: "Not Found", 408: "Request Timeout", 429: "Too Many Requests",
+            500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable"}
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One injected failure. Build with the class methods, e.g. ``Fault.http(503)``."""
+
+    kind: str  # "http" | "slow" | "invalid_json" | "missing_choices" | "drop"
+    status: int = 200
+    message: str = ""
+    retry_after: float | str | None = None  # sent verbatim as the Retry-After header
+    delay_s: float = 0.0
+    code: str | None = None  # the error body's "code", e.g. "insufficient_quota"
+
+    @classmethod
+    def http(cls, status: int, message: str = "", retry_after: float | str | None = None,
+             code: str | None = None) -> "Fault":
+        """An error status with an OpenAI-style error body."""
+        return cls("http", status=status, message=message or _REASONS.get(status, "error"),
+                   retry_after=retry_after, code=code)
+
+    @classmethod
+    def rate_limit(cls, retry_after: float | str | None = None) -> "Fault":
+        return cls.http(429, "Rate limit reached", retry_after)
+
+    @classmethod
+    def slow(cls, delay_s: float) -> "Fault":
+        """Answer normally, but only after ``delay_s`` extra seconds (beyond a client timeout)."""
+        return cls("slow", delay_s=delay_s)
+
+    @classmethod
+    def invalid_json(cls) -> "Fault":
+        """Status 200 with a truncated JSON body."""
+        return cls("invalid_json")
+
+    @classmethod
+    def missing_choices(cls) -> "Fault":
+        """Status 200 with valid JSON that has no ``choices``."""
+        return cls("missing_choices")
+
+    @classmethod
+    def drop(cls) -> "Fault":
+        """Close the connection after reading the request, without any response."""
+        return cls("drop")
+
+
+def count_tokens(text: str) -> int:
+    """Whitespace words: a crude, deterministic token count reported as usage."""
+    return len(text.split())
+
+
+class _Response:
+    __slots__ = ("status", "body", "headers")
+
+    def __init__(self, status: int, body: bytes, headers: dict[str, str] | None = None):
+        self.status, self.body, self.headers = status, body, headers or {}
+
+
+def _json_response(status: int, payload: Any, headers: dict[str, str] | None = None) -> _Response:
+    return _Response(status, json.dumps(payload).encode(), headers)
+
+
+def _error(status: int, message: str, code: str | None = None, **headers: str) -> _Response:
+    err = {"message": message, "type": "invalid_request_error" if status < 500 else "server_error",
+           "param": None, "code": code}
+    return _json_response(status, {"error": err}, headers)
+
+
+class OpenAITestServer:
+    """An OpenAI-compatible server on 127.0.0.1 in a background thread.
+
+    Args:
+        reply: the answer text, or a function of the request JSON (and optionally the choice index).
+        latency_s: added to every chat request (including faulted ones) before answering.
+        models: known model names (an unknown one gets 404 ``model_not_found``); None accepts any.
+        api_key: when set, requests without ``Authorization: Bearer <api_key>`` get 401.
+        honor_n: when False, return one choice whatever ``n`` asks (like many local servers).
+        report_usage: when False, omit ``usage`` from answers.
+        fault_rule: decides a fault per request when the :meth:`fail_next` queue is empty.
+
+    Counters (read them from the test thread): :attr:`request_count` (chat requests received,
+    faulted or not), :attr:`requests` (their JSON bodies), :attr:`max_in_flight`.
+    """
+
+    def __init__(
+        self,
+        reply: ReplyFn = "ok",
+        *,
+        latency_s: float = 0.0,
+        models: tuple[str, ...] | list[str] | None = None,
+        api_key: str | None = None,
+        honor_n: bool = True,
+        report_usage: bool = True,
+        fault_rule: FaultRule | None = None,
+    ) -> None:
+        self.reply = reply
+        self.latency_s = latency_s
+        self.models = tuple(models) if models is not None else None
+        self.api_key = api_key
+        self.honor_n = honor_n
+        self.report_usage = report_usage
+        self.fault_rule = fault_rule
+        self.requests: list[dict] = []
+        self.max_in_flight = 0
+        self.in_flight = 0
+        self._faults: deque[Fault] = deque()
+        self._reply_takes_index = callable(reply) and _takes_two_args(reply)
+        self._port: int | None = None
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._startup_error: BaseException | None = None
+        self._tasks: set[asyncio.Task] = set()
+
+    # -- control (any thread) ------------------------------------------------------------
+    @property
+    def base_url(self) -> str:
+        if self._port is None:
+            raise RuntimeError("OpenAITestServer is not started (use it as a context manager)")
+        return f"http://127.0.0.1:{self._port}/v1"
+
+    @property
+    def request_count(self) -> int:
+        return len(self.requests)
+
+    def fail_next(self, *faults: Fault) -> None:
+        """Queue faults: each of the next chat requests consumes one."""
+        self._faults.extend(faults)
+
+    def reset(self) -> None:
+        """Forget received requests, the in-flight maximum and queued faults."""
+        self.requests.clear()
+        self.max_in_flight = self.in_flight
+        self._faults.clear()
+
+    def start(self) -> "OpenAITestServer":
+        if self._thread is not None:
+            return self
+        self._thread = threading.Thread(target=self._run, name="openai-test-server", daemon=True)
+        self._thread.start()
+        self._ready.wait(10)
+        if self._startup_error is not None or self._port is None:
+            raise RuntimeError(f"OpenAITestServer failed to start: {self._startup_error}")
+        return self
+
+    def stop(self) -> None:
+        if self._thread is None:
+            return
+        if self._loop is not None and self._stop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+        self._thread = None
+
+    def __enter__(self) -> "OpenAITestServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- the server thread ---------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as exc:  # surfaced to start() if it happens before ready
+            self._startup_error = exc
+            self._ready.set()
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        server = await asyncio.start_server(self._connection, "127.0.0.1", 0, backlog=2048)
+        self._port = server.sockets[0].getsockname()[1]
+        self._ready.set()
+        try:
+            await self._stop.wait()
+        finally:
+            server.close()
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await server.wait_closed()
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            while True:
+                request = await _read_request(reader)
+                if request is None:
+                    break
+                method, path, headers, body = request
+                response = await self._dispatch(method, path, headers, body)
+                if response is None:  # a dropped connection
+                    writer.transport.abort()
+                    break
+                writer.write(_encode(response))
+                await writer.drain()
+                if headers.get("connection", "").lower() == "close":
+                    break
+        except (ConnectionError, asyncio.IncompleteReadError, ValueError):
+            pass  # the client went away (e.g. after its own timeout) or sent garbage
+        except asyncio.CancelledError:
+            # Only stop() cancels handlers. Finishing normally keeps asyncio's streams
+            # callback from logging the cancellation as an error (Python 3.11).
+            pass
+        finally:
+            self._tasks.discard(task)
+            writer.close()
+
+    async def _dispatch(self, method: str, path: str, headers: dict[str, str],
+                        raw: bytes) -> _Response | None:
+        path = path.split("?", 1)[0].rstrip("/")
+        if method == "GET" and path in ("/v1/models", "/models"):
+            names = self.models or ("test-model",)
+            return _json_response(200, {"object": "list", "data": [
+                {"id": m, "object": "model", "created": 0, "owned_by": "flowbot"} for m in names]})
+        if method == "POST" and path in ("/v1/chat/completions", "/chat/completions"):
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            try:
+                return await self._chat(headers, raw)
+            finally:
+                self.in_flight -= 1
+        return _error(404, f"no route for {method} {path}")
+
+    async def _chat(self, headers: dict[str, str], raw: bytes) -> _Response | None:
+        try:
+            body = json.loads(raw or b"{}")
+        except ValueError:
+            self.requests.append({})
+            return _error(400, "request body is not valid JSON")
+        self.requests.append(body)
+        if self.latency_s > 0:
+            await asyncio.sleep(self.latency_s)
+        if self.api_key is not None:
+            given = headers.get("authorization", "").removeprefix("Bearer ").strip()
+            if given != self.api_key:
+                # Echo the key like some servers do, so tests can check clients redact it.
+                return _error(401, f"Incorrect API key provided: {given}", "invalid_api_key")
+        model = body.get("model")
+        if self.models is not None and model not in self.models:
+            return _error(404, f"The model `{model}` does not exist", "model_not_found")
+        if not isinstance(body.get("messages"), list) or not body["messages"]:
+            return _error(400, "'messages' must be a non-empty list")
+        fault = self._faults.popleft() if self._faults else None
+        if fault is None and self.fault_rule is not None:
+            fault = self.fault_rule(body)
+        if fault is not None:
+            return await self._apply(fault, body)
+        return self._answer(body)
+
+    async def _apply(self, fault: Fault, body: dict) -> _Response | None:
+        if fault.kind == "http":
+            extra = {} if fault.retry_after is None else {"Retry-After": _fmt(fault.retry_after)}
+            return _error(fault.status, fault.message, fault.code, **extra)
+        if fault.kind == "slow":
+            await asyncio.sleep(fault.delay_s)
+            return self._answer(body)
+        if fault.kind == "invalid_json":
+            return _Response(200, b'{"id": "chatcmpl-broken", "choices": [{"index": 0, "mess')
+        if fault.kind == "missing_choices":
+            return _json_response(200, {"id": "chatcmpl-empty", "object": "chat.completion",
+                                        "created": int(time.time()), "model": body.get("model")})
+        if fault.kind == "drop":
+            return None
+        raise ValueError(f"unknown fault kind {fault.kind!r}")
+
+    def _answer(self, body: dict) -> _Response:
+        n = int(body.get("n") or 1) if self.honor_n else 1
+        stops = body.get("stop") or []
+        stops = [stops] if isinstance(stops, str) else list(stops)
+        max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
+        choices, completion_tokens = [], 0
+        for i in range(n):
+            try:
+                text = self._reply_text(body, i)
+            except Exception as exc:  # a broken reply function is a server error, not a crash
+                return _error(500, f"reply function failed: {exc!r}")
+            text, finish = _truncate(text, stops, max_tokens)
+            completion_tokens += count_tokens(text)
+            choices.append({"index": i, "finish_reason": finish, "logprobs": None,
+                            "message": {"role": "assistant", "content": text}})
+        payload: dict[str, Any] = {
+            "id": f"chatcmpl-{len(self.requests)}", "object": "chat.completion",
+            "created": int(time.time()), "model": body.get("model"), "choices": choices,
+        }
+        if self.report_usage:
+            prompt = sum(count_tokens(str(m.get("content") or "")) for m in body["messages"])
+            payload["usage"] = {"prompt_tokens": prompt, "completion_tokens": completion_tokens,
+                                "total_tokens": prompt + completion_tokens}
+        return _json_response(200, payload)
+
+    def _reply_text(self, body: dict, index: int) -> str:
+        if isinstance(self.reply, str):
+            return self.reply
+        if self._reply_takes_index:
+            return self.reply(body, index)  # type: ignore[call-arg]
+        return self.reply(body)  # type: ignore[call-arg]
+
+
+def _takes_two_args(fn: Callable) -> bool:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in params)
+
+
+def _truncate(text: str, stops: list[str], max_tokens: int | None) -> tuple[str, str]:
+    finish = "stop"
+    for s in stops:
+        if s and s in text:
+            text = text[: text.index(s)]
+    if max_tokens is not None and count_tokens(text) > max_tokens:
+        text, finish = " ".join(text.split()[:max_tokens]), "length"
+    return text, finish
+
+
+def _fmt(value: float | str) -> str:
+    return value if isinstance(value, str) else f"{value:g}"
+
+
+def _encode(r: _Response) -> bytes:
+    head = [f"HTTP/1.1 {r.status} {_REASONS.get(r.status, 'Status')}",
+            "Content-Type: application/json", f"Content-Length: {len(r.body)}"]
+    head += [f"{k}: {v}" for k, v in r.headers.items()]
+    return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + r.body
+
+
+async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str, dict[str, str], bytes] | None:
+    """One HTTP/1.1 request (Content-Length or chunked body), or None at end of stream."""
+    line = await reader.readline()
+    if not line.strip():
+        return None
+    method, path, _version = line.decode("latin-1").split(" ", 2)
+    headers: dict[str, str] = {}
+    while True:
+        h = await reader.readline()
+        if h in (b"\r\n", b"\n", b""):
+            break
+        key, _, value = h.decode("latin-1").partition(":")
+        headers[key.strip().lower()] = value.strip()
+    if "chunked" in headers.get("transfer-encoding", "").lower():
+        body = bytearray()
+        while True:
+            size = int((await reader.readline()).split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                await reader.readline()  # the blank line after the last chunk (no trailers)
+                break
+            body += await reader.readexactly(size)
+            await reader.readexactly(2)
+        return method, path, headers, bytes(body)
+    length = int(headers.get("content-length", "0") or 0)
+    return method, path, headers, (await reader.readexactly(length) if length else b"")

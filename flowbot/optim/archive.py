@@ -1,0 +1,91 @@
+"""The archive of tuned sketches, the objective (score, or score with a cost penalty), and the
+Pareto front of score against cost per example."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from flowbot.graph.sketch import Workflow
+
+
+@dataclass
+class ArchiveEntry:
+    id: str
+    workflow: Workflow
+    val_score: float
+    cost_per_example: float  # nominal dollars per example (0 when prices are unknown)
+    tokens_per_example: float
+    parent: str | None = None
+    edit: dict[str, Any] | None = None
+    edit_text: str = "seed"
+    blame: dict[str, int] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+    expansions: int = 0
+    tried: list[tuple[str, float | None]] = field(default_factory=list)  # edits proposed from here
+    inner_steps: int = 0
+    initial_val_score: float | None = None  # before the inner loop tuned it
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "parent": self.parent,
+            "edit": self.edit_text,
+            "val_score": self.val_score,
+            "cost_per_example": self.cost_per_example,
+            "tokens_per_example": self.tokens_per_example,
+            "nodes": len(self.workflow.sketch.nodes),
+            "initial_val_score": self.initial_val_score,
+            "inner_steps": self.inner_steps,
+        }
+
+
+@dataclass
+class Objective:
+    """``score``: validation score alone. ``cost``: score − weight × cost per example, where cost is
+    dollars when prices are known and thousands of tokens otherwise (local models cost $0)."""
+
+    kind: Literal["score", "cost"] = "score"
+    cost_weight: float = 0.05
+
+    def cost_of(self, e: ArchiveEntry) -> float:
+        return e.cost_per_example if e.cost_per_example > 0 else e.tokens_per_example / 1000.0
+
+    def __call__(self, e: ArchiveEntry) -> float:
+        if self.kind == "score":
+            return e.val_score
+        return e.val_score - self.cost_weight * self.cost_of(e)
+
+
+class Archive:
+    def __init__(self) -> None:
+        self.entries: list[ArchiveEntry] = []
+        self.signatures: dict[str, str] = {}  # sketch signature -> entry id
+
+    def add(self, entry: ArchiveEntry) -> None:
+        self.entries.append(entry)
+        self.signatures.setdefault(entry.workflow.sketch.signature(), entry.id)
+
+    def seen(self, workflow: Workflow) -> str | None:
+        return self.signatures.get(workflow.sketch.signature())
+
+    def get(self, entry_id: str) -> ArchiveEntry:
+        return next(e for e in self.entries if e.id == entry_id)
+
+    def best(self, objective: Objective) -> ArchiveEntry:
+        # ties go to the cheaper, then the earlier entry
+        return max(self.entries, key=lambda e: (objective(e), -objective.cost_of(e), -self.entries.index(e)))
+
+    def pareto_front(self, objective: Objective | None = None) -> list[ArchiveEntry]:
+        """Entries no other entry beats on both score (higher) and cost (lower), cheapest first."""
+        obj = objective or Objective()
+        front = []
+        for e in self.entries:
+            dominated = any(
+                o is not e and o.val_score >= e.val_score and obj.cost_of(o) <= obj.cost_of(e)
+                and (o.val_score > e.val_score or obj.cost_of(o) < obj.cost_of(e))
+                for o in self.entries
+            )
+            if not dominated:
+                front.append(e)
+        return sorted(front, key=lambda e: (obj.cost_of(e), -e.val_score))

@@ -1,0 +1,291 @@
+"""The inner loop: textual-gradient optimization of every tunable node of a fixed-structure workflow.
+
+    >>> # see tests/optim/test_inner.py for a complete example with a scripted LM
+    >>> InnerConfig().minibatch_size
+    5
+
+One step: forward on a minibatch (traces + scores) → a textual loss for each example below full
+score → backward pass, node by node in reverse topological order → gradients aggregated per node →
+the optimizer rewrites each blamed node's instruction → a candidate is accepted only if it gains on
+the minibatch it was made for and does not lower the held-out (validation) score. The loop stops at
+``steps``, at the budget, or after ``patience`` steps without a gain.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from flowbot.graph.nodes import Demo, LLMNode
+from flowbot.graph.sketch import Workflow
+from flowbot.lm.base import BudgetExceeded
+from flowbot.lm.budget import RoleUsage, UsageMeter
+from flowbot.lm.client import LMClient
+from flowbot.optim import textgrad as tg
+from flowbot.optim.evaluation import Evaluator, EventSink
+from flowbot.optim.policies import BlameOrder, MinibatchSampler, NotWorseAcceptance
+from flowbot.runtime.batch import BatchResult, ExampleResult
+
+
+@dataclass
+class InnerConfig:
+    steps: int = 5  # minibatches (each may step several nodes)
+    minibatch_size: int = 5
+    candidates: int = 1  # instruction rewrites proposed per node per step
+    patience: int = 3  # steps without a validation gain before stopping
+    feedback: Literal["backward", "global"] = "backward"
+    demos: int = 2  # few-shot demos to try per llm node (bootstrapped from successful traces); 0 = off
+    minibatch_gate: bool = True
+    tolerance: float = 0.0
+    full_score: float = 1.0
+    max_nodes_per_step: int | None = None
+    concurrency: int = 4
+    seed: int = 0
+
+
+@dataclass
+class StepRecord:
+    step: int
+    node_id: str
+    change: str  # "instruction", "demos" or "tools"
+    old: str
+    new: str
+    gradient: str
+    minibatch_before: float
+    minibatch_after: float | None
+    val_before: float
+    val_after: float | None
+    accepted: bool
+    reason: str
+    cost: dict[str, dict[str, Any]] = field(default_factory=dict)  # role -> usage during the step
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Failure:
+    example_id: str
+    inputs: dict[str, Any]
+    prediction: Any
+    gold: Any
+    score: float
+    loss: str
+
+    def brief(self, limit: int = 300) -> str:
+        return (f"inputs {tg.clip(self.inputs, limit)} | output {tg.clip(self.prediction, 120)} | "
+                f"correct {tg.clip(self.gold, 120)} | {tg.clip(self.loss, limit)}")
+
+
+@dataclass
+class InnerResult:
+    workflow: Workflow
+    val: BatchResult
+    initial_val_score: float
+    steps: list[StepRecord]
+    blame: Counter
+    failures: list[Failure]
+    stopped: str | None
+    usage: dict[str, dict[str, Any]]
+    wall_s: float
+
+    @property
+    def val_score(self) -> float:
+        return self.val.score
+
+
+def _usage_delta(before: dict[str, RoleUsage], after: dict[str, RoleUsage]) -> dict[str, dict[str, Any]]:
+    out = {}
+    for role, a in after.items():
+        b = before.get(role, RoleUsage())
+        delta = {
+            "calls": a.calls - b.calls,
+            "cached_calls": a.cached_calls - b.cached_calls,
+            "prompt_tokens": a.prompt_tokens - b.prompt_tokens,
+            "completion_tokens": a.completion_tokens - b.completion_tokens,
+            "cost_usd": round(a.cost_usd - b.cost_usd, 6),
+        }
+        if any(delta.values()):
+            out[role] = delta
+    return out
+
+
+class InnerLoop:
+    """Tunes one workflow; see the module docstring. ``optimizer`` is the optimizer-role LM client."""
+
+    def __init__(
+        self,
+        evaluator: Evaluator,
+        optimizer: LMClient,
+        ctx: tg.GradContext,
+        config: InnerConfig | None = None,
+        *,
+        meter: UsageMeter | None = None,
+        on_event: EventSink | None = None,
+        tool_options: list[str] | None = None,
+    ) -> None:
+        self.evaluate = evaluator
+        self.opt = optimizer
+        self.ctx = ctx
+        self.cfg = config or InnerConfig()
+        self.meter = meter or optimizer.meter
+        self.emit = on_event or (lambda e: None)
+        self.tool_options = tool_options
+        self.accept_rule = NotWorseAcceptance(self.cfg.tolerance, self.cfg.minibatch_gate)
+        self.node_order = BlameOrder(self.cfg.max_nodes_per_step)
+
+    async def optimize(self, workflow: Workflow, train: list[dict[str, Any]], val: list[dict[str, Any]],
+                       label: str = "") -> InnerResult:
+        start = time.perf_counter()
+        usage0 = self.meter.snapshot()
+        state = _State(workflow)
+        stopped: str | None = None
+        try:
+            state.val = await self.evaluate(workflow, val, f"{label}validating seed")
+            state.initial = state.val.score
+            await self._loop(state, train, val, label)
+        except BudgetExceeded as exc:
+            stopped = str(exc)
+        if state.val is None:  # the budget ran out before the seed was scored
+            state.val = BatchResult(results=[], requested=len(val), stopped=stopped)
+        return InnerResult(
+            workflow=state.workflow, val=state.val, initial_val_score=state.initial, steps=state.records,
+            blame=state.blame, failures=state.failures[-8:], stopped=stopped,
+            usage=_usage_delta(usage0, self.meter.snapshot()), wall_s=time.perf_counter() - start,
+        )
+
+    async def _loop(self, state: "_State", train: list[dict[str, Any]], val: list[dict[str, Any]], label: str) -> None:
+        sampler = MinibatchSampler(train, self.cfg.minibatch_size, self.cfg.seed)
+        no_gain = 0
+        for step in range(1, self.cfg.steps + 1):
+            batch = sampler.next()
+            before = state.val.score
+            await self._step(state, step, batch, val, label)
+            no_gain = 0 if state.val.score > before + 1e-12 else no_gain + 1
+            if no_gain >= self.cfg.patience:
+                self.emit({"type": "inner_patience", "step": step, "patience": self.cfg.patience})
+                break
+
+    async def _step(self, state: "_State", step: int, batch: list[dict[str, Any]], val: list[dict[str, Any]],
+                    label: str) -> None:
+        usage0 = self.meter.snapshot()
+        forward = await self.evaluate(state.workflow, batch, f"{label}step {step}: forward")
+        failing = [r for r in forward.results if r.score < self.cfg.full_score]
+        gradients = await self._gradients(state, failing)
+        stepped = 0
+        for node_id in self.node_order.select(gradients):
+            state.usage_mark = self.meter.snapshot()  # a record's cost runs from its aggregation on
+            gradient = await tg.aggregate(self.opt, node_id, state.workflow.params[node_id].instruction,
+                                          gradients[node_id], self.ctx)
+            forward = await self._try_instruction(state, step, node_id, gradient, batch, forward, val, label)
+            stepped += 1
+        if self.cfg.demos:
+            for node in state.workflow.llm_nodes():
+                if node.id not in state.demos_tried:
+                    forward = await self._try_demos(state, step, node, forward, batch, val, label)
+        self.emit({"type": "inner_step", "step": step, "failing": len(failing), "nodes_stepped": stepped,
+                   "val_score": state.val.score, "usage": _usage_delta(usage0, self.meter.snapshot())})
+
+    async def _gradients(self, state: "_State", failing: list[ExampleResult]) -> dict[str, list[str]]:
+        wf = state.workflow
+        losses = await tg.gather_limited(
+            [tg.textual_loss(self.opt, wf, r, self.ctx) for r in failing], self.cfg.concurrency)
+        for r, loss in zip(failing, losses):
+            state.failures.append(Failure(r.example_id, {f: r.example.get(f) for f in wf.sketch.inputs},
+                                          r.prediction.get(self.ctx.output_field),
+                                          {f: r.example.get(f) for f in self.ctx.target_fields}, r.score, loss))
+        gradients: dict[str, list[str]] = {}
+        if self.cfg.feedback == "global":
+            # ablation: one critique of the final output sent to every tunable node, no backward pass
+            for loss in losses:
+                for node in wf.tunable_nodes():
+                    gradients.setdefault(node.id, []).append(loss)
+            return gradients
+        results = await tg.gather_limited(
+            [tg.backward(self.opt, wf, r.trace, loss, self.ctx) for r, loss in zip(failing, losses)
+             if r.trace is not None], self.cfg.concurrency)
+        state.blame.update(tg.blame_counts(results))
+        for res in results:
+            for node_id, g in res.gradients.items():
+                gradients.setdefault(node_id, []).append(g)
+        return gradients
+
+    async def _try_instruction(self, state: "_State", step: int, node_id: str, gradient: str,
+                               batch: list[dict[str, Any]], forward: BatchResult, val: list[dict[str, Any]],
+                               label: str) -> BatchResult:
+        wf = state.workflow
+        node = wf.sketch.node(node_id)
+        options = self.tool_options if isinstance(node, LLMNode) and self.tool_options else None
+        proposals = await tg.propose_instructions(self.opt, wf, node, gradient, state.history.get(node_id, []),
+                                                  self.ctx, k=self.cfg.candidates, tool_options=options)
+        for p in proposals:
+            changes: dict[str, Any] = {"instruction": p.instruction}
+            if p.tools is not None and p.tools != wf.params[node_id].tools:
+                changes["tools"] = p.tools
+            candidate = wf.with_params(node_id, **changes)
+            forward, done = await self._judge(state, step, node_id, "instruction", wf.params[node_id].instruction,
+                                              p.instruction, gradient, candidate, batch, forward, val, label)
+            if done:
+                break
+        return forward
+
+    async def _try_demos(self, state: "_State", step: int, node: LLMNode, forward: BatchResult,
+                         batch: list[dict[str, Any]], val: list[dict[str, Any]], label: str) -> BatchResult:
+        wf = state.workflow
+        demos = []
+        for r in forward.results + state.val.results:
+            run = r.trace.nodes.get(node.id) if r.trace else None
+            if r.score >= self.cfg.full_score and run is not None and run.ok and run.raw:
+                demos.append(Demo(inputs={f: run.inputs.get(f) for f in node.reads}, output=run.raw[-1]))
+            if len(demos) >= self.cfg.demos:
+                break
+        if not demos or wf.params[node.id].demos:
+            return forward
+        state.demos_tried.add(node.id)
+        candidate = wf.with_params(node.id, demos=demos)
+        forward, _ = await self._judge(state, step, node.id, "demos", f"{len(wf.params[node.id].demos)} demos",
+                                       f"{len(demos)} demos", "bootstrapped from successful traces",
+                                       candidate, batch, forward, val, label, gate=False)
+        return forward
+
+    async def _judge(self, state: "_State", step: int, node_id: str, change: str, old: str, new: str,
+                     gradient: str, candidate: Workflow, batch: list[dict[str, Any]], forward: BatchResult,
+                     val: list[dict[str, Any]], label: str, gate: bool = True) -> tuple[BatchResult, bool]:
+        """Minibatch gate, then held-out acceptance. Returns the forward result of the kept workflow."""
+        usage0 = state.usage_mark or self.meter.snapshot()
+        mb = await self.evaluate(candidate, batch, f"{label}step {step}: candidate on minibatch")
+        record = StepRecord(step, node_id, change, old, new, gradient, forward.score, mb.score,
+                            state.val.score, None, False, "")
+        if gate and not self.accept_rule.passes_minibatch(mb.score, forward.score):
+            record.reason = "no gain on the minibatch"
+        else:
+            v = await self.evaluate(candidate, val, f"{label}step {step}: candidate on validation")
+            record.val_after = v.score
+            if self.accept_rule.accept(v.score, state.val.score):
+                record.accepted = True
+                record.reason = "validation not lower"
+                state.workflow, state.val, forward = candidate, v, mb
+            else:
+                record.reason = "validation score lower"
+            if change == "instruction":
+                state.history.setdefault(node_id, []).append((new, v.score))
+        record.cost = _usage_delta(usage0, self.meter.snapshot())
+        state.usage_mark = None
+        state.records.append(record)
+        self.emit({"type": "inner_candidate", **record.to_dict()})
+        return forward, record.accepted
+
+
+class _State:
+    def __init__(self, workflow: Workflow) -> None:
+        self.workflow = workflow
+        self.val: BatchResult | None = None  # type: ignore[assignment]
+        self.initial = 0.0
+        self.records: list[StepRecord] = []
+        self.history: dict[str, list[tuple[str, float]]] = {}
+        self.blame: Counter = Counter()
+        self.failures: list[Failure] = []
+        self.demos_tried: set[str] = set()
+        self.usage_mark: dict[str, RoleUsage] | None = None

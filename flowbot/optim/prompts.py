@@ -1,0 +1,175 @@
+"""The optimizer's meta-prompts, as named templates apart from the control flow.
+
+They are plain ``str.format`` templates so they can be read, diffed and tested without reading the
+loops. Replies use simple tagged lines (``GRADIENT: ...``), which small local models follow far more
+reliably than JSON; the edit proposal is the one place that asks for JSON, checked against the IR.
+"""
+
+from __future__ import annotations
+
+LOSS_SYSTEM = (
+    "You evaluate the output of an AI workflow against the correct answer. Be specific and brief: "
+    "say what is wrong with the output and why, in at most three sentences. Do not solve the task again "
+    "at length."
+)
+
+LOSS_USER = """Task: {task_description}
+
+Inputs:
+{inputs}
+
+Workflow output ({output_field}):
+{prediction}
+
+Correct answer:
+{gold}
+
+Score: {score} (1.0 is perfect){metric_feedback}
+
+What is wrong with the output?"""
+
+BACKWARD_SYSTEM = (
+    "You are improving one step of a multi-step AI workflow by finding where an error came from. "
+    "You see one step: its instruction, the inputs it received, the output it produced, and feedback "
+    "on that output from later steps. Decide whether this step itself made the mistake, and whether "
+    "any of its inputs (produced by earlier steps) were already wrong."
+)
+
+BACKWARD_USER = """Workflow: {workflow_summary}
+
+Step '{node_id}' ({node_kind}){purpose}
+Instruction of this step:
+<<<
+{instruction}
+>>>
+
+Inputs it received:
+{inputs}
+
+Output it produced ({output_field}):
+<<<
+{output}
+>>>
+
+Feedback on this output from later steps:
+{feedback}
+
+Reply with exactly these lines:
+GRADIENT: <how this step's instruction should change to avoid the mistake, or NONE if this step did its job correctly given its inputs>
+{upstream_lines}"""
+
+UPSTREAM_LINE = "FEEDBACK[{field}]: <what was wrong with the input '{field}', or NONE if it was fine>"
+
+AGGREGATE_SYSTEM = (
+    "You merge feedback about one step of an AI workflow, gathered on several examples, into one "
+    "short list of concrete changes to its instruction. Keep what recurs; drop what is specific to "
+    "a single example."
+)
+
+AGGREGATE_USER = """Step '{node_id}' instruction:
+<<<
+{instruction}
+>>>
+
+Feedback from {count} examples:
+{items}
+
+Write at most five bullet points of changes to make."""
+
+STEP_SYSTEM = (
+    "You write instructions (prompts) for one step of an AI workflow run by a language model. "
+    "Given the current instruction and feedback on its mistakes, write an improved instruction. "
+    "Keep what works, fix what the feedback says, stay general (never copy a specific example's "
+    "answer), and keep it concise."
+)
+
+STEP_USER = """Task: {task_description}
+
+Step '{node_id}'{purpose}: reads {reads}; writes {writes}.{format_note}
+
+Current instruction:
+<<<
+{instruction}
+>>>
+
+Feedback on its mistakes:
+{gradient}
+{history}{tool_options}
+Write the improved instruction between <instruction> and </instruction>."""
+
+HISTORY_HEADER = "\nEarlier attempts for this step and their validation scores (higher is better):\n"
+
+TOOL_OPTIONS = (
+    "\nThis step may call tools. Available: {options}. Currently enabled: {current}. "
+    "If the set should change, also write <tools>comma-separated names</tools> (or <tools>none</tools>)."
+)
+
+EDIT_SYSTEM = (
+    "You design the structure of AI workflows: graphs of language-model calls, tool calls, branches and "
+    "merges. You propose ONE structural edit that is most likely to raise the workflow's score, "
+    "given how it fails. Prefer small, targeted edits. Cost matters too: more calls cost more."
+)
+
+EDIT_USER = """Task: {task_description}
+
+Current workflow (validation score {score:.3f}, {cost} per example):
+{workflow_text}
+
+Steps most often blamed for errors: {blame}
+
+Typical failures:
+{failures}
+
+Edits already tried from this workflow (do not repeat them):
+{tried}
+
+Available tools: {tools}
+
+Edit vocabulary (JSON, one object):
+{vocabulary}
+
+First write one or two sentences of critique of the workflow's structure, then the edit as JSON in a
+```json code block."""
+
+EDIT_REPAIR = """That edit could not be applied:
+{error}
+
+Reply with a corrected edit as JSON in a ```json code block (or a different edit)."""
+
+EDIT_VOCABULARY = """- {{"op": "insert_verifier", "target": NODE}}: a step that checks and corrects NODE's output
+- {{"op": "ensemble", "node_id": NODE, "k": 3, "strategy": "majority"|"select"}}: sample NODE k times, then vote or pick
+- {{"op": "add_tool_step", "tool": TOOL, "consumer": NODE, "producer_reads": [FIELDS], "producer_instruction": TEXT}}: an llm step writes the tool's input from FIELDS; NODE also reads the tool's result
+- {{"op": "add_tool_step", "tool": TOOL, "consumer": NODE, "args": {{"ARG": FIELD}}}}: call TOOL on existing fields
+- {{"op": "insert_after", "target": NODE, "node": {{"kind": "llm", "id": NEW_ID, "reads": [NODE's output, ...], "writes": NEW_FIELD}}, "params": {{"instruction": TEXT}}}}
+- {{"op": "add_node", "node": {{"kind": "llm", "id": NEW_ID, "reads": [FIELDS], "writes": NEW_FIELD}}, "params": {{"instruction": TEXT}}, "consumers": [NODE]}}: a new step whose output NODE also reads (e.g. a plan)
+- {{"op": "remove_node", "node_id": NODE, "replacement": FIELD}}: drop a step that hurts; its readers read FIELD instead
+- {{"op": "add_branch", "target": NODE, "reads": [FIELDS], "labels": [A, B], "classifier_instruction": TEXT, "alternative_instruction": TEXT}}: route inputs to NODE or an alternative
+- {{"op": "rewire", "node_id": NODE, "reads": [FIELDS]}}: change what a step reads"""
+
+AFLOW_SYSTEM = (
+    "You optimize AI workflows built from operators: Generate (a model call), Review+Revise (check and "
+    "correct a step's output), Ensemble (sample several answers and select or vote), Programmer (write "
+    "and run Python code), Format (rewrite an answer into the required format). Propose ONE operator "
+    "modification that should raise the score, learning from the modifications already tried."
+)
+
+AFLOW_USER = """Task: {task_description}
+
+Current workflow (score {score:.3f}):
+{workflow_text}
+
+Modifications already tried and their results:
+{experience}
+
+Failures of the current workflow:
+{failures}
+
+Choose one modification as JSON in a ```json code block, one of:
+{vocabulary}"""
+
+AFLOW_VOCABULARY = """- {{"operator": "review_revise", "target": NODE}}
+- {{"operator": "ensemble", "target": NODE, "k": 3, "strategy": "select"|"majority"}}
+- {{"operator": "programmer", "target": NODE}}: write and run Python code, and give the result to NODE
+- {{"operator": "format", "target": NODE}}: add a step that rewrites NODE's answer into the required format
+- {{"operator": "generate", "target": NODE}}: add a step whose output NODE also reads (e.g. a plan or hints)
+- {{"operator": "remove", "target": NODE}}"""

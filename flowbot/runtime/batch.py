@@ -1,0 +1,166 @@
+"""Batch evaluation: run a workflow over examples with bounded concurrency, a progress bar and a
+metric. A failing node or example is recorded and scored 0; it never stops the batch. A used-up
+budget stops launching new examples and returns what was done, marked with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from flowbot.graph.sketch import Workflow
+from flowbot.lm.base import BudgetExceeded, Usage
+from flowbot.runtime.executor import Executor
+from flowbot.runtime.scoring import Metric, MetricResult, call_metric
+from flowbot.runtime.trace import Trace
+
+
+@dataclass
+class ExampleResult:
+    example_id: str
+    example: dict[str, Any]
+    prediction: dict[str, Any]
+    score: float
+    feedback: str = ""
+    error: str | None = None  # workflow error or metric error
+    trace: Trace | None = None
+
+    def to_dict(self, with_trace: bool = True) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "id": self.example_id,
+            "example": self.example,
+            "prediction": self.prediction,
+            "score": self.score,
+            "feedback": self.feedback,
+            "error": self.error,
+        }
+        if with_trace and self.trace is not None:
+            d["trace"] = self.trace.to_dict()
+        return d
+
+
+@dataclass
+class BatchResult:
+    results: list[ExampleResult]
+    requested: int  # examples asked for (more than len(results) when stopped early)
+    stopped: str | None = None  # why the batch stopped early (budget), else None
+    wall_s: float = 0.0
+    usage: Usage = field(default_factory=Usage)  # nominal usage of all traces (cached or not)
+    calls: int = 0
+
+    @property
+    def score(self) -> float:
+        """Mean score over evaluated examples (0 when none)."""
+        return sum(r.score for r in self.results) / len(self.results) if self.results else 0.0
+
+    @property
+    def complete(self) -> bool:
+        return self.stopped is None and len(self.results) == self.requested
+
+    def scores(self) -> dict[str, float]:
+        return {r.example_id: r.score for r in self.results}
+
+    def stderr(self) -> float:
+        n = len(self.results)
+        if n < 2:
+            return 0.0
+        m = self.score
+        var = sum((r.score - m) ** 2 for r in self.results) / (n - 1)
+        return math.sqrt(var / n)
+
+    def cost_per_example(self) -> float:
+        """Nominal dollars per example (0 when prices are unknown)."""
+        return (self.usage.cost_usd or 0.0) / len(self.results) if self.results else 0.0
+
+    def tokens_per_example(self) -> float:
+        return self.usage.total_tokens / len(self.results) if self.results else 0.0
+
+
+def example_id(example: dict[str, Any], index: int) -> str:
+    for key in ("id", "_id", "task_id", "unique_id"):
+        if key in example and example[key] is not None:
+            return str(example[key])
+    return str(index)
+
+
+async def evaluate_examples(
+    executor: Executor,
+    workflow: Workflow,
+    examples: list[dict[str, Any]],
+    metric: Metric,
+    *,
+    concurrency: int = 8,
+    progress: bool | Progress = False,
+    description: str = "evaluating",
+    on_result: Callable[[ExampleResult], None] | None = None,
+) -> BatchResult:
+    """Run ``workflow`` on every example and score it with ``metric``.
+
+    The workflow's inputs are taken from each example by field name; ``metric(example, outputs)``
+    receives the example and the workflow's output fields.
+    """
+    start = time.perf_counter()
+    results: list[ExampleResult | None] = [None] * len(examples)
+    semaphore = asyncio.Semaphore(max(1, concurrency))
+    stop_reason: list[str] = []
+    bar, task_id, owns_bar = _progress(progress, description, len(examples))
+
+    async def one(i: int, ex: dict[str, Any]) -> None:
+        if stop_reason:
+            return
+        async with semaphore:
+            if stop_reason:
+                return
+            inputs = {f: ex[f] for f in workflow.sketch.inputs if f in ex}
+            try:
+                trace = await executor.run(workflow, inputs)
+            except BudgetExceeded as exc:
+                stop_reason.append(str(exc))
+                return
+            except Exception as exc:  # an executor bug must not sink the whole batch
+                trace = Trace(inputs=inputs, error=f"{type(exc).__name__}: {exc}")
+            scored: MetricResult = await call_metric(metric, ex, trace.outputs)
+            error = trace.error or scored.error
+            res = ExampleResult(example_id(ex, i), ex, trace.outputs, scored.score, scored.feedback, error, trace)
+            results[i] = res
+            if on_result is not None:
+                on_result(res)
+            if bar is not None:
+                bar.advance(task_id)
+
+    try:
+        await asyncio.gather(*(one(i, ex) for i, ex in enumerate(examples)))
+    finally:
+        if owns_bar and bar is not None:
+            bar.stop()
+    done = [r for r in results if r is not None]
+    usage = Usage()
+    for r in done:
+        if r.trace is not None:
+            usage = usage + r.trace.usage
+    return BatchResult(
+        results=done,
+        requested=len(examples),
+        stopped=stop_reason[0] if stop_reason else None,
+        wall_s=time.perf_counter() - start,
+        usage=usage,
+        calls=sum(r.trace.calls for r in done if r.trace is not None),
+    )
+
+
+def _progress(progress: bool | Progress, description: str, total: int):
+    if progress is False:
+        return None, None, False
+    if isinstance(progress, Progress):
+        return progress, progress.add_task(description, total=total), False
+    bar = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), TimeRemainingColumn(), transient=False,
+    )
+    bar.start()
+    return bar, bar.add_task(description, total=total), True

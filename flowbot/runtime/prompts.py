@@ -1,0 +1,118 @@
+"""How an llm node's fields become chat messages (the "adapter", apart from transport).
+
+Layout for prompt-prefix reuse on local engines: everything shared across examples comes first
+(system text = instruction + output format + tools, then the few-shot demos as chat turns) and the
+example's own field values come last, in the final user message.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flowbot.graph.nodes import BranchNode, LLMNode, MergeNode, NodeParams, OutputFormat
+
+_FORMAT_HINTS = {
+    "text": "",
+    "answer": "End your reply with a final line of the form 'Answer: <{field}>'.",
+    "number": "End your reply with a final line of the form 'Answer: <number>' (just the number).",
+    "boxed": "Put the final {field} inside \\boxed{{}}.",
+    "json": "Reply with a single JSON object and nothing else.",
+    "code": "Reply with the complete Python code in one ```python code block.",
+    "regex": "",
+}
+
+
+def format_value(value: Any) -> str:
+    """Render a field value as text: strings as is, passages and lists readably, the rest as JSON."""
+    if value is None:
+        return "(none)"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float, bool)):
+        return str(value)
+    if isinstance(value, list):
+        if value and all(_is_titled_passage(v) for v in value):
+            return "\n\n".join(f"{v[0]}: {' '.join(v[1]) if isinstance(v[1], list) else v[1]}" for v in value)
+        if value and all(isinstance(v, dict) and "text" in v for v in value):
+            return "\n\n".join((f"{v['title']}: " if v.get("title") else "") + str(v["text"]) for v in value)
+        if all(isinstance(v, (str, int, float)) for v in value):
+            return "\n".join(f"{i}. {v}" for i, v in enumerate(value, 1))
+    return json.dumps(value, ensure_ascii=False, indent=1)
+
+
+def _is_titled_passage(v: Any) -> bool:
+    return isinstance(v, (list, tuple)) and len(v) == 2 and isinstance(v[0], str) and isinstance(v[1], (list, str))
+
+
+def label_of(field: str) -> str:
+    return field.replace("_", " ").strip().capitalize()
+
+
+def render_fields(values: dict[str, Any]) -> str:
+    return "\n\n".join(f"{label_of(k)}:\n{format_value(v)}" for k, v in values.items())
+
+
+def output_hint(node: LLMNode) -> str:
+    fmt: OutputFormat = node.output
+    hint = _FORMAT_HINTS[fmt.extract].format(field=label_of(node.writes).lower())
+    if fmt.extract == "label" and fmt.labels:
+        hint = f"End your reply with a final line of the form 'Answer: <label>' where <label> is one of: {', '.join(fmt.labels)}."
+    if fmt.description:
+        hint = (hint + " " if hint else "") + f"The {label_of(node.writes).lower()} is {fmt.description}."
+    return hint
+
+
+def tool_hint(tool_descriptions: dict[str, str]) -> str:
+    lines = [
+        "You may use tools. To call one, write a line 'Action: <tool>[<input>]' and stop; you will then "
+        "get 'Observation: <result>'. Call a tool only when it helps; when you know the answer, give it "
+        "as instructed above without an Action line.",
+        "Tools:",
+    ]
+    lines += [f"- {name}: {desc}" for name, desc in tool_descriptions.items()]
+    return "\n".join(lines)
+
+
+def system_text(instruction: str, *parts: str) -> str:
+    return "\n\n".join(p for p in (instruction.strip(), *parts) if p)
+
+
+def llm_messages(
+    node: LLMNode,
+    params: NodeParams,
+    inputs: dict[str, Any],
+    tool_descriptions: dict[str, str] | None = None,
+) -> list[dict[str, str]]:
+    system = system_text(
+        params.instruction or f"Given the inputs, produce the {label_of(node.writes).lower()}.",
+        output_hint(node),
+        tool_hint(tool_descriptions) if tool_descriptions else "",
+    )
+    messages = [{"role": "system", "content": system}]
+    for demo in params.demos:
+        messages.append({"role": "user", "content": render_fields({f: demo.inputs.get(f) for f in node.reads})})
+        messages.append({"role": "assistant", "content": demo.output})
+    messages.append({"role": "user", "content": render_fields(inputs)})
+    return messages
+
+
+def branch_messages(node: BranchNode, params: NodeParams, inputs: dict[str, Any]) -> list[dict[str, str]]:
+    labels = ", ".join(node.routes)
+    system = system_text(
+        params.instruction or "Classify the input.",
+        f"Reply with a final line of the form 'Answer: <label>' where <label> is one of: {labels}.",
+    )
+    return [{"role": "system", "content": system}, {"role": "user", "content": render_fields(inputs)}]
+
+
+def select_messages(
+    node: MergeNode, params: NodeParams, candidates: list[Any], context: dict[str, Any]
+) -> list[dict[str, str]]:
+    system = system_text(
+        params.instruction or "Several candidate answers follow. Pick the one most likely to be correct.",
+        "Reply with a final line of the form 'Answer: <number of the best candidate>'.",
+    )
+    body = render_fields(context) + "\n\n" if context else ""
+    body += "\n\n".join(f"Candidate {i}:\n{format_value(c)}" for i, c in enumerate(candidates, 1))
+    return [{"role": "system", "content": system}, {"role": "user", "content": body}]

@@ -1,0 +1,39 @@
+"""Official benchmark metrics as pure functions on strings.
+
+| benchmark | functions |
+| --- | --- |
+| SQuAD-style QA | :func:`exact_match`, :func:`f1`, :func:`max_over_golds`, :func:`contains` |
+| TriviaQA | :func:`triviaqa_exact_match`, :func:`triviaqa_f1` (max over aliases with ``max_over_golds``) |
+| HotpotQA | :func:`hotpot_exact_match`, :func:`hotpot_f1` (official yes/no/noanswer rule) |
+| DROP | :func:`drop_metrics`, :func:`drop_score` (max over ``|`` alternatives), :func:`aflow_drop_f1` |
+| MATH | :func:`math_score` (reply vs solution), :func:`math_equiv` (answer vs answer) |
+| GSM8K | :func:`gsm8k_score` |
+| FEVER | :func:`fever_score`, :func:`label_accuracy` |
+| numbers | :func:`numeric_equal`, :func:`parse_number` |
+
+>>> max_over_golds(triviaqa_f1, "the onion", ["Allium cepa", "Onion"])
+1.0
+"""
+
+from flowbot.tasks.metrics.drop import (
+    aflow_drop_f1, drop_em, drop_f1, drop_metrics, drop_normalize, drop_score, split_references,
+)
+from flowbot.tasks.metrics.hotpotqa import aflow_hotpot_f1, hotpot_exact_match, hotpot_f1, hotpot_prf
+from flowbot.tasks.metrics.labels import FEVER_LABELS, fever_score, label_accuracy
+from flowbot.tasks.metrics.math_answer import (
+    close_worker_pool, math_equiv, math_gold, math_score, normalize_math_answer,
+)
+from flowbot.tasks.metrics.numeric import gsm8k_gold, gsm8k_score, numeric_equal, parse_number
+from flowbot.tasks.metrics.squad import (
+    contains, exact_match, f1, max_over_golds, normalize_answer, token_prf, triviaqa_exact_match,
+    triviaqa_f1, triviaqa_normalize,
+)
+
+__all__ = [
+    "FEVER_LABELS", "aflow_drop_f1", "aflow_hotpot_f1", "close_worker_pool", "contains", "drop_em",
+    "drop_f1", "drop_metrics", "drop_normalize", "drop_score", "exact_match", "f1", "fever_score",
+    "gsm8k_gold", "gsm8k_score", "hotpot_exact_match", "hotpot_f1", "hotpot_prf", "label_accuracy",
+    "math_equiv", "math_gold", "math_score", "max_over_golds", "normalize_answer",
+    "normalize_math_answer", "numeric_equal", "parse_number", "split_references", "token_prf",
+    "triviaqa_exact_match", "triviaqa_f1", "triviaqa_normalize",
+]

@@ -1,0 +1,582 @@
+"""Run untrusted (LLM-written) Python in a child process with layered limits.
+
+Example::
+
+    res = await run_python("print(sum(range(10)))", timeout_s=5)
+    assert res.stdout == "45\\n" and res.ok
+
+Two isolation levels exist; ``isolation="auto"`` picks the strongest one the host supports
+(:func:`sandbox_info` says which, and why not more).
+
+``"namespaces"`` (Linux, running as root, kernel allows ``unshare``: the case on FlowBot's own
+machines and CI). A small launcher (``_sandbox_launch.py``) makes new mount, network, PID, UTS
+and IPC namespaces and then the kernel enforces, whatever the code does inside Python:
+
+* network: the new network namespace has no interface up, so every connect fails;
+* filesystem: the root is a fresh tmpfs (``pivot_root``, old root unmounted) holding only
+  read-only binds of the system library dirs (``/usr``, ``/lib*``, ``/bin``...) and the Python
+  installation, five ``/dev`` nodes, ``/proc`` of the new PID namespace, and the working dir
+  ``/sandbox`` (a tmpfs of ``disk_mb``; also ``$HOME`` and ``$TMPDIR``). Everything else
+  (``/etc/passwd``, ``/root``, ``/tmp``, the project, other users' files) is not there. The
+  working dir vanishes with the namespace;
+* identity: a fresh uid/gid drawn per run from a range no account uses, no supplementary
+  groups, every capability dropped (bounding set emptied) and ``no_new_privs``, so the code
+  cannot write the read-only binds, raise its hard limits, signal processes outside the run,
+  ptrace anything, or leave the namespaces;
+* processes: ``RLIMIT_NPROC`` counts the tasks of that per-run uid, so a fork bomb stops at
+  ``max_processes``; the run's init process is PID 1 of the namespace, so when it ends (or is
+  killed) the kernel kills every process left in the run;
+* resources: ``RLIMIT_AS`` (per process, so the total is at most ``max_processes * memory_mb``),
+  ``RLIMIT_CPU``, ``RLIMIT_FSIZE``, ``RLIMIT_NOFILE``, no core dumps, and the tmpfs sizes.
+
+``"process"`` (any other host, e.g. a non-root laptop or a container without ``CAP_SYS_ADMIN``):
+a plain child process in its own session with the same rlimits except ``RLIMIT_NPROC`` (it counts
+all of the user's processes, and root ignores it), running as the parent's user in a host temp
+dir. Here the file, network and process-count rules come only from the audit guard below, and a
+process that leaves its session (``setsid``) escapes the group kill.
+
+Both levels add, inside the child interpreter, an *audit guard* (``sys.addaudithook``, on by
+default, ``_sandbox_boot.py``): reading outside the working dir and the Python install, writing
+outside the working dir, sockets other than local ``socketpair``s, ``subprocess``/``os.system``/
+``exec*``/``posix_spawn``, forks beyond ``max_processes`` (and any fork from a forked child),
+symlinks/hard links, signals to processes outside the run, ``setrlimit``, ``gc`` referrer/object
+walks, ``ctypes`` library loading, symbol lookup, foreign calls and raw-address reads, and
+imports of sub-interpreter and test modules all raise ``PermissionError``/``ImportError``. The
+guard is a tripwire for accidents and naive code, **not a security boundary**: code in the same
+interpreter can defeat it on purpose (raw memory access through ``ctypes`` pointer objects --
+``ctypes`` stays importable because sympy needs it; malformed bytecode; monkeypatching stdlib
+internals the guard calls; C extensions that open files without audit events; racing a path
+check from a thread). On ``"namespaces"`` that leaves the kernel limits above intact; on
+``"process"`` nothing else stands behind it.
+
+Always, whatever the level: a minimal environment built from scratch (no variable of the parent
+leaks into the child), output read with a cap (the run is killed once a stream passes
+``max_output_bytes``), a wall-clock timeout after which the whole process group gets SIGKILL, a
+watchdog thread in the child that ends the run if the parent dies, and no zombie left behind
+(asyncio reaps the child; the namespace init reaps or kills the rest).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ast
+import json
+import logging
+import math
+import os
+import secrets
+import shutil
+import signal
+import site
+import sys
+import sysconfig
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+log = logging.getLogger(__name__)
+
+Isolation = Literal["auto", "namespaces", "process"]
+
+#: working directory seen by the code on the "namespaces" level (a tmpfs)
+NS_WORKDIR = "/sandbox"
+_DONE = b"done"  # written by the child's bootstrap to the status pipe once the code has finished
+
+
+@dataclass
+class SandboxResult:
+    stdout: str
+    stderr: str
+    exit_code: int  # negative: killed by that signal (like subprocess)
+    timed_out: bool
+    #: why a limit stopped the run: "timeout", "output_limit", "cpu_limit", "memory_limit"
+    #: (a MemoryError ended it), "killed" (SIGKILL not sent by the parent) or None
+    killed_reason: str | None
+    truncated: bool  # stdout or stderr was cut at max_output_bytes
+    duration_s: float
+    completed: bool = False  # the code ran to its end (no exception, no exit(), no kill)
+    isolation: str = ""  # the level actually used
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and self.completed and not self.timed_out
+
+
+@dataclass
+class TestRunResult:
+    passed: bool
+    error: str  # "" when passed; else the failing assertion / exception / limit, shortened
+
+
+class SandboxUnavailable(RuntimeError):
+    """The requested isolation level cannot be provided on this host."""
+
+
+# --------------------------------------------------------------------------------------------
+# Child-side programs: stdlib-only files of this package, passed as text to ``python -c`` (the
+# child cannot import flowbot). Read once per process (a harmless module-level cache).
+
+_STUB = "import sys;exec(compile(sys.argv[1],'<flowbot-sandbox>','exec'))"
+_SOURCES: dict[str, str] = {}
+
+
+def _source(name: str) -> str:
+    if name not in _SOURCES:
+        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), name)
+        with open(path, encoding="utf-8") as f:
+            _SOURCES[name] = f.read()
+    return _SOURCES[name]
+
+
+
+# --------------------------------------------------------------------------------------------
+# Host capabilities (probed once per process: a documented, harmless module-level cache).
+
+
+@dataclass(frozen=True)
+class _Host:
+    namespaces: bool
+    reason: str  # why namespaces are not available ("" when they are)
+    uid_range: tuple[int, int]  # per-run uids are drawn from [lo, hi)
+
+
+_HOST_CACHE: dict[str, _Host] = {}
+
+
+def _id_range(map_file: str) -> tuple[int, int] | None:
+    """A range of ids usable in this user namespace, away from ids real users have."""
+    try:
+        with open(map_file, encoding="ascii") as f:
+            extents = [tuple(int(x) for x in line.split()) for line in f if line.strip()]
+    except OSError:
+        return None
+    for inside, _outside, count in extents:
+        lo, hi = max(inside, 1_000_000), min(inside + count, 2**31 - 2)
+        if hi - lo >= 4096:
+            return lo, hi
+    return None
+
+
+def _static_host_check() -> _Host:
+    if os.name != "posix" or not sys.platform.startswith("linux"):
+        return _Host(False, "not Linux", (0, 0))
+    if os.geteuid() != 0:
+        return _Host(False, "not running as root", (0, 0))
+    uids, gids = _id_range("/proc/self/uid_map"), _id_range("/proc/self/gid_map")
+    if uids is None or gids is None:
+        return _Host(False, "no free uid/gid range in this user namespace", (0, 0))
+    lo, hi = max(uids[0], gids[0]), min(uids[1], gids[1])
+    if hi - lo < 4096:
+        return _Host(False, "uid and gid ranges do not overlap", (0, 0))
+    return _Host(True, "", (lo, hi))
+
+
+async def _host() -> _Host:
+    key = sys.executable
+    if key in _HOST_CACHE:
+        return _HOST_CACHE[key]
+    host = _static_host_check()
+    if host.namespaces:  # check that the kernel lets us use them
+        res = await _execute("print('ok')", _Spec(), host, "namespaces")
+        if res.stdout != "ok\n" or not res.completed:
+            detail = (res.stderr.strip().splitlines() or ["no output"])[-1]
+            host = _Host(False, f"namespace probe failed: {detail}", (0, 0))
+    if not host.namespaces:  # a downgrade worth a warning when we are root and expected more
+        level = logging.WARNING if os.name == "posix" and os.geteuid() == 0 else logging.INFO
+        log.log(level, "sandbox: namespace isolation unavailable (%s); using process isolation", host.reason)
+    _HOST_CACHE[key] = host
+    return host
+
+
+async def sandbox_info() -> dict[str, str]:
+    """Which isolation ``"auto"`` gives on this host, and why not more: ``{"isolation", "reason"}``."""
+    host = await _host()
+    return {"isolation": "namespaces" if host.namespaces else "process", "reason": host.reason}
+
+
+# --------------------------------------------------------------------------------------------
+# Building the child's command line.
+
+
+@dataclass(frozen=True)
+class _Spec:
+    stdin: str = ""
+    timeout_s: float = 10.0
+    memory_mb: int = 512
+    max_output_bytes: int = 64_000
+    max_processes: int = 16
+    disk_mb: int = 64
+    audit_guard: bool = True
+    run_name: str = "__main__"
+
+
+def _python_binary() -> str:
+    return os.path.realpath(sys.executable)
+
+
+def _site_dirs() -> list[str]:
+    paths = sysconfig.get_paths()
+    dirs = [paths.get("purelib", ""), paths.get("platlib", "")]
+    try:
+        dirs += site.getsitepackages()
+    except AttributeError:  # some embedded/virtualenv site modules lack it
+        pass
+    out: list[str] = []
+    for d in dirs:
+        if d and os.path.isdir(d) and d not in out:
+            out.append(d)
+    return out
+
+
+def _python_read_roots() -> list[str]:
+    paths = sysconfig.get_paths()
+    roots = [paths.get("stdlib", ""), paths.get("platstdlib", ""), *_site_dirs()]
+    roots += [os.path.join(sys.base_prefix, "lib"), os.path.dirname(_python_binary())]
+    return _dedupe_dirs([os.path.realpath(r) for r in roots if r and os.path.isdir(r)])
+
+
+def _dedupe_dirs(dirs: list[str]) -> list[str]:
+    """Drop dirs that sit inside another listed dir."""
+    out: list[str] = []
+    for d in sorted(set(dirs), key=len):
+        if not any(d == o or d.startswith(o.rstrip("/") + "/") for o in out):
+            out.append(d)
+    return out
+
+
+def _python_mounts() -> list[str]:
+    dirs = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
+            os.path.dirname(_python_binary()), *_python_read_roots()]
+    return _dedupe_dirs([os.path.realpath(d) for d in dirs if d and os.path.isdir(d)])
+
+
+_SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32",
+                 "/etc/ld.so.cache", "/etc/localtime")
+_DEVICES = ("null", "zero", "full", "random", "urandom")
+
+
+def _plan_entries() -> list[tuple[str, str, str]]:
+    """What the new root holds: (kind, host path, symlink target) with kind dir/file/symlink/dev."""
+    system = [p for p in _SYSTEM_PATHS if os.path.lexists(p)]
+    paths = _dedupe_dirs(system) + [p for p in _python_mounts() if not _covered(p, system)]
+    entries: list[tuple[str, str, str]] = []
+    for path in paths:
+        if os.path.islink(path):
+            entries.append(("symlink", path, os.readlink(path)))
+        elif os.path.isdir(path):
+            entries.append(("dir", path, ""))
+        elif os.path.isfile(path):
+            entries.append(("file", path, ""))
+    entries += [("dev", f"/dev/{d}", "") for d in _DEVICES if os.path.exists(f"/dev/{d}")]
+    return entries
+
+
+def _covered(path: str, by: list[str]) -> bool:
+    return any(path == b or path.startswith(b.rstrip("/") + "/") for b in by)
+
+
+def _child_env(work: str) -> dict[str, str]:
+    # Built from scratch: nothing of the parent's environment (API keys...) reaches the child.
+    return {
+        "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
+        "HOME": work, "TMPDIR": work, "PYTHONHASHSEED": "0", "PYTHONIOENCODING": "utf-8",
+        "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1",
+        "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+    }
+
+
+def _child_config(spec: _Spec, work: str, code_path: str, status_fd: int, per_uid: bool) -> str:
+    mb = 1024 * 1024
+    cpu = int(math.ceil(spec.timeout_s)) + 1
+    rlimits = {  # name: (soft, hard)
+        "RLIMIT_AS": (spec.memory_mb * mb,) * 2,
+        "RLIMIT_CPU": (cpu, cpu + 1),  # SIGXCPU at the soft limit, SIGKILL a second later
+        "RLIMIT_FSIZE": (spec.disk_mb * mb,) * 2,
+        "RLIMIT_NOFILE": (256, 256),
+        "RLIMIT_CORE": (0, 0),
+    }
+    if per_uid:  # only meaningful when the uid is ours alone (and not root)
+        rlimits["RLIMIT_NPROC"] = (spec.max_processes + 2,) * 2  # + main process + watchdog
+    return json.dumps({
+        "work": work, "code_path": code_path, "status_fd": status_fd, "rlimits": rlimits,
+        "guard": spec.audit_guard, "max_forks": spec.max_processes,
+        "deadline_s": spec.timeout_s + 2.0, "run_name": spec.run_name,
+        "site_dirs": [os.path.realpath(d) for d in _site_dirs()], "read_roots": _python_read_roots(),
+        "read_files": ["/dev/null", "/dev/urandom", "/dev/random", "/dev/zero", "/etc/localtime"],
+    })
+
+
+# --------------------------------------------------------------------------------------------
+# Running.
+
+
+async def run_python(
+    code: str,
+    *,
+    stdin: str = "",
+    timeout_s: float = 10.0,
+    memory_mb: int = 512,
+    max_output_bytes: int = 64_000,
+    max_processes: int = 16,
+    disk_mb: int = 64,
+    isolation: Isolation = "auto",
+    audit_guard: bool = True,
+) -> SandboxResult:
+    """Run ``code`` as a fresh Python program in the sandbox and return what it printed.
+
+    ``timeout_s`` is wall-clock time for the whole run (start-up included); ``memory_mb`` is the
+    address-space limit of each process; ``max_processes`` bounds processes/threads; ``disk_mb``
+    bounds each written file (and the working dir on the "namespaces" level). The run never
+    raises for anything the code does; bad arguments raise ``ValueError``, an unavailable
+    ``isolation="namespaces"`` raises :class:`SandboxUnavailable`.
+
+    >>> res = await run_python("import sys; print(sys.stdin.read().upper())", stdin="hi")
+    >>> res.stdout
+    'HI\\n'
+    """
+    if not isinstance(code, str):
+        raise ValueError(f"code must be a string, got {type(code).__name__}")
+    for name, value in (("timeout_s", timeout_s), ("memory_mb", memory_mb),
+                        ("max_output_bytes", max_output_bytes), ("max_processes", max_processes),
+                        ("disk_mb", disk_mb)):
+        if not value > 0:
+            raise ValueError(f"{name} must be > 0, got {value!r}")
+    if isolation not in ("auto", "namespaces", "process"):
+        raise ValueError(f"isolation must be 'auto', 'namespaces' or 'process', got {isolation!r}")
+    spec = _Spec(stdin, float(timeout_s), int(memory_mb), int(max_output_bytes),
+                 int(max_processes), int(disk_mb), bool(audit_guard))
+    return await _run(code, spec, isolation)
+
+
+async def _run(code: str, spec: _Spec, isolation: Isolation) -> SandboxResult:
+    host = await _host()
+    if isolation == "namespaces" and not host.namespaces:
+        raise SandboxUnavailable(f"namespace isolation is unavailable: {host.reason}")
+    level = "namespaces" if (isolation != "process" and host.namespaces) else "process"
+    return await _execute(code, spec, host, level)
+
+
+async def _execute(code: str, spec: _Spec, host: _Host, level: str) -> SandboxResult:
+    run_dir = tempfile.mkdtemp(prefix="flowbot-sbx-")
+    status_r, status_w = os.pipe()
+    os.set_blocking(status_r, False)
+    start = time.monotonic()
+    try:
+        code_path = os.path.join(run_dir, "main.py")
+        with open(code_path, "w", encoding="utf-8") as f:
+            f.write(code)
+        python = _python_binary()
+        if level == "namespaces":
+            work = NS_WORKDIR
+            cfg = _child_config(spec, work, work + "/main.py", status_w, per_uid=True)
+            plan = {
+                "new_root": os.path.join(run_dir, "root"), "work": work, "code_path": code_path,
+                "parent_pid": os.getpid(),
+                "uid": host.uid_range[0] + secrets.randbelow(host.uid_range[1] - host.uid_range[0]),
+                "disk_mb": spec.disk_mb, "entries": _plan_entries(), "env": _child_env(work),
+                "argv": [python, "-S", "-s", "-B", "-c", _STUB, _source("_sandbox_boot.py"), cfg],
+            }
+            os.mkdir(plan["new_root"])
+            argv = [python, "-S", "-s", "-B", "-c", _STUB, _source("_sandbox_launch.py"), json.dumps(plan)]
+            cwd = run_dir
+        else:
+            work = os.path.join(run_dir, "work")
+            os.mkdir(work, 0o700)
+            cfg = _child_config(spec, work, code_path, status_w, per_uid=False)
+            argv = [python, "-S", "-s", "-B", "-c", _STUB, _source("_sandbox_boot.py"), cfg]
+            cwd = work
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE, env=_child_env(work), cwd=cwd,
+                start_new_session=True, pass_fds=(status_w,))
+        finally:
+            os.close(status_w)
+        result = await _supervise(proc, spec, shell_codes=level == "namespaces")
+        result.completed = _read_status(status_r) and not result.timed_out
+        result.isolation = level
+        result.duration_s = time.monotonic() - start
+        return result
+    finally:
+        os.close(status_r)
+        await asyncio.to_thread(shutil.rmtree, run_dir, True)
+
+
+def _read_status(fd: int) -> bool:
+    try:
+        return os.read(fd, 64) == _DONE
+    except BlockingIOError:
+        return False
+
+
+async def _supervise(proc: asyncio.subprocess.Process, spec: _Spec, shell_codes: bool) -> SandboxResult:
+    overflow = asyncio.Event()
+    feeder = asyncio.create_task(_feed(proc, spec.stdin.encode("utf-8")))
+    out_task = asyncio.create_task(_pump(proc.stdout, spec.max_output_bytes, overflow))
+    err_task = asyncio.create_task(_pump(proc.stderr, spec.max_output_bytes, overflow))
+    waiter = asyncio.create_task(proc.wait())
+    overflowed = asyncio.create_task(overflow.wait())
+    reason: str | None = None
+    try:
+        done, _ = await asyncio.wait({waiter, overflowed}, timeout=spec.timeout_s,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if waiter not in done:
+            reason = "output_limit" if overflow.is_set() else "timeout"
+            _kill_group(proc)
+        await waiter
+        # Pipes reach EOF once every process holding them is gone; stragglers are killed.
+        _, pending = await asyncio.wait({out_task, err_task}, timeout=1.0)
+        if pending:
+            _kill_group(proc)
+            _, pending = await asyncio.wait(pending, timeout=1.0)
+            for t in pending:
+                t.cancel()
+    finally:
+        if proc.returncode is None:  # cancelled: do not leave the child running
+            _kill_group(proc)
+        for t in (feeder, overflowed, waiter, out_task, err_task):
+            if not t.done():
+                t.cancel()
+    stdout, t1 = out_task.result() if not out_task.cancelled() else (b"", True)
+    stderr, t2 = err_task.result() if not err_task.cancelled() else (b"", True)
+    exit_code = _exit_code(proc.returncode, shell_codes)
+    err_text = stderr.decode("utf-8", "replace")
+    if reason is None:
+        reason = _limit_reason(exit_code, err_text)
+    return SandboxResult(
+        stdout=stdout.decode("utf-8", "replace"), stderr=err_text, exit_code=exit_code,
+        timed_out=reason == "timeout", killed_reason=reason, truncated=t1 or t2, duration_s=0.0)
+
+
+def _exit_code(returncode: int | None, shell_codes: bool) -> int:
+    # The namespaces launcher reports a child killed by signal N as exit status 128+N.
+    rc = -signal.SIGKILL if returncode is None else returncode
+    if shell_codes and 128 < rc <= 128 + 64:
+        return -(rc - 128)
+    return rc
+
+
+def _limit_reason(exit_code: int, stderr: str) -> str | None:
+    if exit_code == -signal.SIGXCPU:
+        return "cpu_limit"
+    if exit_code == -signal.SIGKILL:
+        return "killed"  # hard CPU limit, the kernel's OOM killer or the child's watchdog
+    last = stderr.strip().splitlines()[-1:] or [""]
+    if exit_code != 0 and last[0].startswith("MemoryError"):
+        return "memory_limit"
+    return None
+
+
+def _kill_group(proc: asyncio.subprocess.Process) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # the child leads its own session and group
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+async def _feed(proc: asyncio.subprocess.Process, data: bytes) -> None:
+    assert proc.stdin is not None
+    try:
+        if data:
+            proc.stdin.write(data)
+            await proc.stdin.drain()
+        proc.stdin.close()
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+
+
+async def _pump(stream: asyncio.StreamReader | None, cap: int, overflow: asyncio.Event) -> tuple[bytes, bool]:
+    """Read ``stream`` to EOF keeping at most ``cap`` bytes; flag ``overflow`` past the cap."""
+    assert stream is not None
+    buf = bytearray()
+    while True:
+        chunk = await stream.read(65536)
+        if not chunk:
+            return bytes(buf), False
+        room = cap - len(buf)
+        if len(chunk) > room:
+            buf += chunk[:room]
+            overflow.set()
+            return bytes(buf), True
+        buf += chunk
+
+
+# --------------------------------------------------------------------------------------------
+# Unit tests of generated code (pass@1).
+
+
+def default_test_call(test_code: str, entry_point: str | None) -> str | None:
+    """The call that runs ``test_code``'s checks, or None when it runs on its own.
+
+    HumanEval's ``def check(candidate)`` becomes ``check(<entry_point>)``; AFlow MBPP's
+    ``def check()`` becomes ``check()``; plain assert lines need no call.
+    """
+    try:
+        tree = ast.parse(test_code)
+    except SyntaxError:
+        return None  # the run itself reports the syntax error
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == "check":
+            n_args = len(node.args.posonlyargs) + len(node.args.args)
+            if n_args == 0:
+                return "check()"
+            if entry_point:
+                return f"check({entry_point})"
+            raise ValueError("test_code defines check(candidate) but no entry_point was given")
+    return None
+
+
+async def run_tests(
+    code: str,
+    test_code: str,
+    *,
+    entry_point: str | None = None,
+    call: str | None = None,
+    timeout_s: float = 10.0,
+    memory_mb: int = 512,
+    isolation: Isolation = "auto",
+) -> TestRunResult:
+    """Run ``code`` then ``test_code`` then ``call`` in one sandboxed program; pass iff it ends cleanly.
+
+    ``call`` defaults to :func:`default_test_call`. The code runs with ``__name__`` set to
+    ``"__sandbox__"`` so ``if __name__ == "__main__":`` demo blocks in generated code stay inert,
+    and a program that calls ``exit()`` before the checks finish fails.
+
+    >>> r = await run_tests("def add(a, b):\\n    return a + b",
+    ...                     "def check(candidate):\\n    assert candidate(1, 2) == 3",
+    ...                     entry_point="add")
+    >>> r.passed
+    True
+    """
+    if call is None:
+        call = default_test_call(test_code, entry_point)
+    program = f"{code}\n\n{test_code}\n"
+    if call:
+        program += f"\n{call}\n"
+    spec = _Spec(timeout_s=float(timeout_s), memory_mb=int(memory_mb), run_name="__sandbox__")
+    if not spec.timeout_s > 0:
+        raise ValueError(f"timeout_s must be > 0, got {timeout_s!r}")
+    res = await _run(program, spec, isolation)
+    if res.ok:
+        return TestRunResult(True, "")
+    return TestRunResult(False, _failure_text(res))
+
+
+def _failure_text(res: SandboxResult, limit: int = 600) -> str:
+    if res.timed_out:
+        return "timed out"
+    if res.killed_reason:
+        return f"stopped: {res.killed_reason}"
+    tail = res.stderr.strip()
+    if res.exit_code == 0 and not res.completed:
+        return "the program exited before the tests finished"
+    if not tail:
+        return f"exit code {res.exit_code}"
+    lines = tail.splitlines()
+    # the innermost frame in the program (with its source line) and the exception line
+    at = [i for i, ln in enumerate(lines) if ln.strip().startswith('File "main.py"')]
+    picked = lines[at[-1]:at[-1] + 2] if at else []
+    if lines[-1] not in picked:
+        picked.append(lines[-1])
+    return "\n".join(ln.strip() for ln in picked)[-limit:]

@@ -1,0 +1,200 @@
+"""Inner loop with scripted task and optimizer models where the right instruction change is knowable."""
+
+import re
+
+from flowbot.graph import LLMNode, NodeParams, OutputFormat, Sketch, Workflow
+from flowbot.lm import Budget, LMClient, LMRequest, ScriptedLM, UsageMeter
+from flowbot.optim.evaluation import Evaluator
+from flowbot.optim.inner import InnerConfig, InnerLoop
+from flowbot.optim.textgrad import GradContext, parse_backward, parse_step
+from flowbot.runtime import Executor
+
+
+def system_of(req: LMRequest) -> str:
+    return req.messages[0][1] if req.messages and req.messages[0][0] == "system" else ""
+
+
+def last_user(req: LMRequest) -> str:
+    return req.messages[-1][1]
+
+
+def field_value(text: str, label: str) -> str:
+    m = re.search(rf"{label}:\n(.*?)(?:\n\n|$)", text, re.S)
+    return m.group(1).strip() if m else ""
+
+
+def exact(example, prediction):
+    return float(str(prediction.get("answer")) == example["gold"])
+
+
+def build(task_provider, opt_provider, config=None, budget=None, metric=exact, events=None):
+    meter = UsageMeter()
+    task_lm = LMClient(task_provider, role="task", meter=meter, budget=budget)
+    opt_lm = LMClient(opt_provider, role="optimizer", meter=meter, budget=budget)
+    evaluator = Evaluator(Executor(task_lm), metric, concurrency=4)
+    ctx = GradContext(task_description="copy the question in the right case", output_field="answer",
+                      target_fields=["gold"])
+    return InnerLoop(evaluator, opt_lm, ctx, config or InnerConfig(steps=3, demos=0), meter=meter,
+                     on_event=(events.append if events is not None else None))
+
+
+def one_node() -> Workflow:
+    node = LLMNode(id="answer", reads=["question"], writes="answer", output=OutputFormat(extract="answer"))
+    return Workflow(sketch=Sketch(inputs=["question"], outputs=["answer"], nodes=[node]),
+                    params={"answer": NodeParams(instruction="Repeat the question.")})
+
+
+def case_task_lm() -> ScriptedLM:
+    def reply(req: LMRequest, i: int) -> str:
+        q = field_value(last_user(req), "Question")
+        return "Answer: " + (q.upper() if "UPPERCASE" in system_of(req) else q)
+    return ScriptedLM(default=reply, model="task")
+
+
+def case_optimizer(step_text="<instruction>Repeat the question in UPPERCASE letters.</instruction>") -> ScriptedLM:
+    return ScriptedLM([
+        (r"What is wrong with the output\?", "The output is lowercase; the correct answer is uppercase."),
+        (r"Reply with exactly these lines", "GRADIENT: require UPPERCASE output."),
+        (r"<instruction>", step_text),
+    ], model="optimizer")
+
+
+def examples(prefix: str, n: int) -> list[dict]:
+    return [{"id": f"{prefix}{i}", "question": f"{prefix}word{i}", "gold": f"{prefix}word{i}".upper()} for i in range(n)]
+
+
+async def test_inner_loop_finds_the_required_instruction():
+    events = []
+    loop = build(case_task_lm(), case_optimizer(), events=events)
+    result = await loop.optimize(one_node(), examples("t", 10), examples("v", 6))
+    assert result.initial_val_score == 0.0
+    assert result.val_score == 1.0
+    assert "UPPERCASE" in result.workflow.params["answer"].instruction
+    accepted = [s for s in result.steps if s.accepted]
+    assert accepted and accepted[0].old == "Repeat the question." and "UPPERCASE" in accepted[0].gradient
+    assert accepted[0].val_before == 0.0 and accepted[0].val_after == 1.0
+    assert "optimizer" in accepted[0].cost and "task" in accepted[0].cost
+    assert any(e["type"] == "inner_candidate" for e in events)
+    # optimizer calls are metered apart from task calls
+    assert set(result.usage) == {"task", "optimizer"}
+
+
+def chain() -> Workflow:
+    nodes = [
+        LLMNode(id="a", reads=["question"], writes="x"),
+        LLMNode(id="b", reads=["x"], writes="y"),
+        LLMNode(id="c", reads=["y"], writes="answer", output=OutputFormat(extract="answer")),
+    ]
+    params = {n: NodeParams(instruction=f"step {n}") for n in "abc"}
+    return Workflow(sketch=Sketch(inputs=["question"], outputs=["answer"], nodes=nodes), params=params)
+
+
+async def test_backward_blames_the_faulty_middle_node_only():
+    def task(req: LMRequest, i: int) -> str:
+        system, user = system_of(req), last_user(req)
+        if system.startswith("step a"):
+            return field_value(user, "Question")
+        if "step b" in system or "FIX" in system:
+            return "GOOD" if "FIX" in system else "BAD"
+        return "Answer: " + field_value(user, "Y")
+
+    backward_nodes = []
+
+    def backward(req: LMRequest, i: int) -> str:
+        node = re.search(r"Step '(\w+)'", last_user(req)).group(1)
+        backward_nodes.append(node)
+        if node == "c":
+            return "GRADIENT: NONE\nFEEDBACK[y]: y was BAD but must be GOOD."
+        if node == "b":
+            return "GRADIENT: step b must FIX its output.\nFEEDBACK[x]: NONE"
+        return "GRADIENT: change a too"
+
+    opt = ScriptedLM([
+        (r"What is wrong with the output\?", "Output BAD, expected GOOD."),
+        (r"Reply with exactly these lines", backward),
+        (r"merge feedback", "- FIX the output"),
+        (r"<instruction>", "<instruction>FIX: always produce the correct value.</instruction>"),
+    ])
+    data = [{"id": f"e{i}", "question": f"q{i}", "gold": "GOOD"} for i in range(8)]
+    loop = build(ScriptedLM(default=task), opt)
+    result = await loop.optimize(chain(), data[:5], data[5:])
+    assert set(backward_nodes) == {"b", "c"}  # 'a' never received feedback
+    assert result.blame == {"b": result.blame["b"]} and result.blame["b"] > 0
+    assert result.workflow.params["a"].instruction == "step a"
+    assert result.workflow.params["c"].instruction == "step c"
+    assert "FIX" in result.workflow.params["b"].instruction
+    assert result.val_score == 1.0
+
+
+async def test_regression_on_validation_is_rejected():
+    # the rewrite helps the training minibatch ("t..." questions) but breaks validation ("v...")
+    def task(req: LMRequest, i: int) -> str:
+        q = field_value(last_user(req), "Question")
+        trick = "TRICK" in system_of(req)
+        right = q.startswith("t") if trick else q.startswith("v")
+        return "Answer: " + (q.upper() if right else q)
+
+    opt = case_optimizer("<instruction>TRICK instruction</instruction>")
+    loop = build(ScriptedLM(default=task), opt, InnerConfig(steps=2, demos=0, patience=5))
+    result = await loop.optimize(one_node(), examples("t", 5), examples("v", 4))
+    assert result.initial_val_score == 1.0 and result.val_score == 1.0
+    assert result.steps and not any(s.accepted for s in result.steps)
+    assert result.steps[0].reason == "validation score lower"
+    assert result.steps[0].minibatch_after > result.steps[0].minibatch_before
+    assert result.workflow.params["answer"].instruction == "Repeat the question."
+
+
+async def test_budget_stops_cleanly_with_best_so_far():
+    budget = Budget(max_calls=14)
+    loop = build(case_task_lm(), case_optimizer(), InnerConfig(steps=10, demos=0), budget=budget)
+    result = await loop.optimize(one_node(), examples("t", 10), examples("v", 6))
+    assert result.stopped and "14 calls" in result.stopped
+    result.workflow.check()
+    assert budget.spent.calls <= 14
+
+
+async def test_global_feedback_variant_skips_backward():
+    opt = case_optimizer()
+    loop = build(case_task_lm(), opt, InnerConfig(steps=1, demos=0, feedback="global"))
+    result = await loop.optimize(one_node(), examples("t", 5), examples("v", 3))
+    assert not any("Reply with exactly these lines" in last_user(r) for r in opt.calls)
+    assert result.val_score == 1.0
+
+
+async def test_metric_feedback_reaches_the_textual_loss():
+    opt = case_optimizer()
+
+    def metric(example, prediction):
+        ok = prediction.get("answer") == example["gold"]
+        return (1.0 if ok else 0.0), ("" if ok else "SHOUTING REQUIRED")
+
+    loop = build(case_task_lm(), opt, InnerConfig(steps=1, demos=0), metric=metric)
+    await loop.optimize(one_node(), examples("t", 5), examples("v", 3))
+    losses = [r for r in opt.calls if "What is wrong with the output?" in last_user(r)]
+    assert losses and all("SHOUTING REQUIRED" in last_user(r) for r in losses)
+
+
+async def test_demos_bootstrapped_from_successful_traces():
+    # half the questions are already right (they are upper case); demos from them help the rest
+    def task(req: LMRequest, i: int) -> str:
+        q = field_value(last_user(req), "Question")
+        has_demo = len(req.messages) > 2
+        return "Answer: " + (q.upper() if has_demo else q)
+
+    train = [{"id": f"u{i}", "question": f"UP{i}", "gold": f"UP{i}"} for i in range(3)] + examples("t", 3)
+    opt = case_optimizer("<instruction>same</instruction>")
+    loop = build(ScriptedLM(default=task), opt, InnerConfig(steps=1, demos=2, minibatch_size=6))
+    result = await loop.optimize(one_node(), train, examples("v", 3))
+    assert len(result.workflow.params["answer"].demos) == 2
+    assert any(s.change == "demos" and s.accepted for s in result.steps)
+
+
+def test_parsers_are_forgiving():
+    g, up = parse_backward("GRADIENT: be precise\nmore detail\nFEEDBACK[x]: none\nFEEDBACK[y]: wrong", ["x", "y"])
+    assert g == "be precise\nmore detail" and up == {"x": "", "y": "wrong"}
+    g, up = parse_backward("The step is fine.", ["x"])
+    assert g == "The step is fine." and up == {"x": ""}
+    assert parse_step("blah <instruction>New text</instruction>").instruction == "New text"
+    assert parse_step("```\nFenced\n```").instruction == "Fenced"
+    p = parse_step("<instruction>Use tools</instruction><tools>python, calculator</tools>")
+    assert p.tools == ["python", "calculator"]

@@ -1,0 +1,214 @@
+import asyncio
+
+import pytest
+
+from flowbot.graph import (
+    BranchNode,
+    BranchRule,
+    Demo,
+    LLMNode,
+    MergeNode,
+    NodeParams,
+    OutputFormat,
+    Sketch,
+    ToolNode,
+    Workflow,
+)
+from flowbot.lm import Budget, BudgetExceeded, LMClient, LMRequest, ScriptedLM
+from flowbot.lm.base import Completion, Provider, Usage
+from flowbot.runtime import Executor, evaluate_examples, majority_vote
+from flowbot.tools.base import Tool, ToolRegistry, ToolResult
+
+
+class EchoTool(Tool):
+    name = "echo"
+    description = "repeats its input in upper case"
+    primary_arg = "text"
+
+    async def call(self, **kw):
+        return ToolResult(str(kw["text"]).upper())
+
+
+def lm(*rules, **kw) -> LMClient:
+    return LMClient(ScriptedLM(list(rules), **kw))
+
+
+def single(extract="text", **params) -> Workflow:
+    node = LLMNode(id="ans", reads=["q"], writes="a", output=OutputFormat(extract=extract))
+    return Workflow(sketch=Sketch(inputs=["q"], outputs=["a"], nodes=[node]), params={"ans": NodeParams(**params)})
+
+
+async def test_single_node_trace_records_everything():
+    w = single("answer", instruction="Be brief.", demos=[Demo(inputs={"q": "1+1"}, output="Answer: 2")])
+    trace = await Executor(lm(default="thinking...\nAnswer: 4")).run(w, {"q": "2+2"})
+    run = trace.nodes["ans"]
+    assert trace.outputs == {"a": "4"} and trace.error is None
+    assert run.inputs == {"q": "2+2"}
+    assert run.raw == ["thinking...\nAnswer: 4"]
+    # shared prefix first: system (instruction + format), demo turns, then the example
+    roles = [m["role"] for m in run.messages]
+    assert roles == ["system", "user", "assistant", "user"]
+    assert run.messages[0]["content"].startswith("Be brief.") and "Answer:" in run.messages[0]["content"]
+    assert "2+2" in run.messages[-1]["content"]
+    assert run.usage.total_tokens > 0 and run.calls == 1 and run.latency_s >= 0
+
+
+async def test_independent_nodes_run_concurrently():
+    class SlowLM(Provider):
+        model = "slow"
+        max_concurrency = 8
+
+        def __init__(self):
+            self.in_flight = 0
+            self.peak = 0
+
+        async def complete(self, request: LMRequest) -> Completion:
+            self.in_flight += 1
+            self.peak = max(self.peak, self.in_flight)
+            await asyncio.sleep(0.05)
+            self.in_flight -= 1
+            return Completion(texts=["x"], usage=Usage(1, 1))
+
+    provider = SlowLM()
+    nodes = [LLMNode(id=f"n{i}", reads=["q"], writes=f"f{i}") for i in range(4)]
+    nodes.append(MergeNode(id="join", reads=[f"f{i}" for i in range(4)], writes="out", strategy="concat"))
+    w = Workflow(sketch=Sketch(inputs=["q"], outputs=["out"], nodes=nodes))
+    trace = await Executor(LMClient(provider)).run(w, {"q": "hi"})
+    assert provider.peak == 4
+    assert trace.outputs["out"] == "x\n\nx\n\nx\n\nx"
+
+
+def branch_workflow(mode="rule") -> Workflow:
+    nodes = [
+        BranchNode(id="route", reads=["q"], writes="kind", mode=mode,
+                   rules=[BranchRule(field="q", op="regex", value=r"\d", label="math")],
+                   routes={"math": ["calc"], "chat": ["talk"]}, default="chat"),
+        LLMNode(id="calc", reads=["q"], writes="a_math"),
+        LLMNode(id="talk", reads=["q"], writes="a_chat"),
+        MergeNode(id="join", reads=["a_math", "a_chat"], writes="a", strategy="first"),
+    ]
+    return Workflow(sketch=Sketch(inputs=["q"], outputs=["a"], nodes=nodes),
+                    params={"calc": NodeParams(instruction="CALC"), "talk": NodeParams(instruction="TALK")})
+
+
+async def test_branch_takes_one_route_and_merge_uses_it():
+    client = lm((r"CALC", "math-answer"), (r"TALK", "chat-answer"))
+    ex = Executor(client)
+    t1 = await ex.run(branch_workflow(), {"q": "what is 3+4"})
+    assert t1.outputs["a"] == "math-answer"
+    assert t1.nodes["talk"].skipped and not t1.nodes["calc"].skipped
+    t2 = await ex.run(branch_workflow(), {"q": "hello there"})
+    assert t2.outputs["a"] == "chat-answer" and t2.nodes["calc"].skipped
+    assert t2.error is None
+
+
+async def test_llm_branch_classifies():
+    client = lm((r"Classify", "Answer: math"), (r"CALC", "m"), (r"TALK", "c"))
+    t = await Executor(client).run(branch_workflow("llm"), {"q": "hello"})
+    assert t.outputs == {"a": "m"} and t.nodes["route"].output == "math"
+
+
+async def test_failing_node_is_recorded_and_downstream_skipped():
+    nodes = [
+        LLMNode(id="first", reads=["q"], writes="j", output=OutputFormat(extract="json")),
+        LLMNode(id="second", reads=["j"], writes="a"),
+    ]
+    w = Workflow(sketch=Sketch(inputs=["q"], outputs=["a"], nodes=nodes))
+    t = await Executor(lm(default="no json here")).run(w, {"q": "x"})
+    assert t.nodes["first"].error and "first" in t.error
+    assert t.nodes["second"].skipped
+    assert t.outputs == {"a": None}
+
+
+async def test_majority_merge_and_ensemble_samples():
+    nodes = [LLMNode(id=f"s{i}", reads=["q"], writes=f"v{i}", output=OutputFormat(extract="number")) for i in range(3)]
+    nodes.append(MergeNode(id="vote", reads=["v0", "v1", "v2"], writes="a", strategy="majority"))
+    w = Workflow(sketch=Sketch(inputs=["q"], outputs=["a"], nodes=nodes),
+                 params={f"s{i}": NodeParams(seed=i, temperature=0.7) for i in range(3)})
+    # reply depends on the seed so the three copies disagree 2:1
+    provider = ScriptedLM(default=lambda req, i: "Answer: 7" if req.seed != 1 else "Answer: 9")
+    t = await Executor(LMClient(provider)).run(w, {"q": "?"})
+    assert t.outputs["a"] == "7"
+    assert sorted({r.seed for r in provider.calls}) == [0, 1, 2]
+
+
+def test_majority_vote_normalizes():
+    assert majority_vote(["1,000", "1000.0", "999"]) == "1,000"
+    assert majority_vote(["Paris.", "paris", "Rome"]) == "Paris."
+    assert majority_vote(["a", "b"]) == "a"
+
+
+async def test_select_merge_asks_llm():
+    nodes = [LLMNode(id="a1", reads=["q"], writes="c1"), LLMNode(id="a2", reads=["q"], writes="c2"),
+             MergeNode(id="pick", reads=["c1", "c2"], writes="a", strategy="select")]
+    w = Workflow(sketch=Sketch(inputs=["q"], outputs=["a"], nodes=nodes),
+                 params={"a1": NodeParams(instruction="ONE"), "a2": NodeParams(instruction="TWO")})
+    client = lm((r"Candidate 1", "Answer: 2"), (r"ONE", "first"), (r"TWO", "second"))
+    t = await Executor(client).run(w, {"q": "?"})
+    assert t.outputs["a"] == "second"
+
+
+async def test_tool_node_and_react_loop():
+    tools = ToolRegistry([EchoTool()])
+    nodes = [ToolNode(id="shout", tool="echo", args={"text": "q"}, writes="loud"),
+             LLMNode(id="ans", reads=["loud"], writes="a", output=OutputFormat(extract="answer"))]
+    w = Workflow(sketch=Sketch(inputs=["q"], outputs=["a"], nodes=nodes),
+                 params={"ans": NodeParams(tools=["echo"])})
+
+    def reply(req: LMRequest, i: int) -> str:
+        if "Observation: PING" in req.messages[-1][1]:
+            return "Answer: got PING"
+        return "I will use the tool.\nAction: echo[ping]"
+
+    client = LMClient(ScriptedLM(default=reply))
+    t = await Executor(client, tools=tools).run(w, {"q": "hello"})
+    assert t.nodes["shout"].output == "HELLO"
+    assert t.nodes["ans"].steps == [{"tool": "echo", "input": "ping", "observation": "PING"}]
+    assert t.outputs["a"] == "got PING"
+    assert t.nodes["ans"].calls == 2
+
+
+async def test_budget_stops_run_with_exception():
+    client = LMClient(ScriptedLM(default="x"), budget=Budget(max_calls=0))
+    with pytest.raises(BudgetExceeded):
+        await Executor(client).run(single(), {"q": "1"})
+
+
+async def test_missing_input_is_an_error_not_a_crash():
+    t = await Executor(lm(default="x")).run(single(), {})
+    assert "missing input" in t.error and t.nodes["ans"].skipped
+
+
+async def test_batch_scores_failures_as_zero_and_keeps_going():
+    provider = ScriptedLM([(r"boom", lambda r, i: (_ for _ in ()).throw(ValueError("kaput")))], default="Answer: 5")
+    examples = [{"id": "a", "q": "ok", "gold": "5"}, {"id": "b", "q": "boom", "gold": "5"},
+                {"id": "c", "q": "ok2", "gold": "6"}]
+
+    def metric(example, prediction):
+        return prediction["a"] == example["gold"]
+
+    res = await evaluate_examples(Executor(LMClient(provider)), single("answer"), examples, metric, concurrency=2)
+    assert [r.score for r in res.results] == [1.0, 0.0, 0.0]
+    assert res.results[1].error and "kaput" in res.results[1].error
+    assert res.complete and res.score == pytest.approx(1 / 3)
+
+
+async def test_batch_stops_cleanly_on_budget_and_keeps_done_work():
+    client = LMClient(ScriptedLM(default="Answer: 1"), budget=Budget(max_calls=3))
+    examples = [{"q": str(i)} for i in range(10)]
+    res = await evaluate_examples(Executor(client), single("answer"), examples, lambda e, p: 1.0, concurrency=1)
+    assert len(res.results) == 3 and res.stopped and "3 calls" in res.stopped
+    assert not res.complete
+
+
+async def test_metric_that_raises_or_returns_garbage_scores_zero():
+    examples = [{"q": "1"}, {"q": "2"}]
+
+    def bad(example, prediction):
+        if example["q"] == "1":
+            raise RuntimeError("metric bug")
+        return "not a number"
+
+    res = await evaluate_examples(Executor(lm(default="x")), single(), examples, bad)
+    assert [r.score for r in res.results] == [0.0, 0.0]
+    assert "metric bug" in res.results[0].error and "expected a number" in res.results[1].error

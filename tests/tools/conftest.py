@@ -1,0 +1,67 @@
+"""Shared fixtures for the tools tests: isolation levels, shared benchmark rows, process scans."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flowbot.tools.sandbox import sandbox_info
+
+
+def shared_datasets() -> Path:
+    """``$FLOWBOT_SHARED_DATASETS``, else ``shared/datasets`` beside the repository checkout."""
+    env = os.environ.get("FLOWBOT_SHARED_DATASETS")
+    return Path(env) if env else Path(__file__).resolve().parents[2].parent / "shared" / "datasets"
+
+
+def read_jsonl(relative: str) -> list[dict[str, Any]]:
+    path = shared_datasets() / relative
+    if not path.exists():
+        pytest.skip(f"shared benchmark data not found: {path}")
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def namespaces_available() -> bool:
+    return asyncio.run(sandbox_info())["isolation"] == "namespaces"
+
+
+def processes_with(*tokens: str) -> list[int]:
+    """Pids of live (non-zombie) processes whose command line contains every one of ``tokens``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode("utf-8", "replace")
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if all(t in cmd for t in tokens) and state != "Z" and int(entry) != os.getpid():
+            found.append(int(entry))
+    return found
+
+
+@pytest.fixture(scope="session")
+def has_namespaces() -> bool:
+    return namespaces_available()
+
+
+@pytest.fixture(params=["namespaces", "process"])
+def isolation(request: pytest.FixtureRequest, has_namespaces: bool) -> str:
+    if request.param == "namespaces" and not has_namespaces:
+        pytest.skip("namespace isolation unavailable on this host (needs Linux + root)")
+    return request.param
+
+
+@pytest.fixture
+def ns_only(has_namespaces: bool) -> None:
+    if not has_namespaces:
+        pytest.skip("namespace isolation unavailable on this host (needs Linux + root)")

@@ -1,0 +1,66 @@
+"""The ``python`` tool: fences stripped, output returned, errors reported with a stderr tail."""
+
+from __future__ import annotations
+
+import pytest
+
+from flowbot.tools import PythonTool, ToolError
+from flowbot.tools.python_exec import print_last_expression, strip_code_fences
+
+
+@pytest.mark.parametrize(
+    ("reply", "code"),
+    [
+        ("print(1)", "print(1)"),
+        ("```python\nx = 1\nprint(x)\n```", "x = 1\nprint(x)"),
+        ("Sure:\n```py\na = 1\n```\nthen\n```\nprint(a)\n```\nOutput:\n```text\n1\n```", "a = 1\n\nprint(a)"),
+        ("```python\nprint(2)", "print(2)"),  # a reply cut off before the closing fence
+        ("```print(3)```", "print(3)"),
+        ("  ```python\n  def f():\n      return 1\n  ```", "def f():\n    return 1"),
+    ],
+)
+def test_strip_code_fences(reply: str, code: str) -> None:
+    assert strip_code_fences(reply) == code
+
+
+def test_print_last_expression_only_touches_a_trailing_expression() -> None:
+    assert print_last_expression("import os") == "import os"
+    assert print_last_expression("print(1)") == "print(1)"
+    assert print_last_expression("x = (") == "x = ("  # unparsable: left for the run to report
+    rewritten = print_last_expression("a = 1; a + 1  # note")
+    assert rewritten.startswith("a = 1; __flowbot_result__ = (a + 1)  # note\n")
+
+
+async def test_runs_fenced_code_and_prints_the_last_expression() -> None:
+    tool = PythonTool(timeout_s=5)
+    res = await tool.call(code="```python\nx = 6 * 7\nx\n```")
+    assert res.ok and res.output == "42\n" and res.details["exit_code"] == 0
+    res = await tool.call(code="import sys\nprint(sys.stdin.read()[::-1])", stdin="abc")
+    assert res.output == "cba\n"
+    res = await tool.call(code="def f():\n    return None\nf()")
+    assert res.ok and res.output == ""
+
+
+async def test_errors_come_back_with_the_stderr_tail() -> None:
+    tool = PythonTool(timeout_s=5)
+    res = await tool.call(code="print('partial')\n1 / 0")
+    assert not res.ok and res.output.startswith("partial\nError:")
+    assert "ZeroDivisionError" in res.output and res.details["exit_code"] == 1
+    assert "ZeroDivisionError" in res.details["stderr"]
+
+
+async def test_timeouts_are_reported_not_raised() -> None:
+    res = await PythonTool(timeout_s=1).call(code="while True:\n    pass")
+    assert not res.ok and "timed out" in res.output and res.details["timed_out"]
+
+
+async def test_bad_arguments_raise_tool_error() -> None:
+    tool = PythonTool()
+    with pytest.raises(ToolError, match="'code' must be a string"):
+        await tool.call(code=None)
+    with pytest.raises(ToolError, match="unknown argument"):
+        await tool.call(code="print(1)", language="js")
+    with pytest.raises(ToolError, match="no code"):
+        await tool.call(code="```text\nnot python\n```")
+    with pytest.raises(ValueError):
+        PythonTool(timeout_s=0)
