@@ -69,7 +69,7 @@ def resolve_seed(seed: Any, task: Task) -> IRWorkflow:
         seed = "cot"
     if isinstance(seed, str) and seed in KINDS:
         return task_baseline(task, seed)
-    return load_workflow(seed, known_tools=default_tools().names())
+    return load_workflow(seed, known_tools=default_tools().signatures())
 
 
 def _check_fields(workflow: IRWorkflow, task: Task) -> None:

@@ -84,7 +84,7 @@ def show(
     from flowbot.graph.render import to_mermaid, to_text
     from flowbot.tools import default_registry
 
-    wf = load_workflow(workflow, known_tools=default_registry().names())
+    wf = load_workflow(workflow, known_tools=default_registry().signatures())
     renderers = {"text": to_text, "mermaid": to_mermaid, "json": workflow_to_json}
     if format not in renderers:
         raise typer.BadParameter(f"unknown format {format!r}; use text, mermaid or json")

@@ -8,6 +8,10 @@ from rich.console import Console
 from rich.table import Table
 
 
+def _score(value: float | None) -> str:
+    return "not scored (budget)" if value is None else f"{value:.3f}"
+
+
 class RunPrinter:
     def __init__(self, console: Console) -> None:
         self.console = console
@@ -68,8 +72,8 @@ class RunPrinter:
         c = self.console
         s = result.summary
         c.print()
-        c.print(f"[bold]best workflow[/] {result.best_id}: validation {result.val_score:.3f} "
-                f"(seed {result.seed_val_score:.3f}) → {result.run_dir}/best.json")
+        c.print(f"[bold]best workflow[/] {result.best_id}: validation {_score(result.val_score)} "
+                f"(seed {_score(result.seed_val_score)}) → {result.run_dir}/best.json")
         if s.get("test"):
             line = f"test {s['test']['score']:.3f} ± {s['test']['stderr']:.3f} on {s['test']['n']}"
             if s.get("seed_test"):

@@ -28,10 +28,9 @@ class LMRequest:
     @classmethod
     def of(cls, messages: list[Message], **kw: Any) -> "LMRequest":
         pairs = tuple((m["role"], m["content"]) for m in messages)
-        if "stop" in kw and kw["stop"] is not None:
-            kw["stop"] = tuple(kw["stop"])
-        elif "stop" in kw:
-            kw["stop"] = ()
+        if "stop" in kw:
+            stop = kw["stop"]
+            kw["stop"] = () if stop is None else (stop,) if isinstance(stop, str) else tuple(stop)
         return cls(messages=pairs, **kw)
 
     def message_dicts(self) -> list[Message]:
@@ -119,6 +118,11 @@ class Provider(abc.ABC):
     def price_per_token(self) -> tuple[float, float] | None:
         """(input, output) dollars per token, or None when unknown."""
         return None
+
+    @property
+    def cache_id(self) -> str:
+        """What identifies the model in cache keys (a server URL too, where names can collide)."""
+        return self.model
 
     #: at most this many requests in flight to this provider (the client enforces it)
     max_concurrency: int = 8

@@ -169,7 +169,8 @@ class Budget:
         self._clock = clock
         self._started = clock()
         self._seconds_before = 0.0  # time spent in earlier sessions of a resumed run
-        self._lock = threading.Lock()
+        # one lock for the whole tree: a call changes the counters of every ancestor
+        self._lock = parent._lock if parent is not None else threading.RLock()
         self._stop_conditions: list[Callable[[], str | None]] = []
 
     def add_stop_condition(self, condition: Callable[[], str | None]) -> None:
@@ -248,20 +249,22 @@ class Budget:
                 b = b.parent
 
     def finish_call(self, usage: Usage) -> None:
-        b: Budget | None = self
-        while b is not None:
-            b._in_flight -= 1
-            b.spent.calls += 1
-            b.spent.tokens += usage.total_tokens
-            b.spent.usd += usage.cost_usd or 0.0
-            b = b.parent
+        with self._lock:
+            b: Budget | None = self
+            while b is not None:
+                b._in_flight -= 1
+                b.spent.calls += 1
+                b.spent.tokens += usage.total_tokens
+                b.spent.usd += usage.cost_usd or 0.0
+                b = b.parent
 
     def abort_call(self) -> None:
         """A reserved call failed before any tokens were billed."""
-        b: Budget | None = self
-        while b is not None:
-            b._in_flight -= 1
-            b = b.parent
+        with self._lock:
+            b: Budget | None = self
+            while b is not None:
+                b._in_flight -= 1
+                b = b.parent
 
     def child(self, name: str, **limits: Any) -> "Budget":
         return Budget(**limits, parent=self, name=name, clock=self._clock)

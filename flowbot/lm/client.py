@@ -89,6 +89,8 @@ class LMClient:
         # One per event loop: the sync API runs each call in a fresh loop, and an asyncio
         # semaphore must not be shared across loops.
         loop = asyncio.get_running_loop()
+        for old in [lp for lp in self._shared.semaphores if lp.is_closed()]:
+            del self._shared.semaphores[old]  # a waited-on semaphore keeps its loop alive
         sem = self._shared.semaphores.get(loop)
         if sem is None:
             sem = self._shared.semaphores[loop] = asyncio.Semaphore(self._shared.limit)
@@ -120,7 +122,7 @@ class LMClient:
         usages: list[Usage] = [Usage() for _ in range(n)]
         cached = [False] * n
         cache = self._shared.cache
-        keys = [cache_key(self.model, request, i) for i in range(n)]
+        keys = [cache_key(self.provider.cache_id, request, i) for i in range(n)]
         replayed = Usage()
         n_replayed = 0
         if cache is not None:
@@ -169,22 +171,31 @@ class LMClient:
                 self.budget.start_call()
             try:
                 result = await self.retry.run(
-                    lambda: self.provider.complete(request),
+                    lambda: self._attempt(request),
                     on_retry=lambda *_: self.meter.record_retry(self.role),
                 )
-            except BaseException:
+            except BaseException as exc:
                 if self.budget is not None:
                     self.budget.abort_call()
-                self.meter.record_failure(self.role)
+                if isinstance(exc, Exception):  # a cancellation is not a failed call
+                    self.meter.record_failure(self.role)
                 raise
-        if len(result.texts) < request.n:
-            raise LMTransientError(f"{self.model} returned {len(result.texts)} of {request.n} samples")
         usage = self._priced(result.usage)
         result.usage = usage
         if self.budget is not None:
             self.budget.finish_call(usage)
         self.meter.record_paid(self.role, usage)
         return result
+
+    async def _attempt(self, request: LMRequest) -> Completion:
+        result = await self.provider.complete(request)
+        if len(result.texts) < request.n:
+            raise LMTransientError(f"{self.model} returned {len(result.texts)} of {request.n} samples")
+        return result
+
+    async def aclose(self) -> None:
+        """Close the provider's connections (HTTP clients); the client can't be used afterwards."""
+        await self.provider.aclose()
 
     def _charge_replay(self, usage: Usage) -> None:
         """Count a response this run paid for in an earlier session as it was counted then."""

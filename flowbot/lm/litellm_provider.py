@@ -132,10 +132,8 @@ class LiteLLMProvider(Provider):
     def _lookup_price(self) -> tuple[float, float] | None:
         try:
             info = self._module().get_model_info(self.model)
-        except LMPermanentError:
-            return None
         except Exception:  # litellm raises a bare Exception for models it has no entry for
-            return None
+            return None  # (and LMPermanentError when litellm is missing: the price is unknown)
         cost_in, cost_out = info.get("input_cost_per_token"), info.get("output_cost_per_token")
         if cost_in is None or cost_out is None:
             return None

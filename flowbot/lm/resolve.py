@@ -10,7 +10,8 @@ Model strings:
     llama.cpp model (``pip install 'flowbot[local]'``);
   - any name with ``base_url``: an OpenAI-compatible server (vLLM, Ollama, llama.cpp server, ...);
   - anything else: a hosted model through litellm (``gpt-4o-mini``, ``anthropic/claude-...``).
-API keys are only ever read from the environment.
+API keys are only ever read from the environment. ``FLOWBOT_MODEL`` (and ``FLOWBOT_BASE_URL`` for
+its server) set the default model for every command and API call.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ def make_provider(model: str | None = None, *, base_url: str | None = None, api_
                   **options: Any) -> Provider:
     """A provider for ``model`` (default: :func:`default_model`). ``options`` go to the provider."""
     model = model or default_model()
+    if not base_url and os.environ.get("FLOWBOT_BASE_URL") and model == os.environ.get("FLOWBOT_MODEL"):
+        base_url = os.environ["FLOWBOT_BASE_URL"]  # the environment's default model is served there
     if base_url:
         from flowbot.lm.openai_compat import OpenAICompatProvider
 

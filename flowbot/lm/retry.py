@@ -21,6 +21,7 @@ class RetryPolicy:
     max_attempts: int = 6
     base_delay: float = 0.5
     max_delay: float = 30.0
+    max_retry_after: float = 120.0  # a server's Retry-After is honoured up to this many seconds
     attempt_timeout: float | None = 300.0
     rng: random.Random = field(default_factory=random.Random, repr=False)
 
@@ -28,7 +29,7 @@ class RetryPolicy:
         cap = min(self.max_delay, self.base_delay * (2**attempt))
         wait = self.rng.uniform(0, cap)
         if retry_after is not None:
-            wait = max(wait, min(retry_after, self.max_delay))
+            wait = max(wait, min(retry_after, self.max_retry_after))
         return wait
 
     async def run(
@@ -44,14 +45,14 @@ class RetryPolicy:
                 return await asyncio.wait_for(attempt_fn(), self.attempt_timeout)
             except LMPermanentError:
                 raise
-            except (LMTransientError, asyncio.TimeoutError) as exc:
+            except (LMTransientError, asyncio.TimeoutError, TimeoutError) as exc:
                 last = exc
                 if attempt + 1 >= self.max_attempts:
                     break
                 if on_retry is not None:
                     on_retry(attempt, exc)
                 await asyncio.sleep(self.delay(attempt, getattr(exc, "retry_after", None)))
-        if isinstance(last, asyncio.TimeoutError):
+        if isinstance(last, (asyncio.TimeoutError, TimeoutError)):
             raise LMTransientError(
                 f"no answer within {self.attempt_timeout:g} s after {self.max_attempts} attempts"
             ) from last

@@ -14,18 +14,25 @@ Replies: ``reply`` is a string, ``fn(body) -> str`` or ``fn(body, choice_index) 
 ``body`` is the request JSON. Faults: :meth:`OpenAITestServer.fail_next` queues faults used by the
 next chat requests one each; ``fault_rule(body) -> Fault | None`` decides when the queue is empty.
 Only stdlib is used, so core FlowBot does not depend on aiohttp or a web framework.
+
+For throughput benchmarks, :func:`subprocess_server` runs the same server in a child process
+(``python -m flowbot.lm.testing --latency 0.05``), so it does not share the GIL with the client.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import contextlib
 import inspect
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Union
+from typing import Any, Callable, Iterator, Union
 
 ReplyFn = Union[str, Callable[[dict], str], Callable[[dict, int], str]]
 FaultRule = Callable[[dict], Union["Fault", None]]
@@ -105,7 +112,8 @@ class OpenAITestServer:
 
     Args:
         reply: the answer text, or a function of the request JSON (and optionally the choice index).
-        latency_s: added to every chat request (including faulted ones) before answering.
+        latency_s: time from receiving a chat request to answering it (faulted ones too; a slow
+            fault adds its delay on top).
         models: known model names (an unknown one gets 404 ``model_not_found``); None accepts any.
         api_key: when set, requests without ``Authorization: Bearer <api_key>`` get 401.
         honor_n: when False, return one choice whatever ``n`` asks (like many local servers).
@@ -138,7 +146,6 @@ class OpenAITestServer:
         self.max_in_flight = 0
         self.in_flight = 0
         self._faults: deque[Fault] = deque()
-        self._reply_takes_index = callable(reply) and _takes_two_args(reply)
         self._port: int | None = None
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -148,6 +155,16 @@ class OpenAITestServer:
         self._tasks: set[asyncio.Task] = set()
 
     # -- control (any thread) ------------------------------------------------------------
+    @property
+    def reply(self) -> ReplyFn:
+        return self._reply[0]
+
+    @reply.setter
+    def reply(self, value: ReplyFn) -> None:
+        """Replace the answer (takes effect for the next request)."""
+        # One attribute, so the server thread never sees a reply with the wrong arity flag.
+        self._reply = (value, callable(value) and _takes_two_args(value))
+
     @property
     def base_url(self) -> str:
         if self._port is None:
@@ -229,7 +246,7 @@ class OpenAITestServer:
                 if response is None:  # a dropped connection
                     writer.transport.abort()
                     break
-                writer.write(_encode(response))
+                writer.write(response)
                 await writer.drain()
                 if headers.get("connection", "").lower() == "close":
                     break
@@ -244,20 +261,29 @@ class OpenAITestServer:
             writer.close()
 
     async def _dispatch(self, method: str, path: str, headers: dict[str, str],
-                        raw: bytes) -> _Response | None:
+                        raw: bytes) -> bytes | None:
         path = path.split("?", 1)[0].rstrip("/")
         if method == "GET" and path in ("/v1/models", "/models"):
             names = self.models or ("test-model",)
-            return _json_response(200, {"object": "list", "data": [
-                {"id": m, "object": "model", "created": 0, "owned_by": "flowbot"} for m in names]})
+            return _encode(_json_response(200, {"object": "list", "data": [
+                {"id": m, "object": "model", "created": 0, "owned_by": "flowbot"} for m in names]}))
         if method == "POST" and path in ("/v1/chat/completions", "/chat/completions"):
+            loop = asyncio.get_running_loop()
+            due = loop.time() + self.latency_s
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
             try:
-                return await self._chat(headers, raw)
+                response = await self._chat(headers, raw)
+                encoded = None if response is None else _encode(response)
+                # The answer is ready before the latency wait, so when many timers fire at once
+                # only the writes remain: concurrent requests do not queue behind each other.
+                wait = due - loop.time()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                return encoded
             finally:
                 self.in_flight -= 1
-        return _error(404, f"no route for {method} {path}")
+        return _encode(_error(404, f"no route for {method} {path}"))
 
     async def _chat(self, headers: dict[str, str], raw: bytes) -> _Response | None:
         try:
@@ -266,8 +292,6 @@ class OpenAITestServer:
             self.requests.append({})
             return _error(400, "request body is not valid JSON")
         self.requests.append(body)
-        if self.latency_s > 0:
-            await asyncio.sleep(self.latency_s)
         if self.api_key is not None:
             given = headers.get("authorization", "").removeprefix("Bearer ").strip()
             if given != self.api_key:
@@ -327,11 +351,12 @@ class OpenAITestServer:
         return _json_response(200, payload)
 
     def _reply_text(self, body: dict, index: int) -> str:
-        if isinstance(self.reply, str):
-            return self.reply
-        if self._reply_takes_index:
-            return self.reply(body, index)  # type: ignore[call-arg]
-        return self.reply(body)  # type: ignore[call-arg]
+        reply, takes_index = self._reply
+        if isinstance(reply, str):
+            return reply
+        if takes_index:
+            return reply(body, index)  # type: ignore[call-arg]
+        return reply(body)  # type: ignore[call-arg]
 
 
 def _takes_two_args(fn: Callable) -> bool:
@@ -389,3 +414,45 @@ async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str, dict[st
         return method, path, headers, bytes(body)
     length = int(headers.get("content-length", "0") or 0)
     return method, path, headers, (await reader.readexactly(length) if length else b"")
+
+
+@contextlib.contextmanager
+def subprocess_server(latency_s: float = 0.0, reply: str = "ok") -> Iterator[str]:
+    """Run a test server in a child process; yields its base URL. No fault injection or counters.
+
+    >>> with subprocess_server(latency_s=0.05) as base_url:  # doctest: +SKIP
+    ...     ...
+    """
+    cmd = [sys.executable, "-m", "flowbot.lm.testing", "--latency", repr(latency_s), "--reply", reply]
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip()
+        if not url.startswith("http://"):
+            raise RuntimeError(f"test server process failed to start (exit code {proc.poll()})")
+        yield url
+    finally:
+        if proc.stdin is not None:
+            proc.stdin.close()  # the child serves until its stdin closes
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve until stdin closes; print the base URL on the first line of stdout."""
+    parser = argparse.ArgumentParser(prog="python -m flowbot.lm.testing",
+                                     description="An OpenAI-compatible test server on 127.0.0.1.")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds before each answer")
+    parser.add_argument("--reply", default="ok", help="the answer text")
+    args = parser.parse_args(argv)
+    with OpenAITestServer(reply=args.reply, latency_s=args.latency) as srv:
+        print(srv.base_url, flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            sys.stdin.read()
+
+
+if __name__ == "__main__":
+    main()

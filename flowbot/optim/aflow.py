@@ -10,6 +10,7 @@ it; evaluation scores the child on validation; the experience is written back to
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from dataclasses import dataclass
@@ -165,7 +166,11 @@ class AFlowSearch:
                              parent=parent.id if parent else None, edit_text=edit_text,
                              edit=edit.model_dump(mode="json") if edit is not None else None,
                              failures=failures[: self.cfg.failures_shown])
-        self.emit({"type": "candidate_evaluated", "method": "aflow", **entry.summary()})
+        self.emit({"type": "candidate_evaluated", "method": "aflow", **entry.summary(),
+                   "objective": self.objective(entry), "workflow": json.loads(wf.model_dump_json())})
+        if not archive.entries or entry.val_score > archive.best(self.objective).val_score:
+            self.emit({"type": "candidate_accepted", "method": "aflow", "id": entry.id,
+                       "val_score": entry.val_score, "objective": self.objective(entry)})
         return entry
 
     async def _expand(self, archive: Archive, parent: ArchiveEntry) -> tuple[Any, Workflow] | None:

@@ -57,8 +57,8 @@ class OptimizeConfig:
 class OptimizationResult:
     best: Workflow
     best_id: str
-    val_score: float
-    seed_val_score: float
+    val_score: float | None  # None when the budget ran out before anything was scored
+    seed_val_score: float | None
     test: BatchResult | None
     seed_test: BatchResult | None
     front: list[dict[str, Any]]
@@ -140,7 +140,6 @@ async def run_optimization(
 ) -> OptimizationResult:
     start = time.perf_counter()
     cfg = config
-    log = run_dir.events
     train = task.train[: cfg.train_size] if cfg.train_size is not None else task.train
     val = task.val[: cfg.val_size] if cfg.val_size is not None else task.val
     test = task.test[: cfg.test_size] if cfg.test_size is not None else task.test
@@ -150,6 +149,12 @@ async def run_optimization(
         raise ValueError(f"task {task.name}: the training split is empty")
     budget.add_stop_condition(run_dir.stop_requested)
     meter = task_lm.meter
+    raw_log = run_dir.events
+
+    def log(event: dict[str, Any]) -> None:
+        # cumulative usage by role with every event, so reports can plot spend over the run exactly
+        raw_log({**event, "usage_total": meter.to_dict()})
+
     log({"type": "run_started", "method": cfg.method, "task": task.name, "resumed": resumed,
          "sizes": {"train": len(train), "val": len(val), "test": len(test)},
          "budget": budget.limits.describe(), "task_model": task_lm.model, "optimizer_model": optimizer_lm.model})
@@ -163,7 +168,7 @@ async def run_optimization(
     try:
         seed_val = await evaluator(seed, val, "validating the seed")
         log({"type": "seed_evaluated", "val_score": seed_val.score, "calls": seed_val.calls,
-             "tokens": seed_val.usage.total_tokens})
+             "tokens": seed_val.usage.total_tokens, "cost_usd": seed_val.usage.cost_usd})
     except BudgetExceeded as exc:
         stopped = str(exc)
     snap_seed = meter.snapshot()
@@ -177,7 +182,7 @@ async def run_optimization(
             log({"type": "budget_warning", "message": "the budget is too small for one round of optimization "
                  "after reserving the test evaluation; the seed is returned"})
         outcome, stopped = await _search(task, seed, train, val, cfg, task_lm, optimizer_lm, tools, models,
-                                         evaluator, search_budget, run_dir)
+                                         evaluator, search_budget, run_dir, log)
     snap_search = meter.snapshot()
 
     if outcome is not None:
@@ -208,13 +213,15 @@ async def run_optimization(
     phases = {"seed": _phase(snap0, snap_seed), "search": _phase(snap_seed, snap_search),
               "test": _phase(snap_search, snap_end)}
     result = OptimizationResult(
-        best=best_entry.workflow, best_id=best_entry.id, val_score=best_entry.val_score,
-        seed_val_score=seed_val.score if seed_val else 0.0, test=test_res, seed_test=seed_test, front=front,
+        best=best_entry.workflow, best_id=best_entry.id,
+        val_score=best_entry.val_score if (outcome is not None or seed_val is not None) else None,
+        seed_val_score=seed_val.score if seed_val else None, test=test_res, seed_test=seed_test, front=front,
         candidates=[e.summary() for e in entries], usage=meter.to_dict(), phases=phases, stopped=stopped,
-        run_dir=str(run_dir.path), resumed=resumed, replayed_events=log.replayed,
+        run_dir=str(run_dir.path), resumed=resumed, replayed_events=raw_log.replayed,
         wall_s=time.perf_counter() - start,
     )
     result.summary = _summary(result, task, cfg, budget, test, task_lm, optimizer_lm)
+    result.summary["wall_s_all_sessions"] = round(run_dir.add_session_time(result.wall_s), 2)
     run_dir.write_json("summary.json", result.summary)
     log({"type": "run_finished", "best": best_entry.id, "val_score": best_entry.val_score,
          "test_score": result.test_score, "stopped": stopped})
@@ -223,8 +230,8 @@ async def run_optimization(
 
 async def _search(task: TaskData, seed: Workflow, train: list, val: list, cfg: OptimizeConfig, task_lm: LMClient,
                   optimizer_lm: LMClient, tools: ToolRegistry, models: Any, evaluator: Evaluator,
-                  budget: Budget, run_dir: RunDir) -> tuple[OuterResult | None, str | None]:
-    log = run_dir.events
+                  budget: Budget, run_dir: RunDir, log: Callable[[dict[str, Any]], None]
+                  ) -> tuple[OuterResult | None, str | None]:
     best_score = [float("-inf")]
 
     def on_event(event: dict[str, Any]) -> None:
@@ -255,7 +262,9 @@ async def _search(task: TaskData, seed: Workflow, train: list, val: list, cfg: O
     async def tune(workflow: Workflow, cand_budget: Budget | None, label: str) -> InnerResult:
         b = cand_budget or budget
         ev = evaluator.with_executor(Executor(task_lm.with_budget(b), tools=tools, models=models))
-        inner = InnerLoop(ev, optimizer_lm.with_budget(b), ctx, cfg.inner, meter=task_lm.meter, on_event=on_event,
+        candidate = label.strip("[] ") or None
+        inner = InnerLoop(ev, optimizer_lm.with_budget(b), ctx, cfg.inner, meter=task_lm.meter,
+                          on_event=lambda e: on_event({**e, "candidate": candidate}),
                           tool_options=sorted(tools.names()))
         return await inner.optimize(workflow, train, val, label)
 

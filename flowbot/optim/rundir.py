@@ -123,6 +123,14 @@ class RunDir:
         path.write_text(json.dumps({"run_id": run_id, "sessions": 1, "config": config}, indent=2), encoding="utf-8")
         return run_id, False
 
+    def add_session_time(self, seconds: float) -> float:
+        """Add this session's wall time to config.json; returns the run's total over all sessions."""
+        path = self.path / "config.json"
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        saved["wall_s_total"] = saved.get("wall_s_total", 0.0) + seconds
+        path.write_text(json.dumps(saved, indent=2), encoding="utf-8")
+        return saved["wall_s_total"]
+
     def clear_stop(self) -> None:
         if self.stop_file.exists():
             self.stop_file.unlink()

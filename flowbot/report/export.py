@@ -45,7 +45,7 @@ async def arun({signature}, model: str | None = None) -> dict[str, Any]:
 
 
 def export_python(workflow_path: str | Path, out_path: str | Path) -> Path:
-    wf = load_workflow(workflow_path, known_tools=default_registry().names())
+    wf = load_workflow(workflow_path, known_tools=default_registry().signatures())
     out = Path(out_path)
     data = workflow_to_dict(wf)
     inputs = wf.sketch.inputs

@@ -24,7 +24,7 @@ from flowbot.graph.sketch import Workflow
 COL_W, ROW_H = 3.0, 1.45  # inches between column / row centres (1 data unit = 1 inch)
 BOX_W, BOX_H = 2.45, 0.72
 PILL_H = 0.42
-VIRTUAL_W = 0.55  # room a long edge takes when it passes a layer
+VIRTUAL_W = 0.9  # room a long edge takes when it passes a layer
 LABEL_CHARS = 28
 
 STYLE = {  # face, edge colour
@@ -89,7 +89,11 @@ def _detail(node: Any, workflow: Workflow) -> str:
 
 
 def layout(workflow: Workflow) -> tuple[dict[str, Item], list[Edge]]:
-    """Items with a layer (longest path from the inputs) and an x position, and the grouped edges."""
+    """Items with a layer (longest path from the inputs) and an x position, and the grouped edges.
+
+    An edge that spans several layers gets a waypoint in each layer it crosses, so it is routed
+    around the boxes of those layers instead of through them (the usual layered-drawing recipe).
+    """
     s = workflow.sketch
     items: dict[str, Item] = {f"in:{f}": Item(f"in:{f}", "input", f, "input") for f in s.inputs}
     edges: dict[tuple[str, str, bool], Edge] = {}
@@ -116,25 +120,52 @@ def layout(workflow: Workflow) -> tuple[dict[str, Item], list[Edge]]:
     for f in s.outputs:
         items[f"out:{f}"] = Item(f"out:{f}", "output", f, "output", last)
         connect(source(f), f"out:{f}", f)
+    for edge in edges.values():
+        edge.path = [edge.src]
+        for layer in range(items[edge.src].layer + 1, items[edge.dst].layer):
+            key = f"v:{len(items)}"
+            items[key] = Item(key, "virtual", "", "", layer)
+            edge.path.append(key)
+        edge.path.append(edge.dst)
     _place(items, list(edges.values()))
     return items, list(edges.values())
 
 
-def _place(items: dict[str, Item], edges: list[Edge]) -> None:
-    """x positions: each layer ordered by the mean x of its predecessors (fewer crossings), centred."""
+def _place(items: dict[str, Item], edges: list[Edge], sweeps: int = 3) -> None:
+    """Order each layer by the mean position of its neighbours (down and up sweeps, fewer
+    crossings), then pack the layer left to right, centred."""
     layers: dict[int, list[Item]] = {}
-    for item in items.values():  # dict order = inputs, topological nodes, outputs: stable ties
+    for item in items.values():  # dict order = inputs, topological nodes, outputs, waypoints
         layers.setdefault(item.layer, []).append(item)
-    order = {key: i for i, key in enumerate(items)}
-    for layer in sorted(layers):
-        row = layers[layer]
-        if layer > 0:
-            def bary(item: Item) -> float:
-                xs = [items[e.src].x for e in edges if e.dst == item.key and e.src in items]
-                return sum(xs) / len(xs) if xs else 0.0
-            row.sort(key=lambda it: (bary(it), order[it.key]))
-        for i, item in enumerate(row):
-            item.x = (i - (len(row) - 1) / 2) * COL_W
+    preds: dict[str, list[str]] = {k: [] for k in items}
+    succs: dict[str, list[str]] = {k: [] for k in items}
+    for edge in edges:
+        for a, b in zip(edge.path, edge.path[1:]):
+            preds[b].append(a)
+            succs[a].append(b)
+    pos = {it.key: float(i) for row in layers.values() for i, it in enumerate(row)}
+
+    def reorder(row: list[Item], neighbours: dict[str, list[str]]) -> None:
+        def bary(item: Item) -> float:
+            near = neighbours[item.key]
+            return sum(pos[n] for n in near) / len(near) if near else pos[item.key]
+        row.sort(key=lambda it: (bary(it), pos[it.key]))
+        for i, it in enumerate(row):
+            pos[it.key] = float(i)
+
+    order = sorted(layers)
+    for _ in range(sweeps):
+        for layer in order[1:]:
+            reorder(layers[layer], preds)
+        for layer in reversed(order[:-1]):
+            if layer > 0:  # the inputs keep their declared order
+                reorder(layers[layer], succs)
+    for row in layers.values():
+        total = sum(it.width for it in row)
+        x = -total / 2
+        for it in row:
+            it.x = x + it.width / 2
+            x += it.width
 
 
 def _shape(ax: Any, item: Item, x: float, y: float) -> None:
@@ -176,34 +207,37 @@ def _half_height(item: Item) -> float:
     return BOX_H * (0.6 if item.kind == "branch" else 0.5)
 
 
-def _edge(ax: Any, edge: Edge, a: Item, b: Item, ya: float, yb: float, bend: float) -> None:
+def _edge(ax: Any, edge: Edge, items: dict[str, Item], y: Any, twin: bool) -> None:
     from matplotlib.patches import FancyArrowPatch
+    from matplotlib.path import Path as MPath
 
-    start = (a.x, ya - _half_height(a))
-    end = (b.x, yb + _half_height(b))
+    a, b = items[edge.src], items[edge.dst]
+    points = [(a.x, y(a) - _half_height(a))]
+    for key in edge.path[1:-1]:  # pass each crossed layer vertically, at its waypoint
+        v = items[key]
+        points += [(v.x, y(v) + BOX_H / 2), (v.x, y(v) - BOX_H / 2)]
+    points.append((b.x, y(b) + _half_height(b)))
     colour = GATE_COLOUR if edge.gate else "#475569"
-    arrow = FancyArrowPatch(start, end, arrowstyle="-|>", mutation_scale=10, lw=1.1, color=colour,
-                            linestyle="--" if edge.gate else "-", connectionstyle=f"arc3,rad={bend}",
-                            shrinkA=1, shrinkB=1)
-    ax.add_patch(arrow)
-    # label near the middle of the (possibly bent) edge
-    mx, my = (start[0] + end[0]) / 2, (start[1] + end[1]) / 2
-    dx, dy = end[0] - start[0], end[1] - start[1]
-    mx, my = mx + bend * dy * 0.5, my - bend * dx * 0.5
-    text = _short(", ".join(edge.labels), 30)
-    ax.text(mx, my, text, ha="center", va="center", fontsize=7, color=colour,
+    style = {"arrowstyle": "-|>", "mutation_scale": 10, "lw": 1.1, "color": colour,
+             "linestyle": "--" if edge.gate else "-", "shrinkA": 1, "shrinkB": 1}
+    if len(points) == 2:
+        bend = 0.35 if twin else 0.0  # a gate edge beside a data edge between the same pair
+        ax.add_patch(FancyArrowPatch(points[0], points[1], connectionstyle=f"arc3,rad={bend}", **style))
+        (x0, y0), (x1, y1) = points
+        lx, ly = (x0 + x1) / 2 + bend * (y1 - y0) * 0.5, (y0 + y1) / 2 - bend * (x1 - x0) * 0.5
+    else:
+        # a smooth curve through the waypoints: quadratic pieces joined at segment midpoints
+        verts, codes = [points[0]], [MPath.MOVETO]
+        for p, q in zip(points[1:-1], points[2:]):
+            verts += [p, ((p[0] + q[0]) / 2, (p[1] + q[1]) / 2)]
+            codes += [MPath.CURVE3, MPath.CURVE3]
+        verts[-1] = points[-1]
+        ax.add_patch(FancyArrowPatch(path=MPath(verts, codes), **style))
+        first = items[edge.path[1]]  # at the first waypoint: each long edge has its own slot there
+        lx, ly = first.x, y(first)
+    ax.text(lx, ly, _short(", ".join(edge.labels), 30), ha="center", va="center", fontsize=7, color=colour,
             style="italic" if edge.gate else "normal", parse_math=False,
             bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.9})
-
-
-def _bend(edge: Edge, a: Item, b: Item, edges: list[Edge]) -> float:
-    """Curve edges that skip layers (they would cross the boxes between) and doubled pairs."""
-    twin = any(o is not edge and o.src == edge.src and o.dst == edge.dst for o in edges)
-    if twin and edge.gate:
-        return 0.35
-    if b.layer - a.layer > 1:
-        return 0.3 if b.x >= a.x else -0.3
-    return 0.0
 
 
 def draw_workflow(workflow: Workflow | dict[str, Any], path: str | Path | None = None, *,
@@ -238,16 +272,17 @@ def draw_workflow(workflow: Workflow | dict[str, Any], path: str | Path | None =
     def y(item: Item) -> float:
         return -item.layer * ROW_H
 
+    pairs = [(e.src, e.dst) for e in edges]
     for edge in edges:
-        a, b = items[edge.src], items[edge.dst]
-        _edge(ax, edge, a, b, y(a), y(b), _bend(edge, a, b, edges))
+        _edge(ax, edge, items, y, twin=edge.gate and pairs.count((edge.src, edge.dst)) > 1)
     for item in items.values():
-        _shape(ax, item, item.x, y(item))
+        if item.kind != "virtual":
+            _shape(ax, item, item.x, y(item))
     if title:
         ax.text(0, top - 0.2, _short(title, 80), ha="center", va="center", fontsize=10, fontweight="bold",
                 parse_math=False)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
+    fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None})
     data = buf.getvalue()
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -76,6 +76,13 @@ class RunData:
         return [e for e in self.events if e.get("type") in kinds]
 
     @property
+    def seed_scored(self) -> bool:
+        """False when the log shows the run stopped before the seed's validation score existed."""
+        if not self.events:
+            return True  # no log to tell: trust summary.json
+        return any(e.get("type") in ("seed_evaluated", "candidate_evaluated") for e in self.events)
+
+    @property
     def finished(self) -> bool:
         return self.summary is not None
 
@@ -276,6 +283,10 @@ def load_run(run_dir: str | Path) -> RunData:
     summary = _read_json(path / "summary.json", warnings)
     run.summary = summary if isinstance(summary, dict) else None
     run.candidates = _merge_candidates(run.events, run.summary)
+    if not run.seed_scored:
+        # the driver records the unscored seed as c0 with score 0; showing that would be a fiction
+        run.candidates = []
+        warnings.append("the budget ran out before the seed was scored on validation: no scores to show")
     for e in run.events:  # workflows logged with their candidate (flowbot, inner-only)
         if e.get("type") == "candidate_evaluated" and isinstance(e.get("workflow"), dict):
             wf = _workflow(e["workflow"], f"events.jsonl (seq {e.get('seq')})", warnings)

@@ -52,7 +52,7 @@ class Workflow(IRWorkflow):
     def load(cls, path: str | Path, *, model: str | None = None, base_url: str | None = None) -> "Workflow":
         """Load a saved workflow (JSON); ``model``/``base_url`` bind the model it runs with."""
         tools = default_tools()
-        wf = cls.from_ir(load_workflow(path, known_tools=tools.names()))
+        wf = cls.from_ir(load_workflow(path, known_tools=tools.signatures()))
         wf._tools = tools
         return wf.bind(model, base_url=base_url) if (model or base_url) else wf
 

@@ -74,6 +74,7 @@ class PythonTool(Tool):
                    "no network, no files outside its folder) and return what it prints. "
                    "Use print() to show results.")
     primary_arg = "code"
+    extra_args = ("stdin",)
 
     def __init__(self, *, timeout_s: float = 10.0, memory_mb: int = 512,
                  max_output_bytes: int = 16_000, stderr_tail_chars: int = 1_500,

@@ -120,6 +120,7 @@ class RetrieveTool(Tool):
     name = "retrieve"
     description = "Search the given passages for a query (BM25) and return the best matches with their titles."
     primary_arg = "query"
+    extra_args = ("passages", "k")
 
     def __init__(self, *, k: int = 3) -> None:
         if not isinstance(k, int) or k < 1:

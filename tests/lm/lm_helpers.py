@@ -33,9 +33,16 @@ def fast_policy(**kw) -> RecordingPolicy:
 
 
 def make_client(server: OpenAITestServer, *, model: str = "test-model", policy: RetryPolicy | None = None,
-                key_env: str = KEY_ENV, **client_kw) -> LMClient:
-    provider = OpenAICompatProvider(model, base_url=server.base_url, api_key_env=key_env, timeout=5.0)
+                key_env: str = KEY_ENV, http_backend: str = "httpx", **client_kw) -> LMClient:
+    provider = OpenAICompatProvider(model, base_url=server.base_url, api_key_env=key_env, timeout=5.0,
+                                    http_backend=http_backend)  # type: ignore[arg-type]
     return LMClient(provider, retry=policy or fast_policy(), **client_kw)
+
+
+def has_aiohttp() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("aiohttp") is not None
 
 
 def user(text: str) -> list[dict[str, str]]:

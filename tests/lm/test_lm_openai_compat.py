@@ -13,7 +13,12 @@ from flowbot.lm import (
 from flowbot.lm.openai_compat import OpenAICompatProvider, parse_retry_after
 from flowbot.lm.testing import Fault, OpenAITestServer
 
-from .lm_helpers import FAKE_KEY, KEY_ENV, fast_policy, make_client, user
+from .lm_helpers import FAKE_KEY, KEY_ENV, fast_policy, has_aiohttp, make_client, user
+
+
+# Both HTTP transports of the openai client must map faults the same way.
+BACKENDS = ["httpx", pytest.param("aiohttp", marks=pytest.mark.skipif(
+    not has_aiohttp(), reason="aiohttp is not installed"))]
 
 
 # -- success paths -----------------------------------------------------------------------------
@@ -75,9 +80,10 @@ def test_provider_works_across_fresh_event_loops(server, key_env):
 
 
 # -- transient faults are retried ---------------------------------------------------------------
-async def test_429_is_retried_and_retry_after_is_a_lower_bound_on_the_wait(server, key_env, connect):
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_429_is_retried_and_retry_after_is_a_lower_bound_on_the_wait(server, key_env, backend, connect):
     policy = fast_policy()
-    lm = connect(server, policy=policy)
+    lm = connect(server, policy=policy, http_backend=backend)
     server.fail_next(Fault.rate_limit(retry_after=0.2))
     out = await lm.complete(user("hi"))
     assert out.text == "answer 0"
@@ -88,12 +94,13 @@ async def test_429_is_retried_and_retry_after_is_a_lower_bound_on_the_wait(serve
     assert lm.meter.snapshot()["task"].retries == 1
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("fault", [
     Fault.http(500), Fault.http(503), Fault.http(502), Fault.invalid_json(),
     Fault.missing_choices(), Fault.drop(),
 ], ids=["500", "503", "502", "invalid-json", "missing-choices", "dropped-connection"])
-async def test_transient_fault_then_success(server, key_env, fault, connect):
-    lm = connect(server)
+async def test_transient_fault_then_success(server, key_env, fault, backend, connect):
+    lm = connect(server, http_backend=backend)
     server.fail_next(fault)
     out = await lm.complete(user("hi"))
     assert out.text == "answer 0"
@@ -102,8 +109,9 @@ async def test_transient_fault_then_success(server, key_env, fault, connect):
     assert (usage.calls, usage.retries, usage.failed_calls) == (1, 1, 0)
 
 
-async def test_slow_response_beyond_attempt_timeout_is_retried(server, key_env, connect):
-    lm = connect(server, policy=fast_policy(attempt_timeout=0.3))
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_slow_response_beyond_attempt_timeout_is_retried(server, key_env, backend, connect):
+    lm = connect(server, policy=fast_policy(attempt_timeout=0.5), http_backend=backend)
     server.fail_next(Fault.slow(5.0))
     out = await lm.complete(user("hi"))
     assert out.text == "answer 0"
@@ -112,8 +120,8 @@ async def test_slow_response_beyond_attempt_timeout_is_retried(server, key_env, 
 
 async def test_always_slow_gives_up_with_a_clear_error(key_env, connect):
     with OpenAITestServer(fault_rule=lambda body: Fault.slow(5.0)) as srv:
-        lm = connect(srv, policy=fast_policy(attempt_timeout=0.2, max_attempts=2))
-        with pytest.raises(LMTransientError, match=r"no answer within 0.2 s after 2 attempts"):
+        lm = connect(srv, policy=fast_policy(attempt_timeout=0.4, max_attempts=2))
+        with pytest.raises(LMTransientError, match=r"no answer within 0.4 s after 2 attempts"):
             await lm.complete(user("hi"))
         assert srv.request_count == 2
     assert lm.meter.snapshot()["task"].failed_calls == 1
@@ -137,9 +145,10 @@ async def test_connection_refused_is_transient_and_names_the_url(key_env):
 
 
 # -- permanent errors fail at once ---------------------------------------------------------------
-async def test_bad_key_fails_at_once_without_a_retry_storm(key_env, connect):
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_bad_key_fails_at_once_without_a_retry_storm(key_env, backend, connect):
     with OpenAITestServer(api_key="sk-the-right-one") as srv:
-        lm = connect(srv)
+        lm = connect(srv, http_backend=backend)
         with pytest.raises(LMPermanentError) as info:
             await lm.complete(user("hi"))
         assert srv.request_count == 1
@@ -212,7 +221,7 @@ async def test_concurrency_limit_is_honoured(key_env, connect):
 
 
 async def test_server_does_not_serialize_concurrent_requests(key_env, connect):
-    with OpenAITestServer(latency_s=0.1) as srv:
+    with OpenAITestServer(latency_s=0.25) as srv:
         lm = connect(srv, max_concurrency=32)
         await asyncio.gather(*(lm.complete(user(f"q{i}")) for i in range(32)))
         assert srv.max_in_flight > 16
@@ -275,6 +284,8 @@ def test_parse_retry_after(headers, expected):
 
 
 def test_bad_constructor_arguments_are_named():
+    with pytest.raises(ValueError, match="http_backend must be"):
+        OpenAICompatProvider("m", base_url="http://localhost:8000/v1", http_backend="curl")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="base_url must start with http"):
         OpenAICompatProvider("m", base_url="localhost:8000/v1")
     with pytest.raises(ValueError, match="needs a model name"):

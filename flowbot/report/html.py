@@ -1,0 +1,532 @@
+"""``report.html``: one self-contained page about an optimization run (``flowbot report RUN_DIR``).
+
+Inline CSS, plots and workflow pictures as inline PNG, no scripts and no external files, so it
+opens offline and can be mailed around. Every piece of text that comes from the run (prompts, model
+replies, edits) is HTML-escaped. Only the run directory's files are read: nothing from the
+environment (API keys never reach the page).
+
+    >>> from flowbot.report.html import write_report
+    >>> write_report("runs/gsm8k-flowbot-1a2b3c4d")          # doctest: +SKIP
+    PosixPath('runs/gsm8k-flowbot-1a2b3c4d/report.html')
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import difflib
+import html
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any, Callable, Iterable
+from urllib.parse import urlsplit, urlunsplit
+
+from flowbot.graph.render import to_mermaid, to_text
+from flowbot.graph.sketch import Workflow
+from flowbot.report import pictures, plots
+from flowbot.report.rundata import RunData, _num, load_run, usage_value
+
+GRADIENT_CHARS = 160
+SECRET_KEY = re.compile(r"api[_-]?key|secret|password|passwd|authorization|bearer|credential", re.I)
+
+CSS = """
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#0f172a;margin:0;background:#f8fafc}
+main{max-width:1180px;margin:0 auto;padding:24px 28px 60px}
+h1{font-size:24px;margin:0 0 4px}h2{font-size:19px;margin:34px 0 10px;border-bottom:2px solid #e2e8f0;padding-bottom:4px}
+h3{font-size:15px;margin:20px 0 6px}
+nav{font-size:13px;margin:6px 0 18px}nav a{margin-right:14px;color:#1d4ed8;text-decoration:none}
+table{border-collapse:collapse;margin:6px 0 12px;background:#fff;font-size:13px}
+th,td{border:1px solid #e2e8f0;padding:4px 8px;text-align:left;vertical-align:top}
+th{background:#f1f5f9;font-weight:600}td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+table.kv th{width:190px}
+.muted{color:#64748b}.small{font-size:12px}.ok{color:#15803d;font-weight:600}.no{color:#b91c1c}
+.warn{background:#fef3c7;border:1px solid #f59e0b;padding:6px 10px;border-radius:4px;margin:6px 0}
+.best{background:#fefce8}
+figure{margin:10px 0 18px;background:#fff;border:1px solid #e2e8f0;padding:8px;display:inline-block;max-width:100%}
+figure img{max-width:100%;height:auto;display:block}figcaption{font-size:12px;color:#475569;max-width:760px;margin-top:4px}
+.pics{display:flex;flex-wrap:wrap;gap:16px;align-items:flex-start}
+pre{background:#f1f5f9;padding:8px 10px;border-radius:4px;white-space:pre-wrap;word-break:break-word;font-size:12px;margin:4px 0}
+.diff{background:#fff;border:1px solid #e2e8f0;padding:8px 10px;border-radius:4px;white-space:pre-wrap;word-break:break-word;font-size:13px}
+ins{background:#dcfce7;color:#14532d;text-decoration:none}del{background:#fee2e2;color:#7f1d1d}
+details summary{cursor:pointer;color:#1d4ed8}
+"""
+
+
+# -- small helpers -------------------------------------------------------------------------------
+def esc(value: Any) -> str:
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def _score(value: Any) -> str:
+    return "—" if value is None else f"{_num(value):.3f}"
+
+
+def _signed(value: Any) -> str:
+    return "—" if value is None else f"{_num(value):+.3f}"
+
+
+def _money(value: float) -> str:
+    """Dollars with two significant digits below a cent (per-example costs are tiny)."""
+    if value == 0 or abs(value) >= 0.01:
+        return f"${value:,.2f}"
+    decimals = 1 - math.floor(math.log10(abs(value)))
+    return f"${value:.{decimals}f}"
+
+
+def _cost(value: Any, unit: str) -> str:
+    if value is None:
+        return "—"
+    return _money(_num(value)) if unit == "usd" else f"{_num(value):,.0f} tok"
+
+
+def _img(png: bytes, alt: str) -> str:
+    return f'<img alt="{esc(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
+
+
+def _figure(png: bytes, alt: str, caption: str) -> str:
+    return f"<figure>{_img(png, alt)}<figcaption>{caption}</figcaption></figure>"
+
+
+def _table(headers: Iterable[str], rows: Iterable[Iterable[str]], cls: str = "",
+           row_class: Callable[[int], str] | None = None) -> str:
+    """``headers`` are plain text; cells are HTML already (escape them when building the row)."""
+    def attr(name: str) -> str:
+        return f' class="{esc(name)}"' if name else ""
+
+    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
+    body = []
+    for i, row in enumerate(rows):
+        # escaped text never starts with "<", so only cells built by _num_td start with "<td"
+        cells = "".join(c if c.startswith("<td") else f"<td>{c}</td>" for c in row)
+        body.append(f"<tr{attr(row_class(i) if row_class else '')}>{cells}</tr>")
+    return f"<table{attr(cls)}><tr>{head}</tr>{''.join(body)}</table>"
+
+
+def _num_td(text: str) -> str:
+    return f'<td class="num">{text}</td>'
+
+
+def _kv(pairs: Iterable[tuple[str, str]]) -> str:
+    return '<table class="kv">' + "".join(f"<tr><th>{esc(k)}</th><td>{v}</td></tr>" for k, v in pairs) + "</table>"
+
+
+def _details(summary: str, body_html: str) -> str:
+    return f"<details><summary>{esc(summary)}</summary>{body_html}</details>"
+
+
+def _tick(flag: bool) -> str:
+    return '<span class="ok">yes</span>' if flag else '<span class="muted">no</span>'
+
+
+def redact(value: Any) -> Any:
+    """Settings with secret-looking keys hidden, and user:password stripped from URLs."""
+    if isinstance(value, dict):
+        return {k: "(hidden)" if SECRET_KEY.search(str(k)) else redact(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v) for v in value]
+    if isinstance(value, str) and "@" in value and "://" in value:
+        parts = urlsplit(value)
+        if parts.username or parts.password:
+            return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+    return value
+
+
+def word_diff(old: str, new: str) -> str:
+    """HTML of a word-level diff: deleted words in <del>, inserted words in <ins> (all escaped).
+
+    Changes separated only by whitespace are shown as one change, so a rewritten sentence reads as
+    "old sentence / new sentence" rather than alternating single words.
+    """
+    a, b = re.findall(r"\s+|\S+", old or ""), re.findall(r"\s+|\S+", new or "")
+    chunks: list[list[str]] = []  # [kind, old text, new text]
+    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes():
+        old_text, new_text = "".join(a[i1:i2]), "".join(b[j1:j2])
+        kind = "same" if op == "equal" else "change"
+        if kind == "change" and len(chunks) >= 2 and chunks[-1][0] == "same" and not chunks[-1][1].strip() \
+                and chunks[-2][0] == "change":
+            gap = chunks.pop()[1]  # fold the whitespace between two changes into them
+            chunks[-1][1] += gap + old_text
+            chunks[-1][2] += gap + new_text
+        elif chunks and chunks[-1][0] == kind == "change":
+            chunks[-1][1] += old_text
+            chunks[-1][2] += new_text
+        else:
+            chunks.append([kind, old_text, new_text])
+    out = []
+    for kind, old_text, new_text in chunks:
+        if kind == "same":
+            out.append(esc(old_text))
+            continue
+        if old_text:
+            out.append(f"<del>{esc(old_text)}</del>")
+        if new_text:
+            out.append(f"<ins>{esc(new_text)}</ins>")
+    return "".join(out)
+
+
+def _fmt_time(ts: Any) -> str:
+    try:
+        return _dt.datetime.fromtimestamp(float(ts)).strftime("%Y-%m-%d %H:%M:%S")
+    except (TypeError, ValueError, OverflowError, OSError):
+        return "?"
+
+
+def _duration(seconds: Any) -> str:
+    s = _num(seconds)
+    if s < 60:
+        return f"{s:.1f} s"
+    if s < 3600:
+        return f"{s / 60:.1f} min"
+    return f"{s / 3600:.2f} h"
+
+
+# -- sections ------------------------------------------------------------------------------------
+def _header(run: RunData) -> str:
+    s = run.summary or {}
+    started = run.first("run_started")
+    sizes = started.get("sizes") or {}
+    budget = s.get("budget") or {}
+    limits = budget.get("limits") or started.get("budget") or run.settings.get("budget") or "unlimited"
+    spent = budget.get("spent") or {}
+    unit = run.unit()
+    spent_parts = []
+    if spent:
+        spent_parts = [f"{int(_num(spent.get('calls'))):,} calls", f"{int(_num(spent.get('tokens'))):,} tokens"]
+        if unit == "usd":
+            spent_parts.append(_money(_num(spent.get("usd"))))
+        if spent.get("seconds") is not None:
+            spent_parts.append(f"{_duration(spent.get('seconds'))} counted against the budget")
+    stopped = run.stopped
+    resumed = s.get("resumed", run.sessions > 1)
+    times = [e["time"] for e in run.events if isinstance(e.get("time"), (int, float))]
+    objective = s.get("objective") or (run.settings.get("optimize") or {}).get("objective") or {}
+    obj_text = "validation score" if objective.get("kind", "score") == "score" else \
+        f"score − {objective.get('cost_weight')} × cost per example"
+    pairs = [
+        ("task", esc(run.task)),
+        ("method", esc(run.method)),
+        ("task model", esc(run.task_model)),
+        ("optimizer model", esc(run.optimizer_model)),
+        ("objective", esc(obj_text)),
+        ("examples", esc(", ".join(f"{k} {v}" for k, v in sizes.items())) or "—"),
+        ("budget", esc(limits)),
+        ("spent", esc(", ".join(spent_parts)) or '<span class="muted">not recorded (no summary.json)</span>'),
+        ("stopped", f'<span class="no">{esc(stopped)}</span>' if stopped else "no: the run finished its schedule"),
+        ("sessions", esc(f"{run.sessions}" + (f" (resumed; {s.get('replayed_events', 0)} events replayed from "
+                                               "the log in the last session)" if resumed else ""))),
+        ("wall time", esc(f"{_duration(s['wall_s'])} in the last session" if "wall_s" in s else "—")
+         + (esc(f"; log from {_fmt_time(times[0])} to {_fmt_time(times[-1])}") if times else "")),
+        ("run id", esc(run.run_id or "—")),
+        ("run directory", esc(str(run.path))),
+    ]
+    out = [_kv(pairs)]
+    warnings = list(run.warnings) + [str(e.get("message")) for e in run.of_type("budget_warning")]
+    out += [f'<div class="warn">{esc(w)}</div>' for w in warnings]
+    out.append(_usage_tables(run))
+    return "".join(out)
+
+
+def _usage_tables(run: RunData) -> str:
+    s = run.summary or {}
+    roles = s.get("usage_by_role") or {}
+    out = []
+    if roles:
+        rows = []
+        for role, u in roles.items():
+            cost = u.get("cost_usd")
+            rows.append([esc(role)] + [_num_td(f"{int(_num(u.get(k))):,}") for k in
+                                       ("calls", "cached_calls", "replayed_calls", "failed_calls", "retries",
+                                        "prompt_tokens", "completion_tokens")]
+                        + [_num_td("unknown price" if cost is None else _money(_num(cost)))])
+        out.append("<h3>Usage by role</h3>" + _table(
+            ["role", "paid calls", "cache hits", "replayed", "failed", "retries", "prompt tokens",
+             "completion tokens", "dollars"], rows))
+        out.append('<p class="muted small">Paid calls include calls replayed from this run\'s cache after a '
+                   'resume (paid once, in an earlier session). Dollars are nominal list prices.</p>')
+    phases = s.get("usage_by_phase") or {}
+    if phases:
+        rows = [[esc(name), _num_td(f"{int(_num(p.get('calls'))):,}"), _num_td(f"{int(_num(p.get('tokens'))):,}"),
+                 _num_td(_money(_num(p.get("cost_usd"))) if run.priced else "—")] for name, p in phases.items()]
+        out.append("<h3>Usage by phase</h3>" + _table(["phase", "calls", "tokens", "dollars"], rows))
+    return "".join(out)
+
+
+def _results(run: RunData) -> str:
+    s = run.summary or {}
+    best_id = run.best_id
+    cands = {c["id"]: c for c in run.candidates}
+    seed_val = (s.get("seed") or {}).get("val_score", run.first("seed_evaluated").get("val_score"))
+    tuned_seed = cands.get("c0", {}).get("val_score")
+    best_val = (s.get("best") or {}).get("val_score", cands.get(best_id or "", {}).get("val_score"))
+    if not run.seed_scored:
+        seed_val = best_val = None
+    test, seed_test = s.get("test"), s.get("seed_test")
+    n_val = (run.first("run_started").get("sizes") or {}).get("val")
+    unit = run.unit()
+    cost_key = "cost_per_example" if unit == "usd" else "tokens_per_example"
+
+    def test_cell(b: dict[str, Any] | None) -> str:
+        if not b:
+            return '<span class="muted">not evaluated</span>'
+        return f"{_score(b.get('score'))} <span class='muted small'>± {_num(b.get('stderr')):.3f} (n={b.get('n')})</span>"
+
+    rows = [
+        ["validation score" + (f" (n={n_val})" if n_val else ""), _num_td(_score(seed_val)),
+         _num_td(_score(tuned_seed)),
+         _num_td(_score(best_val))],
+        ["test score", test_cell(seed_test), '<span class="muted">—</span>', test_cell(test)],
+        [esc(plots.unit_label(unit, per_example=True)) + " (test)",
+         _num_td(_cost(seed_test.get(cost_key), unit) if seed_test else "—"), "—",
+         _num_td(_cost(test.get(cost_key), unit) if test else "—")],
+    ]
+    c0 = "seed as scored in the search (c0)" if run.method == "aflow" else "seed after tuning (c0)"
+    out = [_table(["", "seed as given", c0, f"best ({best_id or '?'})"], rows)]
+    gain = s.get("test_gain_vs_seed")
+    if gain and gain.get("n"):
+        lo, hi = (gain.get("ci95") or [None, None])[:2]
+        verdict = ""
+        if lo is not None and hi is not None:
+            verdict = (" — the interval excludes zero" if lo > 0 or hi < 0 else
+                       " — the interval includes zero: not a clear difference at this n")
+        out.append(f"<p><b>Paired test gain of the best workflow over the seed:</b> {esc(_signed(gain.get('mean')))} "
+                   f"(95% interval {esc(_signed(lo))} to {esc(_signed(hi))}, n = {esc(gain.get('n'))} test examples; "
+                   f"better on {esc(gain.get('wins', '?'))}, worse on {esc(gain.get('losses', '?'))}){esc(verdict)}.</p>")
+    elif test and not seed_test:
+        out.append('<p class="muted">The seed was not evaluated on the test split, so there is no paired gain.</p>')
+    elif not test:
+        out.append('<p class="muted">The test split was not evaluated (turned off, no test data, or the budget ran '
+                   "out first).</p>")
+    if best_id == "c0" and run.seed_scored:
+        out.append('<p class="muted">The search found nothing better than the (tuned) seed.</p>')
+    return "".join(out)
+
+
+def _plots(run: RunData) -> str:
+    series = run.usage_series()
+    parts = []
+    xs_label = plots.candidate_x(run)[1]
+    parts.append(_figure(plots.score_progress(run), "validation score per candidate",
+                         "Validation score of each candidate (x: " + esc(xs_label) + "). Hollow circles: the "
+                         "candidate's score before the inner loop tuned its prompts. Green: best so far "
+                         "(by the run's objective). Dotted: the seed as given."))
+    if series.exact:
+        note = "From the meter snapshots in the event log: exact."
+    else:
+        share = series.itemized_share()
+        seed = "the seed evaluation (in tokens only) and " if run.priced else "the seed evaluation and "
+        note = ("The event log itemizes spend only for " + seed + "the inner-loop steps; "
+                "proposals, candidate validation and test evaluation appear only in the totals. Solid lines: "
+                "itemized spend per role; diamonds: each role's exact run total; dotted: all roles, exact at "
+                "the end of each phase.")
+        if share is not None:
+            note += f" Itemized: {share:.0%} of the total."
+    parts.append(_figure(plots.cost_over_run(run, series), "cumulative spend by role", esc(note)))
+    unit = plots.unit_label(run.unit(), per_example=True)
+    parts.append(_figure(plots.pareto(run), "Pareto front",
+                         f"Every candidate's validation score against its {esc(unit)} on validation; red: the "
+                         "candidates no other candidate beats on both (labelled); star: the chosen best."
+                         + ("" if run.priced else " Prices are unknown for at least one role, so cost is in tokens.")))
+    return '<div class="pics">' + "".join(parts) + "</div>"
+
+
+def _workflow_block(title: str, wf: Workflow | None) -> str:
+    if wf is None:
+        return f'<div><h3>{esc(title)}</h3><p class="muted">not available</p></div>'
+    try:
+        png = pictures.draw_workflow(wf, title=title)
+        n = len(wf.sketch.nodes)
+        pic = _figure(png, title, f"{n} node{'s' if n != 1 else ''}. Rounded: llm; barred: tool; diamond: branch "
+                                  "(dashed edges: the nodes a route runs); trapezoid: merge.")
+    except Exception as exc:  # a picture must never cost the whole report
+        pic = f'<div class="warn">could not draw this workflow: {esc(exc)}</div>'
+    return (f"<div><h3>{esc(title)}</h3>{pic}"
+            + _details("Mermaid (paste into any Mermaid renderer)", f"<pre>{esc(to_mermaid(wf))}</pre>")
+            + _details("as text", f"<pre>{esc(to_text(wf))}</pre>") + "</div>")
+
+
+def _workflows(run: RunData) -> str:
+    best_title = f"best ({run.best_id})" if run.best_id else "best"
+    return ('<div class="pics">' + _workflow_block("seed as given", run.seed_workflow)
+            + _workflow_block(best_title, run.best_workflow) + "</div>")
+
+
+def _param_changes(old: Any, new: Any) -> list[str]:
+    out = []
+    if len(old.demos) != len(new.demos) or old.demos != new.demos:
+        out.append(f"demos: {len(old.demos)} → {len(new.demos)}" + (" (replaced)" if len(old.demos) == len(new.demos) else ""))
+    for name in ("tools", "model", "temperature", "max_tokens", "max_tool_steps", "config"):
+        a, b = getattr(old, name), getattr(new, name)
+        if a != b:
+            out.append(f"{name}: {a!r} → {b!r}")
+    return out
+
+
+def _prompt_diffs(run: RunData) -> str:
+    seed, best = run.seed_workflow, run.best_workflow
+    if seed is None or best is None:
+        return '<p class="muted">The seed or the best workflow is missing from the run directory.</p>'
+    seed_ids, best_ids = seed.sketch.node_ids(), best.sketch.node_ids()
+    out = []
+    for node_id in [n for n in best_ids if n in seed_ids]:
+        old, new = seed.params[node_id], best.params[node_id]
+        changes = _param_changes(old, new)
+        same = old.instruction == new.instruction
+        body = (f'<p class="muted small">instruction unchanged</p><div class="diff">{esc(new.instruction)}</div>'
+                if same else f'<div class="diff">{word_diff(old.instruction, new.instruction)}</div>')
+        extra = "".join(f"<li>{esc(c)}</li>" for c in changes)
+        out.append(f"<h3>{esc(node_id)}</h3>{body}" + (f"<ul>{extra}</ul>" if extra else ""))
+    added = [n for n in best_ids if n not in seed_ids]
+    removed = [n for n in seed_ids if n not in best_ids]
+    for node_id in added:
+        node, p = best.sketch.node(node_id), best.params[node_id]
+        instr = f'<div class="diff"><ins>{esc(p.instruction)}</ins></div>' if p.instruction else \
+            '<p class="muted small">no instruction</p>'
+        demos = f"<ul><li>demos: {len(p.demos)}</li></ul>" if p.demos else ""
+        out.append(f"<h3>{esc(node_id)} <span class='muted small'>(new {esc(node.kind)} node)</span></h3>{instr}{demos}")
+    if removed:
+        out.append(f"<p><b>Removed nodes:</b> {esc(', '.join(removed))}</p>")
+    if not out:
+        out.append('<p class="muted">No nodes.</p>')
+    return '<p class="muted small">Seed as given → best. <ins>inserted</ins> <del>deleted</del></p>' + "".join(out)
+
+
+def _usage_text(cost: dict[str, Any] | None, unit: str) -> str:
+    if not cost:
+        return "—"
+    return "<br>".join(f"{esc(role)}: {esc(_cost(usage_value(u, unit), unit))}"
+                       + (f" <span class='muted small'>({int(_num(u.get('calls')))} calls)</span>" if u.get("calls") else "")
+                       for role, u in cost.items())
+
+
+def _arrow(a: Any, b: Any) -> str:
+    return f"{_score(a)} → {_score(b)}" if b is not None else f"{_score(a)} → <span class='muted'>not run</span>"
+
+
+def _inner_table(run: RunData) -> str:
+    records = run.inner_records()
+    if not records:
+        why = " (the AFlow-style baseline changes structure only)" if run.method == "aflow" else ""
+        return f'<p class="muted">No inner-loop candidates were logged{esc(why)}.</p>'
+    unit = run.unit()
+    rows = []
+    for r in records:
+        gradient = str(r.get("gradient") or "")
+        short = gradient if len(gradient) <= GRADIENT_CHARS else gradient[:GRADIENT_CHARS] + "…"
+        grad_html = esc(short) + (_details("full text", f"<pre>{esc(gradient)}</pre>") if short != gradient else "")
+        if r.get("change") == "instruction":
+            change = esc("instruction") + _details("proposed rewrite", f'<div class="diff">{word_diff(str(r.get("old", "")), str(r.get("new", "")))}</div>')
+        else:
+            change = esc(f"{r.get('change')}: {r.get('old')} → {r.get('new')}")
+        rows.append([esc(r.get("candidate")), _num_td(esc(r.get("step"))), esc(r.get("node_id")), change, grad_html,
+                     _num_td(_arrow(r.get("minibatch_before"), r.get("minibatch_after"))),
+                     _num_td(_arrow(r.get("val_before"), r.get("val_after"))),
+                     _tick(bool(r.get("accepted"))), esc(r.get("reason")), _usage_text(r.get("cost"), unit)])
+    patience = run.of_type("inner_patience")
+    note = (f'<p class="muted small">The inner loop stopped early for lack of progress {len(patience)} time(s).</p>'
+            if patience else "")
+    accepted = sum(bool(r.get("accepted")) for r in records)
+    return (f"<p>{len(records)} proposals, {accepted} accepted. A proposal must gain on its minibatch and not "
+            "lower the validation score.</p>" + note
+            + _table(["candidate", "step", "node", "change", "gradient", "minibatch", "validation", "accepted",
+                      "reason", "cost"], rows, row_class=lambda i: "best" if records[i].get("accepted") else ""))
+
+
+def _outer_tables(run: RunData) -> str:
+    if not run.candidates:
+        return '<p class="muted">No candidate was scored.</p>'
+    front, accepted, best_id = set(run.front_ids), set(run.accepted_ids), run.best_id
+    rows = []
+    for c in run.candidates:
+        score = _score(c.get("val_score"))
+        if c.get("initial_val_score") is not None and abs(_num(c["initial_val_score"]) - _num(c.get("val_score"))) > 1e-12:
+            score = f"{_score(c['initial_val_score'])} → {score}"
+        inner_stop = c.get("inner_stopped")
+        edit = esc(c.get("edit")) + (f"<div class='muted small'>inner loop stopped: {esc(inner_stop)}</div>"
+                                     if inner_stop else "")
+        rows.append([esc(c["id"]) + (" ★" if c["id"] == best_id else ""), esc(c.get("parent") or "—"), edit,
+                     _num_td(score), _num_td(_cost(c.get("cost_per_example"), "usd") if run.priced else "—"),
+                     _num_td(f"{_num(c.get('tokens_per_example')):,.0f}"), _num_td(esc(c.get("nodes", "—"))),
+                     _num_td(esc(c.get("inner_steps", "—"))), _tick(c["id"] in accepted), _tick(c["id"] in front)])
+    cands = run.candidates
+    out = [_table(["id", "parent", "edit", "validation (before → after tuning)", "dollars / example",
+                   "tokens / example", "nodes", "inner steps", "new best when scored", "on Pareto front"],
+                  rows, row_class=lambda i: "best" if cands[i]["id"] == best_id else "")]
+    if run.of_type("outer_patience"):
+        out.append('<p class="muted small">The outer loop stopped for lack of progress (patience).</p>')
+    proposals = run.proposals()
+    out.append("<h3>Proposals</h3>")
+    if not proposals:
+        out.append('<p class="muted">No structural edit was proposed.</p>')
+        return "".join(out)
+    prows = []
+    for e in proposals:
+        kind = {"candidate_proposed": "proposed", "edit_repaired": "repaired",
+                "candidate_rejected": "rejected"}.get(str(e.get("type")), str(e.get("type")))
+        what = e.get("edit") or ""
+        detail = []
+        if e.get("reason"):
+            detail.append(f"reason: {e['reason']}")
+        if e.get("same_as"):
+            detail.append(f"same structure as {e['same_as']}")
+        if e.get("first_error"):
+            detail.append(f"first error: {e['first_error']}")
+        if e.get("error"):
+            detail.append(f"error: {e['error']}")
+        if e.get("attempt"):
+            detail.append(f"attempt {e['attempt']}")
+        rationale = e.get("rationale")
+        rat_html = esc(rationale) if rationale else ""
+        prows.append([_num_td(esc(e.get("seq"))), esc(kind), esc(e.get("parent") or "—"), esc(what) or "—",
+                      "<br>".join(esc(d) for d in detail) or "—", rat_html or "—"])
+    out.append(_table(["event", "what", "parent", "edit", "details", "rationale (optimizer)"], prows))
+    return "".join(out)
+
+
+def _settings(run: RunData) -> str:
+    settings = run.settings.get("optimize") or (run.summary or {}).get("config")
+    if not settings:
+        return ""
+    text = json.dumps(redact(settings), indent=2, ensure_ascii=False, default=str)
+    return _details("all settings of the run", f"<pre>{esc(text)}</pre>")
+
+
+SECTIONS: list[tuple[str, str, Callable[[RunData], str]]] = [
+    ("results", "Results", _results),
+    ("plots", "Plots", _plots),
+    ("workflows", "Workflows", _workflows),
+    ("prompts", "Prompt changes", _prompt_diffs),
+    ("inner", "Inner loop", _inner_table),
+    ("outer", "Outer loop", _outer_tables),
+]
+
+
+def render_report(run: RunData) -> str:
+    """The whole page as a string (see :func:`write_report`)."""
+    nav = '<a href="#run">Run</a>' + "".join(f'<a href="#{sid}">{esc(title)}</a>' for sid, title, _ in SECTIONS)
+    body = [f"<h1>FlowBot run report: {esc(run.task)}</h1>",
+            f'<div class="muted">{esc(run.method)} · {esc(run.task_model)} (task) · {esc(run.optimizer_model)} '
+            f"(optimizer)</div>", f"<nav>{nav}</nav>",
+            '<h2 id="run">Run</h2>', _header(run), _settings(run)]
+    for sid, title, build in SECTIONS:
+        body.append(f'<h2 id="{sid}">{esc(title)}</h2>')
+        body.append(build(run))
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+            f"<title>FlowBot report: {esc(run.task)} ({esc(run.method)})</title><style>{CSS}</style></head>"
+            f"<body><main>{''.join(body)}</main></body></html>\n")
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Write ``run_dir/report.html`` (one self-contained file) and return its path.
+
+    Works for finished, stopped, resumed and interrupted runs; raises ReportError (a ValueError)
+    when ``run_dir`` holds no run.
+    """
+    run = load_run(run_dir)
+    out = run.path / "report.html"
+    tmp = out.with_suffix(".html.tmp")
+    tmp.write_text(render_report(run), encoding="utf-8")
+    tmp.replace(out)
+    return out
