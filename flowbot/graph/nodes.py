@@ -42,28 +42,33 @@ class _NodeBase(_Model):
     id: str
     #: one line on the node's role in the workflow, shown to the optimizer and in pictures
     purpose: str = ""
+    #: the one field this node writes
+    writes: str
 
     @field_validator("id")
     @classmethod
     def _id_ok(cls, v: str) -> str:
         return _check_name(v, "node id")
 
+    @field_validator("writes")
+    @classmethod
+    def _writes_ok(cls, v: str) -> str:
+        return _check_name(v, "field")
 
-class LLMNode(_NodeBase):
-    kind: Literal["llm"] = "llm"
+
+class _ReadingNode(_NodeBase):
+    #: the fields this node reads (edges follow from them)
     reads: list[str]
-    writes: str
-    output: OutputFormat = Field(default_factory=OutputFormat)
 
     @field_validator("reads")
     @classmethod
     def _reads_ok(cls, v: list[str]) -> list[str]:
         return [_check_name(f, "field") for f in v]
 
-    @field_validator("writes")
-    @classmethod
-    def _writes_ok(cls, v: str) -> str:
-        return _check_name(v, "field")
+
+class LLMNode(_ReadingNode):
+    kind: Literal["llm"] = "llm"
+    output: OutputFormat = Field(default_factory=OutputFormat)
 
 
 class ToolNode(_NodeBase):
@@ -71,16 +76,10 @@ class ToolNode(_NodeBase):
     tool: str
     #: tool argument name -> field whose value is passed
     args: dict[str, str]
-    writes: str
 
     @property
     def reads(self) -> list[str]:
         return list(dict.fromkeys(self.args.values()))
-
-    @field_validator("writes")
-    @classmethod
-    def _writes_ok(cls, v: str) -> str:
-        return _check_name(v, "field")
 
 
 class BranchRule(_Model):
@@ -92,36 +91,22 @@ class BranchRule(_Model):
     label: str
 
 
-class BranchNode(_NodeBase):
+class BranchNode(_ReadingNode):
     """Routes to one successor. It writes the chosen label; ``routes[label]`` lists the nodes that
     run only when that label is chosen (nodes downstream of a skipped node are skipped too)."""
 
     kind: Literal["branch"] = "branch"
-    reads: list[str]
-    writes: str
     mode: Literal["rule", "llm"] = "rule"
     rules: list[BranchRule] = Field(default_factory=list)
     routes: dict[str, list[str]]
     default: str
 
-    @field_validator("writes")
-    @classmethod
-    def _writes_ok(cls, v: str) -> str:
-        return _check_name(v, "field")
 
-
-class MergeNode(_NodeBase):
+class MergeNode(_ReadingNode):
     """Combines several fields: majority vote, LLM selection, concatenation, or the first present."""
 
     kind: Literal["merge"] = "merge"
-    reads: list[str]
-    writes: str
     strategy: Literal["majority", "select", "concat", "first"] = "majority"
-
-    @field_validator("writes")
-    @classmethod
-    def _writes_ok(cls, v: str) -> str:
-        return _check_name(v, "field")
 
 
 Node = Annotated[Union[LLMNode, ToolNode, BranchNode, MergeNode], Field(discriminator="kind")]

@@ -122,7 +122,7 @@ class LMClient:
         usages: list[Usage] = [Usage() for _ in range(n)]
         cached = [False] * n
         cache = self._shared.cache
-        keys = [cache_key(self.provider.cache_id, request, i) for i in range(n)]
+        keys = [cache_key(self.provider.cache_id, request, i) for i in range(n)] if cache is not None else []
         replayed = Usage()
         n_replayed = 0
         if cache is not None:

@@ -55,7 +55,7 @@ def render_fields(values: dict[str, Any]) -> str:
 
 def output_hint(node: LLMNode) -> str:
     fmt: OutputFormat = node.output
-    hint = _FORMAT_HINTS[fmt.extract].format(field=label_of(node.writes).lower())
+    hint = _FORMAT_HINTS.get(fmt.extract, "").format(field=label_of(node.writes).lower())
     if fmt.extract == "label" and fmt.labels:
         hint = f"End your reply with a final line of the form 'Answer: <label>' where <label> is one of: {', '.join(fmt.labels)}."
     if fmt.description:

@@ -1,7 +1,8 @@
 """Child-side bootstrap of the sandbox: *not* imported by flowbot.
 
 ``flowbot.tools.sandbox`` passes this file's text to ``python -S -s -B -c`` (compiled under the
-file name ``<flowbot-sandbox>``) with a JSON config as ``sys.argv[2]``. It sets the resource
+file name ``<flowbot-sandbox>``) with a config dict as ``sys.argv[2]`` (marshalled, hex-encoded:
+marshal is built in, so start-up spends no time importing json). It sets the resource
 limits, starts a watchdog thread, installs the audit guard, then runs ``main.py`` from the
 working dir as the ``__main__`` (or configured) module. Stdlib only: the child cannot see flowbot.
 
@@ -9,7 +10,7 @@ The audit guard is a tripwire against accidents and naive code, not a security b
 the module docstring of ``flowbot.tools.sandbox`` for what it can and cannot stop.
 """
 
-import json
+import marshal
 import os
 import sys
 
@@ -179,10 +180,12 @@ def make_hook(work, read_roots, read_files, max_forks, main_pid):
     return hook
 
 
-def print_exception(exc):
+def print_exception(exc, source):
     """Print ``exc`` like Python does, minus this bootstrap's and the guard's frames."""
+    import linecache  # imported only now: it costs ~10 ms of start-up
     import traceback
 
+    linecache.cache["main.py"] = (len(source), None, source.splitlines(True), "main.py")
     te = traceback.TracebackException(type(exc), exc, exc.__traceback__)
     seen = set()
     stack = [te]
@@ -198,16 +201,13 @@ def print_exception(exc):
 
 
 def main():
-    cfg = json.loads(sys.argv[2])
+    cfg = marshal.loads(bytes.fromhex(sys.argv[2]))
     status_fd, main_pid = cfg["status_fd"], os.getpid()
     sys.argv = ["main.py"]
     sys.dont_write_bytecode = True
     sys.path[:] = [cfg["work"]] + [p for p in sys.path if p] + cfg["site_dirs"]
     with open(cfg["code_path"], encoding="utf-8") as f:
         source = f.read()
-    import linecache
-
-    linecache.cache["main.py"] = (len(source), None, source.splitlines(True), "main.py")
     start_watchdog(status_fd, cfg["deadline_s"])
     set_limits(cfg["rlimits"])
     if cfg["guard"]:
@@ -222,7 +222,7 @@ def main():
     except SystemExit:
         raise
     except BaseException as exc:
-        print_exception(exc)
+        print_exception(exc, source)
         os._exit(1)
     if os.getpid() == main_pid:
         sys.stdout.flush()

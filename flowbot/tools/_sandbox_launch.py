@@ -1,6 +1,7 @@
 """Namespace launcher of the sandbox: runs as root, *not* imported by flowbot.
 
-``flowbot.tools.sandbox`` passes this file's text to ``python -c`` together with a JSON plan.
+``flowbot.tools.sandbox`` passes this file's text to ``python -c`` together with a plan (a dict,
+marshalled and hex-encoded: marshal is built in, so no import time is spent on json).
 It makes new mount/net/pid/uts/ipc namespaces, builds a minimal read-only root, drops to an
 unprivileged per-run uid without capabilities and execs the child bootstrap. Process tree::
 
@@ -14,9 +15,8 @@ Uses only the stdlib (ctypes for unshare/mount/pivot_root/prctl): it runs before
 """
 
 import ctypes
-import json
+import marshal
 import os
-import platform
 import signal
 import sys
 
@@ -90,7 +90,7 @@ def build_root(plan):
 
 def enter_root(new):
     os.chdir(new)
-    nr = SYS_PIVOT_ROOT.get(platform.machine().lower())
+    nr = SYS_PIVOT_ROOT.get(os.uname().machine.lower())
     if nr is None:  # unknown arch: chroot (escaping it needs capabilities the child lacks)
         os.chroot(".")
         return
@@ -124,7 +124,7 @@ def relay(pid):
 
 
 def main():
-    plan = json.loads(sys.argv[2])
+    plan = marshal.loads(bytes.fromhex(sys.argv[2]))
     # Die with the parent (FlowBot); init below dies with us, and the namespace with init.
     _check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "pdeathsig")
     if os.getppid() != plan["parent_pid"]:

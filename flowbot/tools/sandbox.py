@@ -52,16 +52,18 @@ check from a thread). On ``"namespaces"`` that leaves the kernel limits above in
 Always, whatever the level: a minimal environment built from scratch (no variable of the parent
 leaks into the child), output read with a cap (the run is killed once a stream passes
 ``max_output_bytes``), a wall-clock timeout after which the whole process group gets SIGKILL, a
-watchdog thread in the child that ends the run if the parent dies, and no zombie left behind
-(asyncio reaps the child; the namespace init reaps or kills the rest).
+watchdog thread in the child that ends the run if the parent dies, no zombie left behind
+(asyncio reaps the child; the namespace init reaps or kills the rest), and every wait on the
+child bounded: a run always returns, and anything unusual (say, an exit asyncio never reported)
+is described in ``SandboxResult.note``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ast
-import json
 import logging
+import marshal
 import math
 import os
 import secrets
@@ -97,6 +99,9 @@ class SandboxResult:
     duration_s: float
     completed: bool = False  # the code ran to its end (no exception, no exit(), no kill)
     isolation: str = ""  # the level actually used
+    #: anything unusual the supervisor had to do, e.g. an exit status read from the kernel
+    #: because asyncio never reported it ("" on a normal run; also logged as a warning)
+    note: str = ""
 
     @property
     def ok(self) -> bool:
@@ -127,7 +132,6 @@ def _source(name: str) -> str:
         with open(path, encoding="utf-8") as f:
             _SOURCES[name] = f.read()
     return _SOURCES[name]
-
 
 
 # --------------------------------------------------------------------------------------------
@@ -286,6 +290,12 @@ def _child_env(work: str) -> dict[str, str]:
     }
 
 
+def _pack(obj: dict[str, object]) -> str:
+    # marshal (built into every interpreter, unlike json) keeps the child's start-up short; both
+    # ends are the same interpreter, so the format matches
+    return marshal.dumps(obj).hex()
+
+
 def _child_config(spec: _Spec, work: str, code_path: str, status_fd: int, per_uid: bool) -> str:
     mb = 1024 * 1024
     cpu = int(math.ceil(spec.timeout_s)) + 1
@@ -298,7 +308,7 @@ def _child_config(spec: _Spec, work: str, code_path: str, status_fd: int, per_ui
     }
     if per_uid:  # only meaningful when the uid is ours alone (and not root)
         rlimits["RLIMIT_NPROC"] = (spec.max_processes + 2,) * 2  # + main process + watchdog
-    return json.dumps({
+    return _pack({
         "work": work, "code_path": code_path, "status_fd": status_fd, "rlimits": rlimits,
         "guard": spec.audit_guard, "max_forks": spec.max_processes,
         "deadline_s": spec.timeout_s + 2.0, "run_name": spec.run_name,
@@ -362,45 +372,54 @@ async def _execute(code: str, spec: _Spec, host: _Host, level: str) -> SandboxRe
     status_r, status_w = os.pipe()
     os.set_blocking(status_r, False)
     start = time.monotonic()
+    collector = _Collector(spec.max_output_bytes)
+    transport: asyncio.SubprocessTransport | None = None
     try:
         code_path = os.path.join(run_dir, "main.py")
         with open(code_path, "w", encoding="utf-8") as f:
             f.write(code)
-        python = _python_binary()
-        if level == "namespaces":
-            work = NS_WORKDIR
-            cfg = _child_config(spec, work, work + "/main.py", status_w, per_uid=True)
-            plan = {
-                "new_root": os.path.join(run_dir, "root"), "work": work, "code_path": code_path,
-                "parent_pid": os.getpid(),
-                "uid": host.uid_range[0] + secrets.randbelow(host.uid_range[1] - host.uid_range[0]),
-                "disk_mb": spec.disk_mb, "entries": _plan_entries(), "env": _child_env(work),
-                "argv": [python, "-S", "-s", "-B", "-c", _STUB, _source("_sandbox_boot.py"), cfg],
-            }
-            os.mkdir(plan["new_root"])
-            argv = [python, "-S", "-s", "-B", "-c", _STUB, _source("_sandbox_launch.py"), json.dumps(plan)]
-            cwd = run_dir
-        else:
-            work = os.path.join(run_dir, "work")
-            os.mkdir(work, 0o700)
-            cfg = _child_config(spec, work, code_path, status_w, per_uid=False)
-            argv = [python, "-S", "-s", "-B", "-c", _STUB, _source("_sandbox_boot.py"), cfg]
-            cwd = work
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            argv, cwd, work = _command(spec, host, level, run_dir, code_path, status_w)
+            transport, _ = await asyncio.get_running_loop().subprocess_exec(
+                lambda: collector, *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE, env=_child_env(work), cwd=cwd,
                 start_new_session=True, pass_fds=(status_w,))
         finally:
             os.close(status_w)
-        result = await _supervise(proc, spec, shell_codes=level == "namespaces")
+        result = await _supervise(transport, collector, spec, shell_codes=level == "namespaces")
         result.completed = _read_status(status_r) and not result.timed_out
         result.isolation = level
         result.duration_s = time.monotonic() - start
         return result
     finally:
+        if transport is not None:
+            if not collector.exited.is_set():  # cancelled, or no exit seen: leave nothing running
+                _kill_group(transport.get_pid())
+            transport.close()  # closes the pipes (and reaps an exited child asyncio did not report)
         os.close(status_r)
         await asyncio.to_thread(shutil.rmtree, run_dir, True)
+
+
+def _command(spec: _Spec, host: _Host, level: str, run_dir: str, code_path: str,
+             status_w: int) -> tuple[list[str], str, str]:
+    """The child's argv, cwd and working dir (as the code sees it) for this isolation level."""
+    python = _python_binary()
+    if level == "namespaces":
+        work = NS_WORKDIR
+        cfg = _child_config(spec, work, work + "/main.py", status_w, per_uid=True)
+        plan = {
+            "new_root": os.path.join(run_dir, "root"), "work": work, "code_path": code_path,
+            "parent_pid": os.getpid(),
+            "uid": host.uid_range[0] + secrets.randbelow(host.uid_range[1] - host.uid_range[0]),
+            "disk_mb": spec.disk_mb, "entries": _plan_entries(), "env": _child_env(work),
+            "argv": [python, "-S", "-s", "-B", "-c", _STUB, _source("_sandbox_boot.py"), cfg],
+        }
+        os.mkdir(plan["new_root"])
+        return [python, "-S", "-s", "-B", "-c", _STUB, _source("_sandbox_launch.py"), _pack(plan)], run_dir, work
+    work = os.path.join(run_dir, "work")
+    os.mkdir(work, 0o700)
+    cfg = _child_config(spec, work, code_path, status_w, per_uid=False)
+    return [python, "-S", "-s", "-B", "-c", _STUB, _source("_sandbox_boot.py"), cfg], work, work
 
 
 def _read_status(fd: int) -> bool:
@@ -410,43 +429,116 @@ def _read_status(fd: int) -> bool:
         return False
 
 
-async def _supervise(proc: asyncio.subprocess.Process, spec: _Spec, shell_codes: bool) -> SandboxResult:
-    overflow = asyncio.Event()
-    feeder = asyncio.create_task(_feed(proc, spec.stdin.encode("utf-8")))
-    out_task = asyncio.create_task(_pump(proc.stdout, spec.max_output_bytes, overflow))
-    err_task = asyncio.create_task(_pump(proc.stderr, spec.max_output_bytes, overflow))
-    waiter = asyncio.create_task(proc.wait())
-    overflowed = asyncio.create_task(overflow.wait())
+#: after the SIGKILL, how long asyncio may take to report the exit before we ask the kernel
+_EXIT_GRACE_S = 5.0
+#: how long the output pipes may stay open once the process is gone (a straggler holds them)
+_PIPE_GRACE_S = 1.0
+
+
+class _Collector(asyncio.SubprocessProtocol):
+    """Keeps the first ``cap`` bytes of stdout and stderr, and flags the exit and the pipes' EOF.
+
+    Past the cap it goes on *reading* and discarding: a pipe nobody reads never reports EOF,
+    and asyncio only finishes a subprocess once all its pipes are closed. (With
+    ``create_subprocess_exec`` streams, a reader that stopped at the cap left the stream's
+    buffer full, its transport paused, and ``Process.wait()`` pending forever.)
+    """
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.output = {1: bytearray(), 2: bytearray()}
+        self.truncated = False
+        self.overflow = asyncio.Event()
+        self.exited = asyncio.Event()
+        self.pipes_closed = asyncio.Event()
+        self._open = {1, 2}
+
+    def pipe_data_received(self, fd: int, data: bytes) -> None:
+        buf = self.output[fd]
+        room = self.cap - len(buf)
+        if len(data) > room:
+            buf += data[:room]
+            self.truncated = True
+            self.overflow.set()
+        else:
+            buf += data
+
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        self._open.discard(fd)
+        if not self._open:
+            self.pipes_closed.set()
+
+    def process_exited(self) -> None:
+        self.exited.set()
+
+
+async def _supervise(transport: asyncio.SubprocessTransport, out: _Collector, spec: _Spec,
+                     shell_codes: bool) -> SandboxResult:
+    """Feed stdin, enforce the clock and the output cap, and collect the result; every wait is bounded."""
+    pid = transport.get_pid()
+    _feed(transport, spec.stdin.encode("utf-8"))
     reason: str | None = None
-    try:
-        done, _ = await asyncio.wait({waiter, overflowed}, timeout=spec.timeout_s,
-                                     return_when=asyncio.FIRST_COMPLETED)
-        if waiter not in done:
-            reason = "output_limit" if overflow.is_set() else "timeout"
-            _kill_group(proc)
-        await waiter
-        # Pipes reach EOF once every process holding them is gone; stragglers are killed.
-        _, pending = await asyncio.wait({out_task, err_task}, timeout=1.0)
-        if pending:
-            _kill_group(proc)
-            _, pending = await asyncio.wait(pending, timeout=1.0)
-            for t in pending:
-                t.cancel()
-    finally:
-        if proc.returncode is None:  # cancelled: do not leave the child running
-            _kill_group(proc)
-        for t in (feeder, overflowed, waiter, out_task, err_task):
-            if not t.done():
-                t.cancel()
-    stdout, t1 = out_task.result() if not out_task.cancelled() else (b"", True)
-    stderr, t2 = err_task.result() if not err_task.cancelled() else (b"", True)
-    exit_code = _exit_code(proc.returncode, shell_codes)
-    err_text = stderr.decode("utf-8", "replace")
+    await _first_set((out.exited, out.overflow), spec.timeout_s)
+    if not out.exited.is_set():
+        reason = "output_limit" if out.overflow.is_set() else "timeout"
+        _kill_group(pid)
+    returncode, note = await _wait_exit(transport, out, pid)
+    # The pipes reach EOF once every process holding them is gone; stragglers are killed.
+    if not await _first_set((out.pipes_closed,), _PIPE_GRACE_S):
+        _kill_group(pid)
+        if not await _first_set((out.pipes_closed,), _PIPE_GRACE_S):
+            note = _join(note, "output pipes still open after the run; closed them")
+    if note:
+        log.warning("sandbox: %s", note)
+    exit_code = _exit_code(returncode, shell_codes)
+    err_text = out.output[2].decode("utf-8", "replace")
     if reason is None:
         reason = _limit_reason(exit_code, err_text)
     return SandboxResult(
-        stdout=stdout.decode("utf-8", "replace"), stderr=err_text, exit_code=exit_code,
-        timed_out=reason == "timeout", killed_reason=reason, truncated=t1 or t2, duration_s=0.0)
+        stdout=out.output[1].decode("utf-8", "replace"), stderr=err_text, exit_code=exit_code,
+        timed_out=reason == "timeout", killed_reason=reason, truncated=out.truncated, duration_s=0.0,
+        note=note)
+
+
+async def _first_set(events: tuple[asyncio.Event, ...], timeout: float) -> bool:
+    """Wait until one of ``events`` is set or ``timeout`` passes; True when one is set."""
+    waiters = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()
+    return any(e.is_set() for e in events)
+
+
+async def _wait_exit(transport: asyncio.SubprocessTransport, out: _Collector, pid: int) -> tuple[int | None, str]:
+    """The exit status, and a note when asyncio did not report it in time (then ask the kernel)."""
+    if await _first_set((out.exited,), _EXIT_GRACE_S):
+        return transport.get_returncode(), ""
+    status = _peek_exit(pid)
+    if isinstance(status, int):  # a zombie nobody reaped: transport.close() reaps it
+        return status, f"asyncio did not report the exit of pid {pid}; status read from the kernel"
+    if status == "reaped":
+        return transport.get_returncode(), f"pid {pid} was reaped but asyncio did not report its exit"
+    return None, f"pid {pid} was still running {_EXIT_GRACE_S:g} s after SIGKILL; gave up waiting"
+
+
+def _peek_exit(pid: int) -> int | str:
+    """The exit status of our exited child ``pid`` *without reaping it* (asyncio's watcher may
+    still wait for it), like ``Popen.returncode``; or "running", "reaped" or "unknown"."""
+    if not hasattr(os, "waitid"):  # e.g. macOS
+        return "unknown"
+    try:
+        info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return "reaped"
+    if info is None or info.si_pid == 0:
+        return "running"
+    return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
+
+
+def _join(a: str, b: str) -> str:
+    return f"{a}; {b}" if a else b
 
 
 def _exit_code(returncode: int | None, shell_codes: bool) -> int:
@@ -468,38 +560,22 @@ def _limit_reason(exit_code: int, stderr: str) -> str | None:
     return None
 
 
-def _kill_group(proc: asyncio.subprocess.Process) -> None:
+def _kill_group(pid: int) -> None:
     try:
-        os.killpg(proc.pid, signal.SIGKILL)  # the child leads its own session and group
+        os.killpg(pid, signal.SIGKILL)  # the child leads its own session and group
     except (ProcessLookupError, PermissionError):
         pass
 
 
-async def _feed(proc: asyncio.subprocess.Process, data: bytes) -> None:
-    assert proc.stdin is not None
-    try:
-        if data:
-            proc.stdin.write(data)
-            await proc.stdin.drain()
-        proc.stdin.close()
-    except (BrokenPipeError, ConnectionResetError):
-        pass
-
-
-async def _pump(stream: asyncio.StreamReader | None, cap: int, overflow: asyncio.Event) -> tuple[bytes, bool]:
-    """Read ``stream`` to EOF keeping at most ``cap`` bytes; flag ``overflow`` past the cap."""
-    assert stream is not None
-    buf = bytearray()
-    while True:
-        chunk = await stream.read(65536)
-        if not chunk:
-            return bytes(buf), False
-        room = cap - len(buf)
-        if len(chunk) > room:
-            buf += chunk[:room]
-            overflow.set()
-            return bytes(buf), True
-        buf += chunk
+def _feed(transport: asyncio.SubprocessTransport, data: bytes) -> None:
+    """Hand stdin to the pipe and close it; the transport writes in the background (a child that
+    never reads just gets EPIPE on its end, which the transport swallows)."""
+    stdin = transport.get_pipe_transport(0)
+    if stdin is None:
+        return
+    if data:
+        stdin.write(data)
+    stdin.close()
 
 
 # --------------------------------------------------------------------------------------------

@@ -49,6 +49,24 @@ def processes_with(*tokens: str) -> list[int]:
     return found
 
 
+def processes_in(directory: str, leaf: str = "") -> list[int]:
+    """Pids of live (non-zombie) processes working inside ``directory`` (in a dir named ``leaf``)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            cwd = os.readlink(f"/proc/{entry}/cwd")
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        inside = cwd == directory or cwd.startswith(directory.rstrip("/") + "/")
+        if inside and state != "Z" and (not leaf or os.path.basename(cwd) == leaf):
+            found.append(int(entry))
+    return found
+
+
 @pytest.fixture(scope="session")
 def has_namespaces() -> bool:
     return namespaces_available()

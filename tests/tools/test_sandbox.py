@@ -19,9 +19,10 @@ import time
 
 import pytest
 
+from flowbot.tools import sandbox
 from flowbot.tools.sandbox import SandboxUnavailable, run_python
 
-from .conftest import processes_with
+from .conftest import processes_in, processes_with
 
 
 async def assert_still_works(isolation: str) -> None:
@@ -154,6 +155,66 @@ async def test_output_is_capped(isolation: str) -> None:
     await assert_still_works(isolation)
 
 
+FLOODS = {  # programs that write far more than the cap, as fast as they can
+    "stdout": "while True:\n    print('x' * 1000)",
+    "stdout_big_writes": "import sys\nwhile True:\n    sys.stdout.write('y' * 65536)",
+    "stderr": "import sys\nwhile True:\n    sys.stderr.write('e' * 4096)",
+}
+
+
+def assert_output_limited(res, stream: str, cap: int) -> None:
+    text = res.stderr if stream == "stderr" else res.stdout
+    assert res.truncated and res.killed_reason == "output_limit" and not res.timed_out
+    assert len(text) == cap and not res.completed and res.note == ""
+
+
+def assert_timed_out(res) -> None:
+    assert res.timed_out and res.killed_reason == "timeout" and res.exit_code == -signal.SIGKILL
+    assert res.note == ""
+
+
+@pytest.mark.timeout(90)  # a lost exit or an undrained pipe fails fast instead of hanging
+async def test_repeated_and_concurrent_limit_runs_all_return(isolation: str) -> None:
+    # Regression: once a run passed the output cap, its pipe was no longer read, asyncio never
+    # saw the pipe close, and waiting for the process hung forever.
+    cap = 5000
+    for _ in range(3):  # back to back
+        for name, code in FLOODS.items():
+            res = await run_python(code, isolation=isolation, max_output_bytes=cap)
+            assert_output_limited(res, "stderr" if name == "stderr" else "stdout", cap)
+    assert_timed_out(await run_python("while True:\n    print('t')", isolation=isolation, timeout_s=0.5,
+                                      max_output_bytes=10**9))
+    floods = [run_python(FLOODS["stdout"], isolation=isolation, max_output_bytes=cap) for _ in range(8)]
+    sleepers = [run_python("import time\ntime.sleep(60)", isolation=isolation, timeout_s=1) for _ in range(2)]
+    results = await asyncio.gather(*floods, *sleepers)  # concurrently
+    for res in results[:8]:
+        assert_output_limited(res, "stdout", cap)
+    for res in results[8:]:
+        assert_timed_out(res)
+    await assert_still_works(isolation)
+
+
+@pytest.mark.timeout(60)
+async def test_a_lost_exit_report_still_returns(isolation: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Safety net: asyncio never tells the supervisor the process ended; the run must still come
+    # back (bounded waits, status from the kernel or the transport) and say what happened.
+    monkeypatch.setattr(sandbox._Collector, "process_exited", lambda self: None)
+    monkeypatch.setattr(sandbox, "_EXIT_GRACE_S", 0.5)
+    res = await run_python("while True:\n    pass", isolation=isolation, timeout_s=0.5)
+    assert res.timed_out and res.exit_code == -signal.SIGKILL
+    assert "did not report" in res.note
+
+
+@pytest.mark.skipif(not hasattr(os, "waitid"), reason="needs os.waitid")
+def test_exit_status_is_read_without_reaping_the_child() -> None:
+    for code, expected in (("import sys; sys.exit(3)", 3), ("import os; os.kill(os.getpid(), 9)", -9)):
+        child = subprocess.Popen([sys.executable, "-c", code])
+        assert wait_until(lambda: sandbox._peek_exit(child.pid) != "running", 10)
+        assert sandbox._peek_exit(child.pid) == expected
+        assert child.wait(timeout=5) == expected  # still there for its owner to reap
+        assert sandbox._peek_exit(child.pid) == "reaped"
+
+
 async def test_environment_is_scrubbed(isolation: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-do-not-leak-123")
     res = await run_python("import os\nprint(sorted(os.environ.items()))", isolation=isolation)
@@ -179,29 +240,46 @@ async def test_concurrent_runs_are_independent(isolation: str) -> None:
 async def test_no_process_survives_the_run(ns_only: None) -> None:
     # A grandchild that leaves the session and becomes a different program: the PID namespace
     # still takes it down when the run ends, on a clean exit and on a timeout alike.
-    for tail, timeout in (("print('done')", 5.0), ("while True:\n    pass", 1.0)):
+    for tail, timeout in (("time.sleep(1)\nprint('done')", 5.0), ("while True:\n    pass", 1.5)):
         token = f"{secrets.randbelow(10**6) + 10**6}.25"
         code = (f"import os, time\nif os.fork() == 0:\n    os.setsid()\n"
-                f"    os.execv('/bin/sleep', ['sleep', {token!r}])\ntime.sleep(0.3)\n{tail}")
-        res = await run_python(code, isolation="namespaces", audit_guard=False, timeout_s=timeout)
-        assert res.exit_code == 0 or res.timed_out, res.stderr
-        assert processes_with(token) == []
+                f"    os.execv('/bin/sleep', ['sleep', {token!r}])\n{tail}")
+        run = asyncio.create_task(run_python(code, isolation="namespaces", audit_guard=False, timeout_s=timeout))
+        end = time.monotonic() + 10
+        while not processes_with(f"sleep {token}"):
+            assert time.monotonic() < end and not run.done(), "the grandchild never started"
+            await asyncio.sleep(0.02)
+        res = await run
+        assert res.ok or res.timed_out, res.stderr
+        assert processes_with(f"sleep {token}") == []
+
+
+async def wait_for_processes(directory: str, count: int, seconds: float = 10) -> None:
+    end = time.monotonic() + seconds
+    while len(processes_in(directory)) < count:
+        assert time.monotonic() < end, f"expected {count} sandboxed processes to appear"
+        await asyncio.sleep(0.05)
 
 
 async def test_timeout_kills_forked_children(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the run dir, so its processes are findable
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # holds the run dir: the children's cwd
     code = "import os, time\nfor _ in range(3):\n    if os.fork() == 0:\n        time.sleep(60)\ntime.sleep(60)"
-    res = await run_python(code, isolation="process", timeout_s=1)
+    run = asyncio.create_task(run_python(code, isolation="process", timeout_s=2))
+    await wait_for_processes(str(tmp_path), 4)  # the program and its three children
+    res = await run
     assert res.timed_out
-    assert processes_with(str(tmp_path)) == []
+    assert processes_in(str(tmp_path)) == []
 
 
 async def test_cancelled_run_leaves_nothing(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    with pytest.raises(asyncio.TimeoutError):
-        await asyncio.wait_for(run_python("import time\ntime.sleep(60)", isolation="process"), 0.5)
+    run = asyncio.create_task(run_python("import time\ntime.sleep(60)", isolation="process"))
+    await wait_for_processes(str(tmp_path), 1)
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
     await asyncio.sleep(0.2)
-    assert processes_with(str(tmp_path)) == [] and os.listdir(tmp_path) == []
+    assert processes_in(str(tmp_path)) == [] and os.listdir(tmp_path) == []
 
 
 PARENT_SCRIPT = """
@@ -227,18 +305,20 @@ def test_run_dies_with_its_parent(level: str, has_namespaces: bool, tmp_path) ->
         pytest.skip("namespace isolation unavailable")
     if level == "namespaces":  # an exec'd program has no watchdog: the namespace must go anyway
         n = secrets.randbelow(10**6) + 10**6
-        tokens: tuple[str, ...] = (f"sleep {n + 1}.75",)  # computed in the child: not on our parent's command line
+        token = f"sleep {n + 1}.75"  # computed in the child: not on our parent's command line
         code, guard = f"import os\nos.execv('/bin/sleep', ['sleep', str({n} + 1) + '.75'])", "0"
-    else:  # the child's working dir (under our TMPDIR) is on its command line
-        tokens, code, guard = (str(tmp_path), '/work"'), "import time\ntime.sleep(60)", "1"
+        running = lambda: processes_with(token)  # noqa: E731
+    else:  # the child works in <run dir>/work under our TMPDIR (launchers of the probe do not)
+        code, guard = "import time\ntime.sleep(60)", "1"
+        running = lambda: processes_in(str(tmp_path), leaf="work")  # noqa: E731
     env = {**os.environ, "TMPDIR": str(tmp_path)}
     parent = subprocess.Popen([sys.executable, "-c", PARENT_SCRIPT, code, level, guard], env=env)
     try:
-        assert wait_until(lambda: processes_with(*tokens), 10), "the sandboxed process never started"
+        assert wait_until(running, 10), "the sandboxed process never started"
     finally:
         parent.kill()
         parent.wait()
-    assert wait_until(lambda: not processes_with(*tokens), 10), "the sandboxed process outlived its parent"
+    assert wait_until(lambda: not running(), 10), "the sandboxed process outlived its parent"
 
 
 async def test_bad_arguments_are_rejected() -> None:
