@@ -176,9 +176,11 @@ def bench_llama(model: str, questions: int) -> dict[str, Any]:
         t = time.perf_counter()
         provider = LlamaCppProvider(model).load()
         out["load_s"] = time.perf_counter() - t
+        out["settings"] = {"n_threads": provider.n_threads, "n_ctx": provider.n_ctx, "n_batch": provider.n_batch,
+                           "flash_attn": provider.flash_attn}  # fmt: skip
 
         # prompt speed: a long prompt sharing nothing with earlier ones
-        words = " ".join(f"w{i}x{(i * 7919) % 1000}" for i in range(700))
+        words = " ".join(f"w{i}x{(i * 7919) % 1000}" for i in range(130))
         _, d = measured(provider, lambda: call(provider, [{"role": "user", "content": words}], max_tokens=1))
         out["prompt_tokens"], out["prompt_tok_s"] = d.evaluated, d.evaluated / d.prompt_s
 
@@ -195,7 +197,7 @@ def bench_llama(model: str, questions: int) -> dict[str, Any]:
     out["others_cpu_share"] = share.others
     out["prefix"] = bench_prefix(provider)
     unload_all()
-    out["state_cache"] = bench_state_cache(model)
+    out["prefix_cache"] = bench_prefix_cache(model)
     if questions:
         out["throughput"] = {c: throughput_llama(model, questions, c) for c in (1, 4)}
     return out
@@ -218,15 +220,15 @@ def bench_prefix(provider: LlamaCppProvider) -> dict[str, Any]:
     }
 
 
-def bench_state_cache(model: str) -> dict[str, Any]:
-    """Two prefixes alternating (like two workflow nodes): without and with a RAM state cache."""
+def bench_prefix_cache(model: str) -> dict[str, Any]:
+    """Two prefixes alternating (like two workflow nodes): without and with KV snapshots."""
     rows = gsm8k("test", 4)
     prefixes = [demos_prefix(6), demos_prefix(6, salt=" (B)")]
     order = [[{"role": "system", "content": prefixes[i % 2]}, {"role": "user", "content": rows[i // 2]["question"]}]
              for i in range(8)]  # fmt: skip
     result = {}
-    for label, mb in (("no_state_cache", 0), ("ram_state_cache_1GB", 1024)):
-        provider = LlamaCppProvider(model, state_cache_mb=mb).load()
+    for label, mb in (("without snapshots", 0), ("with snapshots (prefix_cache_mb=512)", 512)):
+        provider = LlamaCppProvider(model, prefix_cache_mb=mb).load()
         with CpuShare() as share:
             _, d = measured(provider, lambda: [call(provider, m, max_tokens=1) for m in order])
         result[label] = {"seconds": d.wall, "evaluated": d.evaluated, "prompt_tokens": d.prompt_tokens,
@@ -290,7 +292,7 @@ def _xllamacpp_worker(model: str, questions: int, concurrency: int) -> None:
         return server.handle_chat_completions(body)
 
     # single-stream speeds from llama-server's own timings
-    words = " ".join(f"w{i}x{(i * 7919) % 1000}" for i in range(700))
+    words = " ".join(f"w{i}x{(i * 7919) % 1000}" for i in range(130))
     p = server.handle_chat_completions({"messages": [{"role": "user", "content": words}], "max_tokens": 1})
     g = server.handle_chat_completions(
         {"messages": [{"role": "user", "content": "Count from 1 to 200, separated by commas."}], "max_tokens": 128, "temperature": 0}
@@ -302,7 +304,19 @@ def _xllamacpp_worker(model: str, questions: int, concurrency: int) -> None:
         wall = time.perf_counter() - t
     gen = sum(r["usage"]["completion_tokens"] for r in results)
     correct = sum(extract(r["choices"][0]["message"]["content"]) == gold(row) for r, row in zip(results, rows))
+
+    # reproducibility: the same request alone twice, and alongside other requests
+    def text(row: dict[str, str]) -> str:
+        return ask(row, 200)["choices"][0]["message"]["content"]
+
+    probe = rows[:concurrency] if concurrency > 1 else rows[:4]
+    alone = [text(r) for r in probe]
+    again = [text(r) for r in probe]
+    with ThreadPoolExecutor(concurrency) as pool:
+        together = list(pool.map(text, probe))
     print(json.dumps({
+        "same_text_repeated": sum(a == b for a, b in zip(alone, again)), "probes": len(probe),
+        "same_text_concurrent": sum(a == b for a, b in zip(alone, together)),
         "load_s": load_s, "prompt_tok_s": p["timings"]["prompt_per_second"],
         "gen_tok_s_single": g["timings"]["predicted_per_second"],
         "questions_per_min": 60 * len(rows) / wall, "gen_tok_s": gen / wall, "seconds": wall,
@@ -313,11 +327,33 @@ def _xllamacpp_worker(model: str, questions: int, concurrency: int) -> None:
 # -- report ----------------------------------------------------------------------------------
 
 
+def same_text_llama(model: str, probes: int = 4) -> dict[str, int]:
+    """The same greedy request cold, then again with its prompt cached: identical texts?"""
+    provider = LlamaCppProvider(model).load()
+    same = 0
+    for row in gsm8k("test", probes):
+        call(provider, [{"role": "user", "content": "unrelated " * 300}], max_tokens=1)
+        cold = call(provider, cot_messages(row["question"]), max_tokens=200)
+        same += cold == call(provider, cot_messages(row["question"]), max_tokens=200)
+    unload_all()
+    return {"same_text_repeated": same, "probes": probes}
+
+
+CHOICE = """\
+Engine choice: llama-cpp-python in-process (LlamaCppProvider).
+  xllamacpp batches requests (about 2x the questions/min at 4 in flight on this machine) but its
+  texts change with what else is running and with its prompt cache (see "same text" above), so the
+  same seed would not give the same text and paired comparisons of workflows would carry engine
+  noise. llama-cpp-python with block-aligned prefix reuse gives bit-identical texts whatever ran
+  before, reads prompts faster single-stream (optimizer prompts are long and unique), and reuses
+  shared prefixes (demos) across calls and alternating nodes."""
+
+
 def report(results: list[dict[str, Any]], engines: dict[str, dict[int, dict[str, Any]]]) -> None:
     print()
     for r in results:
-        cot, pre, sc = r["cot"], r["prefix"], r["state_cache"]
-        print(f"== {r['model']} (llama-cpp-python, n_threads={physical_cores()}) ==")
+        cot, pre, sc = r["cot"], r["prefix"], r["prefix_cache"]
+        print(f"== {r['model']} (llama-cpp-python, {', '.join(f'{k}={v}' for k, v in r['settings'].items())}) ==")
         print(f"  load                  {r['load_s']:.1f} s")
         print(f"  prompt                {r['prompt_tok_s']:.0f} tok/s ({r['prompt_tokens']} tokens)")
         print(f"  generation            {r['gen_tok_s']:.1f} tok/s ({r['gen_tokens']} tokens)")
@@ -326,7 +362,8 @@ def report(results: list[dict[str, Any]], engines: dict[str, dict[int, dict[str,
         print(f"  others' CPU share     {r['others_cpu_share']:.0%}")
         print(f"  prefix reuse          {pre['prompt_tokens']}-token prompt: cold {pre['cold']['seconds']:.2f} s "
               f"({pre['cold']['evaluated']} tokens computed), same prefix + new question "
-              f"{pre['warm']['seconds']:.2f} s ({pre['warm']['evaluated']} computed)")
+              f"{pre['warm']['seconds']:.2f} s ({pre['warm']['evaluated']} computed: whole 256-token "
+              f"blocks are reused, so the text is the same as a cold run's)")
         for label, v in sc.items():
             print(f"  two alternating prefixes, 8 calls, {label}: {v['seconds']:.1f} s "
                   f"({v['evaluated']} of {v['prompt_tokens']} prompt tokens computed)")
@@ -342,6 +379,15 @@ def report(results: list[dict[str, Any]], engines: dict[str, dict[int, dict[str,
             print(f"  {c} in flight: {v['questions_per_min']:.1f} questions/min, {v['gen_tok_s']:.1f} generated tok/s, "
                   f"{v['correct']} correct; single-stream prompt {v['prompt_tok_s']:.0f} tok/s, "
                   f"generation {v['gen_tok_s_single']:.1f} tok/s (others' CPU {v['others_cpu_share']:.0%})")
+            print(f"    same text when a request is repeated: {v['same_text_repeated']}/{v['probes']}; "
+                  f"alone vs. alongside others: {v['same_text_concurrent']}/{v['probes']}")
+    for r in results:
+        if "same_text" in r:
+            v = r["same_text"]
+            print(f"== {r['model']} (llama-cpp-python): same text cold vs. prompt cached: "
+                  f"{v['same_text_repeated']}/{v['probes']} ==")
+    if engines:
+        print(CHOICE)
 
 
 def main() -> None:
@@ -363,6 +409,8 @@ def main() -> None:
     for model in models:
         wait_for_quiet(args.wait_quiet)
         results.append(bench_llama(model, args.questions))
+        if args.engines:
+            results[-1]["same_text"] = same_text_llama(model)
         if args.engines and args.questions:
             engines[model] = {c: throughput_xllamacpp(model, args.questions, c, args.xllamacpp_path) for c in (1, 4)}
     report(results, engines)

@@ -172,6 +172,7 @@ class InnerLoop:
                     label: str) -> None:
         usage0 = self.meter.snapshot()
         forward = await self.evaluate(state.workflow, batch, f"{label}step {step}: forward")
+        state.successes.extend(r for r in forward.results if r.score >= self.cfg.full_score)
         failing = [r for r in forward.results if r.score < self.cfg.full_score]
         gradients = await self._gradients(state, failing)
         stepped = 0
@@ -234,11 +235,14 @@ class InnerLoop:
     async def _try_demos(self, state: "_State", step: int, node: LLMNode, forward: BatchResult,
                          batch: list[dict[str, Any]], val: list[dict[str, Any]], label: str) -> BatchResult:
         wf = state.workflow
-        demos = []
-        for r in forward.results + state.val.results:
+        demos: list[Demo] = []
+        # training examples only: a demo drawn from a validation example would leak its answer
+        for r in state.successes:
             run = r.trace.nodes.get(node.id) if r.trace else None
-            if r.score >= self.cfg.full_score and run is not None and run.ok and run.raw:
-                demos.append(Demo(inputs={f: run.inputs.get(f) for f in node.reads}, output=run.raw[-1]))
+            if run is not None and run.ok and run.raw and run.inputs.keys() >= set(node.reads):
+                demo = Demo(inputs={f: run.inputs[f] for f in node.reads}, output=run.raw[-1])
+                if demo not in demos:
+                    demos.append(demo)
             if len(demos) >= self.cfg.demos:
                 break
         if not demos or wf.params[node.id].demos:
@@ -288,4 +292,5 @@ class _State:
         self.blame: Counter = Counter()
         self.failures: list[Failure] = []
         self.demos_tried: set[str] = set()
+        self.successes: list[ExampleResult] = []  # training examples solved so far (demo pool)
         self.usage_mark: dict[str, RoleUsage] | None = None

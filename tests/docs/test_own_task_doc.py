@@ -67,6 +67,7 @@ def test_doc_example_runs(tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.realmodel
+@pytest.mark.timeout(3600)
 def test_doc_example_on_the_embedded_model(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("FLOWBOT_MODEL", os.environ.get("FLOWBOT_DOC_MODEL", "qwen2.5-coder-0.5b"))
     run_dir = run_doc(tmp_path, monkeypatch)

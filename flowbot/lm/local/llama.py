@@ -16,10 +16,11 @@ Design notes (measured facts are in ``benchmarks/local_model.py``):
   sequence at a time, so each loaded model gets a single-thread executor: calls run there one
   after another while the event loop stays free. A request cancelled while it waits in the queue
   never runs (a generation already running finishes; ``max_tokens`` bounds it).
-* **Prefix reuse.** llama-cpp-python keeps the KV cache of the previous prompt and re-evaluates
-  only the tokens after the longest common prefix; with one worker thread per model, prompts
-  rendered shared-part-first (instruction, demos) then the example reuse that work.
-  ``state_cache_mb`` adds llama-cpp-python's RAM state cache for several alternating prefixes.
+* **Prefix reuse that keeps outputs reproducible.** Prompts rendered shared-part-first
+  (instruction, demos, then the example) reuse the KV cache of earlier prompts in whole blocks of
+  ``n_batch`` tokens, evaluated exactly as a cold run would (see :mod:`.kvreuse`): the text for a
+  request never depends on what ran before it. Up to ``prefix_cache_mb`` of KV snapshots keep
+  several alternating prefixes (one per workflow node) warm.
 * **Sampling.** ``temperature == 0`` is greedy; otherwise top-k 40 / top-p 0.95 / min-p 0.05
   (llama.cpp's defaults) with the request's seed: sample *i* uses ``seed + i``, so the same seed
   gives the same text. Unseeded requests draw a fresh random seed.
@@ -32,6 +33,7 @@ import asyncio
 import contextlib
 import os
 import random
+import sys
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -40,6 +42,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from flowbot.lm.base import Completion, LMPermanentError, LMRequest, Provider, Usage
+from flowbot.lm.local.kvreuse import reusing_llama_class
 from flowbot.lm.local.registry import DEFAULT_MODEL, ModelSpec, get_model, human_size, strip_prefix
 from flowbot.lm.local.store import model_path, state_of
 
@@ -50,6 +53,13 @@ _UINT32_SEEDS = 0xFFFFFFFF  # llama.cpp treats 0xFFFFFFFF as "random", so seeds 
 
 def import_llama_cpp() -> Any:
     """The ``llama_cpp`` module, or a one-line :class:`LMPermanentError` saying what to install."""
+    if "llama_cpp" not in sys.modules:
+        # llama.cpp's CPU threads meet at OpenMP barriers where libgomp busy-waits by default.
+        # When anything else needs a core (a tool subprocess, another job) the spinning thread
+        # starves the working one: measured 26 -> 1 generated tok/s on 2 cores. A short spin
+        # keeps the idle-machine speed (26 tok/s) and gives ~10 tok/s under that load. libgomp
+        # reads this when it is loaded, i.e. on the first import; users can still override it.
+        os.environ.setdefault("GOMP_SPINCOUNT", "1000")
     try:
         import llama_cpp
     except ImportError:
@@ -102,13 +112,13 @@ class EngineSettings:
     path: str
     n_ctx: int
     n_threads: int
-    n_batch: int = 512
+    n_batch: int = 256  # also the prefix-reuse block
     flash_attn: bool = True
     #: llama.cpp's extra weight layouts (AMX / repacked). Off on AMX CPUs: llama-cpp-python
     #: 0.3.36 built with native flags crashes (SIGSEGV in decode) there with its AMX layout.
     extra_buffers: bool = True
     chat_format: str | None = None  # None = the template stored in the GGUF
-    state_cache_bytes: int = 0  # 0 = no RAM state cache
+    prefix_cache_bytes: int = 512 << 20  # KV snapshots of alternating prefixes; 0 = none
 
 
 @dataclass
@@ -136,6 +146,7 @@ class _Engine:
     llama: Any
     executor: ThreadPoolExecutor
     stats: EngineStats = field(default_factory=EngineStats)
+    closed: bool = False
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> "Future[Any]":
         return self.executor.submit(fn, self, *args)
@@ -146,6 +157,7 @@ class _Engine:
         return int(data.n_p_eval), float(data.t_p_eval_ms), float(data.t_eval_ms)
 
     def close(self) -> None:
+        self.closed = True
         self.executor.shutdown(wait=True)
         with contextlib.suppress(Exception):
             self.llama.close()
@@ -153,6 +165,8 @@ class _Engine:
 
 _ENGINES: dict[EngineSettings, _Engine] = {}
 _ENGINES_LOCK = threading.Lock()
+#: serializes fetch-then-load, so concurrent first calls download and load a model only once
+_LOAD_LOCK = threading.Lock()
 
 
 def _engine_for(settings: EngineSettings) -> _Engine:
@@ -208,11 +222,11 @@ def _load(settings: EngineSettings) -> Any:
     llama_cpp = import_llama_cpp()
     with _model_params_patch(llama_cpp, settings.extra_buffers):
         try:
-            llama = llama_cpp.Llama(
+            llama = reusing_llama_class(llama_cpp)(
                 model_path=settings.path,
+                block=settings.n_batch,
+                snapshot_bytes=settings.prefix_cache_bytes,
                 n_ctx=settings.n_ctx,
-                n_batch=settings.n_batch,
-                n_ubatch=settings.n_batch,
                 n_threads=settings.n_threads,
                 n_threads_batch=settings.n_threads,
                 flash_attn=settings.flash_attn,
@@ -221,8 +235,6 @@ def _load(settings: EngineSettings) -> Any:
             )
         except (ValueError, RuntimeError, OSError) as exc:
             raise LMPermanentError(f"llama.cpp could not load {settings.path}: {exc}") from None
-    if settings.state_cache_bytes > 0:
-        llama.set_cache(llama_cpp.LlamaRAMCache(capacity_bytes=settings.state_cache_bytes))
     return llama
 
 
@@ -242,6 +254,15 @@ class LlamaCppProvider(Provider):
 
     Nothing is loaded until the first request (or :meth:`load`); then the model stays loaded for
     the life of the process and is shared with every provider using the same settings.
+
+    ``n_ctx``: context window (default: the registry's recommendation, 8192; 4096 for other
+    files). ``n_threads``: default physical cores (``$FLOWBOT_LOCAL_THREADS`` overrides).
+    ``n_batch``: prompt evaluation block, also the unit of prefix reuse. ``default_max_tokens``:
+    used when a request sets none. ``auto_pull``: fetch and verify a registry model on first use
+    (else fail unless ``flowbot models pull`` did it). ``extra_buffers``: llama.cpp's repacked
+    weight layouts (None = on, except on AMX CPUs where they crash). ``flash_attn``: None = the
+    registry's measured choice (on for other files). ``prefix_cache_mb``: KV
+    snapshots of alternating prompt prefixes (0 turns them off).
     """
 
     def __init__(
@@ -250,15 +271,15 @@ class LlamaCppProvider(Provider):
         *,
         n_ctx: int | None = None,
         n_threads: int | None = None,
-        n_batch: int = 512,
-        flash_attn: bool = True,
+        n_batch: int = 256,
+        flash_attn: bool | None = None,
         default_max_tokens: int = 1024,
         models_dir: str | os.PathLike[str] | None = None,
         auto_pull: bool = True,
         progress: bool = True,
         extra_buffers: bool | None = None,
         chat_format: str | None = None,
-        state_cache_mb: int = 0,
+        prefix_cache_mb: int = 512,
     ) -> None:
         self.spec: ModelSpec | None = None
         self.path: Path
@@ -272,10 +293,10 @@ class LlamaCppProvider(Provider):
         self.n_ctx = n_ctx or (self.spec.n_ctx if self.spec else 4096)
         self.n_threads = n_threads or default_threads()
         self.n_batch = n_batch
-        self.flash_attn = flash_attn
+        self.flash_attn = flash_attn if flash_attn is not None else (self.spec.flash_attn if self.spec else True)
         self.extra_buffers = (not cpu_has_amx()) if extra_buffers is None else extra_buffers
         self.chat_format = chat_format or (self.spec.chat_format if self.spec else None)
-        self.state_cache_bytes = max(0, state_cache_mb) << 20
+        self.prefix_cache_bytes = max(0, prefix_cache_mb) << 20
         self.default_max_tokens = default_max_tokens
         self.models_dir = models_dir
         self.auto_pull = auto_pull
@@ -298,7 +319,7 @@ class LlamaCppProvider(Provider):
             flash_attn=self.flash_attn,
             extra_buffers=self.extra_buffers,
             chat_format=self.chat_format,
-            state_cache_bytes=self.state_cache_bytes,
+            prefix_cache_bytes=self.prefix_cache_bytes,
         )
 
     def ensure_file(self) -> Path:
@@ -320,14 +341,15 @@ class LlamaCppProvider(Provider):
 
     def load(self) -> "LlamaCppProvider":
         """Fetch (if needed) and load the model now instead of on the first request (blocking)."""
-        if self._engine is None:
+        if self._engine is None or self._engine.closed:
             import_llama_cpp()
-            self.ensure_file()
-            self._engine = _engine_for(self.settings())
+            with _LOAD_LOCK:
+                self.ensure_file()
+                self._engine = _engine_for(self.settings())
         return self
 
     async def _get_engine(self) -> _Engine:
-        if self._engine is None:
+        if self._engine is None or self._engine.closed:
             await asyncio.to_thread(self.load)
         assert self._engine is not None
         return self._engine
@@ -396,9 +418,13 @@ def _one_sample(engine: _Engine, request: LMRequest, index: int, default_max_tok
             seed=_seed_for(request, index),
         )
     except ValueError as exc:  # e.g. "Requested tokens (9000) exceed context window of 8192"
+        engine.llama.forget_reuse()
         raise LMPermanentError(f"{Path(engine.settings.path).name}: {exc} (raise n_ctx or shorten the prompt)") from None
-    except RuntimeError as exc:
-        raise LMPermanentError(f"llama.cpp failed: {exc}") from None
+    except BaseException as exc:
+        engine.llama.forget_reuse()
+        if isinstance(exc, RuntimeError):
+            raise LMPermanentError(f"llama.cpp failed: {exc}") from None
+        raise
     text = out["choices"][0]["message"].get("content") or ""
     u = out.get("usage") or {}
     usage = Usage(int(u.get("prompt_tokens", 0)), int(u.get("completion_tokens", 0)))
