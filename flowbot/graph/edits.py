@@ -156,7 +156,8 @@ def parse_edit(data: Any) -> Any:
 
 
 # -- helpers -------------------------------------------------------------------------------
-def _fresh(base: str, taken: Iterable[str]) -> str:
+def fresh_name(base: str, taken: Iterable[str]) -> str:
+    """``base``, or ``base_2``, ``base_3``... whichever is not taken."""
     taken = set(taken)
     if base not in taken:
         return base
@@ -308,9 +309,9 @@ def _insert_verifier(w: Workflow, e: InsertVerifier) -> Workflow:
     reads = [f for f in target.reads if f != target.writes] + [target.writes]
     output = target.output if isinstance(target, LLMNode) else OutputFormat()
     node = LLMNode(
-        id=_fresh(f"verify_{target.id}", taken),
+        id=fresh_name(f"verify_{target.id}", taken),
         reads=reads,
-        writes=_fresh(f"{target.writes}_verified", taken),
+        writes=fresh_name(f"{target.writes}_verified", taken),
         output=output,
         purpose=f"checks and corrects the output of {target.id}",
     )
@@ -333,9 +334,9 @@ def _add_tool_step(w: Workflow, e: AddToolStep, tools: Any = None) -> Workflow:
     params = dict(w.params)
     args = dict(e.args)
     if e.producer_reads:
-        in_field = _fresh(f"{e.tool}_input", taken)
+        in_field = fresh_name(f"{e.tool}_input", taken)
         producer = LLMNode(
-            id=_fresh(f"write_{e.tool}_input", taken | {in_field}),
+            id=fresh_name(f"write_{e.tool}_input", taken | {in_field}),
             reads=list(e.producer_reads),
             writes=in_field,
             output=OutputFormat(extract="code" if e.tool == "python" else "text"),
@@ -349,8 +350,8 @@ def _add_tool_step(w: Workflow, e: AddToolStep, tools: Any = None) -> Workflow:
         taken |= {producer.id, in_field}
     if not args:
         raise EditError("a tool step needs 'args' bound to fields or 'producer_reads' for an llm producer")
-    out_field = _fresh(f"{e.tool}_result", taken)
-    tool_node = ToolNode(id=_fresh(f"run_{e.tool}", taken | {out_field}), tool=e.tool, args=args, writes=out_field,
+    out_field = fresh_name(f"{e.tool}_result", taken)
+    tool_node = ToolNode(id=fresh_name(f"run_{e.tool}", taken | {out_field}), tool=e.tool, args=args, writes=out_field,
                          purpose=f"calls {e.tool}")
     nodes.append(tool_node)
     params[tool_node.id] = NodeParams()
@@ -366,13 +367,13 @@ def _ensemble(w: Workflow, e: Ensemble) -> Workflow:
     ids, taken_fields = set(s.node_ids()) - {node.id}, set(s.fields())
     copies, fields = [], []
     for i in range(1, e.k + 1):
-        f = _fresh(f"{node.writes}_{i}", taken_fields)
-        cid = _fresh(f"{node.id}_{i}", ids)
+        f = fresh_name(f"{node.writes}_{i}", taken_fields)
+        cid = fresh_name(f"{node.id}_{i}", ids)
         taken_fields.add(f)
         ids.add(cid)
         copies.append(node.model_copy(update={"id": cid, "writes": f}))
         fields.append(f)
-    merge = MergeNode(id=_fresh(f"{node.id}_merge", ids), reads=fields, writes=node.writes,
+    merge = MergeNode(id=fresh_name(f"{node.id}_merge", ids), reads=fields, writes=node.writes,
                       strategy=e.strategy, purpose=f"combines {e.k} samples of {node.id}")
     nodes: list[Any] = []
     for n in s.nodes:
@@ -400,12 +401,12 @@ def _add_branch(w: Workflow, e: AddBranch) -> Workflow:
     if main_label == alt_label:
         raise EditError("the two branch labels must differ")
     taken = _taken_names(s)
-    f_main = _fresh(f"{target.writes}_{main_label}", taken)
-    f_alt = _fresh(f"{target.writes}_{alt_label}", taken | {f_main})
-    label_field = _fresh(f"{target.id}_route", taken | {f_main, f_alt})
-    alt_id = _fresh(f"{target.id}_{alt_label}", taken | {f_main, f_alt, label_field})
-    branch_id = _fresh(f"route_{target.id}", taken | {f_main, f_alt, label_field, alt_id})
-    merge_id = _fresh(f"{target.id}_join", taken | {f_main, f_alt, label_field, alt_id, branch_id})
+    f_main = fresh_name(f"{target.writes}_{main_label}", taken)
+    f_alt = fresh_name(f"{target.writes}_{alt_label}", taken | {f_main})
+    label_field = fresh_name(f"{target.id}_route", taken | {f_main, f_alt})
+    alt_id = fresh_name(f"{target.id}_{alt_label}", taken | {f_main, f_alt, label_field})
+    branch_id = fresh_name(f"route_{target.id}", taken | {f_main, f_alt, label_field, alt_id})
+    merge_id = fresh_name(f"{target.id}_join", taken | {f_main, f_alt, label_field, alt_id, branch_id})
     alt = target.model_copy(update={"id": alt_id, "writes": f_alt,
                                     "reads": list(e.alternative_reads or target.reads),
                                     "purpose": f"alternative to {target.id} on route {alt_label}"})

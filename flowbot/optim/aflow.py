@@ -26,6 +26,7 @@ from flowbot.graph.edits import (
     RemoveNode,
     apply_edit,
     describe_edit,
+    fresh_name,
 )
 from flowbot.graph.nodes import LLMNode, NodeParams, OutputFormat
 from flowbot.graph.render import to_text
@@ -83,21 +84,14 @@ def operator_edit(workflow: Workflow, op: dict[str, Any]) -> Any:
         return RemoveNode(node_id=target.id)
     taken = set(workflow.sketch.node_ids()) | set(workflow.sketch.fields())
     if name == "format":
-        node_id, field = _fresh(f"format_{target.id}", taken), _fresh(f"{target.writes}_formatted", taken)
+        node_id, field = fresh_name(f"format_{target.id}", taken), fresh_name(f"{target.writes}_formatted", taken)
         output = target.output if isinstance(target, LLMNode) else OutputFormat()
         node = LLMNode(id=node_id, reads=[f for f in target.reads if f != target.writes] + [target.writes],
                        writes=field, output=output, purpose="formats the answer")
         return InsertAfter(target=target.id, node=node, params=NodeParams(instruction=FORMAT))
-    node_id, field = _fresh(f"generate_for_{target.id}", taken), _fresh(f"{target.id}_notes", taken)
+    node_id, field = fresh_name(f"generate_for_{target.id}", taken), fresh_name(f"{target.id}_notes", taken)
     node = LLMNode(id=node_id, reads=list(target.reads), writes=field, purpose="writes notes for the next step")
     return AddNode(node=node, params=NodeParams(instruction=GENERATE), consumers=[target.id])
-
-
-def _fresh(base: str, taken: set[str]) -> str:
-    name, i = base, 2
-    while name in taken:
-        name, i = f"{base}_{i}", i + 1
-    return name
 
 
 class AFlowSearch:
