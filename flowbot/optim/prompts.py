@@ -55,8 +55,19 @@ Feedback on this output from later steps:
 {feedback}
 
 Reply with exactly these lines:
-GRADIENT: <how this step's instruction should change to avoid the mistake, or NONE if this step did its job correctly given its inputs>
+{gradient_line}
 {upstream_lines}"""
+
+# A step that reads only the workflow's own inputs (always correct) cannot pass the blame on, so it is
+# not offered NONE: small models otherwise pick the NONE shown in the format and the error vanishes.
+GRADIENT_LINE = ("GRADIENT: <how this step's instruction should change to avoid the mistake, or NONE if "
+                 "this step did its job correctly given its inputs>")
+GRADIENT_LINE_SOURCE = ("GRADIENT: <how this step's instruction should change to avoid the mistake; its "
+                        "inputs are the task's own inputs, so the mistake is this step's>")
+
+# When a step keeps the blame (no gradient, nothing passed upstream), the feedback it received
+# becomes its gradient: an error in the output must be explained by some step.
+FALLBACK_GRADIENT = "The output of this step was judged wrong: {feedback} Change the instruction to avoid this."
 
 UPSTREAM_LINE = "FEEDBACK[{field}]: <what was wrong with the input '{field}', or NONE if it was fine>"
 

@@ -5,7 +5,9 @@ received feedback is shown its instruction, the inputs it actually got, its outp
 feedback; the optimizer model answers with a *gradient* for the node's instruction (or NONE when the
 node did its job) and feedback for each upstream node that produced one of its inputs. Branches pass
 feedback only along the route taken (skipped nodes get none); vote/concat merges hand their
-feedback to every input that was present; an LLM-select merge is treated like an llm node.
+feedback to every input that was present; an LLM-select merge is treated like an llm node. Blame
+is conserved: a tunable node that answers NONE and passes nothing upstream keeps the feedback it
+received as its gradient (an error in the output must be some step's).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class BackwardResult:
     gradients: dict[str, str] = field(default_factory=dict)  # node id -> gradient text
     feedback: dict[str, list[str]] = field(default_factory=dict)  # node id -> feedback it received
     calls: int = 0
+    kept: list[str] = field(default_factory=list)  # nodes whose gradient fell back to their feedback
 
 
 def clip(text: Any, limit: int) -> str:
@@ -146,11 +149,16 @@ async def backward(opt: LMClient, workflow: Workflow, trace: Trace, loss: str, c
             continue
         gradient, upstream = await _backward_call(opt, workflow, node, run, received, producers, ctx)
         out.calls += 1
-        if gradient and _tunable(node):
-            out.gradients[node.id] = gradient
+        passed_on = False
         for f, text in upstream.items():
             if text and f in producers:
                 out.feedback.setdefault(producers[f], []).append(text)
+                passed_on = True
+        if not gradient and not passed_on and _tunable(node):
+            gradient = P.FALLBACK_GRADIENT.format(feedback=" ".join(clip(t, ctx.max_value_chars) for t in received))
+            out.kept.append(node.id)
+        if gradient and _tunable(node):
+            out.gradients[node.id] = gradient
     return out
 
 
@@ -176,6 +184,7 @@ async def _backward_call(opt: LMClient, workflow: Workflow, node: Any, run: Any,
         output_field=node.writes,
         output=clip(output, ctx.max_value_chars * 2),
         feedback="\n".join(f"- {clip(t, ctx.max_value_chars)}" for t in received),
+        gradient_line=P.GRADIENT_LINE if producers else P.GRADIENT_LINE_SOURCE,
         upstream_lines="\n".join(P.UPSTREAM_LINE.format(field=f) for f in producers),
     )
     reply = await opt.complete(

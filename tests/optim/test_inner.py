@@ -126,6 +126,28 @@ async def test_backward_blames_the_faulty_middle_node_only():
     assert result.val_score == 1.0
 
 
+async def test_blame_is_kept_by_the_node_that_neither_fixes_nor_passes_it_on():
+    # a small optimizer model answers NONE everywhere; the output node then keeps the loss as its gradient
+    prompts = []
+
+    def backward(req: LMRequest, i: int) -> str:
+        prompts.append(last_user(req))
+        return "GRADIENT: NONE"
+
+    opt = ScriptedLM([
+        (r"What is wrong with the output\?", "The output is lowercase; it must be UPPERCASE."),
+        (r"Reply with exactly these lines", backward),
+        (r"merge feedback", "- answer in UPPERCASE"),
+        (r"<instruction>", "<instruction>Repeat the question in UPPERCASE letters.</instruction>"),
+    ])
+    loop = build(case_task_lm(), opt)
+    result = await loop.optimize(one_node(), examples("t", 10), examples("v", 6))
+    assert prompts and all("or NONE" not in p for p in prompts)  # a source node is not offered NONE
+    accepted = [s for s in result.steps if s.accepted]
+    assert accepted and "must be UPPERCASE" in accepted[0].gradient
+    assert result.val_score == 1.0
+
+
 async def test_regression_on_validation_is_rejected():
     # the rewrite helps the training minibatch ("t..." questions) but breaks validation ("v...")
     def task(req: LMRequest, i: int) -> str:
