@@ -78,7 +78,8 @@ class Rewire(_Edit):
 
 class InsertAfter(_Edit):
     """Insert a node after ``target``: it reads the target's output and every former reader of
-    that output (and the workflow outputs) reads the new node's output instead."""
+    that output reads the new node's output instead. After a node that writes a workflow output, the
+    new node takes over the output's name and the target writes ``<name>_draft``."""
 
     op: Literal["insert_after"] = "insert_after"
     target: str
@@ -198,6 +199,42 @@ def _retarget_routes(sketch: Sketch, old_id: str, new_ids: list[str]) -> Sketch:
             n = n.model_copy(update={"routes": routes})
         nodes.append(n)
     return sketch.model_copy(update={"nodes": nodes})
+
+
+def _rename_field(w: Workflow, old: str, new: str) -> Workflow:
+    """Rename a node-written field everywhere: its writer, readers, tool args, rules, demos, outputs."""
+    nodes = []
+    for n in w.sketch.nodes:
+        if old in n.reads:
+            n = _replace_reads(n, old, new)
+        if n.writes == old:
+            n = n.model_copy(update={"writes": new})
+        nodes.append(n)
+    params = {}
+    for node_id, p in w.params.items():
+        if any(old in d.inputs for d in p.demos):
+            demos = [d.model_copy(update={"inputs": {(new if k == old else k): v for k, v in d.inputs.items()}})
+                     for d in p.demos]
+            p = p.model_copy(update={"demos": demos})
+        params[node_id] = p
+    outputs = [new if f == old else f for f in w.sketch.outputs]
+    sketch = w.sketch.model_copy(update={"nodes": nodes, "outputs": outputs})
+    return w.model_copy(update={"sketch": sketch, "params": params})
+
+
+def _keep_output_names(before: Sequence[str], w: Workflow, op: str) -> Workflow:
+    """Edits never rename the workflow's outputs: they are its interface (the task's metric reads
+    them by name). When an edit moved an output to a new field, the fields are renamed back; the
+    node that used to write it gets a ``<name>_draft`` field instead."""
+    for original, current in zip(before, list(w.sketch.outputs)):
+        if original == current:
+            continue
+        if current in w.sketch.inputs:
+            raise EditError(f"{op} would leave the workflow output {original!r} without a node writing it")
+        if original in w.sketch.fields():
+            w = _rename_field(w, original, fresh_name(f"{original}_draft", _taken_names(w.sketch)))
+        w = _rename_field(w, current, original)
+    return w
 
 
 def _require(sketch: Sketch, node_id: str) -> Any:
@@ -456,6 +493,7 @@ def apply_edit(workflow: Workflow, edit: Any, known_tools: Iterable[str] | Mappi
     fn = _APPLY[edit.op]
     copy = workflow.model_copy(deep=True)
     result = fn(copy, edit, known_tools) if fn is _add_tool_step else fn(copy, edit)
+    result = _keep_output_names(workflow.sketch.outputs, result, edit.op)
     result = Workflow.model_validate(result.model_dump())  # re-validate nodes built by model_copy
     try:
         result.check(known_tools)

@@ -59,6 +59,8 @@ class AFlowConfig:
     seed: int = 0
     max_nodes: int = 12
     failures_shown: int = 3
+    proposal_attempts: int = 3  # an invalid or duplicate modification is retried, sampled
+    retry_temperature: float = 0.8
 
 
 def operator_edit(workflow: Workflow, op: dict[str, Any]) -> Any:
@@ -168,6 +170,13 @@ class AFlowSearch:
         return entry
 
     async def _expand(self, archive: Archive, parent: ArchiveEntry) -> tuple[Any, Workflow] | None:
+        for attempt in range(self.cfg.proposal_attempts):
+            result = await self._modification(archive, parent, attempt)
+            if result is not None:
+                return result
+        return None
+
+    async def _modification(self, archive: Archive, parent: ArchiveEntry, attempt: int) -> tuple[Any, Workflow] | None:
         experience = "\n".join(
             f"- {t}: {'score %.3f (%+.3f)' % (s, s - parent.val_score) if s is not None else 'failed'}"
             for t, s in parent.tried) or "none yet"
@@ -175,8 +184,10 @@ class AFlowSearch:
                                    workflow_text=to_text(parent.workflow), experience=experience,
                                    failures="\n".join(f"- {f}" for f in parent.failures) or "none",
                                    vocabulary=P.AFLOW_VOCABULARY)
+        # greedy first; a retry samples with a fresh seed so a deterministic model can move on
+        sampling = {} if attempt == 0 else {"temperature": self.cfg.retry_temperature, "seed": len(parent.tried)}
         reply = await self.opt.complete([{"role": "system", "content": P.AFLOW_SYSTEM},
-                                         {"role": "user", "content": user}], max_tokens=400)
+                                         {"role": "user", "content": user}], max_tokens=400, **sampling)
         try:
             op = extract_json(reply.text)
             if isinstance(op, list) and op:
@@ -190,10 +201,13 @@ class AFlowSearch:
             self.emit({"type": "candidate_rejected", "method": "aflow", "parent": parent.id, "error": str(exc)})
             return None
         text = describe_edit(edit)
-        parent.tried.append((text, None))
-        if archive.seen(child) is not None or len(child.sketch.nodes) > self.cfg.max_nodes:
+        duplicate = archive.seen(child)
+        if duplicate is not None or len(child.sketch.nodes) > self.cfg.max_nodes:
+            parent.tried.append((f"{text} (same as {duplicate})", archive.get(duplicate).val_score)
+                                if duplicate is not None else (f"{text} (too large)", None))
             self.emit({"type": "candidate_rejected", "method": "aflow", "parent": parent.id, "edit": text,
-                       "reason": "duplicate or too large"})
+                       "reason": "duplicate" if duplicate is not None else "too large"})
             return None
+        parent.tried.append((text, None))  # its score is filled in once it is evaluated
         self.emit({"type": "candidate_proposed", "method": "aflow", "parent": parent.id, "edit": text})
         return edit, child

@@ -37,7 +37,8 @@ class OuterConfig:
     rounds: int = 4  # edit proposals that become candidates
     patience: int = 3
     candidate_share: float = 0.3  # at most this share of the remaining budget per candidate
-    proposal_attempts: int = 2  # a duplicate or unrepairable proposal may be retried
+    proposal_attempts: int = 3  # a duplicate or unrepairable proposal is retried, sampled (see _propose)
+    retry_temperature: float = 0.8
     exploration: float = 0.3
     failures_shown: int = 3
     max_nodes: int = 12
@@ -162,7 +163,10 @@ class OuterLoop:
     async def _propose(self, archive: Archive, parent: ArchiveEntry) -> tuple[Any, Workflow] | None:
         for attempt in range(self.cfg.proposal_attempts):
             messages = self._edit_prompt(parent)
-            reply = (await self.opt.complete(messages, max_tokens=self.cfg.edit_max_tokens)).text
+            # Greedy first; a retry samples with a fresh seed, or a deterministic model (and the
+            # cache) would return the same duplicate again.
+            sampling = {} if attempt == 0 else {"temperature": self.cfg.retry_temperature, "seed": len(parent.tried)}
+            reply = (await self.opt.complete(messages, max_tokens=self.cfg.edit_max_tokens, **sampling)).text
             result = self._check(parent, reply)
             if isinstance(result, str):  # invalid: repair once
                 messages = messages + [{"role": "assistant", "content": reply},
@@ -179,11 +183,12 @@ class OuterLoop:
             edit, child = result
             text = describe_edit(edit)
             duplicate = archive.seen(child)
-            parent.tried.append((text, None))
             if duplicate is not None:
+                parent.tried.append((f"{text} (same as {duplicate})", archive.get(duplicate).val_score))
                 self.emit({"type": "candidate_rejected", "parent": parent.id, "reason": "duplicate",
                            "edit": text, "same_as": duplicate})
                 continue
+            parent.tried.append((text, None))  # its score is filled in once it is evaluated
             self.emit({"type": "candidate_proposed", "parent": parent.id, "edit": text,
                        "rationale": edit.rationale, "attempt": attempt + 1})
             return edit, child

@@ -4,6 +4,7 @@ from flowbot.graph import (
     AddBranch,
     AddNode,
     AddToolStep,
+    Demo,
     EditError,
     Ensemble,
     InsertAfter,
@@ -49,12 +50,45 @@ def test_insert_verifier_rewires_readers():
     assert w.sketch.node("final").reads == ["draft"]
 
 
-def test_insert_after_output_node_moves_output():
+def test_insert_after_output_node_keeps_the_output_name():
+    # the workflow's outputs are its interface (the metric reads them by name): the new node takes
+    # over the name and the former writer produces a draft
     w = three_chain()
     node = LLMNode(id="polish", reads=["answer"], writes="answer_polished")
     w2 = apply_edit(w, InsertAfter(target="final", node=node, params=NodeParams(instruction="polish")))
-    assert w2.sketch.outputs == ["answer_polished"]
+    assert w2.sketch.outputs == ["answer"]
+    assert w2.sketch.node("polish").reads == ["answer_draft"] and w2.sketch.node("polish").writes == "answer"
+    assert w2.sketch.node("final").writes == "answer_draft"
     assert w2.params["polish"].instruction == "polish"
+    untouched_params_kept(w, w2, set())
+
+
+def test_verifier_after_the_output_node_keeps_the_output_name():
+    w = three_chain()
+    w2 = apply_edit(w, InsertVerifier(target="final"))
+    v = w2.sketch.node("verify_final")
+    assert w2.sketch.outputs == ["answer"] and v.writes == "answer" and "answer_draft" in v.reads
+    assert w2.sketch.writer_of("answer_draft").id == "final"
+
+
+def test_renamed_fields_carry_demo_inputs_along():
+    s = Sketch(inputs=["q"], outputs=["answer", "aux"], nodes=[
+        LLMNode(id="a", reads=["q"], writes="x"),
+        LLMNode(id="b", reads=["x"], writes="answer"),
+        LLMNode(id="c", reads=["x"], writes="aux"),
+    ])
+    demo = Demo(inputs={"x": "seen"}, output="Aux: 1")
+    w = Workflow(sketch=s, params={"a": NodeParams(), "b": NodeParams(), "c": NodeParams(demos=[demo])})
+    w2 = apply_edit(w, RemoveNode(node_id="b"))  # "x" becomes the output "answer"
+    assert w2.sketch.outputs == ["answer", "aux"] and w2.sketch.node("a").writes == "answer"
+    assert w2.sketch.node("c").reads == ["answer"]
+    assert w2.params["c"].demos[0].inputs == {"answer": "seen"}
+
+
+def test_an_edit_cannot_leave_an_output_without_a_writer():
+    w = Workflow(sketch=Sketch(inputs=["q"], outputs=["a"], nodes=[LLMNode(id="n", reads=["q"], writes="a")]))
+    with pytest.raises(EditError, match="without a node writing it"):
+        apply_edit(w, RemoveNode(node_id="n"))
 
 
 def test_insert_after_must_read_target():
@@ -65,7 +99,7 @@ def test_insert_after_must_read_target():
 def test_remove_node_uses_its_single_input():
     w = three_chain()
     w2 = apply_edit(w, RemoveNode(node_id="final"))
-    assert w2.sketch.outputs == ["draft"]
+    assert w2.sketch.outputs == ["answer"] and w2.sketch.node("draft").writes == "answer"
     assert "final" not in w2.params
     untouched_params_kept(w, w2, set())
 

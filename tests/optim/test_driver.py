@@ -7,8 +7,13 @@ import re
 import pytest
 
 from flowbot.api import prepare_run
-from flowbot.lm import LMRequest, ScriptedLM
+from flowbot.graph import apply_edit
+from flowbot.lm import LMClient, LMRequest, ScriptedLM
+from flowbot.optim.aflow import AFlowSearch, operator_edit
+from flowbot.optim.archive import Archive, ArchiveEntry
+from flowbot.optim.outer import OuterLoop
 from flowbot.tasks import Task
+from flowbot.tasks.baselines import task_baseline
 
 
 def products(n: int, start: int = 0) -> list[dict]:
@@ -143,9 +148,8 @@ async def test_changed_settings_refuse_to_reuse_a_run_dir(tmp_path):
         await prepare(tmp_path, task_lm(), optimizer_lm(), val_size=3).arun()
 
 
-async def test_aflow_baseline_on_the_same_ir(tmp_path):
-    opt = ScriptedLM([(r"operator", '```json\n{"operator": "programmer", "target": "solve"}\n```')], model="optimizer")
-
+def python_task_lm() -> ScriptedLM:
+    """Writes a correct program when asked for one; answers right only from its result."""
     def task(req: LMRequest, i: int) -> str:
         user = req.messages[-1][1]
         if "Python program" in req.messages[0][1]:
@@ -153,9 +157,13 @@ async def test_aflow_baseline_on_the_same_ir(tmp_path):
             return f"```python\nprint({q})\n```"
         m = re.search(r"Python result:\n(\S+)", user)
         return f"Answer: {m.group(1)}" if m else "Answer: 42"
+    return ScriptedLM(default=task)
 
+
+async def test_aflow_baseline_on_the_same_ir(tmp_path):
+    opt = ScriptedLM([(r"operator", '```json\n{"operator": "programmer", "target": "solve"}\n```')], model="optimizer")
     events = []
-    result = await prepare(tmp_path, ScriptedLM(default=task), opt, method="aflow", aflow={"rounds": 1}).arun([events.append])
+    result = await prepare(tmp_path, python_task_lm(), opt, method="aflow", aflow={"rounds": 1}).arun([events.append])
     assert result.val_score == 1.0
     assert any(n.kind == "tool" and n.tool == "python" for n in result.best.sketch.nodes)
     assert not any(e["type"] == "inner_candidate" for e in events)  # structure only
@@ -167,3 +175,56 @@ def test_dry_run_estimate(tmp_path):
     assert d["total"]["task_calls"] > 0 and d["total"]["optimizer_calls"] > 0
     assert est.warnings and "too small" in est.warnings[0]
     assert not (tmp_path / "run").exists()  # an estimate pays nothing and writes nothing
+
+
+
+VERIFIER_EDIT = '{"op": "insert_verifier", "target": "solve"}'
+
+
+def archive_with_verifier_tried():
+    """c0 = the CoT seed, c1 = c0 plus a verifier (already evaluated)."""
+    seed = task_baseline(mult_task(), "cot")
+    archive = Archive()
+    archive.add(ArchiveEntry(id="c0", workflow=seed, val_score=0.0, cost_per_example=0.0, tokens_per_example=10))
+    archive.add(ArchiveEntry(id="c1", workflow=apply_edit(seed, json.loads(VERIFIER_EDIT)), val_score=0.0,
+                             cost_per_example=0.0, tokens_per_example=20))
+    return archive
+
+
+def greedy_repeats_then_sampling_differs(greedy: str, sampled: str):
+    """Like a small local model at temperature 0 (and its cache), the optimizer proposes the same
+    edit again and again; only a sampled retry (temperature > 0) says something else."""
+    temperatures = []
+
+    def reply(req: LMRequest, i: int) -> str:
+        temperatures.append(req.temperature)
+        return f"```json\n{sampled if req.temperature > 0 else greedy}\n```"
+    return ScriptedLM(default=reply, model="optimizer"), temperatures
+
+
+async def test_outer_loop_retries_a_duplicate_proposal_by_sampling():
+    archive = archive_with_verifier_tried()
+    opt, temperatures = greedy_repeats_then_sampling_differs(VERIFIER_EDIT, GOOD_EDIT)
+    events = []
+    loop = OuterLoop(tune=None, optimizer=LMClient(opt), task_description="multiply",
+                     tools={"calculator": ["expression"]}, on_event=events.append)
+    edit, child = await loop._propose(archive, archive.get("c0"))
+    assert edit.op == "add_tool_step" and archive.seen(child) is None
+    assert temperatures[0] == 0.0 and temperatures[1] > 0
+    assert [e["reason"] for e in events if e["type"] == "candidate_rejected"] == ["duplicate"]
+    # the duplicate is shown to the optimizer with the score its twin got
+    assert archive.get("c0").tried[0] == ("insert_verifier(target=solve) (same as c1)", 0.0)
+
+
+async def test_aflow_retries_a_duplicate_modification_by_sampling():
+    archive = archive_with_verifier_tried()
+    archive.get("c1").workflow = apply_edit(archive.get("c0").workflow, operator_edit(
+        archive.get("c0").workflow, {"operator": "review_revise", "target": "solve"}))
+    archive.signatures = {e.workflow.sketch.signature(): e.id for e in archive.entries}
+    opt, temperatures = greedy_repeats_then_sampling_differs(
+        '{"operator": "review_revise", "target": "solve"}', '{"operator": "programmer", "target": "solve"}')
+    search = AFlowSearch(evaluator=None, optimizer=LMClient(opt), task_description="multiply",
+                         tools={"python": ["code"]})
+    edit, child = await search._expand(archive, archive.get("c0"))
+    assert edit.op == "add_tool_step" and edit.tool == "python"
+    assert temperatures[0] == 0.0 and temperatures[1] > 0
