@@ -50,7 +50,9 @@ class OptimizeConfig:
     progress: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The settings, without the sections this method does not use."""
+        unused = {"flowbot": ("aflow",), "inner-only": ("outer", "aflow"), "aflow": ("inner", "outer")}
+        return {k: v for k, v in asdict(self).items() if k not in unused.get(self.method, ())}
 
 
 @dataclass

@@ -82,8 +82,27 @@ class EventLog:
         return [json.loads(line) for line in self.path.read_text(encoding="utf-8").split("\n") if line.strip()]
 
 
+def changed_settings(saved: dict[str, Any], new: dict[str, Any], mutable: set[str], prefix: str = "") -> list[str]:
+    """Dotted paths of the settings in ``new`` that differ from ``saved``, at any depth. Names in
+    ``mutable`` may change; a setting only ``saved`` has is one this run no longer uses (for
+    example the outer loop's settings in an inner-only run) and does not count."""
+    changed = []
+    for key, value in new.items():
+        if key in mutable:
+            continue
+        old = saved.get(key, _MISSING)
+        if isinstance(value, dict) and isinstance(old, dict):
+            changed += changed_settings(old, value, mutable, f"{prefix}{key}.")
+        elif old != value:
+            changed.append(f"{prefix}{key}")
+    return sorted(changed)
+
+
+_MISSING = object()
+
+
 class RunDir:
-    #: config keys that may change between sessions of one run (budgets can be raised to extend it)
+    #: settings that may change between sessions of one run (budgets can be raised to extend it)
     MUTABLE = {"budget", "concurrency", "progress", "report"}
 
     def __init__(self, path: str | Path) -> None:
@@ -107,8 +126,7 @@ class RunDir:
         path = self.path / "config.json"
         if path.exists():
             saved = json.loads(path.read_text(encoding="utf-8"))
-            changed = sorted(k for k in set(saved["config"]) | set(config)
-                             if k not in self.MUTABLE and saved["config"].get(k) != config.get(k))
+            changed = changed_settings(saved["config"], config, self.MUTABLE)
             if changed:
                 raise RunDirError(
                     f"{self.path} holds a run with other settings ({', '.join(changed)}); "

@@ -228,3 +228,20 @@ async def test_aflow_retries_a_duplicate_modification_by_sampling():
     edit, child = await search._expand(archive, archive.get("c0"))
     assert edit.op == "add_tool_step" and edit.tool == "python"
     assert temperatures[0] == 0.0 and temperatures[1] > 0
+
+
+def test_resume_ignores_settings_the_method_does_not_use(tmp_path):
+    # an inner-only run keeps no outer-loop settings, so a new outer default cannot block its resume
+    from flowbot.optim.rundir import RunDir, changed_settings
+    first = prepare(tmp_path, task_lm(), optimizer_lm(), method="inner-only", concurrency=2)
+    assert "outer" not in first.settings["optimize"] and "aflow" not in first.settings["optimize"]
+    RunDir(first.run_dir).start(first.settings)
+    again = prepare(tmp_path, task_lm(), optimizer_lm(), method="inner-only", concurrency=8,
+                    outer={"rounds": 9})
+    assert RunDir(again.run_dir).start(again.settings)[1]  # resumed: concurrency may change
+    changed = prepare(tmp_path, task_lm(), optimizer_lm(), method="inner-only", inner={"steps": 2, "demos": 0})
+    with pytest.raises(ValueError, match=r"optimize\.inner\.steps"):
+        RunDir(changed.run_dir).start(changed.settings)
+    # a setting only the saved run has is not a change; a new one is
+    assert changed_settings({"a": {"x": 1, "old": 2}}, {"a": {"x": 1}}, set()) == []
+    assert changed_settings({"a": {"x": 1}}, {"a": {"x": 1, "new": 3}}, set()) == ["a.new"]
