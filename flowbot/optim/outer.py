@@ -81,7 +81,9 @@ class OuterLoop:
         stopped: str | None = None
         rounds = 0
         try:
-            archive.add(await self._candidate(archive, seed, None, None, "seed"))
+            seed_entry = await self._candidate(archive, seed, None, None, "seed")
+            if seed_entry is not None:  # always: an unscored seed raises BudgetExceeded
+                archive.add(seed_entry)
             no_gain = 0
             for rounds in range(1, self.cfg.rounds + 1):
                 best_before = self.objective(archive.best(self.objective))
@@ -91,8 +93,9 @@ class OuterLoop:
                 if proposal is not None:
                     edit, child = proposal
                     entry = await self._candidate(archive, child, parent, edit, describe_edit(edit))
-                    archive.add(entry)
-                    parent.tried[-1] = (parent.tried[-1][0], entry.val_score)
+                    if entry is not None:
+                        archive.add(entry)
+                    parent.tried[-1] = (parent.tried[-1][0], entry.val_score if entry else None)
                 if self.budget is not None and self.budget.exhausted:
                     stopped = self.budget.exhausted_reason()
                     break
@@ -122,12 +125,17 @@ class OuterLoop:
         return self.budget.child(f"candidate {label}", **limits)
 
     async def _candidate(self, archive: Archive, workflow: Workflow, parent: ArchiveEntry | None,
-                         edit: Any, edit_text: str) -> ArchiveEntry:
+                         edit: Any, edit_text: str) -> ArchiveEntry | None:
         entry_id = f"c{len(archive.entries)}"
         budget = self._candidate_budget(entry_id) if parent is not None else None
         inner = await self.tune(workflow, budget, f"[{entry_id}] ")
         if inner.val.requested and not inner.val.results:
-            raise BudgetExceeded(inner.stopped or "budget used up before the candidate was scored")
+            if parent is None or (self.budget is not None and self.budget.exhausted):
+                raise BudgetExceeded(inner.stopped or "budget used up before the candidate was scored")
+            # only its own share ran out: drop this candidate, the search goes on with what is left
+            self.emit({"type": "candidate_rejected", "parent": parent.id, "edit": edit_text,
+                       "reason": f"not scored within its budget share ({inner.stopped})"})
+            return None
         blame = dict(inner.blame)
         entry = ArchiveEntry(
             id=entry_id, workflow=inner.workflow, val_score=inner.val_score,

@@ -245,3 +245,12 @@ def test_resume_ignores_settings_the_method_does_not_use(tmp_path):
     # a setting only the saved run has is not a change; a new one is
     assert changed_settings({"a": {"x": 1, "old": 2}}, {"a": {"x": 1}}, set()) == []
     assert changed_settings({"a": {"x": 1}}, {"a": {"x": 1, "new": 3}}, set()) == ["a.new"]
+
+
+async def test_a_candidate_over_its_budget_share_is_dropped_and_the_search_goes_on(tmp_path):
+    events = []
+    result = await prepare(tmp_path, task_lm(), optimizer_lm(), budget={"calls": 200},
+                           outer={"rounds": 2, "patience": 3, "candidate_share": 0.005}).arun([events.append])
+    dropped = [e for e in events if e["type"] == "candidate_rejected" and "budget share" in e.get("reason", "")]
+    assert len(dropped) == 2  # both rounds ran; neither candidate stopped the run
+    assert result.stopped is None and result.best_id == "c0" and result.test_score is not None
