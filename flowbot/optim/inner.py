@@ -39,6 +39,7 @@ class InnerConfig:
     demos: int = 2  # few-shot demos to try per llm node (bootstrapped from successful traces); 0 = off
     minibatch_gate: bool = True
     tolerance: float = 0.0
+    tie_cost_increase: float | None = 0.25  # on a validation tie, refuse a candidate this much dearer
     full_score: float = 1.0
     max_nodes_per_step: int | None = None
     concurrency: int = 4
@@ -133,7 +134,8 @@ class InnerLoop:
         self.meter = meter or optimizer.meter
         self.emit = on_event or (lambda e: None)
         self.tool_options = tool_options
-        self.accept_rule = NotWorseAcceptance(self.cfg.tolerance, self.cfg.minibatch_gate)
+        self.accept_rule = NotWorseAcceptance(self.cfg.tolerance, self.cfg.minibatch_gate,
+                                              self.cfg.tie_cost_increase)
         self.node_order = BlameOrder(self.cfg.max_nodes_per_step)
 
     async def optimize(self, workflow: Workflow, train: list[dict[str, Any]], val: list[dict[str, Any]],
@@ -267,7 +269,11 @@ class InnerLoop:
         else:
             v = await self.evaluate(candidate, val, f"{label}step {step}: candidate on validation")
             record.val_after = v.score
-            if self.accept_rule.accept(v.score, state.val.score):
+            if self.accept_rule.too_costly_for_a_tie(v.score, state.val.score, v.tokens_per_example(),
+                                                     state.val.tokens_per_example()):
+                record.reason = (f"no gain for {v.tokens_per_example():.0f} instead of "
+                                 f"{state.val.tokens_per_example():.0f} tokens per example")
+            elif self.accept_rule.accept(v.score, state.val.score):
                 record.accepted = True
                 record.reason = "validation not lower"
                 state.workflow, state.val, forward = candidate, v, mb

@@ -46,16 +46,24 @@ class BlameOrder:
 @dataclass
 class NotWorseAcceptance:
     """Accept a candidate only if it does not lower the held-out score (by more than ``tolerance``);
-    before paying for the held-out check, require a strict gain on the minibatch it was made for."""
+    before paying for the held-out check, require a strict gain on the minibatch it was made for.
+    On a tie, a candidate that costs more than ``tie_cost_increase`` (a fraction of the current
+    tokens per example) is refused: a change that buys nothing must not make every call dearer."""
 
     tolerance: float = 0.0
     minibatch_gate: bool = True
+    tie_cost_increase: float | None = 0.25
 
     def passes_minibatch(self, new: float, old: float) -> bool:
         return (not self.minibatch_gate) or new > old
 
     def accept(self, new: float, current: float) -> bool:
         return new >= current - self.tolerance - 1e-12
+
+    def too_costly_for_a_tie(self, new: float, current: float, new_cost: float, current_cost: float) -> bool:
+        if self.tie_cost_increase is None or new > current + 1e-12 or current_cost <= 0:
+            return False
+        return new_cost > current_cost * (1 + self.tie_cost_increase)
 
 
 @dataclass

@@ -211,6 +211,24 @@ async def test_demos_bootstrapped_from_successful_traces():
     assert any(s.change == "demos" and s.accepted for s in result.steps)
 
 
+async def test_a_tie_that_costs_more_is_refused():
+    # demos do not change the (scripted) answers but lengthen every prompt: no gain, higher cost
+    def task(req: LMRequest, i: int) -> str:
+        return "Answer: " + field_value(last_user(req), "Question")
+
+    train = [{"id": f"u{i}", "question": f"UP{i}", "gold": f"UP{i}"} for i in range(3)] + examples("t", 3)
+    val = [{"id": "v0", "question": "V0", "gold": "V0"}] + examples("v", 2)  # 1/3 right either way
+    for tie_rule, kept in ((0.25, 0), (None, 2)):
+        cfg = InnerConfig(steps=1, demos=2, minibatch_size=6, minibatch_gate=False, tie_cost_increase=tie_rule)
+        loop = build(ScriptedLM(default=task), case_optimizer("<instruction>Repeat the question.</instruction>"), cfg)
+        result = await loop.optimize(one_node(), train, val)
+        demo_step = next(s for s in result.steps if s.change == "demos")
+        assert demo_step.val_after == demo_step.val_before
+        assert len(result.workflow.params["answer"].demos) == kept
+        if kept == 0:
+            assert not demo_step.accepted and "tokens per example" in demo_step.reason
+
+
 def test_parsers_are_forgiving():
     g, up = parse_backward("GRADIENT: be precise\nmore detail\nFEEDBACK[x]: none\nFEEDBACK[y]: wrong", ["x", "y"])
     assert g == "be precise\nmore detail" and up == {"x": "", "y": "wrong"}

@@ -80,7 +80,9 @@ def aflow_lms() -> tuple[ScriptedLM, ScriptedLM]:
 def make_run(path: Path, task: ScriptedLM, opt: ScriptedLM, **kw) -> Path:
     options = dict(seed="cot", model="task", optimizer_model="optimizer", run_dir=path,
                    providers={"task": task, "optimizer": opt}, train_size=10, val_size=6,
-                   inner={"steps": 1, "demos": 1, "minibatch_size": 10}, outer={"rounds": 1, "patience": 1})
+                   # ties keep their demos whatever they cost, so the report has a demo change to show
+                   inner={"steps": 1, "demos": 1, "minibatch_size": 10, "tie_cost_increase": None},
+                   outer={"rounds": 1, "patience": 1})
     options.update(kw)
     with pytest.MonkeyPatch.context() as mp:  # session fixtures run outside the per-test isolation
         mp.setenv("FLOWBOT_HOME", str(path.parent / "flowbot_home"))
