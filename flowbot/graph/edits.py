@@ -492,7 +492,11 @@ def apply_edit(workflow: Workflow, edit: Any, known_tools: Iterable[str] | Mappi
         edit = parse_edit(edit)
     fn = _APPLY[edit.op]
     copy = workflow.model_copy(deep=True)
-    result = fn(copy, edit, known_tools) if fn is _add_tool_step else fn(copy, edit)
+    try:
+        result = fn(copy, edit, known_tools) if fn is _add_tool_step else fn(copy, edit)
+    except ValidationError as exc:  # a node built from the edit's values is invalid (e.g. a bad name)
+        raise EditError(f"{edit.op} builds an invalid node: " +
+                        "; ".join(e["msg"] for e in exc.errors())) from None
     result = _keep_output_names(workflow.sketch.outputs, result, edit.op)
     result = Workflow.model_validate(result.model_dump())  # re-validate nodes built by model_copy
     try:

@@ -192,3 +192,10 @@ def test_parse_edit_from_json_and_errors():
 def test_unknown_node_in_edit():
     with pytest.raises(EditError, match="no node 'ghost'"):
         apply_edit(three_chain(), Ensemble(node_id="ghost"))
+
+
+def test_an_edit_that_builds_an_invalid_node_is_an_edit_error():
+    # a small model wrote the tool with its signature, "calculator(expression)", which cannot name a field
+    w = three_chain()
+    with pytest.raises(EditError, match="invalid node"):
+        apply_edit(w, AddToolStep(tool="calculator(expression)", consumer="final", producer_reads=["q"]))
