@@ -38,6 +38,7 @@ from flowbot.optim import prompts as P
 from flowbot.optim.archive import Archive, ArchiveEntry, Objective
 from flowbot.optim.evaluation import Evaluator, EventSink
 from flowbot.optim.outer import OuterResult
+from flowbot.optim.policies import retry_sampling
 from flowbot.optim.textgrad import clip
 from flowbot.runtime.extract import extract_json
 
@@ -184,8 +185,7 @@ class AFlowSearch:
                                    workflow_text=to_text(parent.workflow), experience=experience,
                                    failures="\n".join(f"- {f}" for f in parent.failures) or "none",
                                    vocabulary=P.AFLOW_VOCABULARY)
-        # greedy first; a retry samples with a fresh seed so a deterministic model can move on
-        sampling = {} if attempt == 0 else {"temperature": self.cfg.retry_temperature, "seed": len(parent.tried)}
+        sampling = retry_sampling(attempt, self.cfg.retry_temperature, len(parent.tried))
         reply = await self.opt.complete([{"role": "system", "content": P.AFLOW_SYSTEM},
                                          {"role": "user", "content": user}], max_tokens=400, **sampling)
         try:
@@ -203,8 +203,10 @@ class AFlowSearch:
         text = describe_edit(edit)
         duplicate = archive.seen(child)
         if duplicate is not None or len(child.sketch.nodes) > self.cfg.max_nodes:
-            parent.tried.append((f"{text} (same as {duplicate})", archive.get(duplicate).val_score)
-                                if duplicate is not None else (f"{text} (too large)", None))
+            if duplicate is not None:
+                parent.note_duplicate(text, archive.get(duplicate))
+            else:
+                parent.tried.append((f"{text} (too large)", None))
             self.emit({"type": "candidate_rejected", "method": "aflow", "parent": parent.id, "edit": text,
                        "reason": "duplicate" if duplicate is not None else "too large"})
             return None

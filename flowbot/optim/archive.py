@@ -26,6 +26,10 @@ class ArchiveEntry:
     inner_steps: int = 0
     initial_val_score: float | None = None  # before the inner loop tuned it
 
+    def note_duplicate(self, edit_text: str, twin: "ArchiveEntry") -> None:
+        """Record a proposal that rebuilt ``twin``, with its score, so the optimizer sees it was tried."""
+        self.tried.append((f"{edit_text} (same as {twin.id})", twin.val_score))
+
     def summary(self) -> dict[str, Any]:
         return {
             "id": self.id,

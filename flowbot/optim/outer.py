@@ -25,7 +25,7 @@ from flowbot.optim import prompts as P
 from flowbot.optim.archive import Archive, ArchiveEntry, Objective
 from flowbot.optim.evaluation import EventSink
 from flowbot.optim.inner import InnerResult
-from flowbot.optim.policies import UCBSelection
+from flowbot.optim.policies import UCBSelection, retry_sampling
 from flowbot.runtime.extract import extract_json
 
 #: tune(workflow, budget, label) -> InnerResult; the driver binds the inner loop to a budget
@@ -171,9 +171,7 @@ class OuterLoop:
     async def _propose(self, archive: Archive, parent: ArchiveEntry) -> tuple[Any, Workflow] | None:
         for attempt in range(self.cfg.proposal_attempts):
             messages = self._edit_prompt(parent)
-            # Greedy first; a retry samples with a fresh seed, or a deterministic model (and the
-            # cache) would return the same duplicate again.
-            sampling = {} if attempt == 0 else {"temperature": self.cfg.retry_temperature, "seed": len(parent.tried)}
+            sampling = retry_sampling(attempt, self.cfg.retry_temperature, len(parent.tried))
             reply = (await self.opt.complete(messages, max_tokens=self.cfg.edit_max_tokens, **sampling)).text
             result = self._check(parent, reply)
             if isinstance(result, str):  # invalid: repair once
@@ -192,7 +190,7 @@ class OuterLoop:
             text = describe_edit(edit)
             duplicate = archive.seen(child)
             if duplicate is not None:
-                parent.tried.append((f"{text} (same as {duplicate})", archive.get(duplicate).val_score))
+                parent.note_duplicate(text, archive.get(duplicate))
                 self.emit({"type": "candidate_rejected", "parent": parent.id, "reason": "duplicate",
                            "edit": text, "same_as": duplicate})
                 continue

@@ -84,3 +84,9 @@ class UCBSelection:
             if value > best_value:
                 best, best_value = e, value
         return best
+
+
+def retry_sampling(attempt: int, temperature: float, tried: int) -> dict[str, Any]:
+    """Sampling for proposal attempt ``attempt``: greedy first; a retry samples with a fresh seed,
+    or a deterministic model (and the cache) would return the same duplicate again."""
+    return {} if attempt == 0 else {"temperature": temperature, "seed": tried}
