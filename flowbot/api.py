@@ -35,7 +35,7 @@ from flowbot.runtime.batch import BatchResult, evaluate_examples
 from flowbot.runtime.executor import Executor
 from flowbot.runtime.models import ModelPool, default_cache_path
 from flowbot.runtime.runnable import Workflow, default_tools
-from flowbot.tasks.baselines import KINDS, task_baseline
+from flowbot.tasks.baselines import parse_kind, self_consistency, task_baseline
 from flowbot.tasks.benchmarks import BENCHMARKS, load_benchmark
 from flowbot.tasks.judge import LLMJudge
 from flowbot.tasks.task import Task
@@ -62,12 +62,15 @@ def get_task(spec: Task | str, data_dir: str | Path | None = None) -> Task:
 
 
 def resolve_seed(seed: Any, task: Task) -> IRWorkflow:
-    """A workflow object, a baseline name (io/cot/sc/react), or a path to a workflow JSON file."""
+    """A workflow object, a baseline name (io/cot/sc/react, or sc<k> for k samples), or a workflow file."""
     if isinstance(seed, IRWorkflow):
         return seed
     if seed is None:
         seed = "cot"
-    if isinstance(seed, str) and seed in KINDS:
+    kind = parse_kind(seed) if isinstance(seed, str) else None
+    if kind is not None and kind[1] is not None:
+        return self_consistency(task_baseline(task, "cot"), kind[1])
+    if kind is not None:
         return task_baseline(task, seed)
     return load_workflow(seed, known_tools=default_tools().signatures())
 
@@ -144,7 +147,7 @@ async def aevaluate(
     progress: bool = False,
     budget: Any = None,
     data_dir: str | Path | None = None,
-    cache: str | Path | None | bool = True,
+    cache: str | Path | ResponseCache | None | bool = True,
     providers: dict[str, Provider] | None = None,
     seed: int = 0,
 ) -> EvalResult:
@@ -181,9 +184,11 @@ def evaluate(workflow: Any, task: Task | str, **kwargs: Any) -> EvalResult:
     return asyncio.run(aevaluate(workflow, task, **kwargs))
 
 
-def _cache(cache: str | Path | None | bool) -> ResponseCache | None:
+def _cache(cache: str | Path | ResponseCache | None | bool) -> ResponseCache | None:
     if cache is False or cache is None:
         return None
+    if isinstance(cache, ResponseCache):
+        return cache
     if cache is True:
         path = default_cache_path()
         return ResponseCache(path) if path else None

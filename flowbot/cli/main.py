@@ -139,16 +139,22 @@ def eval_cmd(
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Benchmark data root (default: "
                                             "$FLOWBOT_DATA_DIR, the bundled GSM8K sample, or Hugging Face)."),
     no_traces: bool = typer.Option(False, "--no-traces", help="Leave traces out of the JSON result."),
+    cache: Optional[Path] = typer.Option(None, "--cache", help="The response cache file to read and fill "
+                                         "(default: the user cache, or $FLOWBOT_CACHE)."),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Reuse an optimization run's cache: "
+                                           "re-scoring its workflows pays nothing already paid."),
 ) -> None:
     """Evaluate one or more workflows on a task split; prints a table and writes JSON."""
     from flowbot.api import aevaluate
 
     the_task = _task_from_options(task, task_file, data, val, test, input_fields, target, metric, labels, data_dir)
+    cache_path = _eval_cache(cache, run_dir)
     _note_default_model(model)
     results = []
     for wf in workflow:
         results.append(asyncio.run(aevaluate(wf, the_task, split=split, limit=limit, model=model, base_url=base_url,
-                                             concurrency=concurrency, progress=True)))
+                                             concurrency=concurrency, progress=True,
+                                             cache=True if cache_path is None else cache_path)))
     table = Table(title=f"{the_task.name} / {split}")
     for col in ("workflow", "score", "examples", "calls", "tokens", "dollars", "wall s"):
         table.add_column(col, justify="right" if col != "workflow" else "left")
@@ -162,6 +168,18 @@ def eval_cmd(
                "results": [r.to_dict(traces=not no_traces) for r in results]}
     path.write_text(json.dumps(payload, indent=1, ensure_ascii=False, default=str), encoding="utf-8")
     out.print(f"wrote {path}")
+
+
+def _eval_cache(cache: Path | None, run_dir: Path | None) -> Path | None:
+    if cache is not None and run_dir is not None:
+        raise typer.BadParameter("give --cache or --run-dir, not both")
+    if run_dir is None:
+        return cache
+    if not (run_dir / "config.json").is_file():
+        from flowbot.optim.rundir import RunDirError
+
+        raise RunDirError(f"--run-dir {run_dir}: not a run directory (no config.json)")
+    return run_dir / "cache.sqlite"
 
 
 # -- optimize ------------------------------------------------------------------------------------

@@ -100,6 +100,28 @@ def task_baseline(task: Any, kind: str = "cot") -> Workflow:
                           description=task.description, name=f"{task.name}-{kind}")
 
 
+def parse_kind(name: str) -> tuple[str, int | None] | None:
+    """``io``/``cot``/``sc``/``react`` → (kind, None); ``sc3``, ``sc7`` → ("sc", k); else None.
+
+    >>> parse_kind("sc3"), parse_kind("cot"), parse_kind("best.json")
+    (('sc', 3), ('cot', None), None)
+    """
+    if name in KINDS:
+        return name, None
+    if name.startswith("sc") and name[2:].isdigit() and 2 <= int(name[2:]) <= 16:
+        return "sc", int(name[2:])
+    return None
+
+
+def self_consistency(cot: Workflow, k: int, name: str | None = None) -> Workflow:
+    """``k`` samples of a one-node CoT workflow and a majority vote (the first sample is greedy, so
+    it is the CoT call itself and shares its cache entry)."""
+    node = cot.sketch.nodes[0]
+    wf = apply_edit(cot, Ensemble(node_id=node.id, k=k, strategy="majority", temperature=0.7))
+    wf.name = name or f"{cot.name.removesuffix('-cot')}-sc{k}"
+    return wf
+
+
 def generate_benchmark_files(out_dir: Path = WORKFLOWS_DIR) -> list[Path]:
     from flowbot.tasks.benchmarks import BENCHMARKS
     from flowbot.tasks.metric_specs import BUILTINS

@@ -183,3 +183,31 @@ def test_dry_run_prints_projection_and_pays_nothing(data, tmp_path):
         assert res.exit_code == 0, res.output
         assert "projected cost" in res.output and "too small" in res.output
         assert srv.request_count == 0
+
+
+def test_eval_reuses_a_run_cache(data, tmp_path):
+    """Re-scoring a run's best workflow with ``eval --run-dir`` pays nothing already paid; a fresh
+    cache file pays again, and ``--cache`` names any cache file."""
+    path, metric = data
+    runner = CliRunner()
+    with OpenAITestServer(reply=lambda body: brain(body["messages"])) as srv:
+        base = ["--model", "scripted", "--base-url", srv.base_url]
+        task_opts = ["--data", str(path), "--input", "text", "--target", "label", "--metric", f"{metric}:score",
+                     "--labels", "positive,negative"]
+        run_dir = tmp_path / "run"
+        res = runner.invoke(app, ["optimize", *task_opts, "--run-dir", str(run_dir), "--steps", "1", "--rounds", "0",
+                                  "--demos", "0", "--train-size", "12", "--val-size", "6", "--no-report", *base])
+        assert res.exit_code == 0, res.output
+        before = srv.request_count
+        ev = [*task_opts, "--split", "test", "--workflow", str(run_dir / "best.json"), *base]
+        again = runner.invoke(app, ["eval", *ev, "--run-dir", str(run_dir), "--out", str(tmp_path / "e1.json")])
+        assert again.exit_code == 0, again.output
+        assert srv.request_count == before
+        fresh = runner.invoke(app, ["eval", *ev, "--cache", str(tmp_path / "c.sqlite"), "--out", str(tmp_path / "e2.json")])
+        assert fresh.exit_code == 0, fresh.output
+        assert srv.request_count > before
+        first = json.loads((tmp_path / "e1.json").read_text())["results"][0]
+        second = json.loads((tmp_path / "e2.json").read_text())["results"][0]
+        assert first["score"] == second["score"] and first["n"] == second["n"] > 0
+        bad = runner.invoke(app, ["eval", *ev, "--run-dir", str(tmp_path)])
+        assert bad.exit_code != 0 and "not a run directory" in bad.output

@@ -153,3 +153,23 @@ def test_seed_workflow_from_task_fields():
     assert node.output.extract == "label" and node.output.labels == ["pos", "neg"]
     sc = build_baseline("sc", inputs=["text"], output="label", samples=3)
     assert len([n for n in sc.sketch.nodes if n.kind == "llm"]) == 3
+
+
+async def test_sc_k_baseline_shares_its_greedy_sample_with_cot():
+    """``sc3`` is three CoT samples and a vote; its first sample is the CoT call itself, so after the
+    CoT baseline was scored, self-consistency pays for two new samples per example, not three."""
+    from flowbot.api import aevaluate, resolve_seed
+    from flowbot.lm import ScriptedLM
+    from flowbot.lm.cache import ResponseCache
+
+    task = Task("t", data=ROWS, inputs=["q"], targets=["a"], metric="numeric")
+    sc3 = resolve_seed("sc3", task)
+    llm = [n for n in sc3.sketch.nodes if n.kind == "llm"]
+    assert len(llm) == 3 and [n.kind for n in sc3.sketch.nodes].count("merge") == 1
+    assert resolve_seed("sc5", task).sketch.signature() == resolve_seed("sc", task).sketch.signature()
+    cache = ResponseCache()
+    lm = ScriptedLM(default=lambda req, i: "Answer: 3")
+    cot = await aevaluate("cot", task, split="test", cache=cache, providers={"s": lm}, model="s")
+    sc = await aevaluate("sc3", task, split="test", cache=cache, providers={"s": lm}, model="s")
+    paid = (cot.usage["task"]["calls"], sc.usage["task"]["calls"])
+    assert (cot.calls, sc.calls) == (6, 18) and paid == (6, 12)

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Issue 16, phase 1: DROP (official F1) with the embedded Qwen2.5-Coder-1.5B-Instruct in every role.
+# The protocol (README.md beside this script) was fixed before the first run. Every command is
+# resumable: run the script again after an interruption and nothing already paid for is paid again;
+# on the committed run directories it pays zero calls and prints the same table.
+#   results/drop-1.5b/run.sh            # everything (baselines, then the search methods)
+#   results/drop-1.5b/run.sh baselines  # only the single-call baselines (and the seed on validation)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+OUT=results/drop-1.5b
+MODEL=qwen2.5-coder-1.5b
+DATA="--data-dir ${FLOWBOT_DATA_DIR:-../shared/datasets}"
+BASE=$OUT/baselines
+STAGE=${1:-all}
+mkdir -p "$BASE"
+
+# -- single-call baselines: test only (first 150 of AFlow's test fixture), temperature 0 except the
+#    sampled self-consistency copies (seeded); one shared cache, so CoT's greedy answer is also the
+#    first sample of CoT-SC.
+EVAL="flowbot eval --task drop $DATA --model $MODEL --concurrency 1 --cache $BASE/cache.sqlite"
+# the CoT seed on validation (first 50 of AFlow's validation fixture): every search method starts
+# from it, and each gets a copy of this cache, so the seed's answers are free to all of them alike
+$EVAL --split val --limit 50 -w cot --out $BASE/val-cot.json
+for w in cot io sc3 react; do
+  $EVAL --split test --limit 150 -w $w --out $BASE/test-$w.json
+done
+[ "$STAGE" = baselines ] && exit 0
+
+echo "search methods: added to this script when the search of issue 12 lands (see README.md)"
