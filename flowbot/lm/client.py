@@ -11,8 +11,9 @@ per-role usage meter, the budget, the concurrency limit and retries.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from flowbot.lm.base import Completion, LMRequest, LMTransientError, Message, Provider, Usage
@@ -65,6 +66,11 @@ class LMClient:
         return self.provider.model
 
     @property
+    def supports_schema(self) -> bool:
+        """Whether the provider enforces a request's JSON schema (else replies must be checked)."""
+        return bool(getattr(self.provider, "supports_schema", False))
+
+    @property
     def meter(self) -> UsageMeter:
         return self._shared.meter
 
@@ -106,8 +112,12 @@ class LMClient:
         n: int = 1,
         seed: int | None = None,
         stop: list[str] | None = None,
+        schema: dict[str, Any] | None = None,
     ) -> Completion:
-        """Return ``n`` samples; cached samples cost nothing, missing ones are fetched."""
+        """Return ``n`` samples; cached samples cost nothing, missing ones are fetched.
+
+        ``schema``: a JSON schema for the reply, passed to the provider and part of the cache key;
+        :func:`flowbot.lm.structured.complete_json` parses and validates the reply."""
         if n < 1:
             raise ValueError("n must be at least 1")
         request = LMRequest.of(
@@ -117,6 +127,7 @@ class LMClient:
             n=n,
             seed=self.default_seed if seed is None else seed,
             stop=stop,
+            schema=schema,
         )
         texts: list[str | None] = [None] * n
         usages: list[Usage] = [Usage() for _ in range(n)]
@@ -142,14 +153,8 @@ class LMClient:
         elif all(cached):
             self.meter.record_cached(self.role)
         for start, count in _missing_runs(cached):
-            sub = LMRequest(
-                messages=request.messages,
-                temperature=request.temperature,
-                max_tokens=request.max_tokens,
-                n=count,
-                seed=None if request.seed is None else request.seed + start,
-                stop=request.stop,
-            )
+            sub = dataclasses.replace(
+                request, n=count, seed=None if request.seed is None else request.seed + start)
             result = await self._paid_call(sub)
             per_sample = _split_usage(result.usage, count)
             for j in range(count):
