@@ -192,7 +192,7 @@ def _check_object(node: Mapping[str, Any], path: str, defs: set[str], bounded: b
         if name not in props:
             yield f"{where}: required {name!r} is not in properties, so the grammar can never produce it"
     extra = node.get("additionalProperties")
-    if extra is True or (extra is None and not props):
+    if extra is True or (extra is None and "properties" not in node):
         yield f"{where}: an object with arbitrary keys is not constrained; list properties and set additionalProperties false"
     elif isinstance(extra, Mapping):
         yield from _problems(extra, f"{path}/additionalProperties", defs, bounded)

@@ -158,6 +158,7 @@ def test_flowbots_schema_shapes_are_enforceable():
                        "pair": {"type": "array", "prefixItems": [{"type": "integer"}, {"type": "boolean"}]}},
         "required": ["steps"], "additionalProperties": False, "description": "annotations are fine"}
     assert unsupported_parts(nested, bounded=True) == []
+    assert unsupported_parts({"type": "object", "properties": {}}) == []  # only {} is allowed
 
 
 @pytest.mark.parametrize("schema, complaint", [
