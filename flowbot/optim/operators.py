@@ -42,6 +42,7 @@ from flowbot.graph.nodes import (
     ToolNode,
 )
 from flowbot.graph.sketch import Sketch, Workflow, WorkflowValidationError
+from flowbot.runtime.prompts import label_of
 
 __all__ = [
     "ANSWER_RULES", "OPERATORS", "Operator", "OperatorContext", "apply_operator", "context_for_task",
@@ -147,13 +148,9 @@ def _task(ctx: OperatorContext) -> str:
     return f"Task: {ctx.task_description.strip()}\n" if ctx.task_description.strip() else ""
 
 
-def _label(field: str) -> str:
-    return field.replace("_", " ").strip().lower()
-
-
 def _phrase(fields: Sequence[str]) -> str:
     """``["passage", "question"]`` -> ``"passage and question"``."""
-    labels = [_label(f) for f in fields] or ["inputs"]
+    labels = [label_of(f).lower() for f in fields] or ["inputs"]
     return labels[0] if len(labels) == 1 else ", ".join(labels[:-1]) + " and " + labels[-1]
 
 
@@ -169,6 +166,17 @@ def _splice(wf: Workflow, target: str, new_nodes: list[Any], params: dict[str, N
     all_params = {k: v for k, v in wf.params.items() if k != target}
     all_params.update(params)
     return wf.model_copy(update={"sketch": wf.sketch.model_copy(update={"nodes": nodes}), "params": all_params})
+
+
+def _gate_like(wf: Workflow, node_id: str, new_ids: list[str]) -> Workflow:
+    """Put ``new_ids`` on the branch route of ``node_id`` (steps only it needs run only with it)."""
+    gate = wf.sketch.gates().get(node_id)
+    if gate is None:
+        return wf
+    branch = wf.sketch.node(gate[0])
+    routes = {k: v + new_ids if k == gate[1] else v for k, v in branch.routes.items()}
+    nodes = [n.model_copy(update={"routes": routes}) if n.id == branch.id else n for n in wf.sketch.nodes]
+    return wf.model_copy(update={"sketch": wf.sketch.model_copy(update={"nodes": nodes})})
 
 
 def _gated(sketch: Sketch, node_id: str) -> bool:
@@ -191,8 +199,8 @@ def _answer_rule(sketch: Sketch, field: str) -> str | None:
 
 
 def _answerish(wf: Workflow, field: str) -> bool:
-    """Does ``field`` hold an answer (not notes, quotes or code): what a removed step's readers can
-    read instead."""
+    """Does ``field`` hold an answer (a final answer, code or a full solution; not notes or quotes):
+    what the readers of a removed step can read instead."""
     w = wf.sketch.writer_of(field)
     if isinstance(w, LLMNode):
         return w.output.extract in ANSWER_RULES + ("code", "reasoning")
@@ -427,7 +435,7 @@ class ExtractThenAnswer(_Base):
             # demos showed the whole passage; the inner loop bootstraps new ones for the new inputs
             target.id: base.model_copy(update={"instruction": instruction, "demos": []}, deep=True),
         }
-        return _splice(wf, target.id, [quote, answer], params)
+        return _gate_like(_splice(wf, target.id, [quote, answer], params), target.id, [quote.id])
 
 
 # -- 5. verify and revise ------------------------------------------------------------------------
@@ -533,25 +541,24 @@ def _succeeds(fn: Callable[[], Any]) -> bool:
 def _removal_plan(wf: Workflow, node: Node, ctx: OperatorContext) -> Plan | None:
     """How to remove ``node`` so that its readers read a sensible replacement, or None."""
     s = wf.sketch
-    if isinstance(node, BranchNode) or isinstance(node, ToolNode):
+    if isinstance(node, (BranchNode, ToolNode)):
         return None  # a branch's routes and a tool's consumers lose their meaning without them
     readers = s.readers_of(node.writes)
-    is_output = node.writes in s.outputs
-    # a sample or fallback that only feeds merges with other inputs: the merges lose one input
-    if not is_output and readers and all(isinstance(r, MergeNode) and len(r.reads) >= 2 for r in readers):
+    revised = [f for f in node.reads if f not in s.inputs and _answerish(wf, f)]
+    if isinstance(node, LLMNode) and revised:  # a verifier or a formatter: its readers read the draft again
+        return lambda w: _replace_by(w, node.id, revised[-1])
+    # a sample or a fallback that only feeds merges with other inputs: the merges lose one input
+    if node.writes not in s.outputs and readers and all(isinstance(r, MergeNode) and len(r.reads) >= 2
+                                                        for r in readers):
         return lambda w: _drop_from_merges(w, node.id)
-    if isinstance(node, MergeNode):
+    if isinstance(node, MergeNode):  # a vote or a pick: the first answer that always runs takes over
         if _gated(s, node.id) or len(node.reads) < 2:
             return None
         ungated = [f for f in node.reads if not _gated(s, getattr(s.writer_of(f), "id", "")) and _answerish(wf, f)]
         return (lambda w: _replace_by(w, node.id, ungated[0])) if ungated else None
-    assert isinstance(node, LLMNode)
-    revised = [f for f in node.reads if f not in s.inputs and _answerish(wf, f)]
-    if revised:  # a verifier or a formatter: its readers read the draft again
-        return lambda w: _replace_by(w, node.id, revised[-1])
     sources = [f for f in node.reads if f in ctx.context_fields]
-    if (not is_output and node.output.extract == "text" and len(sources) == 1 and readers
-            and all(isinstance(r, LLMNode) for r in readers)):
+    if (isinstance(node, LLMNode) and node.output.extract == "text" and node.writes not in s.outputs
+            and len(sources) == 1 and readers and all(isinstance(r, LLMNode) for r in readers)):
         return lambda w: _replace_by(w, node.id, sources[0])  # a quoting step: read the passage again
     return None
 

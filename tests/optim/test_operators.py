@@ -406,3 +406,24 @@ async def test_chain_of_operators_runs_through_the_executor():
     trace = await run(wf, client, passage="A 12-yard field goal.", question="How long was the field goal?")
     assert trace.outputs == {"answer": "12"} and trace.error is None
     assert len(provider.calls) == 4
+
+
+def test_remove_a_verifier_inside_a_vote_gives_the_sample_its_answer_rule_back():
+    ctx = bench_ctx("gsm8k")
+    sc = apply_operator(benchmark_baseline("gsm8k", "cot"), "self_consistency", "solve", ctx, k=3)
+    checked = apply_operator(sc, "verify_and_revise", "solve_2", ctx)
+    assert checked.sketch.node("solve_2").output.extract == "reasoning"
+    back = apply_operator(checked, "remove_step", "verify_solve_2", ctx)
+    assert back.sketch.node("solve_2").output.extract == "number"
+    assert back.sketch.node("solve_merge").reads == ["answer_1", "draft_solution", "answer_3"]
+
+
+async def test_extract_then_answer_on_a_fallback_quotes_only_when_the_fallback_runs():
+    ctx = bench_ctx("drop")
+    wf = apply_operator(pot("drop"), "extract_then_answer", "solve", ctx)
+    assert wf.sketch.node("check_program").routes["fallback"] == ["solve", "quote_evidence"]
+    provider, client = scripted((PROGRAM, program_reply("print(12)")), (r"Copy the sentences", "A 12-yard goal."),
+                                (COT, "Answer: 11"))
+    trace = await run(wf, client, passage="A 12-yard goal.", question="How long was the goal?")
+    assert trace.outputs == {"answer": "12"} and trace.nodes["quote_evidence"].skipped
+    assert len(provider.calls) == 1
