@@ -9,7 +9,7 @@ from typing import Any
 from flowbot.tasks.loaders import DataError
 
 _KEYS = {"name", "data", "train", "val", "test", "inputs", "targets", "target", "metric", "split", "seed",
-         "output", "labels", "description", "extract"}
+         "output", "labels", "description", "extract", "tools", "context_fields"}
 _PATH_KEYS = ("data", "train", "val", "test")
 
 
