@@ -26,7 +26,8 @@ from flowbot.lm.budget import Budget, UsageMeter
 from flowbot.lm.cache import ResponseCache
 from flowbot.optim.aflow import AFlowConfig
 from flowbot.optim.archive import Objective
-from flowbot.optim.driver import OptimizationResult, OptimizeConfig, TaskData, run_optimization
+from flowbot.optim.driver import (BudgetConfig, OptimizationResult, OptimizeConfig, RacingConfig, TaskData,
+                                  run_optimization)
 from flowbot.optim.estimate import Estimate, estimate_run
 from flowbot.optim.inner import InnerConfig
 from flowbot.optim.outer import OuterConfig
@@ -197,7 +198,7 @@ def _cache(cache: str | Path | ResponseCache | None | bool) -> ResponseCache | N
 
 # -- optimization --------------------------------------------------------------------------------
 def _make_config(method: str, objective: str, cost_weight: float, inner: Any, outer: Any, aflow: Any,
-                 **sizes: Any) -> OptimizeConfig:
+                 racing: Any = None, budget_plan: Any = None, **sizes: Any) -> OptimizeConfig:
     def build(kind: type, value: Any) -> Any:
         if value is None:
             return kind()
@@ -209,8 +210,17 @@ def _make_config(method: str, objective: str, cost_weight: float, inner: Any, ou
         raise ValueError(f"unknown method {method!r}; use flowbot, inner-only or aflow")
     if objective not in ("score", "cost"):
         raise ValueError(f"unknown objective {objective!r}; use 'score' or 'cost'")
-    return OptimizeConfig(method=method, inner=build(InnerConfig, inner), outer=build(OuterConfig, outer),
-                          aflow=build(AFlowConfig, aflow), objective=Objective(objective, cost_weight), **sizes)
+    plan = build(BudgetConfig, budget_plan)
+    if plan.scope not in ("all", "search"):
+        raise ValueError(f"unknown budget scope {plan.scope!r}; use 'all' or 'search'")
+    outer_cfg, race_cfg = build(OuterConfig, outer), build(RacingConfig, racing)
+    if outer_cfg.proposal not in ("llm", "fixed"):
+        raise ValueError(f"unknown proposal policy {outer_cfg.proposal!r}; use 'llm' or 'fixed'")
+    if race_cfg.margin < 1 or not 0 < race_cfg.alpha <= 1:
+        raise ValueError("racing needs margin ≥ 1 and 0 < alpha ≤ 1")
+    return OptimizeConfig(method=method, inner=build(InnerConfig, inner), outer=outer_cfg,
+                          aflow=build(AFlowConfig, aflow), racing=race_cfg, budget=plan,
+                          objective=Objective(objective, cost_weight), **sizes)
 
 
 def default_run_dir(task: Task, method: str, config: dict[str, Any]) -> Path:
@@ -223,14 +233,17 @@ def prepare_run(task: Task | str, *, seed: Any = "cot", model: str | None = None
                 optimizer_model: str | None = None, base_url: str | None = None,
                 optimizer_base_url: str | None = None, budget: Any = None, objective: str = "score",
                 cost_weight: float = 0.05, method: str = "flowbot", run_dir: str | Path | None = None,
-                inner: Any = None, outer: Any = None, aflow: Any = None, train_size: int | None = 40,
+                inner: Any = None, outer: Any = None, aflow: Any = None, racing: Any = None,
+                budget_scope: str = "all", budget_shares: dict[str, float] | None = None,
+                train_size: int | None = 40,
                 val_size: int | None = 20, test_size: int | None = None, concurrency: int = 4,
                 random_seed: int = 0, data_dir: str | Path | None = None, progress: bool = False,
                 evaluate_test: bool = True, providers: dict[str, Provider] | None = None) -> "PreparedRun":
     task = get_task(task, data_dir)
     seed_wf = resolve_seed(seed, task)
     _check_fields(seed_wf, task)
-    cfg = _make_config(method, objective, cost_weight, inner, outer, aflow, train_size=train_size,
+    cfg = _make_config(method, objective, cost_weight, inner, outer, aflow, racing,
+                       {"scope": budget_scope, **(budget_shares or {})}, train_size=train_size,
                        val_size=val_size, test_size=test_size, concurrency=concurrency, seed=random_seed,
                        progress=progress, evaluate_test=evaluate_test)
     budget_obj = _budget(budget)
@@ -278,9 +291,14 @@ class PreparedRun:
         return task_pool, opt_pool
 
     async def arun(self, callbacks: Iterable[Callable[[dict[str, Any]], None]] = ()) -> OptimizationResult:
+        refusal = self.estimate().refusal
+        if refusal is not None and not (Path(self.run_dir) / "config.json").exists():
+            raise ValueError(refusal)  # before anything is paid or written
         rd = RunDir(self.run_dir)
         run_id, resumed = rd.start(self.settings)
         rd.clear_stop()
+        if resumed:
+            self.budget.resume_time(rd.elapsed_before())
         cache = ResponseCache(rd.cache_path)
         task_pool, opt_pool = self._pools(cache, run_id)
         for cb in callbacks:
@@ -289,7 +307,8 @@ class PreparedRun:
         metric = _bind_judge(task.metric, opt_pool, None)
         data = TaskData(name=task.name, description=task.description or task.describe(),
                         output_field=task.output, target_fields=task.targets, metric=metric,
-                        train=task.examples("train"), val=task.examples("val"), test=task.examples("test"))
+                        train=task.examples("train"), val=task.examples("val"), test=task.examples("test"),
+                        tools=getattr(task, "tools", None), context_fields=list(getattr(task, "context_fields", ())))
         try:
             return await run_optimization(
                 data, self.seed, task_pool.client(), opt_pool.client(role="optimizer"), tools=default_tools(),
@@ -309,7 +328,10 @@ def optimize(task: Task | str, *, seed: Any = "cot", model: str | None = None, o
 
     ``seed``: a baseline name (io, cot, sc, react), a workflow file or object. ``budget``: dollars,
     a dict such as ``{"calls": 300, "tokens": 2e6, "usd": 5, "seconds": 3600}`` or a Budget; it caps
-    every role (task, optimizer, judge) together. ``objective``: ``score`` or ``cost`` (score minus
+    every role (task, optimizer, judge) together, the final test evaluation included
+    (``budget_scope="search"``: the cap is the search's alone and the test is paid and reported
+    apart). Candidates are judged by paired racing against the incumbent (``racing={"margin": 2,
+    "alpha": 0.15}``). ``objective``: ``score`` or ``cost`` (score minus
     ``cost_weight`` × cost per example). ``callbacks`` receive every run event as a dict. Other
     options: ``method`` (flowbot, inner-only, aflow), ``inner``/``outer``/``aflow`` settings,
     ``train_size``, ``val_size``, ``test_size``, ``concurrency``, ``random_seed``, ``base_url``,

@@ -16,10 +16,14 @@ import weakref
 from dataclasses import dataclass
 from typing import Any
 
-from flowbot.lm.base import Completion, LMRequest, LMTransientError, Message, Provider, Usage
+from flowbot.lm.base import Completion, LMError, LMRequest, LMTransientError, Message, Provider, Usage
 from flowbot.lm.budget import Budget, UsageMeter
 from flowbot.lm.cache import ResponseCache, cache_key
 from flowbot.lm.retry import RetryPolicy
+
+
+class CacheMiss(LMError):
+    """A cache-only client was asked for a response that is not cached."""
 
 
 @dataclass
@@ -57,6 +61,7 @@ class LMClient:
         self.budget = budget
         self.retry = retry or RetryPolicy()
         self.default_seed = default_seed
+        self._cache_only = False
         limit = max_concurrency or getattr(provider, "max_concurrency", 8)
         self._shared = _Shared(weakref.WeakKeyDictionary(), limit, meter or UsageMeter(), cache, run_id, set())
 
@@ -90,6 +95,11 @@ class LMClient:
 
     def with_role(self, role: str) -> "LMClient":
         return self._view(role=role)
+
+    def cache_only(self) -> "LMClient":
+        """A view that answers from the cache alone: a request that is not cached raises
+        :class:`CacheMiss` instead of being paid (nothing is sent, no model is loaded)."""
+        return self._view(_cache_only=True)
 
     def _semaphore(self) -> asyncio.Semaphore:
         # One per event loop: the sync API runs each call in a fresh loop, and an asyncio
@@ -134,6 +144,8 @@ class LMClient:
         cached = [False] * n
         cache = self._shared.cache
         keys = [cache_key(self.provider.cache_id, request, i) for i in range(n)] if cache is not None else []
+        if self._cache_only:
+            return self._from_cache_only(request, keys)
         replayed = Usage()
         n_replayed = 0
         if cache is not None:
@@ -168,6 +180,19 @@ class LMClient:
         for u in usages:
             total = total + u
         return Completion(texts=[t or "" for t in texts], usage=total, model=self.model, cached=cached)
+
+    def _from_cache_only(self, request: LMRequest, keys: list[str]) -> Completion:
+        """Answer from the cache without charging or marking anything; a response this run paid for
+        in an earlier session counts as missing (it was not cached when the run began)."""
+        cache, own = self._shared.cache, self._shared.run_id
+        hits = [cache.get(k) if cache is not None else None for k in keys] or [None]
+        if any(h is None or (own is not None and h.origin == own) for h in hits):
+            raise CacheMiss(f"{self.model}: response not in the cache")
+        usage = Usage()
+        for h in hits:
+            usage = usage + h.usage  # type: ignore[union-attr]
+        return Completion(texts=[h.text for h in hits], usage=usage, model=self.model,  # type: ignore[union-attr]
+                          cached=[True] * len(hits))
 
     async def _paid_call(self, request: LMRequest) -> Completion:
         async with self._semaphore():

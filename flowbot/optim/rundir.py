@@ -6,6 +6,7 @@
       cache.sqlite    every LM response (re-running the command pays for nothing already here)
       best.json       the best workflow so far (rewritten atomically on each improvement)
       summary.json    the final result
+      sessions.json   when each session started and last logged (time budgets span sessions)
       STOP            create this file to stop the run cleanly
 
 Resuming replays the run from its cache: the loops make the same calls and get the same answers,
@@ -109,6 +110,9 @@ class RunDir:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self.events = EventLog(self.path / "events.jsonl")
+        self._earlier_sessions: list[dict[str, float]] = list(self.read_json("sessions.json") or [])
+        self._this_session = {"start": time.time(), "last": time.time()}
+        self.events.listeners.append(self._touch_session)
 
     @property
     def cache_path(self) -> Path:
@@ -148,6 +152,16 @@ class RunDir:
         saved["wall_s_total"] = saved.get("wall_s_total", 0.0) + seconds
         path.write_text(json.dumps(saved, indent=2), encoding="utf-8")
         return saved["wall_s_total"]
+
+    def elapsed_before(self) -> float:
+        """Wall time the run's earlier sessions spent (``sessions.json``: each session's start and
+        its last event, so a session that was killed counts up to its last event)."""
+        return sum(max(0.0, x["last"] - x["start"]) for x in self._earlier_sessions)
+
+    def _touch_session(self, event: dict[str, Any], replayed: bool) -> None:
+        now = time.time()
+        self._this_session["last"] = now
+        self.write_json("sessions.json", self._earlier_sessions + [self._this_session])
 
     def clear_stop(self) -> None:
         if self.stop_file.exists():

@@ -184,3 +184,29 @@ async def test_a_json_schema_constrains_decoding_and_combines_with_prefix_reuse(
     warm = await complete_json(lm, ask, schema, max_tokens=64)
     assert provider.stats.prompt_tokens_reused > reused_before
     assert warm.texts == cold.texts
+
+
+async def test_a_proposal_decoded_under_the_parents_schema_applies(provider):
+    """The 0.5B, constrained by the proposal schema of the DROP CoT seed, writes an edit that applies."""
+    from flowbot.lm.structured import complete_json
+    from flowbot.optim.operators import apply_operator, context_for_task
+    from flowbot.optim.proposal import match_choice, new_choices, proposal_schema
+    from flowbot.tasks.baselines import benchmark_baseline
+    from flowbot.tasks.benchmarks import BENCHMARKS
+    from flowbot.tools import default_registry
+
+    ctx = context_for_task(BENCHMARKS["drop"], default_registry().signatures())
+    parent = benchmark_baseline("drop", "cot")
+    choices = new_choices(parent, ctx, set())
+    schema = proposal_schema(choices, critique_chars=120)
+    messages = [{"role": "system", "content": "You improve the structure of AI workflows."},
+                {"role": "user", "content": "The workflow answers reading-comprehension questions with arithmetic "
+                 "in one step and often miscounts. Pick one edit. Reply with JSON: a short critique, then the edit."}]
+    reply = await complete_json(LMClient(provider, role="optimizer"), messages, schema, max_tokens=120)
+    assert reply.status == "valid" and reply.constrained
+    choice = match_choice(choices, reply.value["edit"])
+    assert choice is not None
+    edit = reply.value["edit"]
+    child = apply_operator(parent, edit["op"], edit["target"], ctx,
+                           **{k: v for k, v in edit.items() if k not in ("op", "target")})
+    child.check(ctx.tools)
