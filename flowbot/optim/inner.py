@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from flowbot.graph.nodes import Demo, LLMNode
@@ -48,25 +48,8 @@ class InnerConfig:
     seed: int = 0
 
 
-@dataclass
-class StepRecord:
-    step: int
-    node_id: str
-    change: str  # "instruction", "demos" or "tools"
-    old: str
-    new: str
-    gradient: str
-    minibatch_before: float
-    minibatch_after: float | None
-    val_before: float
-    val_after: float | None
-    accepted: bool
-    reason: str
-    cost: dict[str, dict[str, Any]] = field(default_factory=dict)  # role -> usage during the step
-    race: dict[str, Any] | None = None  # the validation race (see optim.racing)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+#: one judged change (an instruction rewrite or a demo set): the record is the run event itself
+StepRecord = InnerCandidate
 
 
 @dataclass
@@ -312,7 +295,7 @@ class InnerLoop:
         record.cost = _usage_delta(usage0, self.meter.snapshot())
         state.usage_mark = None
         state.records.append(record)
-        self.emit(InnerCandidate(**record.to_dict()))
+        self.emit(record)
         return forward, record.accepted
 
 

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 import flowbot
 from flowbot.cli.main import app
-from flowbot.lm import LMRequest, ScriptedLM
+from flowbot.lm import ScriptedLM
 from flowbot.lm.testing import OpenAITestServer
 
 RULE = "NEGATION RULE"

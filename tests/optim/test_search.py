@@ -1,16 +1,15 @@
 """The shared structure-search skeleton with a scripted expander: races, acceptance, tuning of
 winners only, budget pricing, and what the run records."""
 
-import pytest
 
 from flowbot.graph import LLMNode, NodeParams, OutputFormat, Sketch, Workflow
 from flowbot.lm import Budget, LMClient, LMRequest, ScriptedLM, UsageMeter
-from flowbot.optim.archive import Archive, ArchiveEntry
+from flowbot.optim.archive import ArchiveEntry
 from flowbot.optim.budgeting import BudgetPlan, Price
 from flowbot.optim.evaluation import Evaluator
 from flowbot.optim.policies import UCBSelection
 from flowbot.optim.racing import PairedRacing
-from flowbot.optim.search import ProposalCounts, Proposed, SearchConfig, StructureSearch, Tuned
+from flowbot.optim.search import Proposed, SearchConfig, StructureSearch, Tuned
 from flowbot.runtime import Executor
 
 
