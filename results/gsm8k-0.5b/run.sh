@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Issue 16, phase 2: GSM8K (final-number accuracy), task model the embedded Qwen2.5-Coder-0.5B,
+# optimizer model the 1.5B. Same design as phase 1 (results/drop-1.5b/README.md). Resumable; on the
+# committed run directories it pays zero calls.
+#   results/gsm8k-0.5b/run.sh            # baselines, then the search methods
+#   results/gsm8k-0.5b/run.sh baselines  # only the single-call baselines (and the seed on validation)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+OUT=results/gsm8k-0.5b
+BASE=$OUT/baselines
+STAGE=${1:-all}
+mkdir -p "$BASE"
+# GSM8K's training sample and AFlow's validation and test fixtures ship with FlowBot (no --data-dir)
+EVAL="flowbot eval --task gsm8k --model qwen2.5-coder-0.5b --concurrency 1 --cache $BASE/cache.sqlite"
+$EVAL --split val --limit 50 -w cot --out $BASE/val-cot.json
+for w in cot io sc3 react; do
+  $EVAL --split test --limit 150 -w $w --out $BASE/test-$w.json
+done
+[ "$STAGE" = baselines ] && exit 0
+exec "$OUT/methods.sh"
