@@ -427,7 +427,7 @@ def _record_command(rd: RunDir, command: str | None) -> None:
     if command is None:
         return
     config = rd.read_json("config.json") or {}
-    config["command"] = command
+    config["command"], config["cwd"] = command, os.getcwd()
     rd.write_json("config.json", config)
 
 
