@@ -121,7 +121,7 @@ class MlflowRun:
     with :meth:`on_event`; wrap the work in :meth:`tracing`; end it with :meth:`finish`."""
 
     def __init__(self, client: Any, run_id: str, experiment_id: str, run_dir: Path, skip_replayed: bool,
-                 restore_uri: str | None) -> None:
+                 restore_uri: tuple[str | None] | None) -> None:
         self.client = client
         self.run_id = run_id
         self.experiment_id = experiment_id
@@ -148,11 +148,11 @@ class MlflowRun:
         previous = mlflow.get_tracking_uri()
         uri = tracking_uri or previous
         # MLflow exports traces to the process's tracking URI, whatever the client says: set it
-        # for the run, and put the old one back in finish()
-        restore = None
+        # for the run, and put the old setting back in finish() (None: there was none)
+        restore: tuple[str | None] | None = None
         if uri != previous:
+            restore = (previous if mlflow.tracking.is_tracking_uri_set() else None,)
             mlflow.set_tracking_uri(uri)
-            restore = previous
         client = MlflowClient(tracking_uri=uri)
         name = experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
         found = client.get_experiment_by_name(name)
@@ -254,7 +254,7 @@ class MlflowRun:
                           RuntimeWarning, stacklevel=2)
         finally:
             if self._restore_uri is not None:
-                mlflow.set_tracking_uri(self._restore_uri)
+                mlflow.set_tracking_uri(self._restore_uri[0])  # None also clears $MLFLOW_TRACKING_URI it set
 
 
 def _num(value: Any) -> float:
