@@ -141,6 +141,7 @@ async def evaluate_examples(
         await asyncio.gather(*(one(i, ex) for i, ex in enumerate(examples)))
     finally:
         if owns_bar and bar is not None:
+            bar.refresh()  # the final count (Jupyter shows only what was last refreshed)
             bar.stop()
     return collect(results, len(examples), stop_reason, start)
 

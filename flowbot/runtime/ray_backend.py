@@ -320,6 +320,7 @@ class RayBackend:
             if relay is not None:
                 relay.cancel()
             if owns_bar and bar is not None:
+                bar.refresh()  # the final count (Jupyter shows only what was last refreshed)
                 bar.stop()
             if budget_actor is not None:
                 ray.kill(budget_actor)

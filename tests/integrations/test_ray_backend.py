@@ -1,0 +1,147 @@
+"""The Ray backend on a real local Ray cluster (started by the test with 2 CPUs), against the
+asyncio backend on the same cached run: same results, same spend, one cache, one budget."""
+
+import asyncio
+import json
+import re
+import shutil
+import sys
+
+import pytest
+
+ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'flowbot[ray]')")
+import cloudpickle  # noqa: E402  (ships with ray)
+
+import flowbot  # noqa: E402
+from flowbot.lm import LMRequest, ScriptedLM  # noqa: E402
+from flowbot.lm.base import Completion, Provider, Usage  # noqa: E402
+from flowbot.runtime.ray_backend import BackendError, RayBackend  # noqa: E402
+from flowbot.tasks import Task  # noqa: E402
+
+PRICE = (1e-6, 4e-6)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    # the scripted models below live in this test module, which the workers cannot import: ship it by value
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    backend = RayBackend()
+    yield backend
+    backend.shutdown()
+    ray.shutdown()
+
+
+def products(n: int, start: int) -> list[dict]:
+    return [{"id": f"p{i}", "question": f"{1000 + 37 * i}*{300 + 11 * i}", "answer": str((1000 + 37 * i) * (300 + 11 * i))}
+            for i in range(start, start + n)]
+
+
+def task() -> Task:
+    return Task("mult", train=products(6, 0), val=products(4, 100), test=products(10, 200), inputs=["question"],
+                targets=["answer"], metric="numeric", description="multiply two integers")
+
+
+def task_lm() -> ScriptedLM:
+    """Right only with a calculator result in its input (and then only for even first factors)."""
+    def reply(req: LMRequest, i: int) -> str:
+        results = re.findall(r"Calculator result:\n(\S+)", req.messages[-1][1])
+        a = int(re.findall(r"(\d+)\*", req.messages[-1][1])[-1])
+        return f"Answer: {results[-1] if results and a % 2 == 0 else 42}"
+    return ScriptedLM(default=reply, model="task", price_per_token=PRICE)
+
+
+def optimizer_lm() -> ScriptedLM:
+    edit = '{"op": "add_tool_step", "tool": "calculator", "consumer": "solve", "args": {"expression": "question"}}'
+    return ScriptedLM([
+        (r"propose ONE structural edit|Edit vocabulary", f"Use a calculator.\n```json\n{edit}\n```"),
+        (r"What is wrong with the output\?", "The product is wrong."),
+        (r"Reply with exactly these lines", "GRADIENT: compute the product exactly."),
+        (r"merge feedback", "- compute exactly"),
+        (r"<instruction>", "<instruction>Multiply exactly.</instruction>"),
+    ], model="optimizer", price_per_token=PRICE)
+
+
+def optimize(path, **kw):
+    return flowbot.optimize(task(), model="task", optimizer_model="optimizer", run_dir=path, test_size=4,
+                            providers={"task": task_lm(), "optimizer": optimizer_lm()}, train_size=6, val_size=4,
+                            inner={"steps": 1, "demos": 0}, outer={"rounds": 1, "patience": 1}, **kw)
+
+
+def evaluate(workflow, cache, backend=None, **kw):
+    return flowbot.evaluate(workflow, task(), split="test", model="task", providers={"task": task_lm()},
+                            cache=cache, backend=backend, concurrency=4, **kw)
+
+
+def per_example(ev) -> list[tuple]:
+    return [(r["id"], r["prediction"], r["score"], r["error"]) for r in ev.to_dict(traces=False)["examples"]]
+
+
+def test_same_results_and_spend_as_asyncio_on_a_cached_run(cluster, tmp_path):
+    run = tmp_path / "run"
+    optimize(run)
+    best = run / "best.json"
+    assert any(n["kind"] == "tool" for n in json.loads(best.read_text())["sketch"]["nodes"])  # tools run on workers
+    for name in ("local", "ray"):  # the same cache twice: the run tested 4 of these 10 examples
+        shutil.copy(run / "cache.sqlite", tmp_path / f"{name}.sqlite")
+    local = evaluate(best, tmp_path / "local.sqlite")
+    remote = evaluate(best, tmp_path / "ray.sqlite", backend=cluster)
+    assert per_example(remote) == per_example(local)
+    assert remote.score == local.score == 0.5
+    assert remote.usage == local.usage
+    u = remote.usage["task"]
+    assert u["cached_calls"] == 4 and u["calls"] == 6 and u["cost_usd"] > 0  # 4 from the run, 6 paid
+    again = evaluate(best, tmp_path / "ray.sqlite", backend=cluster)  # what the workers paid is in the file now
+    assert again.usage["task"]["calls"] == 0 and per_example(again) == per_example(local)
+
+
+def test_one_budget_across_workers(cluster, tmp_path):
+    local = evaluate("cot", tmp_path / "a.sqlite", budget={"calls": 5})
+    remote = evaluate("cot", tmp_path / "b.sqlite", backend=cluster, budget={"calls": 5})
+    assert remote.usage["task"]["calls"] == local.usage["task"]["calls"] == 5
+    assert remote.n == local.n == 5 and "5 calls" in remote.batch.stopped
+
+
+def test_a_whole_optimization_on_ray_matches_asyncio(cluster, tmp_path):
+    local = optimize(tmp_path / "local")
+    remote = optimize(tmp_path / "ray", backend=cluster)
+    assert (remote.best_id, remote.val_score, remote.test_score) == (local.best_id, local.val_score, local.test_score)
+    assert remote.usage == local.usage
+    assert [c["val_score"] for c in remote.candidates] == [c["val_score"] for c in local.candidates]
+
+
+class SlowLM(Provider):
+    model = "slow"
+    max_concurrency = 8
+
+    async def complete(self, request: LMRequest) -> Completion:
+        await asyncio.sleep(0.3)
+        return Completion(texts=["Answer: 1"] * request.n, usage=Usage(10, 2), model=self.model)
+
+
+def test_a_stop_condition_here_stops_the_workers(cluster, tmp_path):
+    from flowbot.lm.budget import Budget
+
+    budget = Budget(max_calls=100)
+    budget.add_stop_condition(lambda: "stop file found" if budget.spent.calls >= 2 else None)
+    ev = flowbot.evaluate("cot", task(), split="test", model="slow", providers={"slow": SlowLM()},
+                          cache=tmp_path / "s.sqlite", backend=cluster, concurrency=2, budget=budget)
+    assert ev.batch.stopped == "stop file found"
+    assert 2 <= ev.usage["task"]["calls"] < 10 and ev.n < 10  # relayed within a poll: not every example ran
+
+
+def test_clear_errors_for_what_cannot_run_on_ray(cluster, tmp_path):
+    from flowbot.lm.cache import ResponseCache
+
+    with pytest.raises(BackendError, match="in-memory cache"):
+        evaluate("cot", ResponseCache(), backend=cluster)
+    with pytest.raises(BackendError, match="Ray Client is not supported"):
+        RayBackend(address="ray://head:10001")
+
+    class Unshippable(ScriptedLM):
+        def __reduce__(self):
+            raise TypeError("holds a loaded model")
+
+    with pytest.raises(BackendError, match="cannot be shipped to Ray workers.*--base-url"):
+        flowbot.evaluate("cot", task(), model="task", providers={"task": Unshippable(default="x", model="task")},
+                         cache=tmp_path / "u.sqlite", backend=cluster)
