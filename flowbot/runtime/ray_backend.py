@@ -213,6 +213,7 @@ class RayBackend:
         if address and address.startswith("ray://"):
             raise BackendError(f"--ray-address {address}: Ray Client is not supported (the cache is shared by "
                                "file on this node); run flowbot on a cluster node, e.g. through `ray job submit`")
+        import_ray()  # fail now, with the install line, rather than after the run has started
         self.address = address
         self.workers = workers
         self.init_options = dict(init_options or {})
