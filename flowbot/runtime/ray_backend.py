@@ -45,6 +45,7 @@ from flowbot.runtime.trace import Trace
 from flowbot.tools.base import ToolRegistry
 
 MISSING_EXTRA = "the Ray backend needs ray: pip install 'flowbot[ray]'"
+WORKER_NAME = "flowbot-worker"
 #: how often the stop conditions of the executor's budget (STOP file, time) are relayed to the workers
 POLL_S = 0.25
 
@@ -262,12 +263,15 @@ class RayBackend:
         return self._specs[key][0]
 
     def _workers(self, ray: Any, concurrency: int) -> _Pool:
-        """One set of workers for every evaluation (a second set could wait forever for CPUs)."""
+        """One set of workers for every evaluation of this process: each holds a CPU, so a second
+        set could wait forever for CPUs. They are named actors in this driver's Ray namespace, so
+        every RayBackend of the process (the CLI's, a notebook's) shares them."""
         if self._pool is None:
             n = self.workers or max(1, min(concurrency, int(ray.cluster_resources().get("CPU", 1))))
             threads = max(4, math.ceil(concurrency / n))
             actor = ray.remote(num_cpus=1, max_concurrency=threads)(Worker)
-            self._pool = _Pool([actor.remote() for _ in range(n)], [0] * n)
+            workers = [actor.options(name=f"{WORKER_NAME}-{i}", get_if_exists=True).remote() for i in range(n)]
+            self._pool = _Pool(workers, [0] * n)
         return self._pool
 
     # -- one evaluation --------------------------------------------------------------------
@@ -328,7 +332,8 @@ class RayBackend:
         return collect(results, len(examples), stop_reason, start)
 
     def shutdown(self) -> None:
-        """Stop this backend's actors (the Ray cluster itself is left running)."""
+        """Stop the workers (shared by the process's backends) and this backend's cache actors; the
+        Ray cluster itself is left running."""
         ray = import_ray()
         for w in self._pool.workers if self._pool is not None else []:
             ray.kill(w)

@@ -128,3 +128,24 @@ def test_settings_flatten_to_params():
     assert flatten({"a": {"b": 1, "c": {"d": "x"}}, "e": None, "f": {}}) == {"a.b": "1", "a.c.d": "x", "e": "null",
                                                                             "f": "{}"}
     assert len(flatten({"long": "x" * 10_000})["long"]) == 500
+
+
+def test_the_cli_flag_logs_a_run(tmp_path):
+    from typer.testing import CliRunner
+
+    from flowbot.cli.main import app
+    from flowbot.lm.testing import OpenAITestServer
+
+    rows = tmp_path / "d.jsonl"
+    rows.write_text("".join(json.dumps(r) + "\n" for r in products(20, 0)))
+    uri = f"sqlite:///{tmp_path / 'cli.db'}"
+    with OpenAITestServer(reply="Answer: 7") as srv:
+        res = CliRunner().invoke(app, ["optimize", "--data", str(rows), "--input", "question", "--target", "answer",
+                                       "--metric", "numeric", "--model", "served", "--base-url", srv.base_url,
+                                       "--steps", "0", "--rounds", "0", "--train-size", "4", "--val-size", "3",
+                                       "--run-dir", str(tmp_path / "run"), "--mlflow-uri", uri])
+    assert res.exit_code == 0, res.output
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    (mrun,) = client.search_runs([client.get_experiment_by_name("flowbot").experiment_id])
+    assert mrun.data.params["model"] == "served" and mrun.data.tags["flowbot.stopped"] == "no"
+    assert "report.html" in {a.path for a in client.list_artifacts(mrun.info.run_id)}

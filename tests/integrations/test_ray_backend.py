@@ -145,3 +145,34 @@ def test_clear_errors_for_what_cannot_run_on_ray(cluster, tmp_path):
     with pytest.raises(BackendError, match="cannot be shipped to Ray workers.*--base-url"):
         flowbot.evaluate("cot", task(), model="task", providers={"task": Unshippable(default="x", model="task")},
                          cache=tmp_path / "u.sqlite", backend=cluster)
+
+
+def test_cli_eval_on_ray_over_http_matches_asyncio(cluster, tmp_path):
+    """``flowbot eval --backend ray``: providers reach the workers by pickling (an HTTP client to a
+    real local server here), and a second backend in the process shares the workers."""
+    from typer.testing import CliRunner
+
+    from flowbot.cli.main import app
+    from flowbot.lm.testing import OpenAITestServer
+
+    rows = tmp_path / "d.jsonl"
+    rows.write_text("".join(json.dumps(r) + "\n" for r in products(10, 0)))
+
+    def brain(body):
+        a, b = map(int, re.findall(r"(\d+)\*(\d+)", body["messages"][-1]["content"])[-1])
+        return f"Answer: {a * b if a % 2 == 0 else 7}"
+
+    runner = CliRunner()
+    with OpenAITestServer(reply=brain) as srv:
+        args = ["eval", "--data", str(rows), "--input", "question", "--target", "answer", "--metric", "numeric",
+                "--model", "served", "--base-url", srv.base_url, "--split", "train", "--no-traces"]
+        local = runner.invoke(app, [*args, "--cache", str(tmp_path / "a.sqlite"), "--out", str(tmp_path / "a.json")])
+        assert local.exit_code == 0, local.output
+        paid_locally = srv.request_count
+        remote = runner.invoke(app, [*args, "--cache", str(tmp_path / "b.sqlite"), "--out", str(tmp_path / "b.json"),
+                                     "--backend", "ray"])
+        assert remote.exit_code == 0, remote.output
+        assert srv.request_count == 2 * paid_locally > 0
+    a, b = (json.loads((tmp_path / f"{n}.json").read_text())["results"][0] for n in ("a", "b"))
+    assert [e["prediction"] for e in a["examples"]] == [e["prediction"] for e in b["examples"]]
+    assert a["score"] == b["score"] and a["usage"] == b["usage"]
