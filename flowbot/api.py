@@ -167,11 +167,12 @@ async def aevaluate(
     cache_obj = _cache(cache)
     pool = ModelPool(model, base_url=base_url, cache=cache_obj, meter=UsageMeter(), budget=budget_obj,
                      providers=providers, seed=seed, prices=per_token_prices(prices))
-    roles = {"task": (pool.default, pool.provider().price_per_token())} | _node_models(wf, pool)
-    if isinstance(task.metric, LLMJudge) and not task.metric.bound:
-        name = judge_model or task.metric.model or pool.default
-        roles["judge"] = (name, pool.provider(name).price_per_token())
-    require_prices(budget_obj.limits.max_usd, roles)
+    if budget_obj.limits.max_usd is not None:  # a dollar cap needs every model's price
+        roles = {"task": (pool.default, pool.provider().price_per_token())} | _node_models(wf, pool)
+        if isinstance(task.metric, LLMJudge) and not task.metric.bound:
+            name = judge_model or task.metric.model or pool.default
+            roles["judge"] = (name, pool.provider(name).price_per_token())
+        require_prices(budget_obj.limits.max_usd, roles)
     metric = _bind_judge(task.metric, pool, judge_model)
     examples = task.examples(split, limit)
     executor = Executor(pool.client(), tools=default_tools(), models=pool.resolver())
@@ -249,7 +250,7 @@ def resolved_models(model: str | None, optimizer_model: str | None, base_url: st
     """The model names (and servers) a run will use, as resolved now: the same command with and
     without a provider key in the environment is a different run."""
     task_model = model or default_model()
-    if not base_url and not model and os.environ.get("FLOWBOT_BASE_URL") and task_model == os.environ.get("FLOWBOT_MODEL"):
+    if not base_url and os.environ.get("FLOWBOT_BASE_URL") and task_model == os.environ.get("FLOWBOT_MODEL"):
         base_url = os.environ["FLOWBOT_BASE_URL"]  # make_provider serves the environment's default model there
     return {"model": task_model, "optimizer_model": optimizer_model or task_model, "base_url": base_url,
             "optimizer_base_url": optimizer_base_url}
@@ -348,9 +349,11 @@ class PreparedRun:
                             task_price=pools[0].provider().price_per_token(),
                             optimizer_price=pools[1].provider().price_per_token())
 
-    def _check_prices(self, pools: tuple[ModelPool, ModelPool]) -> None:
+    def _check_prices(self, pools: tuple[ModelPool, ModelPool] | None = None) -> None:
         """Refuse a dollar budget over any model whose price is unknown (it would count $0)."""
-        task_pool, opt_pool = pools
+        if self.budget.limits.max_usd is None:
+            return
+        task_pool, opt_pool = pools or self._pools(cache=None, run_id=None)
         roles = {"task": (task_pool.default, task_pool.provider().price_per_token()),
                  "optimizer": (opt_pool.default, opt_pool.provider().price_per_token())}
         roles |= _node_models(self.seed, task_pool)
@@ -376,7 +379,7 @@ class PreparedRun:
                    command: str | None = None) -> OptimizationResult:
         """Run (or resume) the optimization. ``command`` is recorded in config.json as the way to
         resume it (``flowbot runs`` shows it)."""
-        self._check_prices(self._pools(cache=None, run_id=None))
+        self._check_prices()
         rd = RunDir(self.run_dir)
         run_id, resumed = rd.start(self.settings)
         rd.clear_stop()

@@ -44,6 +44,11 @@ def optimizer_lm() -> ScriptedLM:
     ], model="optimizer", price_per_token=PRICE)
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # MLflow puts a SQLite store's artifacts in ./mlruns
+
+
 def run(path, uri, **kw):
     return flowbot.optimize(task(), model="task", optimizer_model="optimizer", run_dir=path, mlflow=uri,
                             providers={"task": task_lm(), "optimizer": optimizer_lm()}, train_size=6, val_size=4,
