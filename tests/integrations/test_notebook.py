@@ -56,7 +56,7 @@ def stdout(messages) -> str:
 
 def test_sync_api_and_progress_widget_in_a_running_kernel(kernel):
     execute(kernel, SETUP)
-    messages = execute(kernel, textwrap.dedent(f'''
+    messages = execute(kernel, textwrap.dedent('''
         ev = flowbot.evaluate("cot", task, split="test", model="m", providers=lm(), cache=False, progress=True)
         print("loop running:", asyncio.get_event_loop().is_running(), "score:", ev.score, "n:", ev.n)
     '''))
