@@ -24,6 +24,7 @@ _EXPORTS = {
     "evaluate": "flowbot.api",
     "aevaluate": "flowbot.api",
     "optimize": "flowbot.api",
+    "aoptimize": "flowbot.api",
     "estimate": "flowbot.api",
     "EvalResult": "flowbot.api",
     "OptimizationResult": "flowbot.optim.driver",

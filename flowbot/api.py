@@ -11,9 +11,10 @@ Complete examples: ``docs/own-task.md`` (bring your own task) and the README.
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import hashlib
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,6 +25,8 @@ from flowbot.graph.sketch import Workflow as IRWorkflow
 from flowbot.lm.base import Provider
 from flowbot.lm.budget import Budget, UsageMeter
 from flowbot.lm.cache import ResponseCache
+from flowbot.lm.pricing import per_token_prices, require_prices
+from flowbot.lm.resolve import default_model
 from flowbot.optim.aflow import AFlowConfig
 from flowbot.optim.archive import Objective
 from flowbot.optim.driver import (BudgetConfig, OptimizationResult, OptimizeConfig, RacingConfig, TaskData,
@@ -32,14 +35,17 @@ from flowbot.optim.estimate import Estimate, estimate_run
 from flowbot.optim.inner import InnerConfig
 from flowbot.optim.outer import OuterConfig
 from flowbot.optim.rundir import RunDir
+from flowbot.runtime.backends import Backend, make_backend, use_backend
 from flowbot.runtime.batch import BatchResult, evaluate_examples
 from flowbot.runtime.executor import Executor
 from flowbot.runtime.models import ModelPool, default_cache_path
 from flowbot.runtime.runnable import Workflow, default_tools
+from flowbot.runtime.sync import run_sync
 from flowbot.tasks.baselines import parse_kind, self_consistency, task_baseline
 from flowbot.tasks.benchmarks import BENCHMARKS, load_benchmark
 from flowbot.tasks.judge import LLMJudge
 from flowbot.tasks.task import Task
+from flowbot.version import __version__
 
 
 # -- loading -------------------------------------------------------------------------------------
@@ -151,20 +157,29 @@ async def aevaluate(
     cache: str | Path | ResponseCache | None | bool = True,
     providers: dict[str, Provider] | None = None,
     seed: int = 0,
+    backend: str | Backend | None = None,
+    prices: dict[str, Any] | None = None,
 ) -> EvalResult:
     """Async :func:`evaluate`."""
     task = get_task(task, data_dir)
     wf = resolve_seed(workflow, task)
     _check_fields(wf, task)
+    budget_obj = _budget(budget)
     cache_obj = _cache(cache)
-    pool = ModelPool(model, base_url=base_url, cache=cache_obj, meter=UsageMeter(), budget=_budget(budget),
-                     providers=providers, seed=seed)
+    pool = ModelPool(model, base_url=base_url, cache=cache_obj, meter=UsageMeter(), budget=budget_obj,
+                     providers=providers, seed=seed, prices=per_token_prices(prices))
+    if budget_obj.limits.max_usd is not None:  # a dollar cap needs every model's price
+        roles = {"task": (pool.default, pool.provider().price_per_token())} | _node_models(wf, pool)
+        if isinstance(task.metric, LLMJudge) and not task.metric.bound:
+            name = judge_model or task.metric.model or pool.default
+            roles["judge"] = (name, pool.provider(name).price_per_token())
+        require_prices(budget_obj.limits.max_usd, roles)
     metric = _bind_judge(task.metric, pool, judge_model)
     examples = task.examples(split, limit)
     executor = Executor(pool.client(), tools=default_tools(), models=pool.resolver())
     start = time.perf_counter()
     batch = await evaluate_examples(executor, wf, examples, metric, concurrency=concurrency, progress=progress,
-                                    description=f"{task.name}/{split} {wf.name}")
+                                    description=f"{task.name}/{split} {wf.name}", backend=make_backend(backend))
     return EvalResult(
         workflow=wf.name, task=task.name, split=split, model=pool.client().model, score=batch.score,
         stderr=batch.stderr(), n=len(batch.results), calls=batch.calls, tokens=batch.usage.total_tokens,
@@ -180,9 +195,20 @@ def evaluate(workflow: Any, task: Task | str, **kwargs: Any) -> EvalResult:
     >>> result.score, result.calls, result.cost_usd                         # doctest: +SKIP
 
     ``workflow``: a Workflow, a baseline name (io, cot, sc, react) or a workflow file.
+    ``cache``: a cache file (e.g. a run's ``cache.sqlite``: re-scoring its workflows pays nothing
+    already paid), a ResponseCache, True (the user cache) or False. ``backend``: ``"asyncio"``
+    (default) or ``"ray"`` (or a RayBackend). ``prices``: ``{"model": (in, out)}`` dollars per
+    million tokens, needed for a dollar budget on a model without a known price.
     Returns an :class:`EvalResult` (score, per-example predictions and traces, usage, cost).
+    Works inside a running event loop (Jupyter) too; there, ``await aevaluate(...)`` also does.
     """
-    return asyncio.run(aevaluate(workflow, task, **kwargs))
+    return run_sync(aevaluate(workflow, task, **kwargs))
+
+
+def _node_models(workflow: IRWorkflow, pool: ModelPool) -> dict[str, tuple[str, Any]]:
+    """Nodes that name their own model, with its price (for the dollar-budget check)."""
+    return {f"node {node_id}": (p.model, pool.provider(p.model).price_per_token())
+            for node_id, p in workflow.params.items() if p.model and p.model != pool.default}
 
 
 def _cache(cache: str | Path | ResponseCache | None | bool) -> ResponseCache | None:
@@ -229,6 +255,50 @@ def default_run_dir(task: Task, method: str, config: dict[str, Any]) -> Path:
     return Path("runs") / f"{task.name}-{method}-{digest}"
 
 
+def resolved_models(model: str | None, optimizer_model: str | None, base_url: str | None,
+                    optimizer_base_url: str | None) -> dict[str, Any]:
+    """The model names (and servers) a run will use, as resolved now: the same command with and
+    without a provider key in the environment is a different run."""
+    task_model = model or default_model()
+    if not base_url and os.environ.get("FLOWBOT_BASE_URL") and task_model == os.environ.get("FLOWBOT_MODEL"):
+        base_url = os.environ["FLOWBOT_BASE_URL"]  # make_provider serves the environment's default model there
+    return {"model": task_model, "optimizer_model": optimizer_model or task_model, "base_url": base_url,
+            "optimizer_base_url": optimizer_base_url}
+
+
+def _same_model(recorded: Any, name: str) -> bool:
+    """A model name recorded by a run (the provider's, e.g. ``local/qwen2.5-coder-1.5b``) is ``name``."""
+    def norm(x: str) -> str:
+        x = x.replace("local:", "local/", 1)
+        return x.split("/", 1)[1] if x.startswith("local/") else x
+    return isinstance(recorded, str) and norm(recorded) == norm(name)
+
+
+def _legacy_settings(settings: dict[str, Any], model: str | None, optimizer_model: str | None,
+                     base_url: str | None) -> dict[str, Any] | None:
+    """The settings as FlowBot wrote them before model names were resolved ("(default)"), or None
+    when they would be the same."""
+    legacy = dict(settings)
+    if model is None:
+        legacy["model"], legacy["base_url"] = "(default)", base_url
+    if optimizer_model is None:
+        legacy["optimizer_model"] = "(same as model)"
+    return None if legacy == settings else legacy
+
+
+def _is_legacy_run(path: Path, legacy: dict[str, Any], settings: dict[str, Any]) -> bool:
+    """``path`` holds a run started with the ``legacy`` settings on the models resolved now."""
+    try:
+        saved = json.loads((path / "config.json").read_text(encoding="utf-8"))["config"]
+        first = json.loads((path / "events.jsonl").read_text(encoding="utf-8").split("\n", 1)[0])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    if saved.get("model") != legacy["model"] or saved.get("optimizer_model") != legacy["optimizer_model"]:
+        return False
+    return _same_model(first.get("task_model"), settings["model"]) and \
+        _same_model(first.get("optimizer_model"), settings["optimizer_model"])
+
+
 def prepare_run(task: Task | str, *, seed: Any = "cot", model: str | None = None,
                 optimizer_model: str | None = None, base_url: str | None = None,
                 optimizer_base_url: str | None = None, budget: Any = None, objective: str = "score",
@@ -238,7 +308,9 @@ def prepare_run(task: Task | str, *, seed: Any = "cot", model: str | None = None
                 train_size: int | None = 40,
                 val_size: int | None = 20, test_size: int | None = None, concurrency: int = 4,
                 random_seed: int = 0, data_dir: str | Path | None = None, progress: bool = False,
-                evaluate_test: bool = True, providers: dict[str, Provider] | None = None) -> "PreparedRun":
+                evaluate_test: bool = True, providers: dict[str, Provider] | None = None,
+                prices: dict[str, Any] | None = None, backend: str | Backend | None = None,
+                mlflow: bool | str | None = None) -> "PreparedRun":
     task = get_task(task, data_dir)
     seed_wf = resolve_seed(seed, task)
     _check_fields(seed_wf, task)
@@ -247,15 +319,23 @@ def prepare_run(task: Task | str, *, seed: Any = "cot", model: str | None = None
                        val_size=val_size, test_size=test_size, concurrency=concurrency, seed=random_seed,
                        progress=progress, evaluate_test=evaluate_test)
     budget_obj = _budget(budget)
+    price_table = per_token_prices(prices)
     settings = {
         "task": task.name, "task_sizes": task.sizes(), "seed_workflow": json.loads(seed_wf.model_dump_json()),
-        "model": model or "(default)", "optimizer_model": optimizer_model or "(same as model)",
-        "base_url": base_url, "optimizer_base_url": optimizer_base_url, "method": method,
+        **resolved_models(model, optimizer_model, base_url, optimizer_base_url), "method": method,
         "optimize": json.loads(json.dumps(cfg.to_dict(), default=str)),
     }
+    if price_table:  # prices change every cost in the log: part of the run's identity
+        settings["prices_per_million"] = {m: [round(v / 1e-6, 9) for v in p] for m, p in sorted(price_table.items())}
     path = Path(run_dir) if run_dir else default_run_dir(task, method, settings)
+    legacy = _legacy_settings(settings, model, optimizer_model, base_url)
+    if legacy is not None:  # a run started before names were resolved resumes as the same run
+        legacy_path = Path(run_dir) if run_dir else default_run_dir(task, method, legacy)
+        if (run_dir or not path.exists()) and _is_legacy_run(legacy_path, legacy, settings):
+            path, settings = legacy_path, legacy
     return PreparedRun(task, seed_wf, cfg, budget_obj, path, settings | {"budget": budget_obj.limits.describe()},
-                       model, optimizer_model, base_url, optimizer_base_url, providers)
+                       model, optimizer_model, base_url, optimizer_base_url, providers, price_table,
+                       make_backend(backend), mlflow)
 
 
 @dataclass
@@ -271,26 +351,48 @@ class PreparedRun:
     base_url: str | None
     optimizer_base_url: str | None
     providers: dict[str, Provider] | None
+    prices: dict[str, tuple[float, float]] = field(default_factory=dict)
+    backend: Backend | None = None
+    mlflow: bool | str | None = None
 
     def estimate(self) -> Estimate:
         pools = self._pools(cache=None, run_id=None)
+        self._check_prices(pools)
         return estimate_run(self.task, self.seed, self.config, self.budget,
                             task_price=pools[0].provider().price_per_token(),
                             optimizer_price=pools[1].provider().price_per_token())
 
+    def _check_prices(self, pools: tuple[ModelPool, ModelPool] | None = None) -> None:
+        """Refuse a dollar budget over any model whose price is unknown (it would count $0)."""
+        if self.budget.limits.max_usd is None:
+            return
+        task_pool, opt_pool = pools or self._pools(cache=None, run_id=None)
+        roles = {"task": (task_pool.default, task_pool.provider().price_per_token()),
+                 "optimizer": (opt_pool.default, opt_pool.provider().price_per_token())}
+        roles |= _node_models(self.seed, task_pool)
+        metric = self.task.metric
+        if isinstance(metric, LLMJudge) and not metric.bound:
+            name = metric.model or opt_pool.default
+            roles["judge"] = (name, opt_pool.provider(name).price_per_token())
+        require_prices(self.budget.limits.max_usd, roles)
+
     def _pools(self, cache: ResponseCache | None, run_id: str | None) -> tuple[ModelPool, ModelPool]:
         meter = UsageMeter()
         task_pool = ModelPool(self.model, base_url=self.base_url, cache=cache, meter=meter, budget=self.budget,
-                              run_id=run_id, seed=self.config.seed, providers=self.providers)
+                              run_id=run_id, seed=self.config.seed, providers=self.providers, prices=self.prices)
         opt_name = self.optimizer_model or task_pool.default
         opt_base = self.optimizer_base_url if self.optimizer_model else (self.optimizer_base_url or self.base_url)
         if opt_name == task_pool.default and opt_base == self.base_url:
             return task_pool, task_pool  # one provider (and one loaded local model) for both roles
         opt_pool = ModelPool(opt_name, base_url=opt_base, cache=cache, meter=meter, budget=self.budget,
-                             run_id=run_id, seed=self.config.seed, providers=self.providers)
+                             run_id=run_id, seed=self.config.seed, providers=self.providers, prices=self.prices)
         return task_pool, opt_pool
 
-    async def arun(self, callbacks: Iterable[Callable[[dict[str, Any]], None]] = ()) -> OptimizationResult:
+    async def arun(self, callbacks: Iterable[Callable[[dict[str, Any]], None]] = (), *,
+                   command: str | None = None) -> OptimizationResult:
+        """Run (or resume) the optimization. ``command`` is recorded in config.json as the way to
+        resume it (``flowbot runs`` shows it)."""
+        self._check_prices()
         refusal = self.estimate().refusal
         if refusal is not None and not (Path(self.run_dir) / "config.json").exists():
             raise ValueError(refusal)  # before anything is paid or written
@@ -299,8 +401,11 @@ class PreparedRun:
         rd.clear_stop()
         if resumed:
             self.budget.resume_time(rd.elapsed_before())
+        _record_command(rd, command)
         cache = ResponseCache(rd.cache_path)
         task_pool, opt_pool = self._pools(cache, run_id)
+        tracking = _open_mlflow(self.mlflow, rd, self.settings, resumed)
+        callbacks = [*callbacks, *([tracking.on_event] if tracking else [])]
         for cb in callbacks:
             rd.events.listeners.append(lambda event, replayed, cb=cb: cb({**event, "replayed": replayed}))
         task = self.task
@@ -309,12 +414,93 @@ class PreparedRun:
                         output_field=task.output, target_fields=task.targets, metric=metric,
                         train=task.examples("train"), val=task.examples("val"), test=task.examples("test"),
                         tools=getattr(task, "tools", None), context_fields=list(getattr(task, "context_fields", ())))
+        status = "FAILED"
         try:
-            return await run_optimization(
-                data, self.seed, task_pool.client(), opt_pool.client(role="optimizer"), tools=default_tools(),
-                config=self.config, run_dir=rd, budget=self.budget, resumed=resumed, models=task_pool.resolver())
+            with use_backend(self.backend), (tracking.tracing() if tracking else contextlib.nullcontext()):
+                result = await run_optimization(
+                    data, self.seed, task_pool.client(), opt_pool.client(role="optimizer"), tools=default_tools(),
+                    config=self.config, run_dir=rd, budget=self.budget, resumed=resumed,
+                    models=task_pool.resolver())
+            _record_outcome(rd, result, run_id)
+            status = "FINISHED"
+            return result
+        except BaseException as exc:
+            status = "FAILED" if isinstance(exc, Exception) else "KILLED"
+            raise
         finally:
             cache.close()
+            if tracking:
+                tracking.finish(status)
+
+
+def _open_mlflow(setting: bool | str | None, rd: RunDir, settings: dict[str, Any], resumed: bool) -> Any:
+    """The MLflow logger of this run, or None (see :mod:`flowbot.integrations.mlflow`)."""
+    from flowbot.integrations.mlflow import mlflow_enabled
+
+    if not mlflow_enabled(setting):
+        return None
+    from flowbot.integrations.mlflow import MlflowRun
+
+    return MlflowRun.open(rd.path, settings, tracking_uri=setting if isinstance(setting, str) else None,
+                          resumed=resumed)
+
+
+def _record_command(rd: RunDir, command: str | None) -> None:
+    if command is None:
+        return
+    config = rd.read_json("config.json") or {}
+    config["command"], config["cwd"] = command, os.getcwd()
+    rd.write_json("config.json", config)
+
+
+def _record_outcome(rd: RunDir, result: OptimizationResult, run_id: str) -> None:
+    """What a saved best workflow says about itself, and the test split example by example."""
+    summary = result.summary or {}
+    tuned = {"task": summary.get("task"), "task_model": summary.get("task_model"),
+             "optimizer_model": summary.get("optimizer_model"), "method": summary.get("method"),
+             "candidate": result.best_id, "val_score": result.val_score, "seed_val_score": result.seed_val_score,
+             "test_score": result.test_score,
+             "seed_test_score": result.seed_test.score if result.seed_test is not None else None,
+             "test_n": len(result.test.results) if result.test is not None else 0,
+             "run_id": run_id, "run_dir": str(rd.path), "flowbot_version": __version__}
+    result.best = result.best.model_copy(update={"meta": {**result.best.meta, "tuned": tuned}})
+    rd.save_best(result.best)
+    if result.summary:
+        result.summary["flowbot_version"] = __version__
+        rd.write_json("summary.json", result.summary)
+    if result.test is None:
+        return
+    seed = {r.example_id: r for r in (result.seed_test.results if result.seed_test is not None else [])}
+    path = rd.path / TEST_EXAMPLES
+    tmp = path.with_suffix(".jsonl.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        for r in result.test.results:
+            twin = seed.get(r.example_id)
+            row = {"id": r.example_id, "example": r.example, "best": _example_row(r),
+                   "seed": _example_row(twin) if twin is not None else None}
+            fh.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+    tmp.replace(path)
+
+
+#: the test split example by example, the best workflow beside the seed (read by the report)
+TEST_EXAMPLES = "test_examples.jsonl"
+
+
+def _example_row(r: Any) -> dict[str, Any]:
+    d = r.to_dict(with_trace=True)
+    return {k: d.get(k) for k in ("prediction", "score", "feedback", "error", "trace")}
+
+
+async def aoptimize(task: Task | str, *, seed: Any = "cot", model: str | None = None,
+                    optimizer_model: str | None = None, budget: Any = None, objective: str = "score",
+                    run_dir: str | Path | None = None, callbacks: Iterable[Callable[[dict[str, Any]], None]] = (),
+                    **options: Any) -> OptimizationResult:
+    """Async :func:`optimize` (``await flowbot.aoptimize(...)`` in a notebook)."""
+    prepared = prepare_run(task, seed=seed, model=model, optimizer_model=optimizer_model, budget=budget,
+                           objective=objective, run_dir=run_dir, **options)
+    result = await prepared.arun(callbacks)
+    result.best = Workflow.from_ir(result.best)
+    return result
 
 
 def optimize(task: Task | str, *, seed: Any = "cot", model: str | None = None, optimizer_model: str | None = None,
@@ -335,13 +521,13 @@ def optimize(task: Task | str, *, seed: Any = "cot", model: str | None = None, o
     ``cost_weight`` × cost per example). ``callbacks`` receive every run event as a dict. Other
     options: ``method`` (flowbot, inner-only, aflow), ``inner``/``outer``/``aflow`` settings,
     ``train_size``, ``val_size``, ``test_size``, ``concurrency``, ``random_seed``, ``base_url``,
-    ``optimizer_base_url``, ``data_dir``, ``cost_weight``.
+    ``optimizer_base_url``, ``data_dir``, ``cost_weight``, ``prices`` (``{"model": (in, out)}``
+    dollars per million tokens), ``backend`` (``"asyncio"`` or ``"ray"``), ``mlflow`` (True, a
+    tracking URI, or False; default: on when ``MLFLOW_TRACKING_URI`` is set and mlflow is installed),
+    ``progress``. Works inside a running event loop (Jupyter) too; ``await aoptimize(...)`` also does.
     """
-    prepared = prepare_run(task, seed=seed, model=model, optimizer_model=optimizer_model, budget=budget,
-                           objective=objective, run_dir=run_dir, **options)
-    result = asyncio.run(prepared.arun(callbacks))
-    result.best = Workflow.from_ir(result.best)
-    return result
+    return run_sync(aoptimize(task, seed=seed, model=model, optimizer_model=optimizer_model, budget=budget,
+                              objective=objective, run_dir=run_dir, callbacks=callbacks, **options))
 
 
 def estimate(task: Task | str, **options: Any) -> Estimate:

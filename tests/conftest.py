@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 PROVIDER_KEYS = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "MISTRAL_API_KEY", "FLOWBOT_MODEL",
-                 "FLOWBOT_BASE_URL")
+                 "FLOWBOT_BASE_URL", "MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "RAY_ADDRESS")
 
 
 @pytest.fixture(autouse=True)

@@ -33,6 +33,13 @@ ModelOpt = typer.Option(None, "--model", "-m", help="Task model: a hosted name (
                         "provider key is set, else the embedded qwen2.5-coder-1.5b.")
 BaseUrlOpt = typer.Option(None, "--base-url", help="An OpenAI-compatible server for the model (vLLM, Ollama, "
                           "llama.cpp server), e.g. http://localhost:8000/v1")
+PriceOpt = typer.Option(None, "--price", help="MODEL=IN/OUT: the model's price in dollars per million input/output "
+                        "tokens (repeatable); needed for a dollar budget on a model without a known price.")
+BackendOpt = typer.Option("asyncio", "--backend", help="Where examples are evaluated: asyncio (this process) or ray "
+                          "(Ray workers; pip install 'flowbot[ray]').")
+RayAddressOpt = typer.Option(None, "--ray-address", help="The Ray cluster for --backend ray (default: $RAY_ADDRESS, "
+                             "else a local Ray).")
+WorkersOpt = typer.Option(None, "--workers", help="Ray worker actors (default: one per CPU of the cluster).")
 
 
 def _version(value: bool) -> None:
@@ -118,8 +125,9 @@ def _task_from_options(task: str | None, task_file: Path | None, data: Path | No
 def eval_cmd(
     task: Optional[str] = typer.Option(None, "--task", "-t", help="A benchmark (gsm8k, math, hotpotqa, drop, fever, "
                                        "triviaqa, humaneval, mbpp) or a task file."),
-    workflow: list[str] = typer.Option(["cot"], "--workflow", "-w", help="Baseline name (io, cot, sc, react) or a "
-                                       "workflow file; repeat to compare several side by side."),
+    workflow: Optional[list[str]] = typer.Option(None, "--workflow", "-w", help="Baseline name (io, cot, sc, react) "
+                                                 "or a workflow file; repeat to compare several side by side "
+                                                 "(default: cot, or the run's best.json with --run-dir)."),
     split: str = typer.Option("test", "--split", help="train, val or test"),
     limit: Optional[int] = typer.Option(None, "--limit", "-n", help="Only the first N examples of the split."),
     concurrency: int = typer.Option(4, "--concurrency", "-c"),
@@ -141,20 +149,37 @@ def eval_cmd(
     no_traces: bool = typer.Option(False, "--no-traces", help="Leave traces out of the JSON result."),
     cache: Optional[Path] = typer.Option(None, "--cache", help="The response cache file to read and fill "
                                          "(default: the user cache, or $FLOWBOT_CACHE)."),
-    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Reuse an optimization run's cache: "
-                                           "re-scoring its workflows pays nothing already paid."),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Reuse an optimization run: its cache (re-scoring "
+                                           "its workflows pays nothing already paid), and by default its best.json, "
+                                           "task, model and seed."),
+    price: Optional[list[str]] = PriceOpt,
+    backend: str = BackendOpt,
+    ray_address: Optional[str] = RayAddressOpt,
+    workers: Optional[int] = WorkersOpt,
 ) -> None:
     """Evaluate one or more workflows on a task split; prints a table and writes JSON."""
     from flowbot.api import aevaluate
+    from flowbot.runtime.backends import make_backend
 
-    the_task = _task_from_options(task, task_file, data, val, test, input_fields, target, metric, labels, data_dir)
     cache_path = _eval_cache(cache, run_dir)
+    run_settings = _run_settings(run_dir) if run_dir is not None else {}
+    if run_settings:  # what the run used, unless given: the same requests hit its cache
+        if not (task or task_file or data) and run_settings.get("task") in _benchmark_names():
+            task = run_settings["task"]
+        if model is None and base_url is None and run_settings.get("model") not in (None, "(default)"):
+            model, base_url = run_settings["model"], run_settings.get("base_url")
+        if not workflow and (run_dir / "best.json").is_file():  # type: ignore[operator]
+            workflow = [str(run_dir / "best.json")]  # type: ignore[operator]
+    the_task = _task_from_options(task, task_file, data, val, test, input_fields, target, metric, labels, data_dir)
     _note_default_model(model)
+    seed = int((run_settings.get("optimize") or {}).get("seed", 0) or 0)
+    the_backend = make_backend(backend, address=ray_address, workers=workers)
     results = []
-    for wf in workflow:
+    for wf in workflow or ["cot"]:
         results.append(asyncio.run(aevaluate(wf, the_task, split=split, limit=limit, model=model, base_url=base_url,
-                                             concurrency=concurrency, progress=True,
-                                             cache=True if cache_path is None else cache_path)))
+                                             concurrency=concurrency, progress=True, seed=seed,
+                                             cache=True if cache_path is None else cache_path,
+                                             backend=the_backend, prices=_prices(price))))
     table = Table(title=f"{the_task.name} / {split}")
     for col in ("workflow", "score", "examples", "calls", "tokens", "dollars", "wall s"):
         table.add_column(col, justify="right" if col != "workflow" else "left")
@@ -168,6 +193,39 @@ def eval_cmd(
                "results": [r.to_dict(traces=not no_traces) for r in results]}
     path.write_text(json.dumps(payload, indent=1, ensure_ascii=False, default=str), encoding="utf-8")
     out.print(f"wrote {path}")
+
+
+def _run_settings(run_dir: Path) -> dict[str, Any]:
+    try:
+        return json.loads((run_dir / "config.json").read_text(encoding="utf-8")).get("config") or {}
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
+def _benchmark_names() -> set[str]:
+    from flowbot.tasks.benchmarks import BENCHMARKS
+
+    return set(BENCHMARKS)
+
+
+def _prices(options: list[str] | None) -> dict[str, str] | None:
+    """``--price MODEL=IN/OUT`` options as the API's ``prices`` (checked there)."""
+    if not options:
+        return None
+    from flowbot.lm.pricing import parse_price
+
+    out = {}
+    for text in options:
+        model, _ = parse_price(text)  # a bad option fails here, with its text
+        out[model] = text.rpartition("=")[2]
+    return out
+
+
+def _command_line() -> str:
+    """This invocation as a shell line (recorded in config.json so ``flowbot runs`` can print it)."""
+    import shlex
+
+    return shlex.join(["flowbot", *sys.argv[1:]])
 
 
 def _eval_cache(cache: Path | None, run_dir: Path | None) -> Path | None:
@@ -238,6 +296,15 @@ def optimize(
     metric: Optional[str] = typer.Option(None, "--metric"),
     labels: Optional[str] = typer.Option(None, "--labels"),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir"),
+    price: Optional[list[str]] = PriceOpt,
+    backend: str = BackendOpt,
+    ray_address: Optional[str] = RayAddressOpt,
+    workers: Optional[int] = WorkersOpt,
+    mlflow: Optional[bool] = typer.Option(None, "--mlflow/--no-mlflow", help="Log params, metrics, artifacts and "
+                                          "node traces to MLflow (default: on when $MLFLOW_TRACKING_URI is set and "
+                                          "mlflow is installed)."),
+    mlflow_uri: Optional[str] = typer.Option(None, "--mlflow-uri", help="The MLflow tracking URI (implies --mlflow), "
+                                             "e.g. sqlite:///mlflow.db or http://localhost:5000"),
 ) -> None:
     """Optimize a workflow's structure and prompts for a task within a budget (resumable)."""
     from flowbot.api import prepare_run
@@ -248,6 +315,9 @@ def optimize(
                                 "max_seconds": budget_seconds}.items() if v is not None}
     if inner_only:
         method = "inner-only"
+    from flowbot.runtime.backends import make_backend
+
+    the_backend = make_backend(backend, address=ray_address, workers=workers)
     prepared = prepare_run(
         the_task, seed=seed_workflow, model=model, optimizer_model=optimizer_model, base_url=base_url,
         optimizer_base_url=optimizer_base_url, budget=budget or None, objective=objective, cost_weight=cost_weight,
@@ -260,6 +330,8 @@ def optimize(
         aflow=_given(rounds=rounds, seed=random_seed),
         racing=_given(margin=margin, alpha=alpha, seed=random_seed),
         budget_scope=budget_scope,
+        prices=_prices(price), backend=the_backend,
+        mlflow=mlflow_uri if mlflow_uri and mlflow is not False else mlflow,
     )
     _note_default_model(model)
     estimate = prepared.estimate()
@@ -272,7 +344,7 @@ def optimize(
     out.print(f"run directory: {prepared.run_dir}  (create {prepared.run_dir / 'STOP'} or press Ctrl-C to stop; "
               "re-run the same command to resume)")
     try:
-        result = asyncio.run(prepared.arun([printer.on_event]))
+        result = asyncio.run(prepared.arun([printer.on_event], command=_command_line()))
     except KeyboardInterrupt:
         err.print(f"\n[yellow]interrupted.[/] Everything paid for is kept in {prepared.run_dir}; "
                   "re-run the same command to resume.")
@@ -306,6 +378,52 @@ def report(run_dir: Path = typer.Argument(..., help="A run directory.")) -> None
     from flowbot.report.html import write_report
 
     out.print(f"wrote {write_report(run_dir)}")
+
+
+@app.command()
+@handled
+def runs(
+    directory: Path = typer.Argument(Path("runs"), help="Where to look for run directories (e.g. runs/ or "
+                                     "results/gsm8k); a run directory itself also works."),
+    as_json: bool = typer.Option(False, "--json", help="Print the list as JSON."),
+) -> None:
+    """List past runs: task, models, seed/best validation and test scores, spend, status, how to resume."""
+    from flowbot.report.runs import list_runs
+
+    found = list_runs(directory)
+    if as_json:
+        print(json.dumps([r.to_dict() for r in found], indent=1, default=str))
+        return
+    if not found:
+        out.print(f"no run directories under {directory}")
+        return
+    table = Table(title=f"runs under {directory}")
+    for col in ("#", "run", "task", "method", "models (task / optimizer)", "val seed → best", "test seed → best",
+                "spend", "status"):
+        table.add_column(col, justify="right" if col == "#" else "left", overflow="fold")
+    for i, r in enumerate(found, 1):
+        models = r.task_model if r.optimizer_model == r.task_model else f"{r.task_model} / {r.optimizer_model}"
+        spend = f"{r.calls:,} calls, {r.tokens:,} tok" + ("" if not r.usd else f", ${r.usd:.4f}")
+        table.add_row(str(i), str(r.path), r.task, r.method, models, _pair(r.seed_val, r.best_val, r.best_id),
+                      _pair(r.seed_test, r.test, None), spend, r.status)
+    (out if out.is_terminal else Console(soft_wrap=True, width=220)).print(table)  # piped: one line per run
+    for i, r in enumerate(found, 1):
+        if r.stopped:
+            out.print(f"[dim]#{i} stopped:[/] {r.stopped}", highlight=False)
+        if r.status == "running":
+            out.print(f"[dim]#{i}[/] running (pid in {r.path / 'run.lock'})")
+        elif r.command:
+            note = " [dim](rebuilt from its settings)[/]" if r.command_rebuilt else ""
+            out.print(f"[dim]#{i} resume:[/] {r.command}{note}", highlight=False, markup=True)
+        else:
+            out.print(f"[dim]#{i} resume:[/] started from Python: call flowbot.optimize(..., run_dir={str(r.path)!r}) "
+                      "with the same arguments")
+
+
+def _pair(a: float | None, b: float | None, best_id: str | None) -> str:
+    def f(x: float | None) -> str:
+        return "—" if x is None else f"{x:.3f}"
+    return f"{f(a)} → {f(b)}" + (f" ({best_id})" if best_id else "")
 
 
 @app.command()

@@ -89,6 +89,16 @@ class UsageMeter:
         with self._lock:
             self._role(role).retries += 1
 
+    def merge(self, usage: dict[str, RoleUsage]) -> None:
+        """Add usage counted elsewhere (e.g. by a remote worker's meter) to this meter."""
+        with self._lock:
+            for role, u in usage.items():
+                r = self._role(role)
+                for name in ("calls", "replayed_calls", "cached_calls", "failed_calls", "retries",
+                             "prompt_tokens", "completion_tokens", "cost_usd"):
+                    setattr(r, name, getattr(r, name) + getattr(u, name))
+                r.priced = r.priced and u.priced
+
     def snapshot(self) -> dict[str, RoleUsage]:
         with self._lock:
             return {k: RoleUsage(**vars(v)) for k, v in self._by_role.items()}
@@ -268,6 +278,40 @@ class Budget:
 
     def child(self, name: str, **limits: Any) -> "Budget":
         return Budget(**limits, parent=self, name=name, clock=self._clock)
+
+    def charge(self, calls: int, tokens: int, usd: float) -> None:
+        """Count work already done elsewhere (remote workers checked it against a mirror, see
+        :meth:`mirror`) here and in every ancestor, without checking."""
+        with self._lock:
+            b: Budget | None = self
+            while b is not None:
+                b.spent.calls += calls
+                b.spent.tokens += tokens
+                b.spent.usd += usd
+                b = b.parent
+
+    def mirror(self) -> list[dict[str, Any]]:
+        """This budget and its ancestors as they stand (limits, spend, calls in flight, elapsed
+        time), as plain data: :meth:`from_mirror` rebuilds them elsewhere (a remote process checks
+        calls against the copy). Stop conditions are not copied: the owner relays them."""
+        chain: list[dict[str, Any]] = []
+        with self._lock:
+            b: Budget | None = self
+            while b is not None:
+                chain.append({"name": b.name, "limits": vars(b.limits).copy(), "in_flight": b._in_flight,
+                              "state": {**b.state(), "seconds": b.elapsed()}})
+                b = b.parent
+        return chain
+
+    @classmethod
+    def from_mirror(cls, chain: list[dict[str, Any]]) -> "Budget":
+        copy: Budget | None = None
+        for level in reversed(chain):  # root first, so each copy gets its parent
+            copy = cls(**level["limits"], parent=copy, name=level["name"])
+            copy.restore(level["state"])
+            copy._in_flight = level["in_flight"]
+        assert copy is not None, "an empty budget chain"
+        return copy
 
     # -- persistence (resume) ------------------------------------------------------------
     def resume_time(self, seconds: float) -> None:

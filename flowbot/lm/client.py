@@ -83,6 +83,11 @@ class LMClient:
     def cache(self) -> ResponseCache | None:
         return self._shared.cache
 
+    @property
+    def run_id(self) -> str | None:
+        """The run whose responses this client stores (and charges again, once, on a resume)."""
+        return self._shared.run_id
+
     def _view(self, **changes: Any) -> "LMClient":
         clone = object.__new__(LMClient)
         clone.__dict__.update(self.__dict__)

@@ -120,6 +120,10 @@ class LiteLLMProvider(Provider):
         env = f", api_key_env={self.api_key_env!r}" if self.api_key_env else ""
         return f"LiteLLMProvider(model={self.model!r}{base}{env})"
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Picklable (the Ray backend ships providers to its workers): the copy imports litellm again."""
+        return {**self.__dict__, "_litellm": None}
+
     @property
     def _endpoint(self) -> str:
         return self.api_base or f"the {self.model.split('/', 1)[0]} API"

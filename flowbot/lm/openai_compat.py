@@ -258,6 +258,17 @@ class OpenAICompatProvider(Provider):
     def price_per_token(self) -> tuple[float, float] | None:
         return self._price
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Picklable (the Ray backend ships providers to its workers): without the live HTTP
+        clients, the lock and the key, which the copy makes and reads again where it runs."""
+        state = dict(self.__dict__)
+        state.update(_clients={}, _lock=None, _key=None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     # -- clients ---------------------------------------------------------------------------
     def _secret(self) -> _Secret:
         if self._key is None:

@@ -23,11 +23,12 @@ from flowbot.lm.base import LMPermanentError, Provider
 
 EMBEDDED_DEFAULT = "qwen2.5-coder-1.5b"
 
-#: environment variable -> default hosted model when that key is set (first match wins)
+#: environment variable -> default hosted model when that key is set (first match wins); each is
+#: priced in litellm's bundled price map, so a dollar budget works with the defaults
 HOSTED_DEFAULTS = (
     ("OPENAI_API_KEY", "gpt-4o-mini"),
-    ("ANTHROPIC_API_KEY", "anthropic/claude-3-5-haiku-latest"),
-    ("GEMINI_API_KEY", "gemini/gemini-1.5-flash"),
+    ("ANTHROPIC_API_KEY", "anthropic/claude-haiku-4-5"),
+    ("GEMINI_API_KEY", "gemini/gemini-2.5-flash"),
     ("MISTRAL_API_KEY", "mistral/mistral-small-latest"),
 )
 

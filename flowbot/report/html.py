@@ -51,7 +51,17 @@ pre{background:#f1f5f9;padding:8px 10px;border-radius:4px;white-space:pre-wrap;w
 .diff{background:#fff;border:1px solid #e2e8f0;padding:8px 10px;border-radius:4px;white-space:pre-wrap;word-break:break-word;font-size:13px}
 ins{background:#dcfce7;color:#14532d;text-decoration:none}del{background:#fee2e2;color:#7f1d1d}
 details summary{cursor:pointer;color:#1d4ed8}
+ul.tree{list-style:none;margin:2px 0;padding-left:20px;border-left:1px solid #cbd5e1}
+ul.tree.root{border-left:none;padding-left:0}ul.tree li{margin:4px 0}
+.tag{display:inline-block;font-size:11px;padding:0 5px;border-radius:8px;margin-left:4px;background:#e2e8f0;color:#334155}
+.tag.front{background:#fee2e2;color:#991b1b}.tag.bestnow{background:#dcfce7;color:#166534}
+.rejected{color:#94a3b8}.won{color:#15803d;font-weight:600}.lost{color:#b91c1c;font-weight:600}
+.trace{border-left:3px solid #cbd5e1;padding-left:8px;margin:6px 0}.trace h4{margin:6px 0 2px;font-size:13px}
+.pair{display:grid;grid-template-columns:1fr 1fr;gap:12px}table.examples{width:100%}
 """
+#: per-example view: rows shown in full (the rest are listed in test_examples.jsonl) and text kept per field
+MAX_TIED_ROWS = 20
+TRACE_CHARS = 1500
 
 
 # -- small helpers -------------------------------------------------------------------------------
@@ -82,7 +92,13 @@ def _cost(value: Any, unit: str) -> str:
 
 
 def _img(png: bytes, alt: str) -> str:
-    return f'<img alt="{esc(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
+    # the size up front (from the PNG header), so the page does not move while images decode and a
+    # link to a section lands on it
+    size = ""
+    if png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) >= 24:
+        width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+        size = f' width="{width}" height="{height}"'
+    return f'<img alt="{esc(alt)}"{size} src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
 
 
 def _figure(png: bytes, alt: str, caption: str) -> str:
@@ -112,8 +128,8 @@ def _kv(pairs: Iterable[tuple[str, str]]) -> str:
     return '<table class="kv">' + "".join(f"<tr><th>{esc(k)}</th><td>{v}</td></tr>" for k, v in pairs) + "</table>"
 
 
-def _details(summary: str, body_html: str) -> str:
-    return f"<details><summary>{esc(summary)}</summary>{body_html}</details>"
+def _details(summary: str, body_html: str, open_: bool = False) -> str:
+    return f"<details{' open' if open_ else ''}><summary>{esc(summary)}</summary>{body_html}</details>"
 
 
 def _tick(flag: bool) -> str:
@@ -245,11 +261,21 @@ def _usage_tables(run: RunData) -> str:
              "completion tokens", "dollars"], rows))
         out.append('<p class="muted small">Paid calls include calls replayed from this run\'s cache after a '
                    'resume (paid once, in an earlier session). Dollars are nominal list prices.</p>')
-    phases = s.get("usage_by_phase") or {}
+    phases, every_session = run.phase_usage()
     if phases:
         rows = [[esc(name), _num_td(f"{int(_num(p.get('calls'))):,}"), _num_td(f"{int(_num(p.get('tokens'))):,}"),
-                 _num_td(_money(_num(p.get("cost_usd"))) if run.priced else "—")] for name, p in phases.items()]
-        out.append("<h3>Usage by phase</h3>" + _table(["phase", "calls", "tokens", "dollars"], rows))
+                 _num_td(_money(_num(p.get("cost_usd"))) if run.priced and p.get("cost_usd") is not None else "—")]
+                for name, p in phases.items()]
+        if every_session:
+            scope = f"summed over all {run.sessions} sessions" if run.sessions > 1 else "all sessions"
+            note = ("From the meter snapshots in the event log; a resumed session re-counts what earlier sessions "
+                    "paid, so these cover the whole run.")
+        else:
+            scope = "as summary.json has them"
+            note = ("The event log cannot give them (no meter snapshots, or events missing), so these are the figures "
+                    "the last session wrote; they cover earlier sessions only where it replayed their calls.")
+        out.append(f"<h3>Usage by phase ({esc(scope)})</h3>" + _table(["phase", "calls", "tokens", "dollars"], rows)
+                   + f'<p class="muted small">{esc(note)} Calls: paid LM calls of every role.</p>')
     return "".join(out)
 
 
@@ -436,6 +462,59 @@ def _inner_table(run: RunData) -> str:
 def _outer_tables(run: RunData) -> str:
     if not run.candidates:
         return '<p class="muted">No candidate was scored.</p>'
+    return _search_tree(run) + "<h3>Candidates</h3>" + _candidate_tables(run)
+
+
+def _candidate_line(run: RunData, c: dict[str, Any], front: set[str], accepted: set[str]) -> str:
+    score = _score(c.get("val_score"))
+    before = c.get("initial_val_score")
+    if before is not None and abs(_num(before) - _num(c.get("val_score"))) > 1e-12:
+        score = f"{_score(before)} → {score} after tuning"
+    unit = run.unit()
+    cost = _cost(c.get("cost_per_example") if unit == "usd" else c.get("tokens_per_example"), unit)
+    tags = "".join(f'<span class="tag{cls}">{esc(text)}</span>' for flag, cls, text in (
+        (c["id"] == run.best_id, " bestnow", "chosen best"), (c["id"] in front, " front", "Pareto front"),
+        (c["id"] in accepted and c["id"] != run.best_id, "", "was best when scored")) if flag)
+    edit = "seed" if not c.get("parent") else str(c.get("edit") or "?")
+    return (f"<b>{esc(c['id'])}</b> {'★ ' if c['id'] == run.best_id else ''}<span class='muted'>{esc(edit)}</span> · "
+            f"validation {esc(score)} · {esc(cost)}/example · {esc(_plural(c.get('nodes'), 'node'))}{tags}")
+
+
+def _plural(n: Any, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s") if isinstance(n, int) else f"? {word}s"
+
+
+def _search_tree(run: RunData) -> str:
+    """Every scored candidate under the candidate it was made from, labelled with the edit that
+    made it; proposals that never became candidates (invalid, duplicate) hang greyed under their parent."""
+    front, accepted = set(run.front_ids), set(run.accepted_ids)
+    children: dict[str | None, list[dict[str, Any]]] = {}
+    earlier: set[str] = set()
+    for c in run.candidates:  # a parent is scored before its children: anything else is shown as a root
+        parent = c.get("parent") if c.get("parent") in earlier else None
+        children.setdefault(parent, []).append(c)
+        earlier.add(c["id"])
+    dropped: dict[str, list[dict[str, Any]]] = {}
+    for e in run.of_type("candidate_rejected"):
+        dropped.setdefault(str(e.get("parent")), []).append(e)
+
+    def subtree(parent: str | None) -> str:
+        items = [f"<li>{_candidate_line(run, c, front, accepted)}{subtree(c['id'])}</li>"
+                 for c in children.get(parent, [])]
+        for e in dropped.get(str(parent), []) if parent is not None else []:
+            why = e.get("reason") or (f"same structure as {e['same_as']}" if e.get("same_as") else "") or \
+                e.get("error") or "invalid"
+            items.append(f'<li class="rejected">✗ {esc(e.get("edit") or "(no edit)")} — dropped: {esc(why)}</li>')
+        if not items:
+            return ""
+        return f'<ul class="tree{" root" if parent is None else ""}">{"".join(items)}</ul>'
+
+    return ("<h3>Search tree</h3><p class=\"muted small\">Each candidate under the one it was made from, with the "
+            "structural edit that made it; validation before → after the inner loop tuned its prompts.</p>"
+            + subtree(None))
+
+
+def _candidate_tables(run: RunData) -> str:
     front, accepted, best_id = set(run.front_ids), set(run.accepted_ids), run.best_id
     rows = []
     for c in run.candidates:
@@ -494,8 +573,99 @@ def _settings(run: RunData) -> str:
     return _details("all settings of the run", f"<pre>{esc(text)}</pre>")
 
 
+def _short(value: Any, limit: int = TRACE_CHARS) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= limit else text[:limit] + f" … ({len(text) - limit:,} more characters)"
+
+
+def _trace_html(title: str, side: dict[str, Any] | None) -> str:
+    """One workflow run on one example, node by node (inputs, the model's reply, output, error)."""
+    if not side:
+        return f'<div class="trace"><h4>{esc(title)}</h4><p class="muted">not evaluated</p></div>'
+    trace = side.get("trace") if isinstance(side.get("trace"), dict) else {}
+    parts = [f"<h4>{esc(title)}: score {esc(_score(side.get('score')))}</h4>"]
+    if side.get("feedback"):
+        parts.append(f'<p class="small">metric: {esc(_short(side["feedback"], 400))}</p>')
+    for node in trace.get("nodes") or []:
+        if not isinstance(node, dict):
+            continue
+        usage = node.get("usage") or {}
+        head = (f"{node.get('node_id')} ({node.get('kind')})" + (" — skipped" if node.get("skipped") else
+                f" — {node.get('calls', 0)} call(s), {int(_num(usage.get('prompt_tokens')) + _num(usage.get('completion_tokens'))):,} "
+                f"tokens, {_num(node.get('latency_s')):.2f} s"))
+        body = [f"<b>inputs</b> {esc(_short(node.get('inputs')))}"]
+        for step in node.get("steps") or []:
+            body.append(f"<b>tool</b> {esc(_short(step, 600))}")
+        raw = node.get("raw") or []
+        if raw:
+            body.append(f"<b>reply</b> {esc(_short(raw[-1]))}")
+        body.append(f"<b>output</b> {esc(_short(node.get('output')))}")
+        if node.get("error"):
+            body.append(f'<span class="no">error: {esc(node["error"])}</span>')
+        parts.append(f'<div class="small"><i>{esc(head)}</i><pre>{"<br>".join(body)}</pre></div>')
+    if side.get("error") and not trace.get("nodes"):
+        parts.append(f'<p class="no small">{esc(side["error"])}</p>')
+    return f'<div class="trace">{"".join(parts)}</div>'
+
+
+def _outcome(row: dict[str, Any]) -> str:
+    best, seed = row.get("best") or {}, row.get("seed") or {}
+    if not seed:
+        return "best only"
+    b, s_ = _num(best.get("score")), _num(seed.get("score"))
+    return "won" if b > s_ + 1e-12 else "lost" if b < s_ - 1e-12 else "tie"
+
+
+def _examples(run: RunData) -> str:
+    rows = run.test_examples
+    if not rows:
+        return ('<p class="muted">The test split was not saved example by example (it was not evaluated, or the run '
+                'was made by an older FlowBot).</p>')
+    outcomes = [_outcome(r) for r in rows]
+    count = {k: outcomes.count(k) for k in ("won", "lost", "tie", "best only")}
+    has_seed = count["best only"] < len(rows)
+    order = {"won": 0, "lost": 1, "best only": 2, "tie": 3}
+    ranked = sorted(zip(rows, outcomes), key=lambda ro: order[ro[1]])
+    shown = [ro for ro in ranked if ro[1] != "tie"] + [ro for ro in ranked if ro[1] == "tie"][:MAX_TIED_ROWS]
+    table_rows = []
+    for row, outcome in shown:
+        example = row.get("example") if isinstance(row.get("example"), dict) else {}
+        trace = ((row.get("best") or {}).get("trace") or {}) if isinstance(row.get("best"), dict) else {}
+        inputs = trace.get("inputs") if isinstance(trace.get("inputs"), dict) else {}
+        expected = {k: v for k, v in example.items() if k not in inputs and k not in ("id", "_id")}
+        seed, best = row.get("seed") or {}, row.get("best") or {}
+
+        def pred(side: dict[str, Any]) -> str:
+            if not side:
+                return '<span class="muted">—</span>'
+            return f"{esc(_short(side.get('prediction'), 200))} <span class='muted small'>({esc(_score(side.get('score')))})</span>"
+
+        first = not table_rows and outcome in ("won", "lost")  # the first difference, opened
+        traces = _details("traces: seed and best, node by node",
+                          f'<div class="pair">{_trace_html("seed", seed or None)}{_trace_html("best", best)}</div>',
+                          open_=first)
+        css = {"won": "won", "lost": "lost"}.get(outcome, "muted")
+        cells = [f'<span class="{css}">{esc(outcome)}</span>', esc(row.get("id")), esc(_short(inputs or example, 300)),
+                 esc(_short(expected, 160)), pred(seed), pred(best)]
+        table_rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
+                          + f'<tr><td colspan="{len(cells)}" class="small">{traces}</td></tr>')
+    if has_seed:
+        head = (f"<p>On {len(rows)} test examples the best workflow <b class='won'>won {count['won']}</b>, "
+                f"<b class='lost'>lost {count['lost']}</b> and tied {count['tie']} against the seed (wins and losses "
+                "first; only these carry information about the difference).</p>")
+    else:
+        head = f"<p>{len(rows)} test examples (the seed was not evaluated on the test split).</p>"
+    hidden = len(rows) - len(shown)
+    tail = (f'<p class="muted small">{hidden} more tied examples are in {esc(run.path.name)}/test_examples.jsonl.</p>'
+            if hidden else "")
+    header = "".join(f"<th>{esc(h)}</th>" for h in ("outcome", "id", "input", "expected", "seed (score)",
+                                                     "best (score)"))
+    return head + f'<table class="examples"><tr>{header}</tr>{"".join(table_rows)}</table>' + tail
+
+
 SECTIONS: list[tuple[str, str, Callable[[RunData], str]]] = [
     ("results", "Results", _results),
+    ("examples", "Test examples", _examples),
     ("plots", "Plots", _plots),
     ("workflows", "Workflows", _workflows),
     ("prompts", "Prompt changes", _prompt_diffs),

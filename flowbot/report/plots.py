@@ -166,7 +166,7 @@ def cost_over_run(run: RunData, series: UsageSeries | None = None) -> bytes:
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("event number in the run log (grey lines: candidates scored)")
+    ax.set_xlabel(series.x_label)
     _unit_axis(ax.yaxis, series.unit)
     ax.set_ylabel(f"cumulative {unit}")
     ax.set_title(f"Spend over the run by role ({unit})", fontsize=11)

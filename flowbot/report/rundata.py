@@ -23,6 +23,8 @@ from flowbot.graph.sketch import Workflow
 
 #: events that describe outer-loop proposals (shown in the proposals table)
 PROPOSAL_EVENTS = ("proposal", "candidate_rejected", "candidate_proposed", "edit_repaired")
+#: the test split example by example, best beside seed (written by the API after the test evaluation)
+TEST_EXAMPLES = "test_examples.jsonl"
 
 
 class ReportError(ValueError):
@@ -40,12 +42,18 @@ class UsageSeries:
 
     unit: str
     exact: bool
-    x: list[int] = field(default_factory=list)  # event seq of each point
+    x: list[int] = field(default_factory=list)  # paid calls so far (exact), else the event seq of each point
     by_role: dict[str, list[float]] = field(default_factory=dict)
     totals: dict[str, float] = field(default_factory=dict)  # run totals per role (summary.json)
     phase_points: list[tuple[int, float, str]] = field(default_factory=list)  # (seq, all-role total, phase)
     end_x: int = 0
-    candidate_marks: list[tuple[int, str]] = field(default_factory=list)  # (seq, candidate id)
+    candidate_marks: list[tuple[int, str]] = field(default_factory=list)  # (x, candidate id)
+
+    @property
+    def x_label(self) -> str:
+        if self.exact:
+            return "paid LM calls so far, all roles (grey lines: candidates scored)"
+        return "event number in the run log (grey lines: candidates scored)"
 
     def itemized_share(self) -> float | None:
         total = sum(self.totals.values())
@@ -66,6 +74,7 @@ class RunData:
     workflows: dict[str, Workflow] = field(default_factory=dict)
     seed_workflow: Workflow | None = None
     best_workflow: Workflow | None = None
+    test_examples: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
     # -- plain facts ------------------------------------------------------------------------
@@ -143,9 +152,9 @@ class RunData:
 
     @property
     def front_ids(self) -> list[str]:
-        if self.summary and self.summary.get("front"):
-            return [f["id"] for f in self.summary["front"]]
-        return pareto_ids(self.candidates, "usd" if self.priced else "tokens")
+        """The candidates on the front of exactly what the report plots (validation score against
+        the cost per example in the report's unit), so the label never disagrees with the picture."""
+        return pareto_ids(self.candidates, self.unit())
 
     @property
     def accepted_ids(self) -> list[str]:
@@ -191,6 +200,13 @@ class RunData:
 
     def usage_series(self) -> UsageSeries:
         return usage_series(self)
+
+    def phase_usage(self) -> tuple[dict[str, dict[str, Any]], bool]:
+        """Calls, tokens and dollars per phase (seed, search, test), and whether they cover every
+        session: from the log's cumulative meter snapshots (a resumed session re-charges what
+        earlier sessions paid, so its snapshots count every session), else summary.json's figures
+        of the last session."""
+        return phase_usage(self)
 
 
 def _num(value: Any, default: float = 0.0) -> float:
@@ -242,6 +258,23 @@ def _read_events(path: Path, warnings: list[str]) -> list[dict[str, Any]]:
         if isinstance(event, dict):
             events.append(event)
     return events
+
+
+def _read_jsonl(path: Path, warnings: list[str]) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    rows = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            warnings.append(f"{path.name}, line {lineno}: not JSON; the rest of the file is left out")
+            break
+        if isinstance(row, dict) and "id" in row:
+            rows.append(row)
+    return rows
 
 
 def _workflow(data: Any, source: str, warnings: list[str]) -> Workflow | None:
@@ -300,6 +333,7 @@ def load_run(run_dir: str | Path) -> RunData:
                 run.workflows[file.stem] = wf
     run.seed_workflow = _workflow(run.settings.get("seed_workflow"), "config.json (seed_workflow)", warnings) \
         or run.workflows.get("c0")
+    run.test_examples = _read_jsonl(path / TEST_EXAMPLES, warnings)
     run.best_workflow = _workflow(_read_json(path / "best.json", warnings), "best.json", warnings)
     if run.best_workflow is None and run.best_id:
         run.best_workflow = run.workflows.get(run.best_id)
@@ -311,17 +345,20 @@ def usage_series(run: RunData) -> UsageSeries:
     unit = run.unit()
     summary = run.summary or {}
     totals = {r: usage_value(u, unit) for r, u in (summary.get("usage_by_role") or {}).items()}
-    end_x = max((int(e.get("seq", 0)) for e in run.events), default=0)
+    end_x = max((int(_num(e.get("seq"))) for e in run.events), default=0)
     series = UsageSeries(unit=unit, exact=False, totals=totals, end_x=end_x,
-                         candidate_marks=[(int(e.get("seq", 0)), str(e.get("id")))
+                         candidate_marks=[(int(_num(e.get("seq"))), str(e.get("id")))
                                           for e in run.of_type("candidate_evaluated")])
     snapshots = [e for e in run.events if isinstance(e.get("usage_total"), dict)]
-    if snapshots:
+    if snapshots:  # exact, and plotted over paid calls: the x of every point is the calls so far
         series.exact = True
+        series.candidate_marks = [(paid_calls(e["usage_total"]), str(e.get("id"))) for e in snapshots
+                                  if e.get("type") == "candidate_evaluated"]
         _add_point(series, 0, {})
         for e in snapshots:
-            _add_point(series, int(e.get("seq", 0)),
-                       {r: usage_value(u, unit) for r, u in e["usage_total"].items()})
+            _add_point(series, paid_calls(e["usage_total"]),
+                       {r: usage_value(u, unit) for r, u in e["usage_total"].items() if isinstance(u, dict)})
+        series.end_x = series.x[-1]
         return series
     # itemized reconstruction: only what the log attributes to a role
     running: dict[str, float] = {}
@@ -338,6 +375,47 @@ def usage_series(run: RunData) -> UsageSeries:
         _add_point(series, int(e.get("seq", 0)), dict(running))
     series.phase_points = _phase_points(run, unit)
     return series
+
+
+def paid_calls(usage_total: dict[str, Any]) -> int:
+    """Paid LM calls so far, all roles, in a meter snapshot."""
+    return int(sum(_num(u.get("calls")) for u in usage_total.values() if isinstance(u, dict)))
+
+
+def _snapshot_total(usage_total: dict[str, Any]) -> dict[str, Any]:
+    roles = [u for u in usage_total.values() if isinstance(u, dict)]
+    costs = [u.get("cost_usd") for u in roles]
+    return {"calls": int(sum(_num(u.get("calls")) for u in roles)),
+            "tokens": int(sum(_num(u.get("prompt_tokens")) + _num(u.get("completion_tokens")) for u in roles)),
+            "cost_usd": sum(_num(c) for c in costs) if all(c is not None for c in costs) else None}
+
+
+def log_is_whole(events: list[dict[str, Any]]) -> bool:
+    """The log's events are numbered 1, 2, 3, ... with none missing (a log with holes, e.g. from a
+    file restored while the run wrote to it, cannot say where a phase ended)."""
+    return [e.get("seq") for e in events] == list(range(1, len(events) + 1))
+
+
+def phase_usage(run: RunData) -> tuple[dict[str, dict[str, Any]], bool]:
+    snaps = [e for e in run.events if isinstance(e.get("usage_total"), dict)]
+    seed = next((e for e in snaps if e.get("type") == "seed_evaluated"), None)
+    if not snaps or seed is None or not log_is_whole(run.events):
+        return dict((run.summary or {}).get("usage_by_phase") or {}), False
+    first_test = next((i for i, e in enumerate(snaps) if e.get("type") == "test_evaluated"), None)
+    search_end = snaps[first_test - 1] if first_test else snaps[-1]
+    finished = next((e for e in reversed(snaps) if e.get("type") == "run_finished"), snaps[-1])
+    zero = {"calls": 0, "tokens": 0, "cost_usd": 0.0}
+    points = [("seed", _snapshot_total(seed["usage_total"])), ("search", _snapshot_total(search_end["usage_total"]))]
+    if first_test is not None:
+        points.append(("test", _snapshot_total(finished["usage_total"])))
+    phases, before = {}, zero
+    for name, total in points:
+        cost = None if total["cost_usd"] is None or before["cost_usd"] is None else \
+            round(total["cost_usd"] - before["cost_usd"], 9)
+        phases[name] = {"calls": total["calls"] - before["calls"], "tokens": total["tokens"] - before["tokens"],
+                        "cost_usd": cost}
+        before = total
+    return phases, True
 
 
 def _add_point(series: UsageSeries, x: int, values: dict[str, float]) -> None:

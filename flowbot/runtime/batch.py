@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from flowbot.graph.sketch import Workflow
 from flowbot.lm.base import BudgetExceeded, Usage
+from flowbot.runtime.backends import Backend, active_backend
 from flowbot.runtime.executor import Executor
 from flowbot.runtime.scoring import Metric, MetricResult, call_metric
 from flowbot.runtime.trace import Trace
@@ -98,17 +99,23 @@ async def evaluate_examples(
     progress: bool | Progress = False,
     description: str = "evaluating",
     on_result: Callable[[ExampleResult], None] | None = None,
+    backend: Backend | None = None,
 ) -> BatchResult:
     """Run ``workflow`` on every example and score it with ``metric``.
 
     The workflow's inputs are taken from each example by field name; ``metric(example, outputs)``
-    receives the example and the workflow's output fields.
+    receives the example and the workflow's output fields. ``backend`` (default: the one made active
+    with ``use_backend``, else this event loop) says where the examples run.
     """
+    backend = backend or active_backend()
+    if backend is not None:
+        return await backend.evaluate(executor, workflow, examples, metric, concurrency=concurrency,
+                                      progress=progress, description=description, on_result=on_result)
     start = time.perf_counter()
     results: list[ExampleResult | None] = [None] * len(examples)
     semaphore = asyncio.Semaphore(max(1, concurrency))
     stop_reason: list[str] = []
-    bar, task_id, owns_bar = _progress(progress, description, len(examples))
+    bar, task_id, owns_bar = progress_bar(progress, description, len(examples))
 
     async def one(i: int, ex: dict[str, Any]) -> None:
         if stop_reason:
@@ -116,7 +123,7 @@ async def evaluate_examples(
         async with semaphore:
             if stop_reason:
                 return
-            inputs = {f: ex[f] for f in workflow.sketch.inputs if f in ex}
+            inputs = workflow_inputs(workflow, ex)
             try:
                 trace = await executor.run(workflow, inputs)
             except BudgetExceeded as exc:
@@ -124,10 +131,7 @@ async def evaluate_examples(
                 return
             except Exception as exc:  # an executor bug must not sink the whole batch
                 trace = Trace(inputs=inputs, error=f"{type(exc).__name__}: {exc}")
-            scored: MetricResult = await call_metric(metric, ex, trace.outputs)
-            error = trace.error or scored.error
-            res = ExampleResult(example_id(ex, i), ex, trace.outputs, scored.score, scored.feedback, error, trace)
-            results[i] = res
+            res = results[i] = await score_trace(metric, i, ex, trace)
             if on_result is not None:
                 on_result(res)
             if bar is not None:
@@ -137,7 +141,25 @@ async def evaluate_examples(
         await asyncio.gather(*(one(i, ex) for i, ex in enumerate(examples)))
     finally:
         if owns_bar and bar is not None:
+            bar.refresh()  # the final count (Jupyter shows only what was last refreshed)
             bar.stop()
+    return collect(results, len(examples), stop_reason, start)
+
+
+def workflow_inputs(workflow: Workflow, example: dict[str, Any]) -> dict[str, Any]:
+    return {f: example[f] for f in workflow.sketch.inputs if f in example}
+
+
+async def score_trace(metric: Metric, index: int, example: dict[str, Any], trace: Trace) -> ExampleResult:
+    """One example's result: its trace scored by the metric (a failed run or metric scores 0)."""
+    scored: MetricResult = await call_metric(metric, example, trace.outputs)
+    error = trace.error or scored.error
+    return ExampleResult(example_id(example, index), example, trace.outputs, scored.score, scored.feedback, error,
+                         trace)
+
+
+def collect(results: list[ExampleResult | None], requested: int, stop_reason: list[str], start: float) -> BatchResult:
+    """The batch of the examples that finished, in example order, with their summed usage."""
     done = [r for r in results if r is not None]
     usage = Usage()
     for r in done:
@@ -145,7 +167,7 @@ async def evaluate_examples(
             usage = usage + r.trace.usage
     return BatchResult(
         results=done,
-        requested=len(examples),
+        requested=requested,
         stopped=stop_reason[0] if stop_reason else None,
         wall_s=time.perf_counter() - start,
         usage=usage,
@@ -153,7 +175,8 @@ async def evaluate_examples(
     )
 
 
-def _progress(progress: bool | Progress, description: str, total: int):
+def progress_bar(progress: bool | Progress, description: str, total: int):
+    """(bar, task id, whether the caller owns the bar and must stop it) for ``progress``."""
     if progress is False:
         return None, None, False
     if isinstance(progress, Progress):

@@ -30,6 +30,7 @@ from flowbot.lm.client import LMClient
 from flowbot.runtime import prompts
 from flowbot.runtime.extract import apply_extraction, extract_answer
 from flowbot.runtime.trace import NodeRun, Trace
+from flowbot.runtime.tracing import Tracer, active_tracer, end_span, start_span
 from flowbot.tools.base import ToolError, ToolRegistry
 
 _MISSING = object()
@@ -37,7 +38,10 @@ _ACTION_RE = re.compile(r"Action:\s*([A-Za-z_][\w]*)\s*\[(.*)\]", re.S)
 
 
 class Executor:
-    """Runs workflows with one task LM (and optionally other models by name) and a tool registry."""
+    """Runs workflows with one task LM (and optionally other models by name) and a tool registry.
+
+    ``tracer`` receives a span per workflow run and per node run (see :mod:`flowbot.runtime.tracing`);
+    without one, the tracer made active with ``use_tracer`` is used, if any."""
 
     def __init__(
         self,
@@ -45,10 +49,12 @@ class Executor:
         *,
         tools: ToolRegistry | None = None,
         models: Callable[[str], LMClient] | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.lm = lm
         self.tools = tools or ToolRegistry()
         self._models = models
+        self.tracer = tracer
 
     def client_for(self, params: NodeParams) -> LMClient:
         if params.model and self._models is not None and params.model != self.lm.model:
@@ -65,6 +71,9 @@ class Executor:
             trace.error = f"missing input field(s): {', '.join(missing_inputs)}"
         gates = sketch.gates()
         tasks: dict[str, asyncio.Task[None]] = {}
+        tracer = self.tracer or active_tracer()
+        root = start_span(tracer, workflow.name or "workflow", "workflow", trace.inputs,
+                          attributes={"workflow": workflow.name, "nodes": len(sketch.nodes)})
 
         async def run_node(node: Any, upstream: list[asyncio.Task[None]]) -> None:
             if upstream:
@@ -83,28 +92,35 @@ class Executor:
                 trace.nodes[node.id] = record
                 return
             record.inputs = present
+            span = start_span(tracer, node.id, node.kind, present, parent=root,
+                              attributes=self._span_attributes(workflow, node)) if tracer else None
             t0 = time.perf_counter()
+            stopped: str | None = None
             try:
                 output = await self._run_node(workflow, node, present, record, values)
                 values[node.writes] = output
                 record.output = output
-            except BudgetExceeded:
+            except BudgetExceeded as exc:
+                stopped = f"BudgetExceeded: {exc}"
                 raise
             except Exception as exc:  # any node failure is data for the trace, never a crash
                 record.error = f"{type(exc).__name__}: {exc}"
             finally:
                 record.latency_s = time.perf_counter() - t0
                 trace.nodes[node.id] = record
+                if span is not None:
+                    end_span(span, {node.writes: record.output}, _usage_attributes(record), record.error or stopped)
 
         for node in sketch.topological_order():
             ups = [tasks[u] for u in sketch.upstream(node)]
             tasks[node.id] = asyncio.ensure_future(run_node(node, ups))
         try:
             await asyncio.gather(*tasks.values())
-        except BudgetExceeded:
+        except BudgetExceeded as exc:
             for t in tasks.values():
                 t.cancel()
             await asyncio.gather(*tasks.values(), return_exceptions=True)
+            end_span(root, None, {"latency_s": time.perf_counter() - start}, f"BudgetExceeded: {exc}")
             raise
         trace.outputs = {f: values.get(f) for f in sketch.outputs}
         if trace.error is None:
@@ -115,7 +131,23 @@ class Executor:
                 trace.error = "no value for output field(s): " + ", ".join(
                     f for f, v in trace.outputs.items() if v is None)
         trace.latency_s = time.perf_counter() - start
+        if root is not None:
+            usage = trace.usage
+            end_span(root, dict(trace.outputs), {"latency_s": round(trace.latency_s, 4), "calls": trace.calls,
+                                                 "prompt_tokens": usage.prompt_tokens,
+                                                 "completion_tokens": usage.completion_tokens,
+                                                 "cost_usd": usage.cost_usd}, trace.error)
         return trace
+
+    def _span_attributes(self, workflow: Workflow, node: Any) -> dict[str, Any]:
+        if isinstance(node, ToolNode):
+            return {"node.kind": node.kind, "tool": node.tool}
+        attributes: dict[str, Any] = {"node.kind": node.kind}
+        if isinstance(node, (LLMNode, BranchNode, MergeNode)):
+            params = workflow.params[node.id]
+            attributes["model"] = self.client_for(params).model
+            attributes["temperature"] = params.temperature
+        return attributes
 
     # -- node kinds ----------------------------------------------------------------------
     async def _run_node(self, wf: Workflow, node: Any, inputs: dict[str, Any], record: NodeRun,
@@ -220,6 +252,13 @@ class Executor:
         match = re.search(r"\d+", extract_answer(reply))
         index = int(match.group()) - 1 if match else 0
         return candidates[index] if 0 <= index < len(candidates) else candidates[0]
+
+
+def _usage_attributes(record: NodeRun) -> dict[str, Any]:
+    """What a node span reports when it ends: tokens, calls (and how many were cached), latency."""
+    return {"prompt_tokens": record.usage.prompt_tokens, "completion_tokens": record.usage.completion_tokens,
+            "cost_usd": record.usage.cost_usd, "calls": record.calls, "cached_calls": record.cached_calls,
+            "latency_s": round(record.latency_s, 4), "tool_steps": len(record.steps)}
 
 
 def _rule_matches(op: str, value: Any, target: Any) -> bool:

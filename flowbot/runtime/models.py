@@ -16,6 +16,7 @@ from platformdirs import user_cache_dir
 from flowbot.lm.base import Provider
 from flowbot.lm.budget import Budget, UsageMeter
 from flowbot.lm.cache import ResponseCache
+from flowbot.lm.pricing import PricedProvider
 from flowbot.lm.client import LMClient
 from flowbot.lm.resolve import default_model, make_provider
 
@@ -36,7 +37,8 @@ def default_cache_path() -> Path | None:
 class ModelPool:
     """Clients by model name over shared state (cache, meter, budget, run id), one provider each.
 
-    ``providers`` pre-registers providers by name (tests pass scripted LMs this way)."""
+    ``providers`` pre-registers providers by name (tests pass scripted LMs this way); ``prices``
+    gives (input, output) dollars per token by model name, over the provider's own price."""
 
     def __init__(
         self,
@@ -51,6 +53,7 @@ class ModelPool:
         providers: dict[str, Provider] | None = None,
         provider_options: dict[str, Any] | None = None,
         max_concurrency: int | None = None,
+        prices: dict[str, tuple[float, float]] | None = None,
     ) -> None:
         self.default = default or default_model()
         self.base_url = base_url
@@ -62,6 +65,7 @@ class ModelPool:
         self.max_concurrency = max_concurrency
         self._providers: dict[str, Provider] = dict(providers or {})
         self._options = provider_options or {}
+        self.prices = dict(prices or {})
         self._clients: dict[tuple[str, str], LMClient] = {}
 
     def provider(self, name: str | None = None) -> Provider:
@@ -69,7 +73,10 @@ class ModelPool:
         if name not in self._providers:
             base_url = self.base_url if name == self.default else None
             self._providers[name] = make_provider(name, base_url=base_url, **self._options)
-        return self._providers[name]
+        provider = self._providers[name]
+        if name in self.prices and not isinstance(provider, PricedProvider):
+            provider = self._providers[name] = PricedProvider(provider, self.prices[name])
+        return provider
 
     def client(self, name: str | None = None, role: str = "task") -> LMClient:
         key = (name or self.default, role)

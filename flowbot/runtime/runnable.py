@@ -10,7 +10,6 @@ data; this subclass adds running it with a model chosen at load time or per call
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from flowbot.lm.cache import ResponseCache
 from flowbot.lm.client import LMClient
 from flowbot.runtime.executor import Executor
 from flowbot.runtime.models import ModelPool, default_cache_path
+from flowbot.runtime.sync import run_sync
 from flowbot.runtime.trace import Trace
 from flowbot.tools.base import ToolRegistry
 
@@ -100,9 +100,6 @@ class Workflow(IRWorkflow):
 
     def __call__(self, inputs: dict[str, Any] | None = None, /, *, model: str | None = None,
                  trace: bool = False, **fields: Any) -> Any:
-        """Synchronous :meth:`arun` (not for use inside a running event loop: await ``arun``)."""
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return asyncio.run(self.arun(inputs, model=model, trace=trace, **fields))
-        raise RuntimeError("workflow(...) was called inside a running event loop; use `await workflow.arun(...)`")
+        """Synchronous :meth:`arun`; inside a running event loop (Jupyter) it runs on a private loop
+        in a worker thread (``await workflow.arun(...)`` does not block the caller's loop)."""
+        return run_sync(self.arun(inputs, model=model, trace=trace, **fields))
