@@ -191,6 +191,10 @@ class LMClient:
         result = await self.provider.complete(request)
         if len(result.texts) < request.n:
             raise LMTransientError(f"{self.model} returned {len(result.texts)} of {request.n} samples")
+        if any(not (t or "").strip() for t in result.texts[: request.n]):
+            # An empty reply is a fault (a dropped generation, an overloaded server), not an
+            # answer: retried like one, and never cached, since only successful results are.
+            raise LMTransientError(f"{self.model} returned an empty completion")
         return result
 
     async def aclose(self) -> None:
