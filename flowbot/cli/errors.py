@@ -10,6 +10,7 @@ from typing import Any, Callable
 import typer
 from rich.console import Console
 
+from flowbot.errors import FlowBotError
 from flowbot.graph.edits import EditError
 from flowbot.graph.io import WorkflowFileError
 from flowbot.graph.sketch import WorkflowValidationError
@@ -18,7 +19,7 @@ from flowbot.optim.rundir import RunDirError
 from flowbot.tasks.loaders import DataError
 
 #: errors that describe bad input or a bad setting: shown as one message, no traceback
-USER_ERRORS = (DataError, WorkflowFileError, WorkflowValidationError, EditError, LMError, RunDirError,
+USER_ERRORS = (FlowBotError, DataError, WorkflowFileError, WorkflowValidationError, EditError, LMError, RunDirError,
                FileNotFoundError, ValueError)
 
 

@@ -1,6 +1,11 @@
 """Batch evaluation: run a workflow over examples with bounded concurrency, a progress bar and a
 metric. A failing node or example is recorded and scored 0; it never stops the batch. A used-up
 budget stops launching new examples and returns what was done, marked with the reason.
+
+Two failures are not the example's and stop the batch at once, cancelling what is in flight, so
+no caller (``eval``, every optimizer loop) scores a run of zeros: a permanent LM error (bad key,
+unknown model, exhausted quota, a request the model rejects; ``LMPermanentError`` propagates),
+and a metric that fails on most of the first examples (:class:`flowbot.errors.MetricFailure`).
 """
 
 from __future__ import annotations
@@ -14,8 +19,9 @@ from typing import Any, Callable
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from flowbot.graph.sketch import Workflow
-from flowbot.lm.base import BudgetExceeded, Usage
+from flowbot.lm.base import BudgetExceeded, LMPermanentError, Usage
 from flowbot.runtime.executor import Executor
+from flowbot.runtime.metric_guard import MetricGuard, metric_name
 from flowbot.runtime.scoring import Metric, MetricResult, call_metric
 from flowbot.runtime.trace import Trace
 
@@ -98,46 +104,78 @@ async def evaluate_examples(
     progress: bool | Progress = False,
     description: str = "evaluating",
     on_result: Callable[[ExampleResult], None] | None = None,
+    guard_metric: bool = True,
 ) -> BatchResult:
     """Run ``workflow`` on every example and score it with ``metric``.
 
     The workflow's inputs are taken from each example by field name; ``metric(example, outputs)``
-    receives the example and the workflow's output fields.
+    receives the example and the workflow's output fields. Raises ``LMPermanentError`` on the
+    first permanent LM error and :class:`flowbot.errors.MetricFailure` when the metric fails on
+    most of the first examples (``guard_metric=False`` turns that check off).
     """
     start = time.perf_counter()
     results: list[ExampleResult | None] = [None] * len(examples)
     semaphore = asyncio.Semaphore(max(1, concurrency))
     stop_reason: list[str] = []
+    fatal: list[BaseException] = []  # the first error that stops the batch
+    guard = MetricGuard(metric_name(metric), len(examples)) if guard_metric else None
     bar, task_id, owns_bar = _progress(progress, description, len(examples))
+    tasks: list[asyncio.Future[None]] = []
+
+    def stop_all(exc: BaseException) -> None:
+        if not fatal:
+            fatal.append(exc)
+        me = asyncio.current_task()
+        for t in tasks:
+            if t is not me:
+                t.cancel()  # in-flight calls would only repeat the error (or score in vain)
 
     async def one(i: int, ex: dict[str, Any]) -> None:
-        if stop_reason:
+        if stop_reason or fatal:
             return
         async with semaphore:
-            if stop_reason:
+            if stop_reason or fatal:
                 return
             inputs = {f: ex[f] for f in workflow.sketch.inputs if f in ex}
             try:
                 trace = await executor.run(workflow, inputs)
+                scored: MetricResult = await call_metric(metric, ex, trace.outputs)
             except BudgetExceeded as exc:
                 stop_reason.append(str(exc))
                 return
+            except LMPermanentError as exc:
+                stop_all(exc)
+                return
             except Exception as exc:  # an executor bug must not sink the whole batch
                 trace = Trace(inputs=inputs, error=f"{type(exc).__name__}: {exc}")
-            scored: MetricResult = await call_metric(metric, ex, trace.outputs)
+                scored = await call_metric(metric, ex, trace.outputs)
             error = trace.error or scored.error
             res = ExampleResult(example_id(ex, i), ex, trace.outputs, scored.score, scored.feedback, error, trace)
+            if guard is not None and trace.error is None:
+                try:
+                    guard.observe(res.example_id, scored.error)
+                except Exception as exc:  # MetricFailure: the metric, not the workflow, is broken
+                    stop_all(exc)
+                    return
             results[i] = res
             if on_result is not None:
                 on_result(res)
             if bar is not None:
                 bar.advance(task_id)
 
+    tasks.extend(asyncio.ensure_future(one(i, ex)) for i, ex in enumerate(examples))
     try:
-        await asyncio.gather(*(one(i, ex) for i, ex in enumerate(examples)))
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
     finally:
+        for t in tasks:
+            t.cancel()  # only matters when this evaluation itself is cancelled
         if owns_bar and bar is not None:
             bar.stop()
+    if fatal:
+        raise fatal[0]
+    for outcome in outcomes:  # anything else one() raised (e.g. an on_result callback's bug)
+        if isinstance(outcome, BaseException) and not isinstance(outcome, asyncio.CancelledError):
+            raise outcome
     done = [r for r in results if r is not None]
     usage = Usage()
     for r in done:
