@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -245,6 +246,16 @@ def prepare_run(task: Task | str, *, seed: Any = "cot", model: str | None = None
                        model, optimizer_model, base_url, optimizer_base_url, providers)
 
 
+def _first_missing(path: Path) -> Path | None:
+    """The outermost directory of ``path`` that does not exist yet (None when ``path`` exists)."""
+    missing = None
+    for p in [path, *path.parents]:
+        if p.exists():
+            break
+        missing = p
+    return missing
+
+
 @dataclass
 class PreparedRun:
     task: Task
@@ -278,24 +289,39 @@ class PreparedRun:
         return task_pool, opt_pool
 
     async def arun(self, callbacks: Iterable[Callable[[dict[str, Any]], None]] = ()) -> OptimizationResult:
-        rd = RunDir(self.run_dir)
-        run_id, resumed = rd.start(self.settings)
-        rd.clear_stop()
-        cache = ResponseCache(rd.cache_path)
-        task_pool, opt_pool = self._pools(cache, run_id)
-        for cb in callbacks:
-            rd.events.listeners.append(lambda event, replayed, cb=cb: cb({**event, "replayed": replayed}))
-        task = self.task
-        metric = _bind_judge(task.metric, opt_pool, None)
-        data = TaskData(name=task.name, description=task.description or task.describe(),
-                        output_field=task.output, target_fields=task.targets, metric=metric,
-                        train=task.examples("train"), val=task.examples("val"), test=task.examples("test"))
+        created = _first_missing(self.run_dir)  # what to remove if this session leaves nothing worth keeping
+        rd = RunDir(self.run_dir)  # locked for this process until closed
+        cache: ResponseCache | None = None
+        meter: UsageMeter | None = None
         try:
+            run_id, resumed = rd.start(self.settings)
+            rd.clear_stop()
+            cache = ResponseCache(rd.cache_path)
+            task_pool, opt_pool = self._pools(cache, run_id)
+            meter = task_pool.meter
+            for cb in callbacks:
+                rd.events.listeners.append(lambda event, replayed, cb=cb: cb({**event, "replayed": replayed}))
+            task = self.task
+            metric = _bind_judge(task.metric, opt_pool, None)
+            data = TaskData(name=task.name, description=task.description or task.describe(),
+                            output_field=task.output, target_fields=task.targets, metric=metric,
+                            train=task.examples("train"), val=task.examples("val"), test=task.examples("test"))
             return await run_optimization(
                 data, self.seed, task_pool.client(), opt_pool.client(role="optimizer"), tools=default_tools(),
                 config=self.config, run_dir=rd, budget=self.budget, resumed=resumed, models=task_pool.resolver())
+        except Exception:
+            if cache is not None:
+                cache.close()
+                cache = None
+            rd.close()
+            if created is not None and (meter is None or meter.total().calls == 0):
+                # this session made the directory and paid for nothing: leave no partial run behind
+                shutil.rmtree(created, ignore_errors=True)
+            raise
         finally:
-            cache.close()
+            if cache is not None:
+                cache.close()
+            rd.close()
 
 
 def optimize(task: Task | str, *, seed: Any = "cot", model: str | None = None, optimizer_model: str | None = None,

@@ -166,7 +166,9 @@ def eval_cmd(
     payload = {"flowbot_version": __version__, "task": the_task.name, "split": split, "limit": limit,
                "command": " ".join(["flowbot", *sys.argv[1:]]),
                "results": [r.to_dict(traces=not no_traces) for r in results]}
-    path.write_text(json.dumps(payload, indent=1, ensure_ascii=False, default=str), encoding="utf-8")
+    from flowbot.optim.rundir import atomic_write_text
+
+    atomic_write_text(path, json.dumps(payload, indent=1, ensure_ascii=False, default=str))
     out.print(f"wrote {path}")
 
 
