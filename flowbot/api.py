@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from flowbot.errors import FlowBotError
 from flowbot.graph.io import load_workflow
 from flowbot.graph.sketch import Workflow as IRWorkflow
 from flowbot.lm.base import Provider
@@ -97,6 +98,12 @@ def _budget(budget: Any) -> Budget:
         names = {"calls": "max_calls", "tokens": "max_tokens", "usd": "max_usd", "dollars": "max_usd",
                  "seconds": "max_seconds"}
         kw = {names.get(k, k): v for k, v in budget.items()}
+        unknown = set(kw) - {"max_calls", "max_tokens", "max_usd", "max_seconds"}
+        if unknown:
+            raise FlowBotError(f"unknown budget {', '.join(sorted(unknown))}; use calls, tokens, usd or seconds")
+        for key, value in kw.items():
+            if value is not None and not (isinstance(value, (int, float)) and value > 0):
+                raise FlowBotError(f"must be a positive number, got {value!r}", where=f"budget {key[4:]}")
         return Budget(**kw)
     raise TypeError("budget must be a Budget, a dict like {'calls': 300, 'usd': 2}, or dollars")
 
@@ -160,7 +167,12 @@ async def aevaluate(
     pool = ModelPool(model, base_url=base_url, cache=cache_obj, meter=UsageMeter(), budget=_budget(budget),
                      providers=providers, seed=seed)
     metric = _bind_judge(task.metric, pool, judge_model)
+    if limit is not None and limit < 1:
+        raise FlowBotError(f"must be at least 1, got {limit}", where="limit")
     examples = task.examples(split, limit)
+    if not examples:
+        raise FlowBotError(f"task {task.name}: the {split} split has no examples (sizes: "
+                           + ", ".join(f"{k} {v}" for k, v in task.sizes().items()) + ")")
     executor = Executor(pool.client(), tools=default_tools(), models=pool.resolver())
     start = time.perf_counter()
     batch = await evaluate_examples(executor, wf, examples, metric, concurrency=concurrency, progress=progress,
@@ -210,8 +222,48 @@ def _make_config(method: str, objective: str, cost_weight: float, inner: Any, ou
         raise ValueError(f"unknown method {method!r}; use flowbot, inner-only or aflow")
     if objective not in ("score", "cost"):
         raise ValueError(f"unknown objective {objective!r}; use 'score' or 'cost'")
-    return OptimizeConfig(method=method, inner=build(InnerConfig, inner), outer=build(OuterConfig, outer),
-                          aflow=build(AFlowConfig, aflow), objective=Objective(objective, cost_weight), **sizes)
+    try:
+        cfg = OptimizeConfig(method=method, inner=build(InnerConfig, inner), outer=build(OuterConfig, outer),
+                             aflow=build(AFlowConfig, aflow), objective=Objective(objective, cost_weight), **sizes)
+    except TypeError as exc:  # an unknown setting name
+        raise FlowBotError(str(exc).replace("__init__() ", "")) from None
+    _check_settings(cfg, cost_weight)
+    return cfg
+
+
+#: (setting, smallest allowed value) of the optimizer settings a user passes
+_MINIMA = (("inner.steps", 0), ("inner.minibatch_size", 1), ("inner.candidates", 1), ("inner.demos", 0),
+           ("inner.patience", 0), ("outer.rounds", 0), ("outer.patience", 0), ("aflow.rounds", 0),
+           ("train_size", 1), ("val_size", 1), ("test_size", 1), ("concurrency", 1))
+
+
+def _check_settings(cfg: OptimizeConfig, cost_weight: float) -> None:
+    """Out-of-range or misspelt settings fail here, before anything runs, naming the setting."""
+    for name, low in _MINIMA:
+        value: Any = cfg
+        for part in name.split("."):
+            value = getattr(value, part, None)
+        if value is None:
+            continue  # unset (e.g. all of a split) or a setting this version does not have
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise FlowBotError(f"must be a whole number of at least {low}, got {value!r}", where=name)
+    feedback = getattr(cfg.inner, "feedback", "backward")
+    if feedback not in ("backward", "global"):
+        raise FlowBotError(f"unknown value {feedback!r}; use backward or global", where="inner.feedback")
+    if not (isinstance(cost_weight, (int, float)) and cost_weight >= 0):
+        raise FlowBotError(f"must be a number of at least 0, got {cost_weight!r}", where="cost_weight")
+
+
+def _check_splits(task: Task, cfg: OptimizeConfig) -> None:
+    """The splits the method needs must have examples (said before a run directory exists)."""
+    sizes = task.sizes()
+    needed = ["val"] + ([] if cfg.method == "aflow" else ["train"])
+    empty = [s for s in needed if sizes.get(s, 0) == 0]
+    if empty:
+        names = {"val": "validation", "train": "training"}
+        raise FlowBotError(f"task {task.name}: the {' and '.join(names[s] for s in empty)} split is empty "
+                           f"(sizes: {', '.join(f'{k} {v}' for k, v in sizes.items())}); give more data, or "
+                           "val=/train= files")
 
 
 def default_run_dir(task: Task, method: str, config: dict[str, Any]) -> Path:
@@ -235,6 +287,7 @@ def prepare_run(task: Task | str, *, seed: Any = "cot", model: str | None = None
                        val_size=val_size, test_size=test_size, concurrency=concurrency, seed=random_seed,
                        progress=progress, evaluate_test=evaluate_test)
     budget_obj = _budget(budget)
+    _check_splits(task, cfg)
     settings = {
         "task": task.name, "task_sizes": task.sizes(), "seed_workflow": json.loads(seed_wf.model_dump_json()),
         "model": model or "(default)", "optimizer_model": optimizer_model or "(same as model)",

@@ -12,6 +12,8 @@ with it already. This module imports nothing of flowbot, so every layer may use 
 
 from __future__ import annotations
 
+from typing import Callable
+
 
 class FlowBotError(ValueError):
     """A problem the user can fix, described in one line; ``where`` says where it is."""
@@ -28,3 +30,21 @@ class MetricFailure(FlowBotError):
 
 class InputError(FlowBotError, TypeError):
     """A workflow was called without a field it reads (also a TypeError, like a missing argument)."""
+
+
+def utf8_text(data: bytes, source: str, error: Callable[[str], Exception] = FlowBotError) -> str:
+    """``data`` decoded as UTF-8 (a leading byte-order mark dropped, as editors on Windows write
+    one); otherwise ``error`` with a message naming ``source``, the line and the column.
+
+    >>> utf8_text(b"ok\\n\\xff", "d.jsonl")
+    Traceback (most recent call last):
+    ...
+    flowbot.errors.FlowBotError: d.jsonl, line 2: not UTF-8 text (byte 0xff at column 1); save the file as UTF-8
+    """
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise error(f"{source}, line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at column {column}); "
+                    "save the file as UTF-8") from None

@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from flowbot.cli.errors import handled
+from flowbot.errors import FlowBotError
 from flowbot.version import __version__
 
 app = typer.Typer(name="flowbot", help="Induce LLM workflows from data: optimize structure and prompts together.",
@@ -63,6 +64,10 @@ def run(
 
     values = _json_arg(input, "--input")
     wf = Workflow.load(workflow, model=model, base_url=base_url)
+    missing = [f for f in wf.sketch.inputs if f not in values]
+    if missing:
+        raise FlowBotError(f"missing field(s) {', '.join(map(repr, missing))}; {workflow} reads "
+                           f"{', '.join(wf.sketch.inputs)}", where="--input")
     outputs, tr = wf(values, trace=True)
     out.print_json(json.dumps(outputs, ensure_ascii=False, default=str))
     if trace:
@@ -147,6 +152,7 @@ def eval_cmd(
     """Evaluate one or more workflows on a task split; prints a table and writes JSON."""
     from flowbot.api import aevaluate
 
+    _check_options({"--limit": (limit, 1), "--concurrency": (concurrency, 1)})
     the_task = _task_from_options(task, task_file, data, val, test, input_fields, target, metric, labels, data_dir)
     cache_path = _eval_cache(cache, run_dir)
     _note_default_model(model)
@@ -235,6 +241,15 @@ def optimize(
     from flowbot.api import prepare_run
     from flowbot.cli.progress import RunPrinter
 
+    _check_options({"--budget-usd": (budget_usd, 0.0), "--budget-calls": (budget_calls, 1),
+                    "--budget-tokens": (budget_tokens, 1), "--budget-seconds": (budget_seconds, 0.0),
+                    "--cost-weight": (cost_weight, 0), "--steps": (steps, 0), "--rounds": (rounds, 0),
+                    "--minibatch": (minibatch, 1), "--candidates": (candidates, 1), "--demos": (demos, 0),
+                    "--train-size": (train_size, 1), "--val-size": (val_size, 1), "--test-size": (test_size, 1),
+                    "--concurrency": (concurrency, 1)},
+                   choices={"--feedback": (feedback, ("backward", "global")),
+                            "--method": (method, ("flowbot", "inner-only", "aflow")),
+                            "--objective": (objective, ("score", "cost"))})
     the_task = _task_from_options(task, task_file, data, val, test, input_fields, target, metric, labels, data_dir)
     budget = {k: v for k, v in {"max_usd": budget_usd, "max_calls": budget_calls, "max_tokens": budget_tokens,
                                 "max_seconds": budget_seconds}.items() if v is not None}
@@ -323,6 +338,22 @@ def metrics() -> None:
     for name, text in metric_names().items():
         table.add_row(name, text)
     out.print(table)
+
+
+def _check_options(minima: dict[str, tuple[Any, float]],
+                   choices: dict[str, tuple[str, tuple[str, ...]]] | None = None) -> None:
+    """One line naming the option for a value out of range (a float minimum means "more than")
+    or not among the choices, before anything runs."""
+    for option, (value, low) in minima.items():
+        if value is None:
+            continue
+        if isinstance(low, float) and not value > low:
+            raise FlowBotError(f"must be more than {low:g}, got {value:g}", where=option)
+        if value < low:
+            raise FlowBotError(f"must be at least {low}, got {value}", where=option)
+    for option, (value, allowed) in (choices or {}).items():
+        if value not in allowed:
+            raise FlowBotError(f"unknown value {value!r}; use {', '.join(allowed)}", where=option)
 
 
 def _json_arg(text: str, option: str) -> dict[str, Any]:

@@ -39,7 +39,6 @@ import uuid
 from pathlib import Path
 from typing import IO, Any
 
-from flowbot.errors import FlowBotError
 from flowbot.graph.io import save_workflow
 from flowbot.graph.sketch import Workflow
 
@@ -48,7 +47,7 @@ LOCK_FILE = "lock"
 CRASH_ENV = "FLOWBOT_CRASH_AT"
 
 
-class RunDirError(FlowBotError):
+class RunDirError(ValueError):
     pass
 
 
