@@ -34,6 +34,9 @@ ModelOpt = typer.Option(None, "--model", "-m", help="Task model: a hosted name (
                         "provider key is set, else the embedded qwen2.5-coder-1.5b.")
 BaseUrlOpt = typer.Option(None, "--base-url", help="An OpenAI-compatible server for the model (vLLM, Ollama, "
                           "llama.cpp server), e.g. http://localhost:8000/v1")
+SandboxOpt = typer.Option("auto", "--sandbox", help="Isolation of LLM-written code: auto (the strongest this host "
+                          "has), strict (refuse to run code without a kernel boundary: namespaces or bwrap), "
+                          "namespaces, bwrap or process.")
 
 
 def _version(value: bool) -> None:
@@ -58,10 +61,12 @@ def run(
     model: Optional[str] = ModelOpt,
     base_url: Optional[str] = BaseUrlOpt,
     trace: bool = typer.Option(False, "--trace", help="Also print every node's inputs, output, cost and time."),
+    sandbox: str = SandboxOpt,
 ) -> None:
     """Run a workflow on one input and print its output fields."""
     from flowbot.runtime.runnable import Workflow
 
+    _sandbox_policy(sandbox)
     values = _json_arg(input, "--input")
     wf = Workflow.load(workflow, model=model, base_url=base_url)
     missing = [f for f in wf.sketch.inputs if f not in values]
@@ -148,11 +153,13 @@ def eval_cmd(
                                          "(default: the user cache, or $FLOWBOT_CACHE)."),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Reuse an optimization run's cache: "
                                            "re-scoring its workflows pays nothing already paid."),
+    sandbox: str = SandboxOpt,
 ) -> None:
     """Evaluate one or more workflows on a task split; prints a table and writes JSON."""
     from flowbot.api import aevaluate
 
     _check_options({"--limit": (limit, 1), "--concurrency": (concurrency, 1)})
+    _sandbox_policy(sandbox)
     the_task = _task_from_options(task, task_file, data, val, test, input_fields, target, metric, labels, data_dir)
     cache_path = _eval_cache(cache, run_dir)
     _note_default_model(model)
@@ -236,6 +243,7 @@ def optimize(
     metric: Optional[str] = typer.Option(None, "--metric"),
     labels: Optional[str] = typer.Option(None, "--labels"),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir"),
+    sandbox: str = SandboxOpt,
 ) -> None:
     """Optimize a workflow's structure and prompts for a task within a budget (resumable)."""
     from flowbot.api import prepare_run
@@ -250,6 +258,7 @@ def optimize(
                    choices={"--feedback": (feedback, ("backward", "global")),
                             "--method": (method, ("flowbot", "inner-only", "aflow")),
                             "--objective": (objective, ("score", "cost"))})
+    _sandbox_policy(sandbox)
     the_task = _task_from_options(task, task_file, data, val, test, input_fields, target, metric, labels, data_dir)
     budget = {k: v for k, v in {"max_usd": budget_usd, "max_calls": budget_calls, "max_tokens": budget_tokens,
                                 "max_seconds": budget_seconds}.items() if v is not None}
@@ -354,6 +363,27 @@ def _check_options(minima: dict[str, tuple[Any, float]],
     for option, (value, allowed) in (choices or {}).items():
         if value not in allowed:
             raise FlowBotError(f"unknown value {value!r}; use {', '.join(allowed)}", where=option)
+
+
+def _sandbox_policy(value: str) -> None:
+    """Make ``--sandbox`` the policy of every sandboxed run in this process (tools and metrics);
+    a level this host lacks, or ``strict`` on a host without a kernel boundary, fails here,
+    before anything runs."""
+    import os
+
+    from flowbot.tools.sandbox import LEVELS, POLICY_ENV, sandbox_levels
+
+    _check_options({}, choices={"--sandbox": (value, ("auto", "strict", *LEVELS))})
+    if value == "auto":
+        return  # (a $FLOWBOT_SANDBOX already set stays in force)
+    os.environ[POLICY_ENV] = value
+    if value == "process":
+        return
+    missing = asyncio.run(sandbox_levels())  # level -> why it is unavailable ("" when it works)
+    wanted = ("namespaces", "bwrap") if value == "strict" else (value,)
+    if all(missing[level] for level in wanted):
+        why = "; ".join(f"{level}: {missing[level]}" for level in wanted)
+        raise FlowBotError(f"this host cannot isolate generated code that way ({why})", where=f"--sandbox {value}")
 
 
 def _json_arg(text: str, option: str) -> dict[str, Any]:
