@@ -362,13 +362,15 @@ class PreparedRun:
             return await run_optimization(
                 data, self.seed, task_pool.client(), opt_pool.client(role="optimizer"), tools=default_tools(),
                 config=self.config, run_dir=rd, budget=self.budget, resumed=resumed, models=task_pool.resolver())
-        except Exception:
+        except Exception as exc:
             if cache is not None:
                 cache.close()
                 cache = None
             rd.close()
-            if created is not None and (meter is None or meter.total().calls == 0):
-                # this session made the directory and paid for nothing: leave no partial run behind
+            # A session that made the directory leaves no partial run behind when it paid for
+            # nothing, or when bad input (a broken metric, say) stopped it before its first result.
+            nothing_paid = meter is None or meter.total().calls == 0
+            if created is not None and (nothing_paid or (isinstance(exc, FlowBotError) and rd.events.seq <= 1)):
                 shutil.rmtree(created, ignore_errors=True)
             raise
         finally:

@@ -170,6 +170,7 @@ class OpenAITestServer:
         self.reply = reply
         self.on_request = on_request
         self.statuses: list[int] = []
+        self._generation = 0
         self.latency_s = latency_s
         self.models = tuple(models) if models is not None else None
         self.api_key = api_key
@@ -215,6 +216,7 @@ class OpenAITestServer:
 
     def reset(self) -> None:
         """Forget received requests, the in-flight maximum and queued faults."""
+        self._generation += 1
         self.requests.clear()
         self.statuses.clear()
         self.max_in_flight = self.in_flight
@@ -321,10 +323,11 @@ class OpenAITestServer:
         return _encode(_error(404, f"no route for {method} {path}"))
 
     async def _chat(self, headers: dict[str, str], raw: bytes) -> _Response | None:
-        index = len(self.statuses)
+        index, generation = len(self.statuses), self._generation
         self.statuses.append(0)
         response = await self._chat_response(headers, raw)
-        self.statuses[index] = 0 if response is None else response.status
+        if generation == self._generation:  # not a request from before a reset()
+            self.statuses[index] = 0 if response is None else response.status
         return response
 
     async def _chat_response(self, headers: dict[str, str], raw: bytes) -> _Response | None:

@@ -121,30 +121,37 @@ async def test_too_many_processes_are_stopped_without_the_guard(isolation: str) 
 PLANT = """
 import asyncio, json, sys
 from flowbot.tools.sandbox import run_python
-code = sys.stdin.read()
+import os
+code = sys.stdin.read().replace("PLANTER", str(os.getpid()))
 res = asyncio.run(run_python(code, isolation=sys.argv[1], audit_guard=False, timeout_s=20))
 print(json.dumps({"stdout": res.stdout, "stderr": res.stderr[-400:]}))
 """
 
-READ_ALL_ENVIRONS = """
+READ_PARENT_ENVIRONS = """
 import os
-found = []
-for pid in os.listdir("/proc"):
-    if pid.isdigit():
-        try:
-            data = open(f"/proc/{pid}/environ", "rb").read()
-        except OSError:
-            continue
-        if b"PLANTED-" in data:
+# walk up from the sandboxed program to the process that planted the key (and no further)
+pid, found = os.getppid(), []
+for _ in range(6):
+    try:
+        if b"PLANTED-" in open(f"/proc/{pid}/environ", "rb").read():
             found.append(pid)
-print("FOUND" if found else "CLEAN", found)
+        if pid == PLANTER:
+            break
+        pid = int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError):
+        break
+try:
+    direct = b"PLANTED-" in open("/proc/PLANTER/environ", "rb").read()
+except OSError:
+    direct = False
+print("FOUND" if found or direct else "CLEAN", found)
 """
 
 
 def test_the_parents_key_is_not_readable_from_proc(isolation: str) -> None:
     key = "sk-PLANTED-" + secrets.token_hex(8)
     env = {**os.environ, "FLOWBOT_PLANTED_API_KEY": key}
-    proc = subprocess.run([sys.executable, "-c", PLANT, isolation], input=READ_ALL_ENVIRONS, env=env,
+    proc = subprocess.run([sys.executable, "-c", PLANT, isolation], input=READ_PARENT_ENVIRONS, env=env,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "CLEAN" in proc.stdout and key not in proc.stdout, proc.stdout
@@ -200,12 +207,13 @@ async def test_bwrap_hides_the_host_without_the_guard(has_bwrap: bool, tmp_path)
     assert not os.path.exists("/planted") and not os.path.exists("/usr/planted")
 
 
-def test_a_killed_parent_leaves_nothing_on_any_level(isolation: str) -> None:
+def test_a_killed_parent_leaves_nothing_on_any_level(isolation: str, tmp_path) -> None:
     # kill -9 FlowBot mid-run: the sandboxed program and a detached grandchild must go too
     token = sleep_token()
     script = ("import asyncio, sys\nfrom flowbot.tools.sandbox import run_python\n"
               "asyncio.run(run_python(sys.stdin.read(), isolation=sys.argv[1], audit_guard=False, timeout_s=60))")
-    parent = subprocess.Popen([sys.executable, "-c", script, isolation], stdin=subprocess.PIPE)
+    env = {**os.environ, "TMPDIR": str(tmp_path)}  # the killed parent cannot remove its run dir
+    parent = subprocess.Popen([sys.executable, "-c", script, isolation], stdin=subprocess.PIPE, env=env)
     parent.stdin.write(DETACH.format(token=token, tail="time.sleep(60)").encode())
     parent.stdin.close()
     try:
