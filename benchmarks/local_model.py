@@ -4,12 +4,15 @@ Prints the CPU, then for each model: load time, prompt and generation tokens per
 of one chain-of-thought GSM8K question, and what prompt-prefix reuse saves. With ``--engines`` it
 also compares llama-cpp-python (in-process, one sequence at a time; what FlowBot uses) with
 xllamacpp (llama.cpp's server with parallel slots and continuous batching) at 1 and 4 requests in
-flight. The CPU is shared with anything else running, so the share of CPU used by other processes
-during each measurement is printed too; numbers taken while it is high are not representative.
+flight. With ``--grammar`` it compares decoding under a grammar compiled from a JSON schema
+(structured output) with free decoding of the same prompt. The CPU is shared with anything else
+running, so the share of CPU used by other processes during each measurement is printed too;
+numbers taken while it is high are not representative.
 
     python benchmarks/local_model.py                              # both models, llama-cpp-python
     python benchmarks/local_model.py --models qwen2.5-coder-0.5b --engines \\
         --xllamacpp-path /tmp/xl --questions 8                     # + the engine comparison
+    python benchmarks/local_model.py --models qwen2.5-coder-1.5b --grammar-only --grammar 4
 """
 
 from __future__ import annotations
@@ -29,7 +32,9 @@ from typing import Any, Callable
 
 from flowbot.lm import LMClient
 from flowbot.lm.base import LMRequest
-from flowbot.lm.local import LlamaCppProvider, physical_cores, pull, unload_all
+from flowbot.lm.local import LlamaCppProvider, compile_grammar, physical_cores, pull, unload_all
+from flowbot.lm.schema import schema_text
+from flowbot.lm.structured import parse_reply
 
 GSM8K = Path("/work/shared/datasets/gsm8k/official")
 _FALLBACK_QUESTION = {
@@ -256,6 +261,64 @@ def throughput_llama(model: str, questions: int, concurrency: int) -> dict[str, 
             "correct": correct, "others_cpu_share": share.others}  # fmt: skip
 
 
+# -- grammar-constrained vs free decoding -------------------------------------------------------
+
+#: a reply shaped like FlowBot's structured calls: short bounded reasoning first, then the answer
+JSON_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "reasoning": {"type": "string", "maxLength": 600},
+        "answer": {"type": "integer"},
+    },
+    "required": ["reasoning", "answer"],
+    "additionalProperties": False,
+}
+JSON_ASK = ("Solve the problem. Reply with only a JSON object: "
+            '{"reasoning": "<brief step-by-step reasoning>", "answer": <the final number>}.')
+
+
+def bench_grammar(model: str, questions: int) -> dict[str, Any]:
+    """The same JSON-asking prompts decoded freely and under the schema's grammar (greedy)."""
+    pull(model)
+    provider = LlamaCppProvider(model).load()
+    t = time.perf_counter()
+    compile_grammar(schema_text(JSON_SCHEMA))
+    out: dict[str, Any] = {"model": model, "compile_s": time.perf_counter() - t, "questions": questions}
+    rows = gsm8k("test", questions)
+    asks = [[{"role": "system", "content": JSON_ASK}, {"role": "user", "content": r["question"]}] for r in rows]
+    for label, schema in (("free", None), ("grammar", JSON_SCHEMA)):
+        call(provider, [{"role": "user", "content": "warm-up"}], max_tokens=2, schema=schema)
+        with CpuShare() as share:
+            texts, d = measured(provider, lambda: [call(provider, m, max_tokens=400, schema=schema) for m in asks])
+        parsed = [parse_reply(text, JSON_SCHEMA) for text in texts]
+        out[label] = {
+            "gen_tok_s": d.completion_tokens / d.gen_s if d.gen_s else 0.0,
+            "s_per_call": d.wall / len(asks),
+            "gen_tokens_per_call": d.completion_tokens / len(asks),
+            "gen_s_per_call": d.gen_s / len(asks),
+            "prompt_s_per_call": d.prompt_s / len(asks),
+            "valid_json": sum(p.error is None for p in parsed),
+            "correct": sum(p.error is None and str(p.value["answer"]) == gold(r) for p, r in zip(parsed, rows)),
+            "others_cpu_share": share.others,
+        }
+    unload_all()
+    return out
+
+
+def report_grammar(results: list[dict[str, Any]]) -> None:
+    for r in results:
+        free, con = r["free"], r["grammar"]
+        print(f"== {r['model']}: grammar-constrained vs free decoding, {r['questions']} GSM8K questions asking "
+              f"for JSON (greedy; grammar compiled in {r['compile_s'] * 1000:.0f} ms) ==")
+        for label, v in (("free   ", free), ("grammar", con)):
+            print(f"  {label}  {v['gen_tok_s']:.1f} generated tok/s, {v['s_per_call']:.1f} s/call "
+                  f"({v['gen_tokens_per_call']:.0f} tokens, {v['gen_s_per_call']:.1f} s generating, "
+                  f"{v['prompt_s_per_call']:.1f} s reading the prompt); valid JSON {v['valid_json']}/{r['questions']}, "
+                  f"correct {v['correct']} (others' CPU {v['others_cpu_share']:.0%})")
+        if free["gen_tok_s"] and con["gen_tok_s"]:
+            print(f"  time per generated token under the grammar: {free['gen_tok_s'] / con['gen_tok_s']:.2f}x free decoding")
+
+
 # -- xllamacpp (run in a child process: two copies of ggml must not share one process) --------
 
 
@@ -400,22 +463,33 @@ def main() -> None:
     ap.add_argument("--engines", action="store_true", help="also measure xllamacpp (needs it importable)")
     ap.add_argument("--xllamacpp-path", help="directory holding the xllamacpp package (pip install --target)")
     ap.add_argument("--wait-quiet", type=float, default=0, help="wait up to N s for the machine to go idle")
+    ap.add_argument("--grammar", type=int, default=0, metavar="N",
+                    help="also compare grammar-constrained with free decoding on N GSM8K questions (0 = skip)")
+    ap.add_argument("--grammar-only", action="store_true", help="only the grammar comparison (default N: 4)")
     ap.add_argument("--json", help="also write the raw results here")
     args = ap.parse_args()
+    if args.grammar_only and not args.grammar:
+        args.grammar = 4
     print(f"CPU: {cpu_model()} | {physical_cores()} physical cores | {' '.join(cpu_flags())} | "
           f"load average {os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else f"CPU: {cpu_model()}")
     models = [m.strip() for m in args.models.split(",") if m.strip()]
-    results, engines = [], {}
+    results, engines, grammar = [], {}, []
     for model in models:
         wait_for_quiet(args.wait_quiet)
+        if args.grammar:
+            grammar.append(bench_grammar(model, args.grammar))
+        if args.grammar_only:
+            continue
         results.append(bench_llama(model, args.questions))
         if args.engines:
             results[-1]["same_text"] = same_text_llama(model)
         if args.engines and args.questions:
             engines[model] = {c: throughput_xllamacpp(model, args.questions, c, args.xllamacpp_path) for c in (1, 4)}
     report(results, engines)
+    report_grammar(grammar)
     if args.json:
-        Path(args.json).write_text(json.dumps({"cpu": cpu_model(), "results": results, "engines": engines}, indent=2))
+        Path(args.json).write_text(json.dumps({"cpu": cpu_model(), "results": results, "engines": engines,
+                                               "grammar": grammar}, indent=2))
 
 
 if __name__ == "__main__":

@@ -28,7 +28,8 @@ from flowbot.lm.budget import Budget, UsageMeter
 from flowbot.lm.cache import ResponseCache
 from flowbot.optim.aflow import AFlowConfig
 from flowbot.optim.archive import Objective
-from flowbot.optim.driver import OptimizationResult, OptimizeConfig, TaskData, run_optimization
+from flowbot.optim.driver import (BudgetConfig, OptimizationResult, OptimizeConfig, RacingConfig, TaskData,
+                                  run_optimization)
 from flowbot.optim.estimate import Estimate, estimate_run
 from flowbot.optim.inner import InnerConfig
 from flowbot.optim.outer import OuterConfig
@@ -210,7 +211,7 @@ def _cache(cache: str | Path | ResponseCache | None | bool) -> ResponseCache | N
 
 # -- optimization --------------------------------------------------------------------------------
 def _make_config(method: str, objective: str, cost_weight: float, inner: Any, outer: Any, aflow: Any,
-                 **sizes: Any) -> OptimizeConfig:
+                 racing: Any = None, budget_plan: Any = None, **sizes: Any) -> OptimizeConfig:
     def build(kind: type, value: Any) -> Any:
         if value is None:
             return kind()
@@ -222,11 +223,20 @@ def _make_config(method: str, objective: str, cost_weight: float, inner: Any, ou
         raise ValueError(f"unknown method {method!r}; use flowbot, inner-only or aflow")
     if objective not in ("score", "cost"):
         raise ValueError(f"unknown objective {objective!r}; use 'score' or 'cost'")
+    plan = build(BudgetConfig, budget_plan)
+    if plan.scope not in ("all", "search"):
+        raise ValueError(f"unknown budget scope {plan.scope!r}; use 'all' or 'search'")
     try:
-        cfg = OptimizeConfig(method=method, inner=build(InnerConfig, inner), outer=build(OuterConfig, outer),
-                             aflow=build(AFlowConfig, aflow), objective=Objective(objective, cost_weight), **sizes)
+        outer_cfg, race_cfg = build(OuterConfig, outer), build(RacingConfig, racing)
+        inner_cfg, aflow_cfg = build(InnerConfig, inner), build(AFlowConfig, aflow)
+        cfg = OptimizeConfig(method=method, inner=inner_cfg, outer=outer_cfg, aflow=aflow_cfg, racing=race_cfg,
+                             budget=plan, objective=Objective(objective, cost_weight), **sizes)
     except TypeError as exc:  # an unknown setting name
         raise FlowBotError(str(exc).replace("__init__() ", "")) from None
+    if outer_cfg.proposal not in ("llm", "fixed"):
+        raise ValueError(f"unknown proposal policy {outer_cfg.proposal!r}; use 'llm' or 'fixed'")
+    if race_cfg.margin < 1 or not 0 < race_cfg.alpha <= 1:
+        raise ValueError("racing needs margin ≥ 1 and 0 < alpha ≤ 1")
     _check_settings(cfg, cost_weight)
     return cfg
 
@@ -276,14 +286,17 @@ def prepare_run(task: Task | str, *, seed: Any = "cot", model: str | None = None
                 optimizer_model: str | None = None, base_url: str | None = None,
                 optimizer_base_url: str | None = None, budget: Any = None, objective: str = "score",
                 cost_weight: float = 0.05, method: str = "flowbot", run_dir: str | Path | None = None,
-                inner: Any = None, outer: Any = None, aflow: Any = None, train_size: int | None = 40,
+                inner: Any = None, outer: Any = None, aflow: Any = None, racing: Any = None,
+                budget_scope: str = "all", budget_shares: dict[str, float] | None = None,
+                train_size: int | None = 40,
                 val_size: int | None = 20, test_size: int | None = None, concurrency: int = 4,
                 random_seed: int = 0, data_dir: str | Path | None = None, progress: bool = False,
                 evaluate_test: bool = True, providers: dict[str, Provider] | None = None) -> "PreparedRun":
     task = get_task(task, data_dir)
     seed_wf = resolve_seed(seed, task)
     _check_fields(seed_wf, task)
-    cfg = _make_config(method, objective, cost_weight, inner, outer, aflow, train_size=train_size,
+    cfg = _make_config(method, objective, cost_weight, inner, outer, aflow, racing,
+                       {"scope": budget_scope, **(budget_shares or {})}, train_size=train_size,
                        val_size=val_size, test_size=test_size, concurrency=concurrency, seed=random_seed,
                        progress=progress, evaluate_test=evaluate_test)
     budget_obj = _budget(budget)
@@ -342,6 +355,9 @@ class PreparedRun:
         return task_pool, opt_pool
 
     async def arun(self, callbacks: Iterable[Callable[[dict[str, Any]], None]] = ()) -> OptimizationResult:
+        refusal = self.estimate().refusal
+        if refusal is not None and not (Path(self.run_dir) / "config.json").exists():
+            raise ValueError(refusal)  # before anything is paid or written
         created = _first_missing(self.run_dir)  # what to remove if this session leaves nothing worth keeping
         rd = RunDir(self.run_dir)  # locked for this process until closed
         cache: ResponseCache | None = None
@@ -349,6 +365,8 @@ class PreparedRun:
         try:
             run_id, resumed = rd.start(self.settings)
             rd.clear_stop()
+            if resumed:
+                self.budget.resume_time(rd.elapsed_before())
             cache = ResponseCache(rd.cache_path)
             task_pool, opt_pool = self._pools(cache, run_id)
             meter = task_pool.meter
@@ -358,7 +376,9 @@ class PreparedRun:
             metric = _bind_judge(task.metric, opt_pool, None)
             data = TaskData(name=task.name, description=task.description or task.describe(),
                             output_field=task.output, target_fields=task.targets, metric=metric,
-                            train=task.examples("train"), val=task.examples("val"), test=task.examples("test"))
+                            train=task.examples("train"), val=task.examples("val"), test=task.examples("test"),
+                            tools=getattr(task, "tools", None),
+                            context_fields=list(getattr(task, "context_fields", ())))
             return await run_optimization(
                 data, self.seed, task_pool.client(), opt_pool.client(role="optimizer"), tools=default_tools(),
                 config=self.config, run_dir=rd, budget=self.budget, resumed=resumed, models=task_pool.resolver())
@@ -390,7 +410,10 @@ def optimize(task: Task | str, *, seed: Any = "cot", model: str | None = None, o
 
     ``seed``: a baseline name (io, cot, sc, react), a workflow file or object. ``budget``: dollars,
     a dict such as ``{"calls": 300, "tokens": 2e6, "usd": 5, "seconds": 3600}`` or a Budget; it caps
-    every role (task, optimizer, judge) together. ``objective``: ``score`` or ``cost`` (score minus
+    every role (task, optimizer, judge) together, the final test evaluation included
+    (``budget_scope="search"``: the cap is the search's alone and the test is paid and reported
+    apart). Candidates are judged by paired racing against the incumbent (``racing={"margin": 2,
+    "alpha": 0.15}``). ``objective``: ``score`` or ``cost`` (score minus
     ``cost_weight`` × cost per example). ``callbacks`` receive every run event as a dict. Other
     options: ``method`` (flowbot, inner-only, aflow), ``inner``/``outer``/``aflow`` settings,
     ``train_size``, ``val_size``, ``test_size``, ``concurrency``, ``random_seed``, ``base_url``,

@@ -6,7 +6,6 @@ is fetched once per machine, not once per test session."""
 
 from __future__ import annotations
 
-import os
 
 import pytest
 

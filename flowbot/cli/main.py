@@ -219,11 +219,21 @@ def optimize(
     inner_only: bool = typer.Option(False, "--inner-only", help="Prompt-only ablation: no structural search."),
     method: str = typer.Option("flowbot", "--method", help="flowbot, inner-only or aflow (the AFlow-style baseline)"),
     feedback: str = typer.Option("backward", "--feedback", help="backward (layer by layer) or global (ablation)"),
-    steps: int = typer.Option(3, "--steps", help="Inner-loop steps (minibatches) per candidate."),
-    rounds: int = typer.Option(3, "--rounds", help="Outer-loop rounds (structural edits tried)."),
-    minibatch: int = typer.Option(5, "--minibatch"),
-    candidates: int = typer.Option(1, "--candidates", help="Instruction rewrites proposed per node and step."),
-    demos: int = typer.Option(2, "--demos", help="Few-shot demos to try per node (0 = off)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Inner-loop steps (minibatches) per tuned "
+                                        "workflow (default 5)."),
+    rounds: Optional[int] = typer.Option(None, "--rounds", help="Structural candidates tried (default 4)."),
+    minibatch: Optional[int] = typer.Option(None, "--minibatch", help="Minibatch size (default 5)."),
+    candidates: Optional[int] = typer.Option(None, "--candidates", help="Instruction rewrites proposed per node "
+                                             "and step (default 1)."),
+    demos: Optional[int] = typer.Option(None, "--demos", help="Few-shot demos to try per node (default 2; 0 = off)."),
+    proposal: str = typer.Option("llm", "--proposal", help="llm (the optimizer critiques the structure and "
+                                 "picks an edit) or fixed (ablation: a fixed order over the operator menu)."),
+    budget_scope: str = typer.Option("all", "--budget-scope", help="all: the budget caps everything, the test "
+                                     "evaluation is reserved from it; search: it caps the search only and the "
+                                     "test is paid and reported apart."),
+    margin: Optional[int] = typer.Option(None, "--margin", help="Racing: wins minus losses a candidate needs "
+                                         "against the incumbent (default 2)."),
+    alpha: Optional[float] = typer.Option(None, "--alpha", help="Racing: one-sided sign-test level (default 0.15)."),
     train_size: Optional[int] = typer.Option(40, "--train-size"),
     val_size: Optional[int] = typer.Option(20, "--val-size"),
     test_size: Optional[int] = typer.Option(None, "--test-size"),
@@ -270,15 +280,19 @@ def optimize(
         method=method, run_dir=run_dir, train_size=train_size, val_size=val_size, test_size=test_size,
         concurrency=concurrency, random_seed=random_seed, data_dir=data_dir, evaluate_test=not no_test,
         progress=True,
-        inner={"steps": steps, "minibatch_size": minibatch, "candidates": candidates, "feedback": feedback,
-               "demos": demos, "seed": random_seed},
-        outer={"rounds": rounds},
-        aflow={"rounds": rounds, "seed": random_seed},
+        inner=_given(steps=steps, minibatch_size=minibatch, candidates=candidates, feedback=feedback, demos=demos,
+                     seed=random_seed),
+        outer=_given(rounds=rounds, proposal=proposal),
+        aflow=_given(rounds=rounds, seed=random_seed),
+        racing=_given(margin=margin, alpha=alpha, seed=random_seed),
+        budget_scope=budget_scope,
     )
     _note_default_model(model)
     estimate = prepared.estimate()
     printer = RunPrinter(out)
     printer.print_estimate(estimate, the_task, prepared)
+    if estimate.refusal and not (prepared.run_dir / "config.json").exists():
+        raise ValueError(estimate.refusal)
     if dry_run:
         return
     out.print(f"run directory: {prepared.run_dir}  (create {prepared.run_dir / 'STOP'} or press Ctrl-C to stop; "
@@ -295,6 +309,11 @@ def optimize(
 
         path = write_report(prepared.run_dir)
         out.print(f"report: {path}")
+
+
+def _given(**options: Any) -> dict[str, Any]:
+    """The options the user gave; the rest keep the defaults the Python API has (one set of them)."""
+    return {k: v for k, v in options.items() if v is not None}
 
 
 def _note_default_model(model: str | None) -> None:

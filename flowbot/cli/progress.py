@@ -51,18 +51,25 @@ class RunPrinter:
             score = f"val {event['val_before']:.3f} → {after:.3f}" if after is not None else \
                 f"minibatch {event['minibatch_before']:.2f} → {event['minibatch_after']:.2f}"
             c.print(f"  inner step {event['step']}: {event['change']} of {event['node_id']}: {score} {mark}")
-        elif kind == "candidate_proposed":
-            c.print(f"[bold]edit[/] from {event['parent']}: {event['edit']}")
+        elif kind == "proposal":
+            if event.get("status") == "valid":
+                critique = f" — {event['critique']}" if event.get("critique") else ""
+                c.print(f"[bold]edit[/] from {event['parent']}: {event['edit']}{critique}")
+            else:
+                c.print(f"[dim]proposal from {event['parent']} {event.get('status')}: {event.get('error', '')}[/]")
         elif kind == "candidate_rejected":
-            c.print(f"[dim]proposal from {event['parent']} dropped: {event.get('reason') or 'invalid'} "
-                    f"{event.get('error') or event.get('edit') or ''}[/]")
+            c.print(f"[dim]candidate from {event['parent']} dropped ({event.get('edit', '')}): "
+                    f"{event.get('reason', '')}[/]")
         elif kind == "candidate_evaluated":
             cost = f"${event['cost_per_example']:.5f}/ex" if event["cost_per_example"] else \
                 f"{event['tokens_per_example']:.0f} tok/ex"
-            c.print(f"[bold]{event['id']}[/] ({event['edit']}): validation {event['val_score']:.3f}, {cost}, "
-                    f"{event['nodes']} nodes")
+            race = event.get("race") or {}
+            score = f"validation {event['val_score']:.3f}" if event.get("val_score") is not None else \
+                f"raced out after {race.get('evaluated')} of {race.get('total')} items"
+            versus = f"; vs incumbent {race.get('wins')}W/{race.get('losses')}L" if race else ""
+            c.print(f"[bold]{event['id']}[/] ({event['edit']}): {score}{versus}, {cost}, {event['nodes']} nodes")
         elif kind == "candidate_accepted":
-            c.print(f"  [green]new best: {event['id']} ({event['val_score']:.3f})[/]")
+            c.print(f"  [green]incumbent: {event['id']} ({event['val_score']:.3f}) — {event.get('reason', '')}[/]")
         elif kind == "budget_warning":
             c.print(f"[yellow]budget:[/] {event['message']}")
         elif kind == "test_evaluated":
@@ -80,7 +87,8 @@ class RunPrinter:
                 line += f"; seed {s['seed_test']['score']:.3f}"
             gain = s.get("test_gain_vs_seed")
             if gain and gain.get("n"):
-                line += f"; paired gain {gain['mean']:+.3f} [{gain['ci95'][0]:+.3f}, {gain['ci95'][1]:+.3f}]"
+                line += (f"; paired gain {gain['mean']:+.3f} [{gain['ci95'][0]:+.3f}, {gain['ci95'][1]:+.3f}] "
+                         f"({gain['wins']} won, {gain['losses']} lost)")
             c.print(line)
         table = Table(title="usage by role")
         for col in ("role", "calls", "replayed", "cached", "prompt tok", "completion tok", "dollars"):
@@ -95,5 +103,11 @@ class RunPrinter:
         if len(result.front) > 1:
             c.print("Pareto front (score vs cost per example): " + "; ".join(
                 f"{e['id']} {e['val_score']:.3f} @ {e['tokens_per_example']:.0f} tok" for e in result.front))
+        props, race = s.get("proposals"), s.get("racing")
+        if props:
+            c.print("proposals: " + ", ".join(f"{k} {v}" for k, v in props.items()))
+        if race and race.get("raced"):
+            c.print(f"racing: {race['raced']} raced, {race['stopped_early']} stopped early, "
+                    f"{race['calls_saved']:.0f} of {race['calls_full_evaluation']:.0f} calls saved")
         if result.stopped:
             c.print(f"[yellow]stopped:[/] {result.stopped}")

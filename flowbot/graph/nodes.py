@@ -11,12 +11,14 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, field_validator, model_serializer
 
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 #: how an llm node's raw reply becomes its field value (see flowbot.runtime.extract)
-ExtractRule = Literal["text", "answer", "boxed", "number", "label", "json", "code", "regex"]
+#: ``reasoning`` keeps the whole reply (a draft's full solution, for a verifier to read) while the
+#: prompt still asks for the final line of rule ``OutputFormat.final``
+ExtractRule = Literal["text", "answer", "boxed", "number", "label", "json", "code", "regex", "reasoning"]
 
 
 def _check_name(value: str, what: str) -> str:
@@ -36,6 +38,27 @@ class OutputFormat(_Model):
     labels: list[str] | None = None  # for "label"
     pattern: str | None = None  # for "regex"
     description: str = ""  # shown to the model, e.g. "a single number"
+    #: for "reasoning": the rule whose final-line request the prompt shows (default "answer")
+    final: ExtractRule | None = None
+    #: the field name the prompt shows for this output (default: the field written), so a renamed
+    #: copy of a node (an ensemble sample, a fallback) sends its original's prompt byte for byte
+    prompt_field: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_additions(self, handler: SerializerFunctionWrapHandler) -> Any:
+        # fields added after files were shipped are left out while unset, so existing workflows
+        # serialize (and hash, see Sketch.signature) exactly as before
+        data = handler(self)
+        if isinstance(data, dict):
+            for key in ("final", "prompt_field"):
+                if data.get(key) is None:
+                    data.pop(key, None)
+        return data
+
+    @field_validator("prompt_field")
+    @classmethod
+    def _prompt_field_ok(cls, v: str | None) -> str | None:
+        return v if v is None else _check_name(v, "prompt field")
 
 
 class _NodeBase(_Model):

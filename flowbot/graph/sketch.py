@@ -219,6 +219,10 @@ def _kind_problems(sketch: Sketch, n: Node, ids: set[str], known_tools: Iterable
     if isinstance(n, LLMNode):
         if n.output.extract == "label" and not n.output.labels:
             out.append(Problem("output rule 'label' needs a list of labels", node=n.id))
+        if n.output.extract == "reasoning" and n.output.final == "reasoning":
+            out.append(Problem("output rule 'reasoning' needs another rule as its final answer form", node=n.id))
+        if n.output.extract == "reasoning" and n.output.final == "label" and not n.output.labels:
+            out.append(Problem("output rule 'reasoning' with final 'label' needs a list of labels", node=n.id))
         if n.output.extract == "regex" and not n.output.pattern:
             out.append(Problem("output rule 'regex' needs a pattern", node=n.id))
     elif isinstance(n, ToolNode):

@@ -7,8 +7,11 @@ the concurrency limit are added around any provider by :class:`flowbot.lm.client
 from __future__ import annotations
 
 import abc
+import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from flowbot.lm.schema import schema_text
 
 Role = Literal["system", "user", "assistant"]
 Message = dict[str, str]  # {"role": ..., "content": ...}
@@ -16,7 +19,12 @@ Message = dict[str, str]  # {"role": ..., "content": ...}
 
 @dataclass(frozen=True)
 class LMRequest:
-    """One chat request. ``n`` samples are returned; sample *i* uses ``seed + i`` when seeded."""
+    """One chat request. ``n`` samples are returned; sample *i* uses ``seed + i`` when seeded.
+
+    ``schema``: the JSON schema the reply must satisfy, as canonical JSON text
+    (:func:`flowbot.lm.schema.schema_text`; ``LMRequest.of(..., schema=dict)`` makes it). A
+    provider with ``supports_schema`` enforces it; others ignore it (see :mod:`flowbot.lm.structured`).
+    """
 
     messages: tuple[tuple[str, str], ...]  # (role, content) pairs, hashable
     temperature: float = 0.0
@@ -24,6 +32,7 @@ class LMRequest:
     n: int = 1
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    schema: str | None = None
 
     @classmethod
     def of(cls, messages: list[Message], **kw: Any) -> "LMRequest":
@@ -31,10 +40,17 @@ class LMRequest:
         if "stop" in kw:
             stop = kw["stop"]
             kw["stop"] = () if stop is None else (stop,) if isinstance(stop, str) else tuple(stop)
+        if kw.get("schema") is not None and not isinstance(kw["schema"], str):
+            kw["schema"] = schema_text(kw["schema"])
         return cls(messages=pairs, **kw)
 
     def message_dicts(self) -> list[Message]:
         return [{"role": r, "content": c} for r, c in self.messages]
+
+    @property
+    def json_schema(self) -> dict[str, Any] | None:
+        """The schema as a dict (a fresh copy), or None when the request has none."""
+        return None if self.schema is None else json.loads(self.schema)
 
 
 @dataclass
@@ -126,6 +142,10 @@ class Provider(abc.ABC):
 
     #: at most this many requests in flight to this provider (the client enforces it)
     max_concurrency: int = 8
+
+    #: True when the provider makes replies satisfy ``request.schema`` (a grammar, or a server's
+    #: structured-output mode); False when it only passes the schema on, or ignores it
+    supports_schema: bool = False
 
     async def aclose(self) -> None:  # pragma: no cover - optional
         return None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from flowbot.errors import FlowBotError
@@ -276,6 +276,11 @@ class Budget:
         return Budget(**limits, parent=self, name=name, clock=self._clock)
 
     # -- persistence (resume) ------------------------------------------------------------
+    def resume_time(self, seconds: float) -> None:
+        """Count ``seconds`` spent in earlier sessions of a resumed run against ``max_seconds``
+        (calls and tokens come back by replaying the cache; time does not)."""
+        self._seconds_before = max(0.0, float(seconds))
+
     def state(self) -> dict[str, Any]:
         return {"calls": self.spent.calls, "tokens": self.spent.tokens, "usd": self.spent.usd,
                 "seconds": self.elapsed()}

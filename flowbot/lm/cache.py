@@ -1,4 +1,5 @@
-"""Persistent response cache (SQLite), keyed by model, messages, sampling parameters and sample index.
+"""Persistent response cache (SQLite), keyed by model, messages, sampling parameters, the JSON
+schema (when there is one) and sample index.
 
 A re-run with the same model, prompt, parameters and seed is served from disk and pays nothing.
 Sample *i* of a request is its own entry, so asking for 5 samples after 3 pays for 2.
@@ -34,6 +35,8 @@ def cache_key(model: str, request: LMRequest, sample_index: int) -> str:
         "stop": request.stop,
         "sample": sample_index,
     }
+    if request.schema is not None:  # only then: keys of requests without a schema stay as they were
+        payload["schema"] = request.schema
     blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 

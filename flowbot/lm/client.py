@@ -11,14 +11,19 @@ per-role usage meter, the budget, the concurrency limit and retries.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from flowbot.lm.base import Completion, LMRequest, LMTransientError, Message, Provider, Usage
+from flowbot.lm.base import Completion, LMError, LMRequest, LMTransientError, Message, Provider, Usage
 from flowbot.lm.budget import Budget, UsageMeter
 from flowbot.lm.cache import ResponseCache, cache_key
 from flowbot.lm.retry import RetryPolicy
+
+
+class CacheMiss(LMError):
+    """A cache-only client was asked for a response that is not cached."""
 
 
 @dataclass
@@ -56,6 +61,7 @@ class LMClient:
         self.budget = budget
         self.retry = retry or RetryPolicy()
         self.default_seed = default_seed
+        self._cache_only = False
         limit = max_concurrency or getattr(provider, "max_concurrency", 8)
         self._shared = _Shared(weakref.WeakKeyDictionary(), limit, meter or UsageMeter(), cache, run_id, set())
 
@@ -63,6 +69,11 @@ class LMClient:
     @property
     def model(self) -> str:
         return self.provider.model
+
+    @property
+    def supports_schema(self) -> bool:
+        """Whether the provider enforces a request's JSON schema (else replies must be checked)."""
+        return bool(getattr(self.provider, "supports_schema", False))
 
     @property
     def meter(self) -> UsageMeter:
@@ -85,6 +96,11 @@ class LMClient:
     def with_role(self, role: str) -> "LMClient":
         return self._view(role=role)
 
+    def cache_only(self) -> "LMClient":
+        """A view that answers from the cache alone: a request that is not cached raises
+        :class:`CacheMiss` instead of being paid (nothing is sent, no model is loaded)."""
+        return self._view(_cache_only=True)
+
     def _semaphore(self) -> asyncio.Semaphore:
         # One per event loop: the sync API runs each call in a fresh loop, and an asyncio
         # semaphore must not be shared across loops.
@@ -106,8 +122,12 @@ class LMClient:
         n: int = 1,
         seed: int | None = None,
         stop: list[str] | None = None,
+        schema: dict[str, Any] | None = None,
     ) -> Completion:
-        """Return ``n`` samples; cached samples cost nothing, missing ones are fetched."""
+        """Return ``n`` samples; cached samples cost nothing, missing ones are fetched.
+
+        ``schema``: a JSON schema for the reply, passed to the provider and part of the cache key;
+        :func:`flowbot.lm.structured.complete_json` parses and validates the reply."""
         if n < 1:
             raise ValueError("n must be at least 1")
         request = LMRequest.of(
@@ -117,12 +137,15 @@ class LMClient:
             n=n,
             seed=self.default_seed if seed is None else seed,
             stop=stop,
+            schema=schema,
         )
         texts: list[str | None] = [None] * n
         usages: list[Usage] = [Usage() for _ in range(n)]
         cached = [False] * n
         cache = self._shared.cache
         keys = [cache_key(self.provider.cache_id, request, i) for i in range(n)] if cache is not None else []
+        if self._cache_only:
+            return self._from_cache_only(request, keys)
         replayed = Usage()
         n_replayed = 0
         if cache is not None:
@@ -142,21 +165,15 @@ class LMClient:
         elif all(cached):
             self.meter.record_cached(self.role)
         for start, count in _missing_runs(cached):
-            sub = LMRequest(
-                messages=request.messages,
-                temperature=request.temperature,
-                max_tokens=request.max_tokens,
-                n=count,
-                seed=None if request.seed is None else request.seed + start,
-                stop=request.stop,
-            )
+            sub = dataclasses.replace(
+                request, n=count, seed=None if request.seed is None else request.seed + start)
             result = await self._paid_call(sub)
             per_sample = _split_usage(result.usage, count)
             for j in range(count):
                 text = result.texts[j] if j < len(result.texts) else ""
                 texts[start + j] = text
                 usages[start + j] = per_sample[j]
-                if cache is not None:
+                if cache is not None and text.strip():  # an empty reply is never kept
                     cache.put(keys[start + j], self.model, text, per_sample[j], self._shared.run_id)
                     self._shared.seen.add(keys[start + j])
         total = Usage()
@@ -164,16 +181,26 @@ class LMClient:
             total = total + u
         return Completion(texts=[t or "" for t in texts], usage=total, model=self.model, cached=cached)
 
+    def _from_cache_only(self, request: LMRequest, keys: list[str]) -> Completion:
+        """Answer from the cache without charging or marking anything; a response this run paid for
+        in an earlier session counts as missing (it was not cached when the run began)."""
+        cache, own = self._shared.cache, self._shared.run_id
+        hits = [cache.get(k) if cache is not None else None for k in keys] or [None]
+        if any(h is None or (own is not None and h.origin == own) for h in hits):
+            raise CacheMiss(f"{self.model}: response not in the cache")
+        usage = Usage()
+        for h in hits:
+            usage = usage + h.usage  # type: ignore[union-attr]
+        return Completion(texts=[h.text for h in hits], usage=usage, model=self.model,  # type: ignore[union-attr]
+                          cached=[True] * len(hits))
+
     async def _paid_call(self, request: LMRequest) -> Completion:
         async with self._semaphore():
             # Checked after waiting for a slot, so queued calls see the budget as it is now.
             if self.budget is not None:
                 self.budget.start_call()
             try:
-                result = await self.retry.run(
-                    lambda: self._attempt(request),
-                    on_retry=lambda *_: self.meter.record_retry(self.role),
-                )
+                result = await self._retried(request)
             except BaseException as exc:
                 if self.budget is not None:
                     self.budget.abort_call()
@@ -187,14 +214,24 @@ class LMClient:
         self.meter.record_paid(self.role, usage)
         return result
 
+    async def _retried(self, request: LMRequest) -> Completion:
+        try:
+            return await self.retry.run(lambda: self._attempt(request),
+                                        on_retry=lambda *_: self.meter.record_retry(self.role))
+        except LMTransientError as exc:
+            empty = exc if isinstance(exc, _EmptyCompletion) else exc.__cause__
+            if isinstance(empty, _EmptyCompletion):
+                return empty.completion  # empty on every attempt: that is the model's answer (not cached)
+            raise
+
     async def _attempt(self, request: LMRequest) -> Completion:
         result = await self.provider.complete(request)
         if len(result.texts) < request.n:
             raise LMTransientError(f"{self.model} returned {len(result.texts)} of {request.n} samples")
         if any(not (t or "").strip() for t in result.texts[: request.n]):
-            # An empty reply is a fault (a dropped generation, an overloaded server), not an
-            # answer: retried like one, and never cached, since only successful results are.
-            raise LMTransientError(f"{self.model} returned an empty completion")
+            # An empty reply is usually a fault (a dropped generation, an overloaded server):
+            # retried like one; and never cached (see complete), so a rerun asks again.
+            raise _EmptyCompletion(result)
         return result
 
     async def aclose(self) -> None:
@@ -216,6 +253,14 @@ class LMClient:
             return usage
         cost = usage.prompt_tokens * price[0] + usage.completion_tokens * price[1]
         return Usage(usage.prompt_tokens, usage.completion_tokens, cost)
+
+
+class _EmptyCompletion(LMTransientError):
+    """A reply with an empty sample, kept so it can be returned if every attempt is empty."""
+
+    def __init__(self, completion: Completion) -> None:
+        super().__init__(f"{completion.model or 'the model'} returned an empty completion")
+        self.completion = completion
 
 
 def _missing_runs(cached: list[bool]) -> list[tuple[int, int]]:

@@ -27,6 +27,7 @@ from flowbot.lm.openai_compat import (
     error_for_status,
     estimate_tokens,
     parse_retry_after,
+    response_format,
     server_message,
 )
 
@@ -85,6 +86,10 @@ class LiteLLMProvider(Provider):
         timeout: seconds for one attempt.
         price_per_token: (input, output) dollars per token; default: litellm's price map.
         extra: more keyword arguments for ``litellm.acompletion`` (never put keys here).
+        supports_schema: whether the model enforces the ``response_format`` (``json_schema``,
+            strict) sent for a request's JSON schema; default: litellm's model map says
+            (``litellm.supports_response_schema``; False for models it does not know). The schema
+            is sent either way; when this is False, callers check replies.
     """
 
     def __init__(
@@ -97,9 +102,11 @@ class LiteLLMProvider(Provider):
         max_concurrency: int = 8,
         price_per_token: tuple[float, float] | None = None,
         extra: dict[str, Any] | None = None,
+        supports_schema: bool | None = None,
     ) -> None:
         if not model:
             raise ValueError("LiteLLMProvider needs a model name")
+        self._supports_schema = supports_schema
         self.model = model
         self.api_base = api_base
         if api_key_env is None and api_base and model.startswith("openai/"):
@@ -127,6 +134,16 @@ class LiteLLMProvider(Provider):
         if self._litellm is None:
             self._litellm = import_litellm()
         return self._litellm
+
+    @property
+    def supports_schema(self) -> bool:  # type: ignore[override]
+        """Whether replies are held to the schema: the constructor's word, else litellm's model map."""
+        if self._supports_schema is None:
+            try:
+                self._supports_schema = bool(self._module().supports_response_schema(model=self.model))
+            except Exception:  # litellm missing, or a model its map lacks: not known to enforce it
+                self._supports_schema = False
+        return self._supports_schema
 
     def price_per_token(self) -> tuple[float, float] | None:
         """litellm's (input, output) dollars per token for this model, or None when unknown."""
@@ -175,6 +192,8 @@ class LiteLLMProvider(Provider):
             kwargs["max_tokens"] = request.max_tokens
         if request.stop:
             kwargs["stop"] = list(request.stop)
+        if request.schema is not None:
+            kwargs["response_format"] = response_format(request.schema)
         if self.api_base:
             kwargs["api_base"] = self.api_base
         key = self._key()

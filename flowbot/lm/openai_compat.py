@@ -19,9 +19,11 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import importlib.util
+import json
 import logging
 import math
 import os
+import re
 import threading
 import time
 from typing import Any, AsyncGenerator, Awaitable, Callable, Literal, Mapping
@@ -131,6 +133,18 @@ def error_for_status(
     return LMPermanentError(f"{endpoint} rejected the request for model {model!r} (HTTP {status}{said})")
 
 
+_SCHEMA_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # what OpenAI accepts as json_schema.name
+
+
+def response_format(schema: str) -> dict[str, Any]:
+    """OpenAI's structured-output request for a schema (canonical JSON text): strict decoding.
+    The name is the schema's ``title`` when it is a valid name, else ``"reply"``."""
+    parsed = json.loads(schema)
+    title = parsed.get("title") if isinstance(parsed, dict) else None
+    name = title if isinstance(title, str) and _SCHEMA_NAME.match(title) else "reply"
+    return {"type": "json_schema", "json_schema": {"name": name, "schema": parsed, "strict": True}}
+
+
 def estimate_tokens(text: str) -> int:
     """About four characters per token: used only when a server reports no usage."""
     return math.ceil(len(text) / 4) if text else 0
@@ -189,6 +203,9 @@ class OpenAICompatProvider(Provider):
         extra_body: extra JSON fields for every request (e.g. vLLM's ``top_k``).
         http_backend: ``"httpx"`` (default) or ``"aiohttp"``, which costs about half the CPU per
             call and so sustains more concurrent requests (needs ``pip install aiohttp``).
+        supports_schema: send a request's JSON schema as ``response_format`` (``json_schema``,
+            strict), which vLLM, llama.cpp's server, Ollama and OpenAI enforce. False for a server
+            that rejects or ignores it: the schema is then not sent, and callers check replies.
     """
 
     def __init__(
@@ -202,6 +219,7 @@ class OpenAICompatProvider(Provider):
         price_per_token: tuple[float, float] | None = None,
         extra_body: dict[str, Any] | None = None,
         http_backend: Literal["httpx", "aiohttp"] = "httpx",
+        supports_schema: bool = True,
     ) -> None:
         if not model:
             raise ValueError("OpenAICompatProvider needs a model name")
@@ -214,6 +232,7 @@ class OpenAICompatProvider(Provider):
         ):
             raise ValueError("http_backend='aiohttp' needs aiohttp and openai>=1.80: pip install aiohttp")
         self.http_backend = http_backend
+        self.supports_schema = supports_schema
         self.model = model
         self.base_url = base_url.rstrip("/")
         self.api_key_env = api_key_env
@@ -306,6 +325,8 @@ class OpenAICompatProvider(Provider):
             body["max_tokens"] = request.max_tokens
         if request.stop:
             body["stop"] = list(request.stop)
+        if request.schema is not None and self.supports_schema:
+            body["response_format"] = response_format(request.schema)
         data = await self._send(body)
         texts = self._texts(data)
         return texts, self._usage(data, request, texts)

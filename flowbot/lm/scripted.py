@@ -9,6 +9,14 @@
 A rule is ``(matcher, reply)``: ``matcher`` is a regex searched in the whole conversation text or a
 predicate ``fn(request) -> bool``; ``reply`` is a string or ``fn(request, sample_index) -> str``.
 Rules are tried in order; the queue (if any) is used when no rule matches; then ``default``.
+
+A request's JSON schema reaches matchers and replies as ``request.schema`` (text) and
+``request.json_schema`` (a dict), so a test can answer schema requests. The scripted LM cannot
+constrain its replies: ``supports_schema`` is False unless a test sets it to pretend otherwise.
+
+    >>> lm = ScriptedLM(default=lambda req, i: '{"n": 1}' if req.json_schema else "1")
+    >>> asyncio.run(lm.complete(LMRequest.of([{"role": "user", "content": "n?"}], schema={"type": "object"}))).text
+    '{"n": 1}'
 """
 
 from __future__ import annotations
@@ -42,8 +50,11 @@ class ScriptedLM(Provider):
         model: str = "scripted",
         price_per_token: tuple[float, float] | None = None,
         max_concurrency: int = 64,
+        supports_schema: bool = False,
     ) -> None:
         self.model = model
+        #: pretend to enforce schemas (replies are returned as scripted, never checked)
+        self.supports_schema = supports_schema
         self.rules = [(self._compile(m), r) for m, r in rules]
         self.queue = deque(queue)
         self.default = default

@@ -15,6 +15,11 @@ Replies: ``reply`` is a string, ``fn(body) -> str`` or ``fn(body, choice_index) 
 next chat requests one each; ``fault_rule(body) -> Fault | None`` decides when the queue is empty.
 Only stdlib is used, so core FlowBot does not depend on aiohttp or a web framework.
 
+Structured output: a request's ``response_format`` is checked the way OpenAI checks its shape
+(``text``, ``json_object``, or ``json_schema`` with a valid ``name`` and a ``schema`` object;
+anything else gets 400) and recorded (:attr:`OpenAITestServer.response_formats`). The server does
+not constrain its replies; a reply function can read ``body["response_format"]`` to answer one.
+
 For throughput benchmarks, :func:`subprocess_server` runs the same server in a child process
 (``python -m flowbot.lm.testing --latency 0.05``), so it does not share the GIL with the client.
 """
@@ -26,6 +31,7 @@ import asyncio
 import contextlib
 import inspect
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -152,7 +158,8 @@ class OpenAITestServer:
 
     Counters (read them from the test thread): :attr:`request_count` (chat requests received,
     faulted or not), :attr:`requests` (their JSON bodies), :attr:`statuses` (the HTTP status
-    answered to each, in arrival order; 0 for a dropped connection), :attr:`max_in_flight`.
+    answered to each, in arrival order; 0 for a dropped connection), :attr:`response_formats`,
+    :attr:`max_in_flight`.
     """
 
     def __init__(
@@ -209,6 +216,11 @@ class OpenAITestServer:
     @property
     def request_count(self) -> int:
         return len(self.requests)
+
+    @property
+    def response_formats(self) -> list[dict | None]:
+        """The ``response_format`` of each chat request received (None where it had none)."""
+        return [body.get("response_format") for body in self.requests]
 
     def fail_next(self, *faults: Fault) -> None:
         """Queue faults: each of the next chat requests consumes one."""
@@ -349,6 +361,8 @@ class OpenAITestServer:
             return _error(404, f"The model `{model}` does not exist", "model_not_found")
         if not isinstance(body.get("messages"), list) or not body["messages"]:
             return _error(400, "'messages' must be a non-empty list")
+        if "response_format" in body and (problem := _response_format_problem(body["response_format"])):
+            return _error(400, problem, "invalid_response_format")
         fault = self._faults.popleft() if self._faults else None
         if fault is None and self.fault_rule is not None:
             fault = self.fault_rule(body)
@@ -408,6 +422,27 @@ class OpenAITestServer:
         if takes_index:
             return reply(body, index)  # type: ignore[call-arg]
         return reply(body)  # type: ignore[call-arg]
+
+
+_SCHEMA_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def _response_format_problem(fmt: Any) -> str | None:
+    """What is wrong with a ``response_format`` (as OpenAI would say it), or None."""
+    if not isinstance(fmt, dict) or fmt.get("type") not in ("text", "json_object", "json_schema"):
+        return "Invalid 'response_format': 'type' must be 'text', 'json_object' or 'json_schema'"
+    if fmt["type"] != "json_schema":
+        return None
+    spec = fmt.get("json_schema")
+    if not isinstance(spec, dict):
+        return "Missing required parameter: 'response_format.json_schema'"
+    if not isinstance(spec.get("name"), str) or not _SCHEMA_NAME.match(spec["name"]):
+        return "Invalid 'response_format.json_schema.name': letters, digits, '_' and '-', at most 64"
+    if not isinstance(spec.get("schema"), dict):
+        return "Invalid 'response_format.json_schema.schema': expected an object"
+    if "strict" in spec and not isinstance(spec["strict"], bool):
+        return "Invalid 'response_format.json_schema.strict': expected a boolean"
+    return None
 
 
 def _takes_two_args(fn: Callable) -> bool:

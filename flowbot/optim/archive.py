@@ -1,5 +1,10 @@
-"""The archive of tuned sketches, the objective (score, or score with a cost penalty), and the
-Pareto front of score against cost per example."""
+"""The archive of candidates, the objective (score, or score with a cost penalty), and the Pareto
+front of score against cost per example.
+
+Every candidate that was raced is archived (so a proposal that rebuilds it is a duplicate), but only
+the ones scored on the whole validation set are *complete*: they alone can be parents, be on the
+front or be chosen. The *incumbent* is the last accepted candidate: each acceptance is a paired race
+won against the one before, so the incumbent is the best, by the same rule that picks the result."""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from flowbot.graph.sketch import Workflow
+from flowbot.runtime.batch import BatchResult
 
 
 @dataclass
@@ -25,6 +31,10 @@ class ArchiveEntry:
     tried: list[tuple[str, float | None]] = field(default_factory=list)  # edits proposed from here
     inner_steps: int = 0
     initial_val_score: float | None = None  # before the inner loop tuned it
+    complete: bool = True  # scored on every validation item (racing stops hopeless ones early)
+    accepted: bool = False
+    race: dict[str, Any] | None = None  # how it fared against the incumbent (see optim.racing)
+    val: BatchResult | None = field(default=None, repr=False)  # per-item results, for racing
 
     def note_duplicate(self, edit_text: str, twin: "ArchiveEntry") -> None:
         """Record a proposal that rebuilt ``twin``, with its score, so the optimizer sees it was tried."""
@@ -41,6 +51,9 @@ class ArchiveEntry:
             "nodes": len(self.workflow.sketch.nodes),
             "initial_val_score": self.initial_val_score,
             "inner_steps": self.inner_steps,
+            "complete": self.complete,
+            "accepted": self.accepted,
+            "race": self.race,
         }
 
 
@@ -65,10 +78,19 @@ class Archive:
     def __init__(self) -> None:
         self.entries: list[ArchiveEntry] = []
         self.signatures: dict[str, str] = {}  # sketch signature -> entry id
+        self.incumbent: ArchiveEntry | None = None
 
     def add(self, entry: ArchiveEntry) -> None:
         self.entries.append(entry)
         self.signatures.setdefault(entry.workflow.sketch.signature(), entry.id)
+
+    def accept(self, entry: ArchiveEntry) -> None:
+        """``entry`` won its race against the incumbent (or is the seed): it is the incumbent now."""
+        entry.accepted = True
+        self.incumbent = entry
+
+    def complete(self) -> list[ArchiveEntry]:
+        return [e for e in self.entries if e.complete]
 
     def seen(self, workflow: Workflow) -> str | None:
         return self.signatures.get(workflow.sketch.signature())
@@ -77,18 +99,23 @@ class Archive:
         return next(e for e in self.entries if e.id == entry_id)
 
     def best(self, objective: Objective) -> ArchiveEntry:
-        # ties go to the cheaper, then the earlier entry
-        return max(self.entries, key=lambda e: (objective(e), -objective.cost_of(e), -self.entries.index(e)))
+        """The incumbent when the search raced its candidates; else the best complete entry
+        (ties go to the cheaper, then the earlier one)."""
+        if self.incumbent is not None:
+            return self.incumbent
+        pool = self.complete() or self.entries
+        return max(pool, key=lambda e: (objective(e), -objective.cost_of(e), -self.entries.index(e)))
 
     def pareto_front(self, objective: Objective | None = None) -> list[ArchiveEntry]:
         """Entries no other entry beats on both score (higher) and cost (lower), cheapest first."""
         obj = objective or Objective()
         front = []
-        for e in self.entries:
+        pool = self.complete()
+        for e in pool:
             dominated = any(
                 o is not e and o.val_score >= e.val_score and obj.cost_of(o) <= obj.cost_of(e)
                 and (o.val_score > e.val_score or obj.cost_of(o) < obj.cost_of(e))
-                for o in self.entries
+                for o in pool
             )
             if not dominated:
                 front.append(e)

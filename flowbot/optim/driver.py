@@ -1,8 +1,10 @@
 """The bilevel driver: one optimization run in one run directory, resumable.
 
-``run_optimization`` scores the seed, reserves the projected cost of the final test evaluation,
-searches (FlowBot's bilevel loop, the inner loop alone, or the AFlow-style baseline) within the
-rest of the budget, then evaluates the best workflow (and the seed, for comparison) on the test
+``run_optimization`` scores the seed, plans the budget (each candidate priced in evaluations; the
+test split reserved exactly, from the price of the workflow that will be tested and the seed's
+uncached test items — or kept outside the cap with ``budget_scope="search"``), searches (FlowBot's
+bilevel loop, the inner loop alone, or the AFlow-style baseline, all judging candidates by the same
+paired racing rule), then evaluates the best workflow (and the seed, for comparison) on the test
 split once. Everything is logged to the run directory; re-running with the same directory replays
 the cache and the log and continues where the run stopped.
 """
@@ -18,12 +20,20 @@ from flowbot.graph.sketch import Workflow
 from flowbot.lm.base import BudgetExceeded
 from flowbot.lm.budget import Budget, RoleUsage
 from flowbot.lm.client import LMClient
-from flowbot.optim.aflow import AFlowConfig, AFlowSearch
+from flowbot.optim.aflow import AFlowConfig, aflow_search
 from flowbot.optim.archive import ArchiveEntry, Objective
-from flowbot.optim.evaluation import Evaluator
-from flowbot.optim.inner import InnerConfig, InnerLoop, InnerResult
-from flowbot.optim.outer import OuterConfig, OuterLoop, OuterResult
+from flowbot.optim.budgeting import BudgetPlan, Price, Scope
+from flowbot.optim.evaluation import Evaluator, with_ids
+from flowbot.optim.events import (BudgetPlanned, BudgetWarning, CandidateAccepted, CandidateEvaluated, Event,
+                                  RunFinished, RunStarted, SeedEvaluated, TestEvaluated)
+from flowbot.optim.inner import InnerConfig, InnerLoop
+from flowbot.optim.operators import OperatorContext
+from flowbot.optim.outer import OuterConfig, flowbot_search
+from flowbot.optim.policies import MinibatchSampler
+from flowbot.optim.racing import PairedRacing
 from flowbot.optim.rundir import RunDir
+from flowbot.optim.search import SearchResult, StructureSearch, Tuned
+from flowbot.optim.stats import paired_difference
 from flowbot.optim.textgrad import GradContext
 from flowbot.runtime.batch import BatchResult
 from flowbot.runtime.executor import Executor
@@ -34,11 +44,38 @@ Method = Literal["flowbot", "inner-only", "aflow"]
 
 
 @dataclass
+class RacingConfig:
+    """The acceptance rule every loop shares (see :class:`flowbot.optim.racing.PairedRacing`)."""
+
+    margin: int = 2
+    alpha: float = 0.15
+    cheaper_by: float = 0.2
+    seed: int = 0
+
+    def rule(self, chunk: int) -> PairedRacing:
+        return PairedRacing(margin=self.margin, alpha=self.alpha, cheaper_by=self.cheaper_by, chunk=chunk,
+                            seed=self.seed)
+
+
+@dataclass
+class BudgetConfig:
+    """How the budget is divided: ``scope`` (``all``: the cap covers the test evaluation too, which
+    is reserved; ``search``: the cap is the search's, the test is paid and reported apart), and the
+    inner loop's shares of what is left (the seed's tuning, an accepted structure's tuning)."""
+
+    scope: Scope = "all"
+    seed_tuning_share: float = 0.4
+    tuning_share: float = 0.5
+
+
+@dataclass
 class OptimizeConfig:
     method: Method = "flowbot"
     inner: InnerConfig = field(default_factory=InnerConfig)
     outer: OuterConfig = field(default_factory=OuterConfig)
     aflow: AFlowConfig = field(default_factory=AFlowConfig)
+    racing: RacingConfig = field(default_factory=RacingConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
     objective: Objective = field(default_factory=Objective)
     train_size: int | None = 40
     val_size: int | None = 20
@@ -91,9 +128,17 @@ class TaskData:
     train: list[dict[str, Any]]
     val: list[dict[str, Any]]
     test: list[dict[str, Any]]
+    tools: list[str] | None = None  # the tools that make sense for the task (None: every registered one)
+    context_fields: list[str] = field(default_factory=list)
 
 
-def _sum_roles(snapshot: dict[str, RoleUsage]) -> RoleUsage:
+def _phase(before: dict[str, RoleUsage], after: dict[str, RoleUsage]) -> dict[str, Any]:
+    a, b = _total(after), _total(before)
+    return {"calls": a.calls - b.calls, "tokens": (a.prompt_tokens + a.completion_tokens) - (b.prompt_tokens + b.completion_tokens),
+            "cost_usd": round(a.cost_usd - b.cost_usd, 6)}
+
+
+def _total(snapshot: dict[str, RoleUsage]) -> RoleUsage:
     total = RoleUsage()
     for r in snapshot.values():
         total.calls += r.calls
@@ -103,28 +148,23 @@ def _sum_roles(snapshot: dict[str, RoleUsage]) -> RoleUsage:
     return total
 
 
-def _phase(before: dict[str, RoleUsage], after: dict[str, RoleUsage]) -> dict[str, Any]:
-    a, b = _sum_roles(after), _sum_roles(before)
-    return {"calls": a.calls - b.calls, "tokens": (a.prompt_tokens + a.completion_tokens) - (b.prompt_tokens + b.completion_tokens),
-            "cost_usd": round(a.cost_usd - b.cost_usd, 6)}
+def operator_context(task: TaskData, tools: ToolRegistry) -> OperatorContext:
+    """The operators may use only the tools the task declares (every registered one if it declares none)."""
+    signatures = tools.signatures()
+    allowed = signatures if task.tools is None else {n: signatures[n] for n in task.tools if n in signatures}
+    return OperatorContext(tools=allowed, context_fields=tuple(task.context_fields),
+                           task_description=task.description)
 
 
-def _reserve_for_test(budget: Budget, seed_val: BatchResult, n_test: int, evaluations: int) -> Budget:
-    """A child budget for the search: the total minus the projected cost of the test evaluations."""
-    n = max(1, len(seed_val.results))
-    per_calls = seed_val.calls / n
-    per_tokens = seed_val.usage.total_tokens / n
-    per_usd = (seed_val.usage.cost_usd or 0.0) / n
-    lim, spent = budget.limits, budget.spent
-    margin = 1.5 * n_test * evaluations  # later workflows may cost more than the seed
-    limits: dict[str, Any] = {}
-    if lim.max_calls is not None:
-        limits["max_calls"] = max(0, int(lim.max_calls - spent.calls - per_calls * margin))
-    if lim.max_tokens is not None:
-        limits["max_tokens"] = max(0, int(lim.max_tokens - spent.tokens - per_tokens * margin))
-    if lim.max_usd is not None:
-        limits["max_usd"] = max(0.0, lim.max_usd - spent.usd - per_usd * margin)
-    return budget.child("search", **limits)
+async def uncached_items(executor: Executor, workflow: Workflow, examples: list[dict[str, Any]]) -> int:
+    """How many examples would make at least one paid call: the workflow is run with a cache-only
+    client, which fails every node whose answer is not cached (nothing is paid, nothing loads)."""
+    probe = Executor(executor.lm.cache_only(), tools=executor.tools)
+    missing = 0
+    for ex in examples:
+        trace = await probe.run(workflow, {f: ex[f] for f in workflow.sketch.inputs if f in ex})
+        missing += int(any(r.error and "not in the cache" in r.error for r in trace.nodes.values()))
+    return missing
 
 
 async def run_optimization(
@@ -142,9 +182,9 @@ async def run_optimization(
 ) -> OptimizationResult:
     start = time.perf_counter()
     cfg = config
-    train = task.train[: cfg.train_size] if cfg.train_size is not None else task.train
-    val = task.val[: cfg.val_size] if cfg.val_size is not None else task.val
-    test = task.test[: cfg.test_size] if cfg.test_size is not None else task.test
+    train = with_ids(task.train[: cfg.train_size] if cfg.train_size is not None else task.train)
+    val = with_ids(task.val[: cfg.val_size] if cfg.val_size is not None else task.val)
+    test = with_ids(task.test[: cfg.test_size] if cfg.test_size is not None else task.test)
     if not val:
         raise ValueError(f"task {task.name}: the validation split is empty; the optimizer needs held-out examples")
     if cfg.method != "aflow" and not train:
@@ -153,38 +193,48 @@ async def run_optimization(
     meter = task_lm.meter
     raw_log = run_dir.events
 
-    def log(event: dict[str, Any]) -> None:
+    def log(event: Event | dict[str, Any]) -> None:
         # cumulative usage by role with every event, so reports can plot spend over the run exactly
-        raw_log({**event, "usage_total": meter.to_dict()})
+        data = event.to_dict() if isinstance(event, Event) else event
+        raw_log({**data, "usage_total": meter.to_dict()})
 
-    log({"type": "run_started", "method": cfg.method, "task": task.name, "resumed": resumed,
-         "sizes": {"train": len(train), "val": len(val), "test": len(test)},
-         "budget": budget.limits.describe(), "task_model": task_lm.model, "optimizer_model": optimizer_lm.model})
+    log(RunStarted(method=cfg.method, task=task.name, resumed=resumed,
+                   sizes={"train": len(train), "val": len(val), "test": len(test)},
+                   budget=budget.limits.describe(), task_model=task_lm.model, optimizer_model=optimizer_lm.model))
 
-    snap0 = meter.snapshot()
-    evaluator = Evaluator(Executor(task_lm, tools=tools, models=models), task.metric,
+    def evaluator_for(b: Budget | None) -> Evaluator:
+        return base_eval.with_executor(Executor(task_lm.with_budget(b), tools=tools, models=models))
+
+    base_eval = Evaluator(Executor(task_lm, tools=tools, models=models), task.metric,
                           concurrency=cfg.concurrency, progress=cfg.progress)
+    snap0 = meter.snapshot()
     stopped: str | None = None
-    outcome: OuterResult | None = None
+    outcome: SearchResult | None = None
     seed_val: BatchResult | None = None
     try:
-        seed_val = await evaluator(seed, val, "validating the seed")
-        log({"type": "seed_evaluated", "val_score": seed_val.score, "calls": seed_val.calls,
-             "tokens": seed_val.usage.total_tokens, "cost_usd": seed_val.usage.cost_usd})
+        seed_val = await base_eval(seed, val, "validating the seed")
+        log(SeedEvaluated(val_score=seed_val.score, calls=seed_val.calls, tokens=seed_val.usage.total_tokens,
+                          cost_usd=seed_val.usage.cost_usd))
     except BudgetExceeded as exc:
         stopped = str(exc)
     snap_seed = meter.snapshot()
 
     if seed_val is not None:
-        n_test_evals = (1 + int(cfg.compare_seed_on_test)) if cfg.evaluate_test else 0
-        search_budget = _reserve_for_test(budget, seed_val, len(test), n_test_evals)
-        log({"type": "budget_plan", "search": search_budget.limits.describe(),
-             "reserved_for_test": f"{len(test)} examples × {n_test_evals} workflow(s)"})
-        if search_budget.exhausted:
-            log({"type": "budget_warning", "message": "the budget is too small for one round of optimization "
-                 "after reserving the test evaluation; the seed is returned"})
-        outcome, stopped = await _search(task, seed, train, val, cfg, task_lm, optimizer_lm, tools, models,
-                                         evaluator, search_budget, run_dir, log)
+        plan = BudgetPlan(budget, n_val=len(val), n_test=len(test) if cfg.evaluate_test else 0,
+                          scope=cfg.budget.scope, seed_tuning_share=1.0 if cfg.method == "inner-only"
+                          else cfg.budget.seed_tuning_share, tuning_share=cfg.budget.tuning_share)
+        uncached = await uncached_items(base_eval.executor, seed, test) if plan.n_test and plan.scope == "all" else 0
+        reserve = plan.set_seed(Price.of(seed_val), uncached, cfg.compare_seed_on_test)
+        log(BudgetPlanned(search=budget.limits.describe(), scope=plan.scope,
+                          reserved_for_test=f"{reserve.describe()} ({uncached} of {len(test)} seed test items "
+                          "uncached)" if plan.scope == "all" else "none (the test is outside the search budget)",
+                          seed_tuning=f"{plan.seed_tuning_share:.0%} of the budget left",
+                          child_full_validation=asdict(plan.full_validation(Price.of(seed_val)))))
+        if not plan.affords(plan.full_validation(Price.of(seed_val))):
+            log(BudgetWarning(message="the budget is too small for one candidate's raced validation after "
+                                      "reserving the test evaluation; the seed is returned"))
+        outcome, stopped = await _search(task, seed, seed_val, train, val, cfg, optimizer_lm, tools, evaluator_for,
+                                         plan, log, meter, run_dir)
     snap_search = meter.snapshot()
 
     if outcome is not None:
@@ -196,15 +246,17 @@ async def run_optimization(
 
     test_res = seed_test = None
     if cfg.evaluate_test and test:
+        # scope "search": the test is paid outside the cap (and reported apart); "all": from the reserve
+        test_eval = evaluator_for(budget if cfg.budget.scope == "all" else None)
         try:
-            test_res = await evaluator(best_entry.workflow, test, "testing the best workflow")
-            log({"type": "test_evaluated", "id": best_entry.id, "score": test_res.score, "n": len(test_res.results)})
+            test_res = await test_eval(best_entry.workflow, test, "testing the best workflow")
+            log(TestEvaluated(id=best_entry.id, score=test_res.score, n=len(test_res.results)))
             if cfg.compare_seed_on_test:
-                seed_test = await evaluator(seed, test, "testing the seed")
-                log({"type": "test_evaluated", "id": "seed", "score": seed_test.score, "n": len(seed_test.results)})
+                seed_test = await test_eval(seed, test, "testing the seed")
+                log(TestEvaluated(id="seed", score=seed_test.score, n=len(seed_test.results)))
         except BudgetExceeded as exc:
             stopped = stopped or str(exc)
-            log({"type": "budget_warning", "message": f"test evaluation incomplete: {exc}"})
+            log(BudgetWarning(message=f"test evaluation incomplete: {exc}"))
     snap_end = meter.snapshot()
 
     entries = outcome.archive.entries if outcome else [best_entry]
@@ -222,69 +274,69 @@ async def run_optimization(
         run_dir=str(run_dir.path), resumed=resumed, replayed_events=raw_log.replayed,
         wall_s=time.perf_counter() - start,
     )
-    result.summary = _summary(result, task, cfg, budget, test, task_lm, optimizer_lm)
+    result.summary = _summary(result, task, cfg, budget, task_lm, optimizer_lm, outcome)
     result.summary["wall_s_all_sessions"] = round(run_dir.add_session_time(result.wall_s), 2)
     run_dir.write_json("summary.json", result.summary)
-    log({"type": "run_finished", "best": best_entry.id, "val_score": best_entry.val_score,
-         "test_score": result.test_score, "stopped": stopped})
+    log(RunFinished(best=best_entry.id, val_score=best_entry.val_score, test_score=result.test_score,
+                    stopped=stopped))
     return result
 
 
-async def _search(task: TaskData, seed: Workflow, train: list, val: list, cfg: OptimizeConfig, task_lm: LMClient,
-                  optimizer_lm: LMClient, tools: ToolRegistry, models: Any, evaluator: Evaluator,
-                  budget: Budget, run_dir: RunDir, log: Callable[[dict[str, Any]], None]
-                  ) -> tuple[OuterResult | None, str | None]:
-    best_score = [float("-inf")]
+async def _search(task: TaskData, seed: Workflow, seed_val: BatchResult, train: list, val: list,
+                  cfg: OptimizeConfig, optimizer_lm: LMClient, tools: ToolRegistry,
+                  evaluator_for: Callable[[Budget | None], Evaluator], plan: BudgetPlan,
+                  log: Callable[[Any], None], meter: Any, run_dir: RunDir) -> tuple[SearchResult | None, str | None]:
+    evaluated: dict[str, Workflow] = {}
 
-    def on_event(event: dict[str, Any]) -> None:
+    def on_event(event: Event) -> None:
+        # candidates are saved as they are judged, so an interrupted run keeps its best so far
         log(event)
-        if event.get("type") == "candidate_evaluated" and "workflow" in event:
-            from flowbot.graph.sketch import Workflow as _W
+        if isinstance(event, CandidateEvaluated):
+            evaluated[event.id] = Workflow.model_validate(event.workflow)
+            run_dir.save_workflow(event.id, evaluated[event.id])
+        elif isinstance(event, CandidateAccepted) and event.id in evaluated:
+            run_dir.save_best(evaluated[event.id])
 
-            wf = _W.model_validate(event["workflow"])
-            run_dir.save_workflow(event["id"], wf)
-            value = event.get("objective", event["val_score"])
-            if value > best_score[0]:
-                best_score[0] = value
-                run_dir.save_best(wf)
+    racing = cfg.racing.rule(chunk=max(1, cfg.concurrency))
+    ctx = operator_context(task, tools)
+    grad_ctx = GradContext(task_description=task.description, output_field=task.output_field,
+                           target_fields=task.target_fields)
+    sampler = MinibatchSampler(train, cfg.inner.minibatch_size, cfg.inner.seed) if train else None
 
-    if cfg.method == "aflow":
-        search_eval = evaluator.with_executor(Executor(task_lm.with_budget(budget), tools=tools, models=models))
-        aflow = AFlowSearch(search_eval, optimizer_lm.with_budget(budget), task_description=task.description,
-                            tools=tools.signatures(), config=cfg.aflow, budget=budget, on_event=on_event)
-        try:
-            res = await aflow.search(seed, val)
-        except BudgetExceeded as exc:
-            return None, str(exc)
-        return res, res.stopped
-
-    ctx = GradContext(task_description=task.description, output_field=task.output_field,
-                      target_fields=task.target_fields)
-
-    async def tune(workflow: Workflow, cand_budget: Budget | None, label: str) -> InnerResult:
-        b = cand_budget or budget
-        ev = evaluator.with_executor(Executor(task_lm.with_budget(b), tools=tools, models=models))
+    async def tune(entry: ArchiveEntry, b: Budget, label: str) -> Tuned:
         candidate = label.strip("[] ") or None
-        inner = InnerLoop(ev, optimizer_lm.with_budget(b), ctx, cfg.inner, meter=task_lm.meter,
-                          on_event=lambda e: on_event({**e, "candidate": candidate}),
-                          tool_options=sorted(tools.names()))
-        return await inner.optimize(workflow, train, val, label)
 
-    outer_cfg = cfg.outer
-    if cfg.method == "inner-only":
-        outer_cfg = OuterConfig(**{**asdict(cfg.outer), "rounds": 0})
-    loop = OuterLoop(tune, optimizer_lm.with_budget(budget), task_description=task.description,
-                     tools=tools.signatures(), config=outer_cfg, objective=cfg.objective, budget=budget,
-                     on_event=on_event)
+        def emit(e: Event) -> None:
+            data = e.to_dict()
+            data["candidate"] = candidate
+            log(data)
+
+        inner = InnerLoop(evaluator_for(b), optimizer_lm.with_budget(b), grad_ctx, cfg.inner, meter=meter,
+                          on_event=emit, tool_options=sorted(ctx.tools), racing=racing)
+        res = await inner.optimize(entry.workflow, train, val, label, val_result=entry.val, sampler=sampler)
+        return Tuned(res.workflow, res.val, len(res.steps), res.initial_val_score, dict(res.blame),
+                     [f.brief() for f in res.failures], res.races, res.stopped)
+
+    search: StructureSearch
+    if cfg.method == "aflow":
+        search = aflow_search(evaluator_for=evaluator_for, optimizer=optimizer_lm, ctx=ctx,
+                              task_description=task.description, config=cfg.aflow, racing=racing, plan=plan,
+                              on_event=on_event, targets=tuple(task.target_fields))
+    else:
+        outer = cfg.outer if cfg.method == "flowbot" else OuterConfig(**{**asdict(cfg.outer), "rounds": 0})
+        search = flowbot_search(evaluator_for=evaluator_for, optimizer=optimizer_lm, ctx=ctx,
+                                task_description=task.description, config=outer, racing=racing, plan=plan,
+                                tuner=tune, objective=cfg.objective, on_event=on_event,
+                                targets=tuple(task.target_fields))
     try:
-        res = await loop.search(seed)
+        res = await search.search(seed, seed_val, val)
     except BudgetExceeded as exc:
         return None, str(exc)
     return res, res.stopped
 
 
-def _summary(result: OptimizationResult, task: TaskData, cfg: OptimizeConfig, budget: Budget, test: list,
-             task_lm: LMClient, optimizer_lm: LMClient) -> dict[str, Any]:
+def _summary(result: OptimizationResult, task: TaskData, cfg: OptimizeConfig, budget: Budget,
+             task_lm: LMClient, optimizer_lm: LMClient, outcome: SearchResult | None) -> dict[str, Any]:
     def batch(b: BatchResult | None) -> dict[str, Any] | None:
         if b is None:
             return None
@@ -293,7 +345,7 @@ def _summary(result: OptimizationResult, task: TaskData, cfg: OptimizeConfig, bu
 
     paired = None
     if result.test is not None and result.seed_test is not None:
-        paired = _paired_difference(result.test, result.seed_test)
+        paired = paired_difference(result.test.scores(), result.seed_test.scores())
     return {
         "task": task.name,
         "method": cfg.method,
@@ -305,30 +357,18 @@ def _summary(result: OptimizationResult, task: TaskData, cfg: OptimizeConfig, bu
         "test": batch(result.test),
         "seed_test": batch(result.seed_test),
         "test_gain_vs_seed": paired,
+        "proposals": outcome.proposals.to_dict() if outcome else None,
+        "racing": outcome.racing.to_dict() if outcome else None,
         "front": result.front,
         "candidates": result.candidates,
         "usage_by_role": result.usage,
         "usage_by_phase": result.phases,
-        "budget": {"limits": budget.limits.describe(), "spent": budget.state(),
-                   "counts": "calls, tokens and dollars of every role (task, optimizer, judge) together"},
+        "budget": {"limits": budget.limits.describe(), "spent": budget.state(), "scope": cfg.budget.scope,
+                   "counts": "calls, tokens and dollars of every role (task, optimizer, judge) together"
+                   + ("; the test evaluation is outside the cap" if cfg.budget.scope == "search" else "")},
         "stopped": result.stopped,
         "resumed": result.resumed,
         "replayed_events": result.replayed_events,
         "wall_s": round(result.wall_s, 2),
         "config": json.loads(json.dumps(cfg.to_dict(), default=str)),
     }
-
-
-def _paired_difference(a: BatchResult, b: BatchResult) -> dict[str, Any]:
-    """Mean per-example difference a − b on shared examples, with a 95% normal-approximation interval."""
-    sa, sb = a.scores(), b.scores()
-    common = [k for k in sa if k in sb]
-    diffs = [sa[k] - sb[k] for k in common]
-    n = len(diffs)
-    if n == 0:
-        return {"n": 0}
-    mean = sum(diffs) / n
-    var = sum((d - mean) ** 2 for d in diffs) / (n - 1) if n > 1 else 0.0
-    half = 1.96 * (var / n) ** 0.5
-    return {"n": n, "mean": mean, "ci95": [mean - half, mean + half],
-            "wins": sum(d > 0 for d in diffs), "losses": sum(d < 0 for d in diffs)}

@@ -49,6 +49,10 @@ class Estimate:
     covers: float | None  # share of the planned work the budget pays for (None: unlimited)
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: candidates (structures or rewrites) the budget pays a full raced validation for; None: unlimited
+    candidates: int | None = None
+    #: why the run cannot do anything useful with this budget (it is refused before paying), or None
+    refusal: str | None = None
 
     @property
     def total(self) -> PhaseEstimate:
@@ -63,7 +67,8 @@ class Estimate:
                     "judge_calls": round(p.judge_calls), "tokens": round(p.tokens),
                     "usd": None if p.usd is None else round(p.usd, 4)}
         return {"phases": {k: row(v) for k, v in self.phases.items()}, "total": row(self.total),
-                "budget": self.budget, "budget_covers": self.covers, "warnings": self.warnings, "notes": self.notes}
+                "budget": self.budget, "budget_covers": self.covers, "candidates_afforded": self.candidates,
+                "refusal": self.refusal, "warnings": self.warnings, "notes": self.notes}
 
     def __str__(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
@@ -77,6 +82,30 @@ def _task_calls_per_example(wf: Workflow) -> float:
         elif (isinstance(n, BranchNode) and n.mode == "llm") or (isinstance(n, MergeNode) and n.strategy == "select"):
             calls += 1
     return max(calls, 1.0)
+
+
+def _afford(est: Estimate, phases: dict[str, PhaseEstimate], cfg: Any, budget: Budget, V: int, T: float,
+            test_n: int, n_test: int, step: PhaseEstimate) -> None:
+    """How many candidates the calls budget pays a full raced validation for (after the seed's
+    validation and, when the budget covers it, the test); none is a refusal."""
+    lim = budget.limits
+    if lim.max_calls is None:
+        return
+    scope = getattr(getattr(cfg, "budget", None), "scope", "all")
+    fixed = phases["seed evaluation"].calls + (T * test_n * n_test if scope == "all" else 0.0)
+    left = lim.max_calls - fixed
+    structural = cfg.method != "inner-only"
+    one = V * T * (1.5 if structural else 1.0) + (2 if structural else step.optimizer_calls + 2 * 5 * T)
+    est.candidates = max(0, int(left // one)) if left > 0 else 0
+    if est.candidates < 1:
+        what = "structural candidate" if structural else "inner-loop rewrite"
+        est.refusal = (f"the budget of {lim.max_calls} calls cannot pay for one {what}: the seed's validation"
+                       + (" and the test evaluation" if scope == "all" else "")
+                       + f" take ≈{fixed:.0f} calls and one raced validation ≈{one:.0f}; raise --budget-calls "
+                       f"to at least {fixed + one:.0f}" + (" or use --budget-scope search" if scope == "all" else ""))
+    else:
+        est.notes.append(f"the budget pays for about {est.candidates} candidate(s) with a full raced validation "
+                         "each (racing stops hopeless ones early, so usually more)")
 
 
 def _chars(example: dict[str, Any], fields: list[str]) -> int:
@@ -168,6 +197,7 @@ def estimate_run(task: Any, seed: Workflow, config: Any, budget: Budget,
         elif est.covers < 1.0:
             est.notes.append(f"the budget pays for about {est.covers:.0%} of the planned work; the search stops "
                              "when it is used up and keeps the best workflow so far")
+    _afford(est, phases, cfg, budget, V, T, test_n, n_test, step)
     if task_price is None or optimizer_price is None:
         est.notes.append("a model's price is unknown: dollars are not projected for it")
     est.notes.append(f"assumes {FAIL_RATE:.0%} of each minibatch fails and {GATE_PASS_RATE:.0%} of candidates pass "

@@ -1,4 +1,9 @@
-"""Scoring workflows on example sets for the optimizers, with memoisation and strict budgets.
+"""Scoring workflows on example sets for the optimizers, with per-item memoisation and strict budgets.
+
+Results are memoised per (workflow, example), so racing a candidate chunk by chunk, or scoring it on
+a superset later, never runs an item twice in a session. An example is known by its ``id`` (or, when
+it has none, by a digest of its content — never by its position in a list, which differs between a
+minibatch and the validation set).
 
 A partial evaluation (stopped by the budget) is not comparable with a full one, so the evaluator
 raises :class:`BudgetExceeded` instead of returning it; the loops catch that at their top level.
@@ -12,8 +17,8 @@ from typing import Any, Callable
 
 from flowbot.graph.io import workflow_to_dict
 from flowbot.graph.sketch import Workflow
-from flowbot.lm.base import BudgetExceeded
-from flowbot.runtime.batch import BatchResult, evaluate_examples
+from flowbot.lm.base import BudgetExceeded, Usage
+from flowbot.runtime.batch import BatchResult, ExampleResult, evaluate_examples
 from flowbot.runtime.executor import Executor
 from flowbot.runtime.scoring import Metric
 
@@ -28,13 +33,24 @@ def workflow_hash(workflow: Workflow) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def with_ids(examples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The examples, each with an ``id`` (a content digest where it had none)."""
+    out = []
+    for ex in examples:
+        if ex.get("id") is None:
+            digest = hashlib.sha256(json.dumps(ex, sort_keys=True, default=str).encode()).hexdigest()[:12]
+            ex = {**ex, "id": f"x-{digest}"}
+        out.append(ex)
+    return out
+
+
 class Evaluator:
     def __init__(self, executor: Executor, metric: Metric, *, concurrency: int = 4, progress: bool = False) -> None:
         self.executor = executor
         self.metric = metric
         self.concurrency = concurrency
         self.progress = progress
-        self._memo: dict[tuple[str, tuple[str, ...]], BatchResult] = {}
+        self._memo: dict[tuple[str, str], ExampleResult] = {}
 
     def with_executor(self, executor: Executor) -> "Evaluator":
         """The same evaluator (and memo) running through another executor, e.g. another budget."""
@@ -43,15 +59,26 @@ class Evaluator:
         return clone
 
     async def __call__(self, workflow: Workflow, examples: list[dict[str, Any]], description: str = "evaluating") -> BatchResult:
-        ids = tuple(str(ex.get("id", i)) for i, ex in enumerate(examples))
-        key = (workflow_hash(workflow), ids)
-        if key in self._memo:
-            return self._memo[key]
-        result = await evaluate_examples(
-            self.executor, workflow, examples, self.metric,
-            concurrency=self.concurrency, progress=self.progress, description=description,
-        )
-        if result.stopped:
-            raise BudgetExceeded(result.stopped)
-        self._memo[key] = result
-        return result
+        examples = with_ids(examples)
+        key = workflow_hash(workflow)
+        missing = [ex for ex in examples if (key, str(ex["id"])) not in self._memo]
+        if missing:
+            result = await evaluate_examples(
+                self.executor, workflow, missing, self.metric,
+                concurrency=self.concurrency, progress=self.progress and len(missing) > 1, description=description,
+            )
+            for r in result.results:
+                self._memo[(key, r.example_id)] = r
+            if result.stopped:
+                raise BudgetExceeded(result.stopped)
+        return assemble([self._memo[(key, str(ex["id"]))] for ex in examples], len(examples))
+
+
+def assemble(results: list[ExampleResult], requested: int) -> BatchResult:
+    """A BatchResult from per-item results (usage and calls summed from their traces)."""
+    usage = Usage()
+    for r in results:
+        if r.trace is not None:
+            usage = usage + r.trace.usage
+    return BatchResult(results=list(results), requested=requested, usage=usage,
+                       calls=sum(r.trace.calls for r in results if r.trace is not None))

@@ -6,16 +6,17 @@
 
 One step: forward on a minibatch (traces + scores) → a textual loss for each example below full
 score → backward pass, node by node in reverse topological order → gradients aggregated per node →
-the optimizer rewrites each blamed node's instruction → a candidate is accepted only if it gains on
-the minibatch it was made for and does not lower the held-out (validation) score. The loop stops at
-``steps``, at the budget, or after ``patience`` steps without a gain.
+the optimizer rewrites each blamed node's instruction → a candidate must gain on the minibatch it
+was made for, then is raced against the current workflow on validation (paired, stopped early when
+it cannot win; see :mod:`flowbot.optim.racing`) and kept only if it wins. The loop stops at
+``steps``, when the budget cannot pay for another step, or after ``patience`` steps without a gain.
 """
 
 from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from flowbot.graph.nodes import Demo, LLMNode
@@ -24,8 +25,11 @@ from flowbot.lm.base import BudgetExceeded
 from flowbot.lm.budget import RoleUsage, UsageMeter
 from flowbot.lm.client import LMClient
 from flowbot.optim import textgrad as tg
-from flowbot.optim.evaluation import Evaluator, EventSink
-from flowbot.optim.policies import BlameOrder, MinibatchSampler, NotWorseAcceptance
+from flowbot.optim.budgeting import Price
+from flowbot.optim.evaluation import Evaluator
+from flowbot.optim.events import EventSink, InnerCandidate, InnerStep, Patience
+from flowbot.optim.policies import BlameOrder, MinibatchGate, MinibatchSampler, MinibatchSampling, NodeSelection
+from flowbot.optim.racing import PairedRacing, RaceResult, race
 from flowbot.runtime.batch import BatchResult, ExampleResult
 
 
@@ -38,32 +42,14 @@ class InnerConfig:
     feedback: Literal["backward", "global"] = "backward"
     demos: int = 2  # few-shot demos to try per llm node (bootstrapped from successful traces); 0 = off
     minibatch_gate: bool = True
-    tolerance: float = 0.0
-    tie_cost_increase: float | None = 0.25  # on a validation tie, refuse a candidate this much dearer
     full_score: float = 1.0
     max_nodes_per_step: int | None = None
     concurrency: int = 4
     seed: int = 0
 
 
-@dataclass
-class StepRecord:
-    step: int
-    node_id: str
-    change: str  # "instruction", "demos" or "tools"
-    old: str
-    new: str
-    gradient: str
-    minibatch_before: float
-    minibatch_after: float | None
-    val_before: float
-    val_after: float | None
-    accepted: bool
-    reason: str
-    cost: dict[str, dict[str, Any]] = field(default_factory=dict)  # role -> usage during the step
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+#: one judged change (an instruction rewrite or a demo set): the record is the run event itself
+StepRecord = InnerCandidate
 
 
 @dataclass
@@ -76,7 +62,7 @@ class Failure:
     loss: str
 
     def brief(self, limit: int = 300) -> str:
-        return (f"inputs {tg.clip(self.inputs, limit)} | output {tg.clip(self.prediction, 120)} | "
+        return (f"inputs {tg.brief_fields(self.inputs, limit // 2)} | output {tg.clip(self.prediction, 120)} | "
                 f"correct {tg.clip(self.gold, 120)} | {tg.clip(self.loss, limit)}")
 
 
@@ -91,6 +77,7 @@ class InnerResult:
     stopped: str | None
     usage: dict[str, dict[str, Any]]
     wall_s: float
+    races: list[RaceResult] = field(default_factory=list)
 
     @property
     def val_score(self) -> float:
@@ -126,6 +113,9 @@ class InnerLoop:
         meter: UsageMeter | None = None,
         on_event: EventSink | None = None,
         tool_options: list[str] | None = None,
+        racing: PairedRacing | None = None,
+        node_selection: NodeSelection | None = None,
+        gate: MinibatchGate | None = None,
     ) -> None:
         self.evaluate = evaluator
         self.opt = optimizer
@@ -134,45 +124,67 @@ class InnerLoop:
         self.meter = meter or optimizer.meter
         self.emit = on_event or (lambda e: None)
         self.tool_options = tool_options
-        self.accept_rule = NotWorseAcceptance(self.cfg.tolerance, self.cfg.minibatch_gate,
-                                              self.cfg.tie_cost_increase)
-        self.node_order = BlameOrder(self.cfg.max_nodes_per_step)
+        self.racing = racing or PairedRacing()
+        self.gate = gate or MinibatchGate(self.cfg.minibatch_gate)
+        self.node_order = node_selection or BlameOrder(self.cfg.max_nodes_per_step)
 
     async def optimize(self, workflow: Workflow, train: list[dict[str, Any]], val: list[dict[str, Any]],
-                       label: str = "") -> InnerResult:
+                       label: str = "", *, val_result: BatchResult | None = None,
+                       sampler: MinibatchSampling | None = None) -> InnerResult:
+        """Tune ``workflow``. ``val_result``: its validation results when already known (the
+        incumbent's); ``sampler``: the run's minibatch sampler, so training data is walked as one
+        epoch across every workflow the run tunes."""
         start = time.perf_counter()
         usage0 = self.meter.snapshot()
         state = _State(workflow)
         stopped: str | None = None
         try:
-            state.val = await self.evaluate(workflow, val, f"{label}validating seed")
+            state.val = val_result if val_result is not None else \
+                await self.evaluate(workflow, val, f"{label}validating seed")
             state.initial = state.val.score
-            await self._loop(state, train, val, label)
+            await self._loop(state, sampler or MinibatchSampler(train, self.cfg.minibatch_size, self.cfg.seed),
+                             val, label)
         except BudgetExceeded as exc:
             stopped = str(exc)
         if state.val is None:  # the budget ran out before the seed was scored
             state.val = BatchResult(results=[], requested=len(val), stopped=stopped)
         return InnerResult(
             workflow=state.workflow, val=state.val, initial_val_score=state.initial, steps=state.records,
-            blame=state.blame, failures=state.failures[-8:], stopped=stopped,
+            blame=state.blame, failures=state.failures[-8:], stopped=stopped or state.stopped, races=state.races,
             usage=_usage_delta(usage0, self.meter.snapshot()), wall_s=time.perf_counter() - start,
         )
 
-    async def _loop(self, state: "_State", train: list[dict[str, Any]], val: list[dict[str, Any]], label: str) -> None:
-        sampler = MinibatchSampler(train, self.cfg.minibatch_size, self.cfg.seed)
+    def affords_step(self, state: "_State", val: list[dict[str, Any]]) -> bool:
+        """Whether the budget left can pay for one more step: a forward pass and a candidate on the
+        minibatch, one raced validation, and the optimizer's calls (loss, backward, rewrite)."""
+        budget = self.opt.budget
+        left = budget.remaining_calls() if budget is not None else None
+        if left is None:
+            return True
+        price = Price.of(state.val)
+        mb = self.cfg.minibatch_size
+        nodes = max(1, len(state.workflow.tunable_nodes()))
+        need = price.calls * (2 * mb + len(val)) + mb * (1 + nodes) + 2 * nodes
+        return left >= need
+
+    async def _loop(self, state: "_State", sampler: MinibatchSampling, val: list[dict[str, Any]], label: str) -> None:
         no_gain = 0
         for step in range(1, self.cfg.steps + 1):
+            if not self.affords_step(state, val):
+                state.stopped = "the budget left cannot pay for another inner step with a full raced validation"
+                break
             batch = sampler.next()
             before = state.val.score
-            await self._step(state, step, batch, val, label)
-            no_gain = 0 if state.val.score > before + 1e-12 else no_gain + 1
+            changed = await self._step(state, step, batch, val, label)
+            no_gain = 0 if changed and state.val.score > before + 1e-12 else no_gain + 1
             if no_gain >= self.cfg.patience:
-                self.emit({"type": "inner_patience", "step": step, "patience": self.cfg.patience})
+                self.emit(Patience(loop="inner", step=step))
                 break
 
     async def _step(self, state: "_State", step: int, batch: list[dict[str, Any]], val: list[dict[str, Any]],
-                    label: str) -> None:
+                    label: str) -> bool:
         usage0 = self.meter.snapshot()
+        accepted_before = sum(r.accepted for r in state.records)
         forward = await self.evaluate(state.workflow, batch, f"{label}step {step}: forward")
         state.successes.extend(r for r in forward.results if r.score >= self.cfg.full_score)
         failing = [r for r in forward.results if r.score < self.cfg.full_score]
@@ -188,8 +200,9 @@ class InnerLoop:
             for node in state.workflow.llm_nodes():
                 if node.id not in state.demos_tried:
                     forward = await self._try_demos(state, step, node, forward, batch, val, label)
-        self.emit({"type": "inner_step", "step": step, "failing": len(failing), "nodes_stepped": stepped,
-                   "val_score": state.val.score, "usage": _usage_delta(usage0, self.meter.snapshot())})
+        self.emit(InnerStep(step=step, failing=len(failing), nodes_stepped=stepped, val_score=state.val.score,
+                            usage=_usage_delta(usage0, self.meter.snapshot())))
+        return sum(r.accepted for r in state.records) > accepted_before
 
     async def _gradients(self, state: "_State", failing: list[ExampleResult]) -> dict[str, list[str]]:
         wf = state.workflow
@@ -259,32 +272,30 @@ class InnerLoop:
     async def _judge(self, state: "_State", step: int, node_id: str, change: str, old: str, new: str,
                      gradient: str, candidate: Workflow, batch: list[dict[str, Any]], forward: BatchResult,
                      val: list[dict[str, Any]], label: str, gate: bool = True) -> tuple[BatchResult, bool]:
-        """Minibatch gate, then held-out acceptance. Returns the forward result of the kept workflow."""
+        """Minibatch gate, then a validation race against the current workflow. Returns the forward
+        result of the kept workflow and whether the candidate was kept."""
         usage0 = state.usage_mark or self.meter.snapshot()
         mb = await self.evaluate(candidate, batch, f"{label}step {step}: candidate on minibatch")
         record = StepRecord(step, node_id, change, old, new, gradient, forward.score, mb.score,
                             state.val.score, None, False, "")
-        if gate and not self.accept_rule.passes_minibatch(mb.score, forward.score):
+        if gate and not self.gate.passes(mb.score, forward.score):
             record.reason = "no gain on the minibatch"
         else:
-            v = await self.evaluate(candidate, val, f"{label}step {step}: candidate on validation")
-            record.val_after = v.score
-            if self.accept_rule.too_costly_for_a_tie(v.score, state.val.score, v.tokens_per_example(),
-                                                     state.val.tokens_per_example()):
-                record.reason = (f"no gain for {v.tokens_per_example():.0f} instead of "
-                                 f"{state.val.tokens_per_example():.0f} tokens per example")
-            elif self.accept_rule.accept(v.score, state.val.score):
+            result: RaceResult = await race(self.evaluate, candidate, state.val, val, self.racing,
+                                            f"{label}step {step}: racing the candidate")
+            record.race = result.to_dict()
+            record.val_after = result.batch.score if result.complete else None
+            record.reason = result.reason
+            state.races.append(result)
+            if result.accepted:
                 record.accepted = True
-                record.reason = "validation not lower"
-                state.workflow, state.val, forward = candidate, v, mb
-            else:
-                record.reason = "validation score lower"
+                state.workflow, state.val, forward = candidate, result.batch, mb
             if change == "instruction":
-                state.history.setdefault(node_id, []).append((new, v.score))
+                state.history.setdefault(node_id, []).append((new, result.batch.score))
         record.cost = _usage_delta(usage0, self.meter.snapshot())
         state.usage_mark = None
         state.records.append(record)
-        self.emit({"type": "inner_candidate", **record.to_dict()})
+        self.emit(record)
         return forward, record.accepted
 
 
@@ -300,3 +311,5 @@ class _State:
         self.demos_tried: set[str] = set()
         self.successes: list[ExampleResult] = []  # training examples solved so far (demo pool)
         self.usage_mark: dict[str, RoleUsage] | None = None
+        self.races: list[RaceResult] = []
+        self.stopped: str | None = None

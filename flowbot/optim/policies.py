@@ -1,12 +1,36 @@
-"""Small, swappable policies of the loops: which minibatch to draw, which nodes to step, what to
-accept, which sketch to expand. Each is one object with one job, testable alone."""
+"""Small, swappable policies of the loops: which minibatch to draw, which nodes to step, which
+candidate to expand (acceptance is :mod:`flowbot.optim.racing`, proposal is
+:mod:`flowbot.optim.proposal`). Each is one object with one job, passed into the loops and testable
+alone; the Protocols say what a replacement must provide.
+
+    >>> UCBSelection(0.0).select([_E(0.5), _E(0.7)], lambda e: e.val_score).val_score
+    0.7
+"""
 
 from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
-from typing import Any, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol, Sequence
+
+
+class MinibatchSampling(Protocol):
+    def next(self) -> list[dict[str, Any]]: ...
+
+
+class NodeSelection(Protocol):
+    def select(self, gradients: dict[str, list[str]]) -> list[str]: ...
+
+
+class ParentSelection(Protocol):
+    def select(self, entries: list[Any], objective: Callable[[Any], float]) -> Any: ...
+
+
+@dataclass
+class _E:  # a stand-in archive entry for the doctest
+    val_score: float
+    expansions: int = 0
 
 
 class MinibatchSampler:
@@ -44,26 +68,14 @@ class BlameOrder:
 
 
 @dataclass
-class NotWorseAcceptance:
-    """Accept a candidate only if it does not lower the held-out score (by more than ``tolerance``);
-    before paying for the held-out check, require a strict gain on the minibatch it was made for.
-    On a tie, a candidate that costs more than ``tie_cost_increase`` (a fraction of the current
-    tokens per example) is refused: a change that buys nothing must not make every call dearer."""
+class MinibatchGate:
+    """Before a rewrite is raced on validation, it must do strictly better on the minibatch it was
+    made for (cheap: a few items); ``enabled=False`` races every rewrite."""
 
-    tolerance: float = 0.0
-    minibatch_gate: bool = True
-    tie_cost_increase: float | None = 0.25
+    enabled: bool = True
 
-    def passes_minibatch(self, new: float, old: float) -> bool:
-        return (not self.minibatch_gate) or new > old
-
-    def accept(self, new: float, current: float) -> bool:
-        return new >= current - self.tolerance - 1e-12
-
-    def too_costly_for_a_tie(self, new: float, current: float, new_cost: float, current_cost: float) -> bool:
-        if self.tie_cost_increase is None or new > current + 1e-12 or current_cost <= 0:
-            return False
-        return new_cost > current_cost * (1 + self.tie_cost_increase)
+    def passes(self, new: float, old: float) -> bool:
+        return (not self.enabled) or new > old + 1e-12
 
 
 @dataclass
@@ -84,6 +96,29 @@ class UCBSelection:
             if value > best_value:
                 best, best_value = e, value
         return best
+
+
+@dataclass
+class SoftmaxTopK:
+    """AFlow's parent selection: among the top ``k`` by score, sample with a softmax over scores
+    (sharpness ``alpha``) mixed with a uniform distribution (share ``uniform_mix``), seeded."""
+
+    k: int = 3
+    alpha: float = 0.4
+    uniform_mix: float = 0.2
+    seed: int = 0
+    _rng: random.Random = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._rng = random.Random(self.seed)
+
+    def select(self, entries: list[Any], objective: Callable[[Any], float]) -> Any:
+        top = sorted(entries, key=lambda e: -objective(e))[: self.k]
+        best = objective(top[0])
+        weights = [math.exp(self.alpha * 10 * (objective(e) - best)) for e in top]
+        z = sum(weights)
+        probs = [self.uniform_mix / len(top) + (1 - self.uniform_mix) * w / z for w in weights]
+        return self._rng.choices(top, weights=probs, k=1)[0]
 
 
 def retry_sampling(attempt: int, temperature: float, tried: int) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 They are plain ``str.format`` templates so they can be read, diffed and tested without reading the
 loops. Replies use simple tagged lines (``GRADIENT: ...``), which small local models follow far more
-reliably than JSON; the edit proposal is the one place that asks for JSON, checked against the IR.
+reliably than JSON; the edit proposal is the one place that asks for JSON, decoded under a schema
+built from the parent workflow (see :mod:`flowbot.optim.proposal`).
 """
 
 from __future__ import annotations
@@ -117,8 +118,9 @@ TOOL_OPTIONS = (
 
 EDIT_SYSTEM = (
     "You design the structure of AI workflows: graphs of language-model calls, tool calls, branches and "
-    "merges. You propose ONE structural edit that is most likely to raise the workflow's score, "
-    "given how it fails. Prefer small, targeted edits. Cost matters too: more calls cost more."
+    "merges. Read how the current workflow fails, criticise its structure in one or two sentences, and "
+    "choose the ONE structural edit from the menu most likely to raise its score. Cost matters too: "
+    "more calls cost more."
 )
 
 EDIT_USER = """Task: {task_description}
@@ -131,37 +133,20 @@ Steps most often blamed for errors: {blame}
 Typical failures:
 {failures}
 
-Edits already tried from this workflow (do not repeat them):
+Edits already tried from this workflow:
 {tried}
 
-Available tools: {tools}
+Menu of edits (operator: what it does):
+{menu}
 
-Edit vocabulary (JSON, one object):
-{vocabulary}
-
-First write one or two sentences of critique of the workflow's structure, then the edit as JSON in a
-```json code block."""
-
-EDIT_REPAIR = """That edit could not be applied:
-{error}
-
-Reply with a corrected edit as JSON in a ```json code block (or a different edit)."""
-
-EDIT_VOCABULARY = """- {{"op": "insert_verifier", "target": NODE}}: a step that checks and corrects NODE's output
-- {{"op": "ensemble", "node_id": NODE, "k": 3, "strategy": "majority"|"select"}}: sample NODE k times, then vote or pick
-- {{"op": "add_tool_step", "tool": TOOL, "consumer": NODE, "producer_reads": [FIELDS], "producer_instruction": TEXT}}: an llm step writes the tool's input from FIELDS; NODE also reads the tool's result
-- {{"op": "add_tool_step", "tool": TOOL, "consumer": NODE, "args": {{"ARG": FIELD}}}}: call TOOL on existing fields
-- {{"op": "insert_after", "target": NODE, "node": {{"kind": "llm", "id": NEW_ID, "reads": [NODE's output, ...], "writes": NEW_FIELD}}, "params": {{"instruction": TEXT}}}}
-- {{"op": "add_node", "node": {{"kind": "llm", "id": NEW_ID, "reads": [FIELDS], "writes": NEW_FIELD}}, "params": {{"instruction": TEXT}}, "consumers": [NODE]}}: a new step whose output NODE also reads (e.g. a plan)
-- {{"op": "remove_node", "node_id": NODE, "replacement": FIELD}}: drop a step that hurts; its readers read FIELD instead
-- {{"op": "add_branch", "target": NODE, "reads": [FIELDS], "labels": [A, B], "classifier_instruction": TEXT, "alternative_instruction": TEXT}}: route inputs to NODE or an alternative
-- {{"op": "rewire", "node_id": NODE, "reads": [FIELDS]}}: change what a step reads"""
+Reply with one JSON object: "critique" (at most {critique_chars} characters: what kind of mistake the
+workflow makes and which edit addresses it), then "edit" ({{"op": ..., "target": ...}} plus the
+operator's options)."""
 
 AFLOW_SYSTEM = (
-    "You optimize AI workflows built from operators: Generate (a model call), Review+Revise (check and "
-    "correct a step's output), Ensemble (sample several answers and select or vote), Programmer (write "
-    "and run Python code), Format (rewrite an answer into the required format). Propose ONE operator "
-    "modification that should raise the score, learning from the modifications already tried."
+    "You optimize AI workflows built from operators (generate, review and revise, ensemble, programmer, "
+    "format, ...). Propose ONE operator modification that should raise the score, learning from the "
+    "modifications already tried and their results."
 )
 
 AFLOW_USER = """Task: {task_description}
@@ -169,18 +154,14 @@ AFLOW_USER = """Task: {task_description}
 Current workflow (score {score:.3f}):
 {workflow_text}
 
-Modifications already tried and their results:
+Modifications already tried from it and their results:
 {experience}
 
 Failures of the current workflow:
 {failures}
 
-Choose one modification as JSON in a ```json code block, one of:
-{vocabulary}"""
+Operators you can apply (operator: what it does):
+{menu}
 
-AFLOW_VOCABULARY = """- {{"operator": "review_revise", "target": NODE}}
-- {{"operator": "ensemble", "target": NODE, "k": 3, "strategy": "select"|"majority"}}
-- {{"operator": "programmer", "target": NODE}}: write and run Python code, and give the result to NODE
-- {{"operator": "format", "target": NODE}}: add a step that rewrites NODE's answer into the required format
-- {{"operator": "generate", "target": NODE}}: add a step whose output NODE also reads (e.g. a plan or hints)
-- {{"operator": "remove", "target": NODE}}"""
+Reply with one JSON object: "critique" (a short analysis of what to change and why), then "edit"
+({{"op": ..., "target": ...}} plus the operator's options)."""

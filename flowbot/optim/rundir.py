@@ -6,6 +6,7 @@
       cache.sqlite    every LM response (re-running the command pays for nothing already here)
       best.json       the best workflow so far (rewritten atomically on each improvement)
       summary.json    the final result
+      sessions.json   when each session started and last logged (time budgets span sessions)
       STOP            create this file to stop the run cleanly
       lock            held (``flock``) by the one process using the run; says which one
 
@@ -36,6 +37,7 @@ import sys
 import tempfile
 import time
 import uuid
+import weakref
 from pathlib import Path
 from typing import IO, Any
 
@@ -56,10 +58,8 @@ def atomic_write_text(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:  # (no fsync: this guards against a killed
+            fh.write(text)                                 # process and readers, not a power cut)
         if path.name == "summary.json":
             crash_point("summary")
         os.replace(tmp, path)
@@ -170,6 +170,11 @@ class RunDir:
         for stale in self.path.glob(".*.tmp"):  # left by a crash between write and rename
             stale.unlink(missing_ok=True)
         self.events = EventLog(self.path / "events.jsonl")
+        self._earlier_sessions: list[dict[str, float]] = list(self.read_json("sessions.json") or [])
+        self._this_session = {"start": time.time(), "last": time.time()}
+        # a weak reference, so no cycle keeps an unused RunDir (and its lock) alive
+        touch = weakref.WeakMethod(self._touch_session)
+        self.events.listeners.append(lambda event, replayed: (m := touch()) and m(event, replayed))
 
     def close(self) -> None:
         """Release the lock (idempotent)."""
@@ -221,6 +226,16 @@ class RunDir:
         saved["wall_s_total"] = saved.get("wall_s_total", 0.0) + seconds
         atomic_write_text(path, json.dumps(saved, indent=2))
         return saved["wall_s_total"]
+
+    def elapsed_before(self) -> float:
+        """Wall time the run's earlier sessions spent (``sessions.json``: each session's start and
+        its last event, so a session that was killed counts up to its last event)."""
+        return sum(max(0.0, x["last"] - x["start"]) for x in self._earlier_sessions)
+
+    def _touch_session(self, event: dict[str, Any], replayed: bool) -> None:
+        now = time.time()
+        self._this_session["last"] = now
+        self.write_json("sessions.json", self._earlier_sessions + [self._this_session])
 
     def clear_stop(self) -> None:
         if self.stop_file.exists():

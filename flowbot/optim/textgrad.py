@@ -55,6 +55,11 @@ def clip(text: Any, limit: int) -> str:
     return s if len(s) <= limit else s[: limit // 2] + "\n[...]\n" + s[-limit // 2:]
 
 
+def brief_fields(values: dict[str, Any], limit: int = 160) -> str:
+    """Each field clipped on its own, so a long passage cannot push the question out of view."""
+    return "; ".join(f"{k}: {clip(v, limit)}" for k, v in values.items())
+
+
 def is_none(text: str) -> bool:
     return bool(_NONE_RE.match(text or ""))
 

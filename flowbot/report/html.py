@@ -464,6 +464,8 @@ def _outer_tables(run: RunData) -> str:
     for e in proposals:
         kind = {"candidate_proposed": "proposed", "edit_repaired": "repaired",
                 "candidate_rejected": "rejected"}.get(str(e.get("type")), str(e.get("type")))
+        if e.get("type") == "proposal":
+            kind = str(e.get("status")) + (" (repaired)" if e.get("repaired") else "")
         what = e.get("edit") or ""
         detail = []
         if e.get("reason"):
@@ -476,7 +478,7 @@ def _outer_tables(run: RunData) -> str:
             detail.append(f"error: {e['error']}")
         if e.get("attempt"):
             detail.append(f"attempt {e['attempt']}")
-        rationale = e.get("rationale")
+        rationale = e.get("rationale") or e.get("critique")
         rat_html = esc(rationale) if rationale else ""
         prows.append([_num_td(esc(e.get("seq"))), esc(kind), esc(e.get("parent") or "—"), esc(what) or "—",
                       "<br>".join(esc(d) for d in detail) or "—", rat_html or "—"])

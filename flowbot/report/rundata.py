@@ -22,7 +22,7 @@ from flowbot.graph.io import WorkflowFileError, workflow_from_dict
 from flowbot.graph.sketch import Workflow
 
 #: events that describe outer-loop proposals (shown in the proposals table)
-PROPOSAL_EVENTS = ("candidate_proposed", "candidate_rejected", "edit_repaired")
+PROPOSAL_EVENTS = ("proposal", "candidate_rejected", "candidate_proposed", "edit_repaired")
 
 
 class ReportError(ValueError):

@@ -432,6 +432,8 @@ _RULES: dict[str, Callable[..., Any]] = {
     "json": lambda text, **_: extract_json(text),
     "code": lambda text, **_: extract_code(text),
     "regex": lambda text, pattern=None, **_: _extract_regex(text, pattern),
+    # the whole reply (a draft's full solution for a verifier); its prompt asks for a final line
+    "reasoning": lambda text, **_: text.strip(),
 }
 
 #: the rule names accepted by :func:`apply_extraction`
@@ -450,7 +452,8 @@ def apply_extraction(
     Rules: ``text`` (stripped reply), ``answer``, ``boxed`` (falls back to ``answer`` when nothing is
     boxed), ``number`` (None when there is none), ``label`` (needs ``labels``; None when no label is
     found), ``json`` (raises ValueError when none), ``code``, ``regex`` (needs ``pattern``; first group
-    of the last match, or the whole match if the pattern has no group; None when no match).
+    of the last match, or the whole match if the pattern has no group; None when no match),
+    ``reasoning`` (the whole stripped reply: a draft solution a later step reads in full).
 
     >>> apply_extraction("regex", "id=3, id=7", pattern=r"id=(\\d+)")
     '7'

@@ -53,13 +53,21 @@ def render_fields(values: dict[str, Any]) -> str:
     return "\n\n".join(f"{label_of(k)}:\n{format_value(v)}" for k, v in values.items())
 
 
+def shown_field(node: LLMNode) -> str:
+    """The field name the prompt uses for the node's output (``output.prompt_field`` or ``writes``)."""
+    return node.output.prompt_field or node.writes
+
+
 def output_hint(node: LLMNode) -> str:
     fmt: OutputFormat = node.output
-    hint = _FORMAT_HINTS.get(fmt.extract, "").format(field=label_of(node.writes).lower())
-    if fmt.extract == "label" and fmt.labels:
+    # a 'reasoning' node keeps its whole reply but asks for the final line of its 'final' rule
+    rule = (fmt.final or "answer") if fmt.extract == "reasoning" else fmt.extract
+    field = label_of(shown_field(node)).lower()
+    hint = _FORMAT_HINTS.get(rule, "").format(field=field)
+    if rule == "label" and fmt.labels:
         hint = f"End your reply with a final line of the form 'Answer: <label>' where <label> is one of: {', '.join(fmt.labels)}."
     if fmt.description:
-        hint = (hint + " " if hint else "") + f"The {label_of(node.writes).lower()} is {fmt.description}."
+        hint = (hint + " " if hint else "") + f"The {field} is {fmt.description}."
     return hint
 
 
@@ -85,7 +93,7 @@ def llm_messages(
     tool_descriptions: dict[str, str] | None = None,
 ) -> list[dict[str, str]]:
     system = system_text(
-        params.instruction or f"Given the inputs, produce the {label_of(node.writes).lower()}.",
+        params.instruction or f"Given the inputs, produce the {label_of(shown_field(node)).lower()}.",
         output_hint(node),
         tool_hint(tool_descriptions) if tool_descriptions else "",
     )

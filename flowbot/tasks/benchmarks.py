@@ -43,6 +43,10 @@ class Benchmark:
     labels: list[str] | None = None
     protocol: str = ""
     output: str | None = None  # the workflow's output field when it differs from the target
+    #: the tools that make sense for the task (only these are offered to the optimizer)
+    tools: tuple[str, ...] = ()
+    #: inputs holding the passages retrieval searches and extract-then-answer quotes from
+    context_fields: tuple[str, ...] = ()
 
 
 # -- helpers -------------------------------------------------------------------------------------
@@ -273,20 +277,21 @@ BENCHMARKS: dict[str, Benchmark] = {
     b.name: b
     for b in [
         Benchmark("gsm8k", "Grade-school math word problems; the answer is a single number.", ["question"],
-                  ["answer"], "gsm8k", _gsm8k, _gsm8k_local, _gsm8k_hf,
+                  ["answer"], "gsm8k", _gsm8k, _gsm8k_local, _gsm8k_hf, tools=("python", "calculator"),
                   protocol="train: official train (7,473; bundled sample 500); val/test: AFlow fixtures 264/1,055"),
         Benchmark("math", "Competition mathematics (MATH, level 5); give the final answer in LaTeX.",
-                  ["problem"], ["answer"], "math", _math, _math_local, _math_hf,
+                  ["problem"], ["answer"], "math", _math, _math_local, _math_hf, tools=("python", "calculator"),
                   protocol="train: MATH test, AFlow's 4 subjects at level 4 (AFlow's subset is all their level 5); "
                            "val/test: AFlow 119/486"),
         Benchmark("hotpotqa", "Multi-hop question answering over the given Wikipedia paragraphs "
                   "(distractor setting); answer with a short span.", ["question", "context"], ["answer"],
-                  "hotpot_f1", _hotpot, _hotpot_local, _hotpot_hf,
+                  "hotpot_f1", _hotpot, _hotpot_local, _hotpot_hf, tools=("retrieve",), context_fields=("context",),
                   protocol="val: AFlow fixture 200; train/test: two dev-distractor samples minus AFlow ids "
                            "(294/295); AFlow's test fixture was not available"),
         Benchmark("drop", "Reading comprehension with discrete reasoning (counting, arithmetic, sorting) over "
                   "a passage; answer with a number, date or short span(s).", ["passage", "question"],
                   ["answers"], "drop_f1", _drop, _drop_local, _drop_hf, output="answer",
+                  tools=("python", "retrieve"), context_fields=("passage",),
                   protocol="train: DROP dev minus AFlow's subset (8,536); val/test: AFlow 200/800"),
         Benchmark("fever", "Fact verification without evidence text (closed book): is the claim supported, "
                   "refuted, or is there not enough information?", ["claim"], ["label"], "fever", _fever,
@@ -296,10 +301,10 @@ BENCHMARKS: dict[str, Benchmark] = {
                   ["answers"], "triviaqa_em", _triviaqa, _triviaqa_local, _triviaqa_hf, output="answer",
                   protocol="3,000-question validation sample, seeded: train 2,000 / val 200 / test 800"),
         Benchmark("humaneval", "Write the Python function described by the docstring.", ["prompt"], ["test"],
-                  "pass_at_1", _humaneval, _humaneval_local, _humaneval_hf, output="code",
+                  "pass_at_1", _humaneval, _humaneval_local, _humaneval_hf, output="code", tools=("python",),
                   protocol="val/test: AFlow 33/131; no other data, so train = val"),
         Benchmark("mbpp", "Write the Python function the problem asks for.", ["prompt"], ["test"],
-                  "pass_at_1", _mbpp, _mbpp_local, _mbpp_hf, output="code",
+                  "pass_at_1", _mbpp, _mbpp_local, _mbpp_hf, output="code", tools=("python",),
                   protocol="val/test: AFlow 86/341 (sanitized MBPP); train: the other 547 official problems"),
     ]
 }
@@ -338,4 +343,5 @@ def load_benchmark(name: str, data_dir: str | Path | None = None, *, output: str
         raise DataError(f"no data for {bench.name}: pass --data-dir")
     return Task(bench.name, inputs=bench.inputs, targets=bench.targets, metric=bench.metric,
                 train=sources["train"], val=sources["val"], test=sources["test"], output=output or bench.output,
-                labels=bench.labels, description=bench.description, transform=bench.transform)
+                labels=bench.labels, description=bench.description, transform=bench.transform,
+                tools=bench.tools, context_fields=bench.context_fields)

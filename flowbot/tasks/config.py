@@ -10,7 +10,7 @@ from flowbot.errors import utf8_text
 from flowbot.tasks.loaders import DataError
 
 _KEYS = {"name", "data", "train", "val", "test", "inputs", "targets", "target", "metric", "split", "seed",
-         "output", "labels", "description", "extract"}
+         "output", "labels", "description", "extract", "tools", "context_fields"}
 _PATH_KEYS = ("data", "train", "val", "test")
 
 

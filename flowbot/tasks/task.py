@@ -15,6 +15,7 @@ import random
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from flowbot.graph.nodes import NAME_RE
 from flowbot.tasks.loaders import DataError, Row, parse_jsonish, read_rows
 from flowbot.tasks.metric_specs import resolve_metric
 
@@ -41,6 +42,8 @@ class Task:
         description: str = "",
         transform: Callable[[dict[str, Any]], dict[str, Any] | None] | None = None,
         extract: str | None = None,
+        tools: Iterable[str] | None = None,
+        context_fields: Iterable[str] | None = None,
     ) -> None:
         """
         Args:
@@ -58,6 +61,10 @@ class Task:
             transform: maps each raw row to an example (return None to skip a row on purpose).
             extract: the answer-extraction rule seed workflows use (``answer``, ``number``, ``label``,
                 ``boxed``, ``code``, ``text``); chosen from the metric when omitted.
+            tools: the tools that make sense for this task (``python``, ``calculator``, ``retrieve``);
+                the optimizer offers only these. None by default: a task without tools gets none.
+            context_fields: inputs that hold passages or other context to read from (e.g. HotpotQA's
+                ``context``): what retrieval searches and what extract-then-answer quotes from.
         """
         self.name = name
         self.inputs = list(inputs)
@@ -76,6 +83,11 @@ class Task:
         self.metric_spec = metric
         self.metric = resolve_metric(metric, target=self.targets[0], output=self.output, labels=labels)
         self.extract = extract or getattr(self.metric, "extract", "answer")
+        self.tools = _names(name, "tools", tools)
+        self.context_fields = _names(name, "context_fields", context_fields)
+        stray = [f for f in self.context_fields if f not in self.inputs]
+        if stray:
+            raise DataError(f"task {name!r}: context field(s) {stray} are not among the inputs {self.inputs}")
         self._transform = transform
         self._splits = self._build_splits(data, train, val, test, split)
 
@@ -175,10 +187,27 @@ class Task:
             targets: [label]
             metric: label
             labels: [positive, negative]
+            tools: [python]            # optional: the tools the optimizer may use
+            context_fields: []         # optional: inputs holding passages to read from
         """
         from flowbot.tasks.config import load_task_config
 
         return cls(**load_task_config(path))
+
+
+def _names(task: str, key: str, values: Iterable[str] | None) -> list[str]:
+    """A declared list of names (tools, fields), checked: identifiers, each once."""
+    if values is None:
+        return []
+    if isinstance(values, str):
+        values = [values]
+    out: list[str] = []
+    for v in values:
+        if not isinstance(v, str) or not NAME_RE.match(v):
+            raise DataError(f"task {task!r}: {key} entry {v!r} is not a name (letters, digits, underscore)")
+        if v not in out:
+            out.append(v)
+    return out
 
 
 def _metric_name(spec: Any) -> str:

@@ -56,6 +56,25 @@ def print_last_expression(code: str) -> str:
             f"if {_RESULT_VAR} is not None:\n    print(repr({_RESULT_VAR}))\n")
 
 
+def last_printed_line(stdout: str) -> str:
+    """The answer a program printed: its last non-empty line, stripped (a quoted string literal, as
+    a trailing bare expression prints it, loses its quotes).
+
+    >>> last_printed_line("Total:\\n 18 \\n\\n"), last_printed_line("'Paris'\\n")
+    ('18', 'Paris')
+    """
+    lines = [ln.strip() for ln in stdout.splitlines() if ln.strip()]
+    last = lines[-1] if lines else ""
+    if len(last) >= 2 and last[0] == last[-1] and last[0] in "'\"":
+        try:
+            value = ast.literal_eval(last)
+        except (ValueError, SyntaxError):
+            return last
+        if isinstance(value, str):
+            return value.strip()
+    return last
+
+
 def _char_offset(line: str, byte_offset: int | None) -> int:
     # ast column offsets count UTF-8 bytes
     return len(line.encode("utf-8")[: byte_offset or 0].decode("utf-8", "ignore"))
@@ -89,25 +108,33 @@ class PythonTool(Tool):
         self.isolation: Isolation = isolation
 
     async def call(self, **kwargs: Any) -> ToolResult:
-        unknown = set(kwargs) - {"code", "stdin"}
+        """Run ``code`` (optional ``stdin``). With ``answer_only=True`` (set in a tool node's params
+        ``config``) the program is an answer printer: the output is its last printed line, stripped,
+        and any failure, including an empty program, is an output starting with ``Error:`` and
+        ``ok=False`` rather than an exception, so a workflow can branch on it."""
+        unknown = set(kwargs) - {"code", "stdin", "answer_only"}
         if unknown:
-            raise ToolError(f"python tool: unknown argument(s) {sorted(unknown)}; expected 'code' and optional 'stdin'")
+            raise ToolError(f"python tool: unknown argument(s) {sorted(unknown)}; "
+                            "expected 'code' and optional 'stdin', 'answer_only'")
         code = kwargs.get("code")
         stdin = kwargs.get("stdin", "") or ""
+        answer_only = bool(kwargs.get("answer_only", False))
         if not isinstance(code, str):
             raise ToolError(f"python tool: 'code' must be a string, got {type(code).__name__}")
         if not isinstance(stdin, str):
             raise ToolError(f"python tool: 'stdin' must be a string, got {type(stdin).__name__}")
         program = strip_code_fences(code)
         if not program.strip():
+            if answer_only:
+                return ToolResult("Error: no code to run", ok=False, details={"exit_code": None})
             raise ToolError("python tool: no code to run")
         if self.print_last_expr:
             program = print_last_expression(program)
         res = await run_python(program, stdin=stdin, timeout_s=self.timeout_s, memory_mb=self.memory_mb,
                                max_output_bytes=self.max_output_bytes, isolation=self.isolation)
-        return self._result(res)
+        return self._result(res, answer_only)
 
-    def _result(self, res: SandboxResult) -> ToolResult:
+    def _result(self, res: SandboxResult, answer_only: bool = False) -> ToolResult:
         details = {
             "exit_code": res.exit_code, "stderr": res.stderr, "timed_out": res.timed_out,
             "killed_reason": res.killed_reason, "truncated": res.truncated,
@@ -115,7 +142,7 @@ class PythonTool(Tool):
         }
         ok = res.exit_code == 0 and res.killed_reason is None
         if ok:
-            return ToolResult(res.stdout, ok=True, details=details)
+            return ToolResult(last_printed_line(res.stdout) if answer_only else res.stdout, ok=True, details=details)
         if res.timed_out:
             problem = f"Error: timed out after {self.timeout_s:g} s"
         elif res.killed_reason == "output_limit":
@@ -123,5 +150,7 @@ class PythonTool(Tool):
         else:
             tail = res.stderr.strip()[-self.stderr_tail_chars:]
             problem = "Error:\n" + (tail or f"exit code {res.exit_code}")
+        if answer_only:  # what it printed before failing is not an answer
+            return ToolResult(problem, ok=False, details=details)
         output = (res.stdout.rstrip("\n") + "\n" if res.stdout.strip() else "") + problem
         return ToolResult(output, ok=False, details=details)

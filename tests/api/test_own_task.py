@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 import flowbot
 from flowbot.cli.main import app
-from flowbot.lm import LMRequest, ScriptedLM
+from flowbot.lm import ScriptedLM
 from flowbot.lm.testing import OpenAITestServer
 
 RULE = "NEGATION RULE"
@@ -46,8 +46,8 @@ def brain(messages: list[dict]) -> str:
         return f"- add a {RULE}"
     if "<instruction>" in user:
         return f"<instruction>Classify the sentiment of the text. {RULE}: 'not' flips the sentiment.</instruction>"
-    if "Edit vocabulary" in user:
-        return "The structure is fine.\n```json\n{\"op\": \"ensemble\", \"node_id\": \"solve\", \"k\": 2}\n```"
+    if "Menu of edits" in user:
+        return '{"critique": "one sample is noisy; vote", "edit": {"op": "self_consistency", "target": "solve", "k": 3}}'
     text = re.search(r"Text:\n(.*)", user).group(1)
     positive = " good" in text
     if RULE in system and " not " in text:
@@ -180,9 +180,15 @@ def test_dry_run_prints_projection_and_pays_nothing(data, tmp_path):
         res = CliRunner().invoke(app, ["optimize", "--data", str(path), "--input", "text", "--target", "label",
                                        "--metric", f"{metric}:score", "--dry-run", "--budget-calls", "3",
                                        "--model", "m", "--base-url", srv.base_url])
+        # a budget that cannot pay for one candidate is refused before anything is paid or written
+        assert res.exit_code == 2, res.output
+        assert "projected cost" in res.output and "cannot pay for one structural candidate" in res.output
+        assert srv.request_count == 0 and not list(tmp_path.glob("runs"))
+        res = CliRunner().invoke(app, ["optimize", "--data", str(path), "--input", "text", "--target", "label",
+                                       "--metric", f"{metric}:score", "--dry-run", "--budget-calls", "400",
+                                       "--model", "m", "--base-url", srv.base_url])
         assert res.exit_code == 0, res.output
-        assert "projected cost" in res.output and "too small" in res.output
-        assert srv.request_count == 0
+        assert "candidate(s) with a full raced validation" in res.output and srv.request_count == 0
 
 
 def test_eval_reuses_a_run_cache(data, tmp_path):

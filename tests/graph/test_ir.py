@@ -162,3 +162,29 @@ def test_params_filled_for_every_node_and_signature_ignores_order():
     assert reordered.signature() == w.sketch.signature()
     other = w.sketch.model_copy(update={"outputs": ["hits"]})
     assert other.signature() != w.sketch.signature()
+
+
+def test_new_output_format_fields_are_left_out_while_unset():
+    """Workflows saved before ``final`` / ``prompt_field`` existed serialize and hash exactly as before."""
+    plain = OutputFormat(extract="number")
+    assert plain.model_dump() == {"extract": "number", "labels": None, "pattern": None, "description": ""}
+    draft = OutputFormat(extract="reasoning", final="number", prompt_field="answer")
+    assert draft.model_dump()["final"] == "number" and draft.model_dump()["prompt_field"] == "answer"
+    node = LLMNode(id="solve", reads=["q"], writes="draft", output=draft)
+    w = Workflow(sketch=Sketch(inputs=["q"], outputs=["draft"], nodes=[node]))
+    again = workflow_from_dict(json.loads(json.dumps(workflow_to_dict(w))))
+    assert again.sketch.nodes[0].output == draft
+    with pytest.raises(ValueError, match="prompt field"):
+        OutputFormat(prompt_field="not a name")
+
+
+def test_reasoning_rule_validation():
+    def problems(fmt: OutputFormat) -> list[str]:
+        node = LLMNode(id="solve", reads=["q"], writes="a", output=fmt)
+        return [p.message for p in Sketch(inputs=["q"], outputs=["a"], nodes=[node]).problems()]
+
+    assert problems(OutputFormat(extract="reasoning")) == []
+    assert problems(OutputFormat(extract="reasoning", final="label")) == [
+        "output rule 'reasoning' with final 'label' needs a list of labels"]
+    assert problems(OutputFormat(extract="reasoning", final="reasoning")) == [
+        "output rule 'reasoning' needs another rule as its final answer form"]

@@ -150,3 +150,63 @@ async def test_two_node_workflow_runs_end_to_end(provider):
     assert any(trace.nodes["plan"].output[:20] in m["content"] for m in trace.nodes["solve"].messages)
     assert trace.usage.prompt_tokens > 0 and trace.usage.completion_tokens > 0
     assert trace.calls == 2
+
+
+async def test_a_json_schema_constrains_decoding_and_combines_with_prefix_reuse(provider):
+    import json
+
+    import jsonschema
+
+    from flowbot.lm import complete_json
+
+    schema = {
+        "type": "object",
+        "properties": {
+            "note": {"type": "string", "maxLength": 60},
+            "unit": {"enum": ["apples", "boxes"]},
+            "answer": {"type": "integer"},
+        },
+        "required": ["note", "unit", "answer"],
+        "additionalProperties": False,
+    }
+    lm = LMClient(provider)
+    system = "Answer questions about this list.\n" + "\n".join(f"- box {i}: {i * 37 % 101} apples" for i in range(60))
+    ask = [{"role": "system", "content": system},
+           {"role": "user", "content": "How many apples are in box 3? Reply in JSON with a short note, "
+                                       "the unit and the answer."}]
+    cold = await complete_json(lm, ask, schema, max_tokens=64)
+    assert cold.status == "valid" and cold.constrained, cold.errors
+    jsonschema.validate(cold.value, schema)
+    assert list(json.loads(cold.texts[0], strict=False)) == ["note", "unit", "answer"]  # no prose, in order
+    # the same request after another one sharing the long system prefix: reused KV blocks, same text
+    await lm.complete([{"role": "system", "content": system}, {"role": "user", "content": "And box 7?"}], max_tokens=4)
+    reused_before = provider.stats.prompt_tokens_reused
+    warm = await complete_json(lm, ask, schema, max_tokens=64)
+    assert provider.stats.prompt_tokens_reused > reused_before
+    assert warm.texts == cold.texts
+
+
+async def test_a_proposal_decoded_under_the_parents_schema_applies(provider):
+    """The 0.5B, constrained by the proposal schema of the DROP CoT seed, writes an edit that applies."""
+    from flowbot.lm.structured import complete_json
+    from flowbot.optim.operators import apply_operator, context_for_task
+    from flowbot.optim.proposal import match_choice, new_choices, proposal_schema
+    from flowbot.tasks.baselines import benchmark_baseline
+    from flowbot.tasks.benchmarks import BENCHMARKS
+    from flowbot.tools import default_registry
+
+    ctx = context_for_task(BENCHMARKS["drop"], default_registry().signatures())
+    parent = benchmark_baseline("drop", "cot")
+    choices = new_choices(parent, ctx, set())
+    schema = proposal_schema(choices, critique_chars=120)
+    messages = [{"role": "system", "content": "You improve the structure of AI workflows."},
+                {"role": "user", "content": "The workflow answers reading-comprehension questions with arithmetic "
+                 "in one step and often miscounts. Pick one edit. Reply with JSON: a short critique, then the edit."}]
+    reply = await complete_json(LMClient(provider, role="optimizer"), messages, schema, max_tokens=120)
+    assert reply.status == "valid" and reply.constrained
+    choice = match_choice(choices, reply.value["edit"])
+    assert choice is not None
+    edit = reply.value["edit"]
+    child = apply_operator(parent, edit["op"], edit["target"], ctx,
+                           **{k: v for k, v in edit.items() if k not in ("op", "target")})
+    child.check(ctx.tools)

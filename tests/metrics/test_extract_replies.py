@@ -260,4 +260,4 @@ def test_apply_extraction_errors_name_the_problem() -> None:
         apply_extraction("regex", "x", pattern="(")
     with pytest.raises(ValueError, match="needs a non-empty list of labels"):
         apply_extraction("label", "x")
-    assert set(EXTRACTION_RULES) == {"text", "answer", "boxed", "number", "label", "json", "code", "regex"}
+    assert set(EXTRACTION_RULES) == {"text", "answer", "boxed", "number", "label", "json", "code", "regex", "reasoning"}

@@ -37,12 +37,15 @@ async def test_an_empty_completion_is_retried_and_the_retry_is_what_is_cached(tm
     assert again.text == "42" and again.cached == [True]  # the answer, not the empty reply
 
 
-async def test_an_always_empty_model_fails_as_transient_and_caches_nothing(tmp_path):
+async def test_an_always_empty_model_is_retried_then_answered_and_caches_nothing(tmp_path):
     cache = ResponseCache(tmp_path / "c.sqlite")
-    lm = LMClient(ScriptedLM(default=""), cache=cache, retry=fast())
-    with pytest.raises(LMTransientError, match="empty completion"):
-        await lm.complete(user("hi"))
-    assert len(cache) == 0
+    provider = ScriptedLM(default="")
+    lm = LMClient(provider, cache=cache, retry=fast())
+    out = await lm.complete(user("hi"))
+    assert out.text == "" and len(provider.calls) == 4  # every attempt of the policy was made
+    assert len(cache) == 0  # a rerun asks again
+    await lm.complete(user("hi"))
+    assert len(provider.calls) == 8
 
 
 async def test_an_empty_sample_among_several_is_a_fault_too():

@@ -214,3 +214,23 @@ async def test_metric_that_raises_or_returns_garbage_on_some_examples_scores_the
     res = await evaluate_examples(Executor(lm(default="x")), single(), examples, bad)
     assert [r.score for r in res.results] == [0.0, 0.0, 1.0, 1.0, 1.0, 1.0]
     assert "metric bug" in res.results[0].error and "expected a number" in res.results[1].error
+
+
+async def test_reasoning_rule_keeps_the_whole_reply_and_asks_for_the_final_line_of_its_rule():
+    """A 'reasoning' copy of a step (writing another field) sends the step's prompt byte for byte."""
+    from flowbot.runtime import prompts
+
+    original = LLMNode(id="solve", reads=["q"], writes="answer", output=OutputFormat(extract="answer"))
+    draft = LLMNode(id="solve", reads=["q"], writes="draft_solution",
+                    output=OutputFormat(extract="reasoning", final="answer", prompt_field="answer"))
+    params = NodeParams(instruction="Think step by step.")
+    assert prompts.llm_messages(draft, params, {"q": "2+2?"}) == prompts.llm_messages(original, params, {"q": "2+2?"})
+    assert "'Answer: <answer>'" in prompts.output_hint(original)
+    number = draft.model_copy(update={"output": OutputFormat(extract="reasoning", final="number")})
+    assert prompts.output_hint(number) == prompts.output_hint(
+        LLMNode(id="x", reads=["q"], writes="y", output=OutputFormat(extract="number")))
+    labels = draft.model_copy(update={"output": OutputFormat(extract="reasoning", final="label", labels=["A", "B"])})
+    assert "one of: A, B" in prompts.output_hint(labels)
+    w = Workflow(sketch=Sketch(inputs=["q"], outputs=["draft_solution"], nodes=[draft]), params={"solve": params})
+    trace = await Executor(lm(default="  2 + 2 = 4\nAnswer: 4\n")).run(w, {"q": "2+2?"})
+    assert trace.outputs == {"draft_solution": "2 + 2 = 4\nAnswer: 4"}

@@ -173,3 +173,51 @@ async def test_sc_k_baseline_shares_its_greedy_sample_with_cot():
     sc = await aevaluate("sc3", task, split="test", cache=cache, providers={"s": lm}, model="s")
     paid = (cot.usage["task"]["calls"], sc.usage["task"]["calls"])
     assert (cot.calls, sc.calls) == (6, 18) and paid == (6, 12)
+
+
+def test_a_task_declares_its_tools_and_context_fields(tmp_path):
+    rows = [{"passage": f"p{i}", "q": f"q{i}", "a": str(i)} for i in range(10)]
+    plain = Task("t", data=rows, inputs=["passage", "q"], targets=["a"])
+    assert plain.tools == [] and plain.context_fields == []  # a user's task gets no tools unless declared
+    t = Task("t", data=rows, inputs=["passage", "q"], targets=["a"], tools=["python", "retrieve", "python"],
+             context_fields="passage")
+    assert t.tools == ["python", "retrieve"] and t.context_fields == ["passage"]
+    with pytest.raises(DataError, match=r"context field\(s\) \['context'\] are not among the inputs"):
+        Task("t", data=rows, inputs=["passage", "q"], targets=["a"], context_fields=["context"])
+    with pytest.raises(DataError, match="tools entry 'calculator\\(expression\\)' is not a name"):
+        Task("t", data=rows, inputs=["q"], targets=["a"], tools=["calculator(expression)"])
+    data = write_jsonl(tmp_path / "d.jsonl", rows)
+    (tmp_path / "task.yaml").write_text(
+        f"data: {data.name}\ninputs: [passage, q]\ntargets: [a]\ntools: [python]\ncontext_fields: [passage]\n",
+        encoding="utf-8")
+    from_file = Task.from_file(tmp_path / "task.yaml")
+    assert from_file.tools == ["python"] and from_file.context_fields == ["passage"]
+
+
+def test_benchmarks_declare_the_tools_that_make_sense_for_them():
+    from flowbot.tasks.benchmarks import BENCHMARKS
+
+    declared = {name: (set(b.tools), b.context_fields) for name, b in BENCHMARKS.items()}
+    assert declared == {
+        "gsm8k": ({"python", "calculator"}, ()), "math": ({"python", "calculator"}, ()),
+        "hotpotqa": ({"retrieve"}, ("context",)), "drop": ({"python", "retrieve"}, ("passage",)),
+        "fever": (set(), ()), "triviaqa": (set(), ()), "humaneval": ({"python"}, ()), "mbpp": ({"python"}, ()),
+    }
+    for b in BENCHMARKS.values():
+        assert set(b.context_fields) <= set(b.inputs)
+    from flowbot.tasks.benchmarks import load_benchmark
+
+    gsm8k = load_benchmark("gsm8k")  # the bundled sample: the loaded Task carries the declaration
+    assert gsm8k.tools == ["python", "calculator"] and gsm8k.context_fields == []
+
+
+def test_tasks_do_not_know_the_optimizer_or_the_executor():
+    import ast
+    from pathlib import Path
+
+    import flowbot.tasks
+
+    for path in Path(flowbot.tasks.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                assert not node.module.startswith(("flowbot.optim", "flowbot.runtime.executor")), path

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from flowbot.tools import PythonTool, ToolError
-from flowbot.tools.python_exec import print_last_expression, strip_code_fences
+from flowbot.tools.python_exec import last_printed_line, print_last_expression, strip_code_fences
 
 
 @pytest.mark.parametrize(
@@ -64,3 +64,31 @@ async def test_bad_arguments_raise_tool_error() -> None:
         await tool.call(code="```text\nnot python\n```")
     with pytest.raises(ValueError):
         PythonTool(timeout_s=0)
+
+
+@pytest.mark.parametrize(
+    ("stdout", "answer"),
+    [("18\n", "18"), ("Total:\n  18  \n\n", "18"), ("'Denver Broncos'\n", "Denver Broncos"),
+     ("\"it's\"\n", "it's"), ("'a' + 'b'\n", "'a' + 'b'"), ("", ""), ("\n \n", "")],
+)
+def test_last_printed_line(stdout: str, answer: str) -> None:
+    assert last_printed_line(stdout) == answer
+
+
+async def test_answer_only_returns_the_printed_answer_or_an_error_text() -> None:
+    """A program-of-thought step reads one answer line; every failure is text starting with "Error"
+    (never an exception), so a rule branch can send the example to a fallback."""
+    tool = PythonTool(timeout_s=5)
+    res = await tool.call(code="print('the total is')\nprint(3 + 4)", answer_only=True)
+    assert res.ok and res.output == "7"
+    res = await tool.call(code="```python\nteam = 'Denver Broncos'\nteam\n```", answer_only=True)
+    assert res.ok and res.output == "Denver Broncos"
+    res = await tool.call(code="print('Error is not here')\n1 / 0", answer_only=True)
+    assert not res.ok and res.output.startswith("Error:\n") and "ZeroDivisionError" in res.output
+    assert "not here" not in res.output  # what it printed before failing is not an answer
+    res = await tool.call(code="```text\nnot python\n```", answer_only=True)
+    assert not res.ok and res.output == "Error: no code to run"
+    res = await tool.call(code="x = 7", answer_only=True)
+    assert res.ok and res.output == ""
+    res = await PythonTool(timeout_s=1).call(code="while True:\n    pass", answer_only=True)
+    assert not res.ok and res.output.startswith("Error: timed out")

@@ -12,6 +12,7 @@ from flowbot.lm.local.llama import (
     EngineSettings,
     EngineStats,
     LlamaCppProvider,
+    compile_grammar,
     import_llama_cpp,
     loaded_engines,
     physical_cores,
@@ -37,7 +38,7 @@ from flowbot.lm.local.store import models_dir, model_path, remove_files, state_o
 __all__ = [
     "DEFAULT_MODEL", "MISSING_EXTRA", "MODELS", "EngineSettings", "EngineStats", "HFFile",
     "LlamaCppProvider", "ModelFetchError", "ModelSpec", "PyPIChunks", "Source", "URLFile",
-    "UnknownModelError", "find_model", "get_model", "human_size", "import_llama_cpp",
+    "UnknownModelError", "compile_grammar", "find_model", "get_model", "human_size", "import_llama_cpp",
     "is_local_model", "loaded_engines", "model_path", "models_dir", "physical_cores", "pull",
     "remove_files", "resolve_local_model", "state_of", "unload_all", "verify_file",
 ]

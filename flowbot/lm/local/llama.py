@@ -25,17 +25,35 @@ Design notes (measured facts are in ``benchmarks/local_model.py``):
   (llama.cpp's defaults) with the request's seed: sample *i* uses ``seed + i``, so the same seed
   gives the same text. Unseeded requests draw a fresh random seed.
 * **Usage** is reported in real tokens like a hosted provider; the price is 0 dollars.
+* **Structured output.** A request with a JSON schema is decoded under a grammar compiled from it
+  (``llama_cpp.LlamaGrammar.from_json_schema``), passed to ``create_chat_completion`` as
+  ``grammar=`` (not through ``response_format``, which ignores OpenAI's ``json_schema`` form and
+  falls back to plain JSON when a schema does not convert). Grammars are compiled once per schema
+  and kept on the loaded model. Every schema is checked first: the converter silently ignores
+  keywords it does not know, so a schema with one (numeric bounds, ``pattern``, ``allOf``, a
+  list of types...) is refused with an :class:`LMPermanentError` naming the part — the subset
+  that is enforced is listed in :mod:`flowbot.lm.schema` (types, ``enum``/``const``,
+  ``anyOf``/``oneOf``, ``properties``/``required``/``additionalProperties``, ``items`` with
+  ``minItems``/``maxItems``, ``minLength``/``maxLength``, local ``$ref``; properties are
+  generated in schema order, required ones first). Bound strings with ``maxLength``: the grammar
+  forces JSON, not brevity, and ``max_tokens`` cuts a long reply short of its closing brace.
+  Masking the vocabulary costs time per generated token (``benchmarks/local_model.py
+  --grammar`` measures it). The grammar only filters sampling; prefix reuse only touches KV
+  cells before generation starts, and llama-cpp-python builds a fresh grammar sampler for every
+  call, so the two combine without interfering.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import random
 import sys
 import threading
 import time
+from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,10 +63,12 @@ from flowbot.lm.base import Completion, LMPermanentError, LMRequest, Provider, U
 from flowbot.lm.local.kvreuse import reusing_llama_class
 from flowbot.lm.local.registry import DEFAULT_MODEL, ModelSpec, get_model, human_size, strip_prefix
 from flowbot.lm.local.store import model_path, state_of
+from flowbot.lm.schema import unsupported_parts
 
 MISSING_EXTRA = "the embedded model needs llama-cpp-python: pip install 'flowbot[local]'"
 ENV_THREADS = "FLOWBOT_LOCAL_THREADS"
 _UINT32_SEEDS = 0xFFFFFFFF  # llama.cpp treats 0xFFFFFFFF as "random", so seeds are taken modulo it
+_GRAMMARS_KEPT = 256  # compiled grammars per loaded model (a few kB each)
 
 
 def import_llama_cpp() -> Any:
@@ -147,6 +167,19 @@ class _Engine:
     executor: ThreadPoolExecutor
     stats: EngineStats = field(default_factory=EngineStats)
     closed: bool = False
+    #: compiled grammars by schema text, most recently used last; used on the worker thread only
+    grammars: "OrderedDict[str, Any]" = field(default_factory=OrderedDict)
+
+    def grammar(self, schema: str) -> Any:
+        """The grammar for a schema (canonical JSON text), compiled on first use."""
+        found = self.grammars.get(schema)
+        if found is None:
+            found = self.grammars[schema] = compile_grammar(schema)
+            while len(self.grammars) > _GRAMMARS_KEPT:
+                self.grammars.popitem(last=False)
+        else:
+            self.grammars.move_to_end(schema)
+        return found
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> "Future[Any]":
         return self.executor.submit(fn, self, *args)
@@ -238,6 +271,29 @@ def _load(settings: EngineSettings) -> Any:
     return llama
 
 
+def compile_grammar(schema: str) -> Any:
+    """The llama.cpp grammar enforcing a JSON schema (canonical JSON text).
+
+    Raises :class:`LMPermanentError` naming the parts the grammar would not enforce (see
+    :func:`flowbot.lm.schema.unsupported_parts`) or the converter's own error; never returns a
+    grammar that decodes part of the schema unconstrained."""
+    try:
+        parsed = json.loads(schema)
+    except ValueError as exc:
+        raise LMPermanentError(f"the request's JSON schema is not JSON: {exc}") from None
+    problems = unsupported_parts(parsed)
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise LMPermanentError("the embedded model cannot enforce this JSON schema: "
+                               + "; ".join(problems[:3]) + more)
+    llama_cpp = import_llama_cpp()
+    try:
+        return llama_cpp.LlamaGrammar.from_json_schema(schema, verbose=False)
+    except Exception as exc:  # the converter reports with assert, ValueError, KeyError...
+        raise LMPermanentError(
+            f"llama.cpp cannot build a grammar from the JSON schema: {type(exc).__name__}: {exc}"[:500]) from None
+
+
 def check_gguf(path: Path) -> None:
     """Fail with a clear message unless ``path`` is a readable GGUF file."""
     try:
@@ -304,6 +360,8 @@ class LlamaCppProvider(Provider):
         #: requests run one at a time on the model's worker thread; admitting more only queues
         #: them, and admitting one at a time lets budgets be checked just before each call
         self.max_concurrency = 1
+        #: a request's JSON schema is enforced by a grammar (see the module notes)
+        self.supports_schema = True
         self._engine: _Engine | None = None
 
     def __repr__(self) -> str:
@@ -408,6 +466,7 @@ def _generate(engine: _Engine, request: LMRequest, default_max_tokens: int) -> t
 
 def _one_sample(engine: _Engine, request: LMRequest, index: int, default_max_tokens: int) -> tuple[str, Usage]:
     started = time.perf_counter()
+    constrained = {} if request.schema is None else {"grammar": engine.grammar(request.schema)}
     perf_before = engine.perf()
     try:
         out = engine.llama.create_chat_completion(
@@ -416,6 +475,7 @@ def _one_sample(engine: _Engine, request: LMRequest, index: int, default_max_tok
             max_tokens=request.max_tokens or default_max_tokens,
             stop=list(request.stop),
             seed=_seed_for(request, index),
+            **constrained,
         )
     except ValueError as exc:  # e.g. "Requested tokens (9000) exceed context window of 8192"
         engine.llama.forget_reuse()

@@ -1,0 +1,171 @@
+"""Budgets priced in evaluations: what one candidate costs, what the test split will cost, and
+what the search may spend.
+
+A workflow's *price* is what one example costs it (calls, tokens, dollars), measured on validation
+or, for a new structure, projected from its parent's measured price and the number of LM calls
+each structure makes per example. A child gets a budget for one full raced validation at its
+price; the test evaluation is reserved exactly from the price of the workflow that will be tested
+(and only for the test items whose answers are not already cached); the seed's own tuning and each
+accepted structure's tuning are capped at a share of what is left.
+
+    >>> p = Price(calls=1.0, tokens=500.0, usd=0.0)
+    >>> p.times(50).calls
+    50.0
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from flowbot.graph.nodes import BranchNode, LLMNode, MergeNode
+from flowbot.graph.sketch import Workflow
+from flowbot.lm.budget import Budget
+from flowbot.runtime.batch import BatchResult
+
+Scope = Literal["all", "search"]
+
+
+@dataclass(frozen=True)
+class Price:
+    """Cost of one example (or, after :meth:`times`, of several)."""
+
+    calls: float
+    tokens: float
+    usd: float
+
+    @classmethod
+    def of(cls, batch: BatchResult) -> "Price":
+        n = max(1, len(batch.results))
+        return cls(batch.calls / n, batch.usage.total_tokens / n, (batch.usage.cost_usd or 0.0) / n)
+
+    def times(self, factor: float) -> "Price":
+        return Price(self.calls * factor, self.tokens * factor, self.usd * factor)
+
+    def plus(self, other: "Price") -> "Price":
+        return Price(self.calls + other.calls, self.tokens + other.tokens, self.usd + other.usd)
+
+    def describe(self) -> str:
+        text = f"{self.calls:.0f} calls, {self.tokens:,.0f} tokens"
+        return text + (f", ${self.usd:.4f}" if self.usd else "")
+
+
+ZERO = Price(0.0, 0.0, 0.0)
+
+
+def structure_calls(workflow: Workflow) -> float:
+    """LM calls one example makes at most (a tool-using llm node counts two: act, then answer)."""
+    calls = 0.0
+    for node in workflow.sketch.nodes:
+        if isinstance(node, LLMNode):
+            calls += 2.0 if workflow.params[node.id].tools else 1.0
+        elif isinstance(node, BranchNode) and node.mode == "llm":
+            calls += 1.0
+        elif isinstance(node, MergeNode) and node.strategy == "select":
+            calls += 1.0
+    return max(calls, 1.0)
+
+
+def projected_price(parent: Workflow, parent_price: Price, child: Workflow) -> Price:
+    """The child's price from its parent's measured one, scaled by their calls per example."""
+    return parent_price.times(structure_calls(child) / structure_calls(parent))
+
+
+class BudgetPlan:
+    """How one run's budget is divided. ``scope="search"`` caps the search only (the test split is
+    evaluated outside the cap and reported apart); ``"all"`` caps everything and reserves the test."""
+
+    def __init__(self, budget: Budget, *, n_val: int, n_test: int, scope: Scope = "all",
+                 seed_tuning_share: float = 0.4, tuning_share: float = 0.5, slack: float = 1.25,
+                 proposal_calls: int = 2) -> None:
+        self.budget = budget
+        self.n_val, self.n_test = n_val, n_test
+        self.scope = scope
+        self.seed_tuning_share, self.tuning_share = seed_tuning_share, tuning_share
+        self.slack = slack
+        self.proposal = Price(float(proposal_calls), 1500.0 * proposal_calls, 0.0)
+        self._reserve = ZERO
+        self.seed_price = ZERO
+        self.seed_uncached = 0  # test items whose seed answers are not in the cache
+        self.compare_seed = True
+
+    # -- the test reserve -------------------------------------------------------------------
+    def set_seed(self, price: Price, uncached_test_items: int, compare_seed: bool = True) -> Price:
+        """What the seed costs per example and how many of its test answers must still be paid;
+        reserves the test as if the seed were the result."""
+        self.seed_price, self.seed_uncached, self.compare_seed = price, uncached_test_items, compare_seed
+        return self.reserve_test(price, best_is_seed=True)
+
+    def reserve_test(self, best: Price, best_is_seed: bool) -> Price:
+        """Reserve exactly what the final test evaluation will cost with ``best`` as the chosen
+        workflow: its items (only the seed's uncached ones when the seed is the result) plus the
+        seed's uncached items when the seed is scored beside it for comparison."""
+        if self.scope == "search" or self.n_test == 0:
+            self._reserve = ZERO
+            return ZERO
+        seed_part = self.seed_price.times(self.seed_uncached) if (self.compare_seed or best_is_seed) else ZERO
+        best_part = ZERO if best_is_seed else best.times(self.n_test)
+        self._reserve = seed_part.plus(best_part)
+        return self._reserve
+
+    @property
+    def reserved(self) -> Price:
+        return self._reserve
+
+    # -- headroom ---------------------------------------------------------------------------
+    def headroom(self) -> dict[str, float]:
+        """What the search may still spend on each capped dimension (calls, tokens, usd)."""
+        lim, spent = self.budget.limits, self.budget.spent
+        room: dict[str, float] = {}
+        if lim.max_calls is not None:
+            room["calls"] = lim.max_calls - spent.calls - self.budget._in_flight - self._reserve.calls
+        if lim.max_tokens is not None:
+            room["tokens"] = lim.max_tokens - spent.tokens - self._reserve.tokens
+        if lim.max_usd is not None:
+            room["usd"] = lim.max_usd - spent.usd - self._reserve.usd
+        return room
+
+    def affords(self, cost: Price) -> bool:
+        """Whether ``cost`` (e.g. one full validation of a child) fits in the headroom."""
+        need = {"calls": cost.calls, "tokens": cost.tokens, "usd": cost.usd}
+        return all(room >= need[k] - 1e-9 for k, room in self.headroom().items())
+
+    def full_validation(self, price: Price) -> Price:
+        return price.times(self.n_val).plus(self.proposal)
+
+    def _capped(self, name: str, cap: dict[str, float]) -> Budget:
+        limits: dict[str, Any] = {}
+        if "calls" in cap:
+            limits["max_calls"] = max(0, int(math.floor(cap["calls"])))
+        if "tokens" in cap:
+            limits["max_tokens"] = max(0, int(cap["tokens"]))
+        if "usd" in cap:
+            limits["max_usd"] = max(0.0, cap["usd"])
+        return self.budget.child(name, **limits)
+
+    def for_child(self, name: str, price: Price) -> Budget:
+        """One raced validation at ``price`` (with slack), never past the headroom."""
+        need = price.times(self.n_val * self.slack).plus(self.proposal)
+        room = self.headroom()
+        return self._capped(name, {k: min(v, getattr(need, k)) for k, v in room.items()})
+
+    def for_tuning(self, name: str, seed: bool) -> Budget:
+        """The inner loop's share of the headroom (the seed's, or an accepted structure's)."""
+        share = self.seed_tuning_share if seed else self.tuning_share
+        return self._capped(name, {k: v * share for k, v in self.headroom().items()})
+
+    def for_proposal(self, name: str) -> Budget:
+        """A structural proposal (and its repair), never past the headroom."""
+        room = self.headroom()
+        return self._capped(name, {k: min(v, getattr(self.proposal, k)) if k == "calls" else v
+                                   for k, v in room.items()})
+
+    def candidates_afforded(self, price: Price) -> int:
+        """How many children at ``price`` the headroom pays a full raced validation for."""
+        one = self.full_validation(price)
+        counts = []
+        for k, room in self.headroom().items():
+            per = getattr(one, k)
+            counts.append(int(room // per) if per > 0 else 10**6)
+        return max(0, min(counts)) if counts else 10**6

@@ -1,0 +1,241 @@
+"""The structure search both FlowBot's outer loop and the AFlow-style baseline run: one skeleton,
+with the policies passed in, so the two differ only in how they expand a parent (and whether an
+accepted structure is tuned), never in how candidates are judged or paid for.
+
+Round: select a parent among the complete candidates → the expander proposes one child (an edit
+that is valid by construction) → if the budget affords a full raced validation at the child's
+projected price, race it against the incumbent → a winner becomes the incumbent and, when a tuner
+is given (FlowBot), is tuned by the inner loop, whose rewrites are raced the same way. Stops at
+``rounds``, at ``patience`` rounds without an acceptance, or when the budget cannot pay for another
+candidate.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Protocol
+
+from flowbot.graph.sketch import Workflow
+from flowbot.lm.base import BudgetExceeded
+from flowbot.lm.budget import Budget
+from flowbot.optim.archive import Archive, ArchiveEntry, Objective
+from flowbot.optim.budgeting import BudgetPlan, Price, projected_price
+from flowbot.optim.evaluation import Evaluator
+from flowbot.optim.events import (BudgetWarning, CandidateAccepted, CandidateEvaluated, CandidateRejected, EventSink,
+                                  Patience)
+from flowbot.optim.policies import ParentSelection
+from flowbot.optim.racing import PairedRacing, RaceLedger, RaceResult, race
+from flowbot.optim.textgrad import brief_fields, clip
+from flowbot.runtime.batch import BatchResult
+
+
+@dataclass
+class Proposed:
+    """One child proposed from a parent: the edit as data, its one-line text, the critique that
+    motivated it, and the child workflow (already checked)."""
+
+    edit: dict[str, Any]
+    text: str
+    critique: str
+    workflow: Workflow
+
+
+@dataclass
+class ProposalCounts:
+    """Proposals made, valid (applied to a workflow that passes validation), invalid, duplicate
+    (the child was already raced) and applied (raced as a candidate); ``repaired``: of the valid
+    ones, those that needed a repair turn."""
+
+    made: int = 0
+    valid: int = 0
+    invalid: int = 0
+    duplicate: int = 0
+    applied: int = 0
+    repaired: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        return dict(vars(self))
+
+
+class Expander(Protocol):
+    """Proposes one child of ``parent`` (``None`` when it has nothing new), counting its proposals."""
+
+    method: str
+
+    async def propose(self, parent: ArchiveEntry, archive: Archive, budget: Budget,
+                      counts: ProposalCounts) -> Proposed | None: ...
+
+
+@dataclass
+class Tuned:
+    workflow: Workflow
+    val: BatchResult
+    steps: int
+    initial_val_score: float
+    blame: dict[str, int] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+    races: list[RaceResult] = field(default_factory=list)
+    stopped: str | None = None
+
+
+#: tune(entry, budget, label) -> the tuned workflow with its (complete) validation results
+Tuner = Callable[[ArchiveEntry, Budget, str], Awaitable[Tuned]]
+
+
+@dataclass
+class SearchResult:
+    archive: Archive
+    best: ArchiveEntry
+    stopped: str | None
+    rounds: int
+    proposals: ProposalCounts
+    racing: RaceLedger
+
+
+@dataclass
+class SearchConfig:
+    rounds: int = 4
+    patience: int | None = None  # rounds without an acceptance before stopping (None: rounds only)
+    max_nodes: int = 12
+    failures_shown: int = 3
+    targets: list[str] = field(default_factory=list)  # the example fields that hold the correct answer
+
+
+class StructureSearch:
+    def __init__(self, *, evaluator_for: Callable[[Budget], Evaluator], expander: Expander,
+                 selection: ParentSelection, racing: PairedRacing, plan: BudgetPlan, config: SearchConfig,
+                 objective: Objective | None = None, tuner: Tuner | None = None,
+                 on_event: EventSink | None = None) -> None:
+        self.evaluator_for = evaluator_for
+        self.expander = expander
+        self.selection = selection
+        self.racing = racing
+        self.plan = plan
+        self.cfg = config
+        self.objective = objective or Objective()
+        self.tuner = tuner
+        self.emit: EventSink = on_event or (lambda e: None)
+        self.method = expander.method
+
+    async def search(self, seed: Workflow, seed_val: BatchResult, val: list[dict[str, Any]]) -> SearchResult:
+        archive, counts, ledger = Archive(), ProposalCounts(), RaceLedger()
+        seed_entry = self._entry("c0", seed, seed_val, None, "seed", None)
+        archive.add(seed_entry)
+        archive.accept(seed_entry)
+        self._announce(seed_entry, accepted_reason="the seed")
+        stopped: str | None = None
+        rounds = 0
+        try:
+            if self.tuner is not None:
+                await self._tune(archive, seed_entry, ledger, seed=True)
+            idle = 0
+            for rounds in range(1, self.cfg.rounds + 1):
+                accepted = await self._round(archive, val, counts, ledger)
+                if accepted is None:
+                    stopped = "the budget left cannot pay for another candidate's raced validation"
+                    self.emit(BudgetWarning(message=stopped))
+                    break
+                idle = 0 if accepted else idle + 1
+                if self.cfg.patience is not None and idle >= self.cfg.patience:
+                    self.emit(Patience(loop="outer", step=rounds))
+                    break
+        except BudgetExceeded as exc:
+            stopped = str(exc)
+        assert archive.incumbent is not None
+        return SearchResult(archive, archive.incumbent, stopped, rounds, counts, ledger)
+
+    # -- one round ---------------------------------------------------------------------------
+    async def _round(self, archive: Archive, val: list[dict[str, Any]], counts: ProposalCounts,
+                     ledger: RaceLedger) -> bool | None:
+        """True when a child was accepted, False when not, None when the budget cannot pay."""
+        parent = self.selection.select(archive.complete(), self.objective)
+        parent_price = Price.of(parent.val) if parent.val is not None else Price(1.0, 0.0, 0.0)
+        if not self.plan.affords(self.plan.full_validation(parent_price)):
+            return None
+        parent.expansions += 1
+        proposed = await self.expander.propose(parent, archive, self.plan.for_proposal(f"proposal from {parent.id}"),
+                                               counts)
+        if proposed is None:
+            return False
+        price = projected_price(parent.workflow, parent_price, proposed.workflow)
+        entry_id = f"c{len(archive.entries)}"
+        if not self.plan.affords(self.plan.full_validation(price)):
+            self._reject(parent, proposed, f"its raced validation (≈{price.times(self.plan.n_val).describe()}) "
+                                           "does not fit in the budget left")
+            return False
+        budget = self.plan.for_child(f"candidate {entry_id}", price)
+        incumbent = archive.incumbent
+        assert incumbent is not None and incumbent.val is not None
+        try:
+            result = await race(self.evaluator_for(budget), proposed.workflow, incumbent.val, val, self.racing,
+                                f"[{entry_id}] racing {proposed.text}")
+        except BudgetExceeded as exc:
+            if self.plan.budget.exhausted:
+                raise
+            self._reject(parent, proposed, f"not scored within its budget ({exc})")
+            return False
+        counts.applied += 1
+        ledger.record(entry_id, result)
+        entry = self._entry(entry_id, proposed.workflow, result.batch, parent, proposed.text, proposed.edit,
+                            result)
+        archive.add(entry)
+        parent.tried.append((proposed.text, entry.val_score if entry.complete else None))
+        if not result.accepted:
+            self._announce(entry)
+            return False
+        archive.accept(entry)
+        self._announce(entry, accepted_reason=result.reason)
+        self.plan.reserve_test(Price.of(result.batch), best_is_seed=False)
+        if self.tuner is not None:
+            await self._tune(archive, entry, ledger, seed=False)
+        return True
+
+    async def _tune(self, archive: Archive, entry: ArchiveEntry, ledger: RaceLedger, seed: bool) -> None:
+        assert self.tuner is not None
+        budget = self.plan.for_tuning(f"tuning {entry.id}", seed=seed)
+        tuned = await self.tuner(entry, budget, f"[{entry.id}] ")
+        for i, r in enumerate(tuned.races):
+            ledger.record(f"{entry.id} rewrite {i + 1}", r)
+        entry.blame, entry.failures = dict(tuned.blame), tuned.failures[-self.cfg.failures_shown:]
+        if tuned.steps:
+            entry.initial_val_score = entry.val_score
+            entry.inner_steps = tuned.steps
+        if tuned.workflow is not entry.workflow:
+            entry.workflow, entry.val = tuned.workflow, tuned.val
+            entry.val_score = tuned.val.score
+            entry.cost_per_example = tuned.val.cost_per_example()
+            entry.tokens_per_example = tuned.val.tokens_per_example()
+            self._announce(entry, accepted_reason="tuned by the inner loop")
+            self.plan.reserve_test(Price.of(tuned.val), best_is_seed=False)
+
+    # -- records ---------------------------------------------------------------------------
+    def _entry(self, entry_id: str, workflow: Workflow, val: BatchResult, parent: ArchiveEntry | None, text: str,
+               edit: dict[str, Any] | None, result: RaceResult | None = None) -> ArchiveEntry:
+        failures = [f"inputs {brief_fields({k: r.example.get(k) for k in workflow.sketch.inputs})} | output "
+                    f"{clip(r.prediction, 160)}"
+                    + (f" | correct {brief_fields({k: r.example.get(k) for k in self.cfg.targets}, 120)}"
+                       if self.cfg.targets else "")
+                    + f" | score {r.score:.2f}" for r in val.results if r.score < 1.0]
+        return ArchiveEntry(
+            id=entry_id, workflow=workflow, val_score=val.score, cost_per_example=val.cost_per_example(),
+            tokens_per_example=val.tokens_per_example(), parent=parent.id if parent else None, edit=edit,
+            edit_text=text, failures=failures[: self.cfg.failures_shown],
+            complete=result is None or result.complete, race=result.to_dict() if result else None, val=val)
+
+    def _announce(self, entry: ArchiveEntry, accepted_reason: str | None = None) -> None:
+        self.emit(CandidateEvaluated(
+            id=entry.id, parent=entry.parent, edit=entry.edit_text,
+            val_score=entry.val_score if entry.complete else None, cost_per_example=entry.cost_per_example,
+            tokens_per_example=entry.tokens_per_example, nodes=len(entry.workflow.sketch.nodes), race=entry.race,
+            workflow=json.loads(entry.workflow.model_dump_json()),
+            objective=self.objective(entry) if entry.complete else None,
+            initial_val_score=entry.initial_val_score, inner_steps=entry.inner_steps, method=self.method))
+        if accepted_reason is not None:
+            self.emit(CandidateAccepted(id=entry.id, val_score=entry.val_score, objective=self.objective(entry),
+                                        reason=accepted_reason, method=self.method))
+
+    def _reject(self, parent: ArchiveEntry, proposed: Proposed, reason: str) -> None:
+        parent.tried.append((f"{proposed.text} ({reason})", None))
+        self.emit(CandidateRejected(parent=parent.id, edit=proposed.text, reason=reason, method=self.method))
+

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Issue 16, phase 1, the search methods: FlowBot, AFlow-style and prompt-only on DROP, the embedded
+# Qwen2.5-Coder-1.5B in every role, each from the CoT seed with the same search budget (500 calls of
+# all roles together; the test evaluation is outside it and reported apart: --budget-scope search).
+# Resumable: run it again and nothing already paid for is paid again.
+#   results/drop-1.5b/methods.sh [flowbot|aflow|inner-only|feedback-global]...   (default: all four, in this order)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+OUT=results/drop-1.5b
+BASE=$OUT/baselines
+COMMON="--task drop --data-dir ${FLOWBOT_DATA_DIR:-../shared/datasets} --model qwen2.5-coder-1.5b \
+  --train-size 50 --val-size 50 --test-size 150 --seed 0 --concurrency 1 \
+  --budget-calls 500 --budget-scope search"
+
+# Each run starts from a copy of the baselines' cache: the seed's validation and test answers are the
+# same calls in every method, free to all of them alike (a cache hit another run paid for is not charged).
+seed_cache() {
+  if [ ! -e "$1/cache.sqlite" ]; then
+    mkdir -p "$1"
+    python -c "import sqlite3,sys; sqlite3.connect(sys.argv[1]).backup(sqlite3.connect(sys.argv[2]))" \
+      "$BASE/cache.sqlite" "$1/cache.sqlite"
+  fi
+}
+
+run() {  # name, extra options
+  local name=$1; shift
+  seed_cache "$OUT/$name"
+  flowbot optimize $COMMON "$@" --run-dir "$OUT/$name"
+}
+
+for method in "${@:-flowbot aflow inner-only feedback-global}"; do
+  for m in $method; do
+    case $m in
+      inner-only)      run inner-only --inner-only ;;
+      aflow)           run aflow --method aflow --rounds 8 ;;
+      flowbot)         run flowbot --rounds 8 ;;
+      feedback-global) run feedback-global --rounds 8 --feedback global ;;
+      *) echo "unknown method $m" >&2; exit 2 ;;
+    esac
+  done
+done

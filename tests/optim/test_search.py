@@ -1,0 +1,116 @@
+"""The shared structure-search skeleton with a scripted expander: races, acceptance, tuning of
+winners only, budget pricing, and what the run records."""
+
+
+from flowbot.graph import LLMNode, NodeParams, OutputFormat, Sketch, Workflow
+from flowbot.lm import Budget, LMClient, LMRequest, ScriptedLM, UsageMeter
+from flowbot.optim.archive import ArchiveEntry
+from flowbot.optim.budgeting import BudgetPlan, Price
+from flowbot.optim.evaluation import Evaluator
+from flowbot.optim.policies import UCBSelection
+from flowbot.optim.racing import PairedRacing
+from flowbot.optim.search import Proposed, SearchConfig, StructureSearch, Tuned
+from flowbot.runtime import Executor
+
+
+def wf(instruction: str, copies: int = 1) -> Workflow:
+    """A 'structure' per instruction (its node is named after it), with ``copies`` llm nodes."""
+    nodes = [LLMNode(id=f"{instruction}{i}" if i else instruction, reads=["q"], writes="answer" if not i else f"alt{i}",
+                     output=OutputFormat(extract="answer")) for i in range(copies)]
+    return Workflow(sketch=Sketch(inputs=["q"], outputs=["answer"], nodes=nodes),
+                    params={n.id: NodeParams(instruction=instruction) for n in nodes})
+
+
+def data(n):
+    return [{"id": f"e{i}", "q": f"q{i}", "gold": str(i)} for i in range(n)]
+
+
+def exact(example, prediction):
+    return float(prediction.get("answer") == example["gold"])
+
+
+RIGHT = {"seed": set(range(0, 12)), "better": set(range(0, 20)), "worse": set(range(0, 6)), "tuned": set(range(20))}
+
+
+def task_lm():
+    def reply(req: LMRequest, i: int) -> str:
+        instruction, user = req.messages[0][1].split("\n")[0], req.messages[-1][1]
+        k = int(user.split("q")[-1])
+        return f"Answer: {k if k in RIGHT[instruction] else 'no'}"
+    return ScriptedLM(default=reply)
+
+
+class Script:
+    """An expander that proposes the given instructions (as one-node 'structures'), in order."""
+
+    method = "scripted"
+
+    def __init__(self, names, copies=1):
+        self.names, self.copies = list(names), copies
+
+    async def propose(self, parent, archive, budget, counts):
+        if not self.names:
+            return None
+        name = self.names.pop(0)
+        counts.made += 1
+        counts.valid += 1
+        child = wf(name, self.copies)
+        if archive.seen(child):
+            counts.duplicate += 1
+            return None
+        return Proposed({"op": name}, f"use {name}", "because", child)
+
+
+async def run(names, budget=None, tuner=None, copies=1, n_val=20, rounds=4):
+    events = []
+    meter = UsageMeter()
+    lm = task_lm()
+    client = LMClient(lm, meter=meter, budget=budget)
+    ev = Evaluator(Executor(client), exact, concurrency=1)
+    val = data(n_val)
+    seed_val = await ev(wf("seed"), val)
+    plan = BudgetPlan(budget or Budget(), n_val=n_val, n_test=0)
+    plan.set_seed(Price.of(seed_val), 0)
+    search = StructureSearch(
+        evaluator_for=lambda b: ev.with_executor(Executor(client.with_budget(b))), expander=Script(names, copies),
+        selection=UCBSelection(0.3), racing=PairedRacing(chunk=1), plan=plan,
+        config=SearchConfig(rounds=rounds), tuner=tuner, on_event=events.append)
+    result = await search.search(wf("seed"), seed_val, val)
+    return result, events, lm
+
+
+async def test_a_clear_win_becomes_the_incumbent_and_a_loser_is_raced_out():
+    result, events, lm = await run(["worse", "better"])
+    assert result.best.workflow.params["better"].instruction == "better"
+    worse = result.archive.entries[1]
+    assert not worse.complete and not worse.accepted and worse.race["stopped_early"]
+    assert result.racing.to_dict()["stopped_early"] == 1 and result.racing.calls_saved > 0
+    accepted = [e for e in events if e.type == "candidate_accepted"]
+    assert [e.id for e in accepted] == ["c0", "c2"]
+    assert result.proposals.applied == 2
+
+
+async def test_only_structures_that_win_are_tuned():
+    tuned_ids = []
+
+    async def tuner(entry: ArchiveEntry, budget: Budget, label: str) -> Tuned:
+        tuned_ids.append(entry.id)
+        return Tuned(entry.workflow, entry.val, 0, entry.val_score)
+
+    await run(["worse", "better"], tuner=tuner)
+    assert tuned_ids == ["c0", "c2"]  # the seed, then the one structure that won its race
+
+
+async def test_a_child_the_budget_cannot_price_is_not_raced():
+    # the seed takes 20 calls; a three-call child needs 3 × 20 × slack: more than what is left
+    budget = Budget(max_calls=60)
+    result, events, lm = await run(["better"], budget=budget, copies=3)
+    assert any(e.type == "candidate_rejected" and "does not fit" in e.reason for e in events)
+    assert result.best.id == "c0" and len(lm.calls) == 20 and budget.spent.calls == 20
+
+
+async def test_search_stops_when_no_candidate_is_affordable():
+    budget = Budget(max_calls=30)
+    result, events, _ = await run(["better", "worse"], budget=budget)
+    assert result.rounds == 1 and "cannot pay" in result.stopped
+    assert result.best.id == "c0"
