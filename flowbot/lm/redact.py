@@ -23,20 +23,21 @@ from flowbot.lm.base import LMPermanentError
 MASK = "***"
 #: environment variables whose values are treated as secrets wherever they appear
 SECRET_SUFFIXES = ("_API_KEY", "_KEY", "_TOKEN", "_SECRET", "_PASSWORD", "_ACCESS_KEY_ID")
-_MIN_LEN = 8  # shorter values would blank out ordinary words
+_MIN_LEN = 4  # a key given explicitly: shorter strings would blank out ordinary words
+_MIN_ENV_LEN = 8  # a value found by its variable's name only: a stricter floor
 
 
 class KeyFormatError(LMPermanentError):
     """An API key that cannot be sent in an HTTP header (a configuration error, never retried)."""
 
 
-def key_forms(value: str) -> set[str]:
+def key_forms(value: str, min_len: int = _MIN_LEN) -> set[str]:
     """Every form in which ``value`` may show up in error text (those long enough to matter)."""
     forms: set[str] = set()
     for v in {value, value.strip()}:
         forms |= {v, repr(v)[1:-1], json.dumps(v)[1:-1], urllib.parse.quote(v, safe=""),
                   repr(v.encode("utf-8", "backslashreplace"))[2:-1]}
-    return {f for f in forms if len(f) >= _MIN_LEN}
+    return {f for f in forms if len(f.strip()) >= min_len}
 
 
 def redact(text: str, secrets: Iterable[str | None]) -> str:
@@ -53,7 +54,7 @@ def redact(text: str, secrets: Iterable[str | None]) -> str:
 def environment_secrets(environ: dict[str, str] | None = None) -> list[str]:
     """The values of key-like environment variables (``*_API_KEY``, ``*_TOKEN``, ...)."""
     env = os.environ if environ is None else environ
-    return [v for k, v in env.items() if k.upper().endswith(SECRET_SUFFIXES) and len(v.strip()) >= _MIN_LEN]
+    return [v for k, v in env.items() if k.upper().endswith(SECRET_SUFFIXES) and len(v.strip()) >= _MIN_ENV_LEN]
 
 
 def clean_key(value: str, variable: str) -> str:

@@ -65,8 +65,9 @@ leaks into the child), the values of key-like variables blanked in FlowBot's own
 sampled by the supervisor every 50 ms (:mod:`flowbot.tools.proctree`): resident memory of all the
 run's processes against ``memory_mb``, their number against ``max_processes``, and on
 ``"process"`` the working dir's size against ``disk_mb`` (reasons ``memory_limit``,
-``process_limit``, ``disk_limit``); every process of the run killed when it ends; output read with a cap (the run is killed once a stream passes
-``max_output_bytes``), a wall-clock timeout after which the whole process group gets SIGKILL, a
+``process_limit``, ``disk_limit``); every process of the run killed when it ends; output read
+with a cap (the run is killed once a stream passes ``max_output_bytes``), a wall-clock timeout
+after which every process of the run gets SIGKILL, a
 watchdog thread in the child that ends the run if the parent dies, no zombie left behind
 (asyncio reaps the child; the namespace init reaps or kills the rest), and every wait on the
 child bounded: a run always returns, and anything unusual (say, an exit asyncio never reported)
