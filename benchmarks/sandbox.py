@@ -41,7 +41,7 @@ async def main(runs: int) -> None:
     info = await sandbox_info()
     print(f"python {sys.version.split()[0]}; auto isolation = {info['isolation']} {info['reason']}".rstrip())
     print(f"{'isolation':<12}{'mean ms':>9}{'median':>9}{'min':>8}{'max':>8}{'ms/run x4':>11}")
-    for isolation in ("namespaces", "process"):
+    for isolation in ("namespaces", "bwrap", "process"):
         try:
             times = await measure(isolation, runs)
         except SandboxUnavailable as exc:

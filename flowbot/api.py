@@ -15,11 +15,13 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from flowbot.errors import FlowBotError
 from flowbot.graph.io import load_workflow
 from flowbot.graph.sketch import Workflow as IRWorkflow
 from flowbot.lm.base import Provider
@@ -103,6 +105,12 @@ def _budget(budget: Any) -> Budget:
         names = {"calls": "max_calls", "tokens": "max_tokens", "usd": "max_usd", "dollars": "max_usd",
                  "seconds": "max_seconds"}
         kw = {names.get(k, k): v for k, v in budget.items()}
+        unknown = set(kw) - {"max_calls", "max_tokens", "max_usd", "max_seconds"}
+        if unknown:
+            raise FlowBotError(f"unknown budget {', '.join(sorted(unknown))}; use calls, tokens, usd or seconds")
+        for key, value in kw.items():
+            if value is not None and not (isinstance(value, (int, float)) and value > 0):
+                raise FlowBotError(f"must be a positive number, got {value!r}", where=f"budget {key[4:]}")
         return Budget(**kw)
     raise TypeError("budget must be a Budget, a dict like {'calls': 300, 'usd': 2}, or dollars")
 
@@ -175,7 +183,12 @@ async def aevaluate(
             roles["judge"] = (name, pool.provider(name).price_per_token())
         require_prices(budget_obj.limits.max_usd, roles)
     metric = _bind_judge(task.metric, pool, judge_model)
+    if limit is not None and limit < 1:
+        raise FlowBotError(f"must be at least 1, got {limit}", where="limit")
     examples = task.examples(split, limit)
+    if not examples:
+        raise FlowBotError(f"task {task.name}: the {split} split has no examples (sizes: "
+                           + ", ".join(f"{k} {v}" for k, v in task.sizes().items()) + ")")
     executor = Executor(pool.client(), tools=default_tools(), models=pool.resolver())
     start = time.perf_counter()
     batch = await evaluate_examples(executor, wf, examples, metric, concurrency=concurrency, progress=progress,
@@ -239,14 +252,54 @@ def _make_config(method: str, objective: str, cost_weight: float, inner: Any, ou
     plan = build(BudgetConfig, budget_plan)
     if plan.scope not in ("all", "search"):
         raise ValueError(f"unknown budget scope {plan.scope!r}; use 'all' or 'search'")
-    outer_cfg, race_cfg = build(OuterConfig, outer), build(RacingConfig, racing)
+    try:
+        outer_cfg, race_cfg = build(OuterConfig, outer), build(RacingConfig, racing)
+        inner_cfg, aflow_cfg = build(InnerConfig, inner), build(AFlowConfig, aflow)
+        cfg = OptimizeConfig(method=method, inner=inner_cfg, outer=outer_cfg, aflow=aflow_cfg, racing=race_cfg,
+                             budget=plan, objective=Objective(objective, cost_weight), **sizes)
+    except TypeError as exc:  # an unknown setting name
+        raise FlowBotError(str(exc).replace("__init__() ", "")) from None
     if outer_cfg.proposal not in ("llm", "fixed"):
         raise ValueError(f"unknown proposal policy {outer_cfg.proposal!r}; use 'llm' or 'fixed'")
     if race_cfg.margin < 1 or not 0 < race_cfg.alpha <= 1:
         raise ValueError("racing needs margin ≥ 1 and 0 < alpha ≤ 1")
-    return OptimizeConfig(method=method, inner=build(InnerConfig, inner), outer=outer_cfg,
-                          aflow=build(AFlowConfig, aflow), racing=race_cfg, budget=plan,
-                          objective=Objective(objective, cost_weight), **sizes)
+    _check_settings(cfg, cost_weight)
+    return cfg
+
+
+#: (setting, smallest allowed value) of the optimizer settings a user passes
+_MINIMA = (("inner.steps", 0), ("inner.minibatch_size", 1), ("inner.candidates", 1), ("inner.demos", 0),
+           ("inner.patience", 0), ("outer.rounds", 0), ("outer.patience", 0), ("aflow.rounds", 0),
+           ("train_size", 1), ("val_size", 1), ("test_size", 1), ("concurrency", 1))
+
+
+def _check_settings(cfg: OptimizeConfig, cost_weight: float) -> None:
+    """Out-of-range or misspelt settings fail here, before anything runs, naming the setting."""
+    for name, low in _MINIMA:
+        value: Any = cfg
+        for part in name.split("."):
+            value = getattr(value, part, None)
+        if value is None:
+            continue  # unset (e.g. all of a split) or a setting this version does not have
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise FlowBotError(f"must be a whole number of at least {low}, got {value!r}", where=name)
+    feedback = getattr(cfg.inner, "feedback", "backward")
+    if feedback not in ("backward", "global"):
+        raise FlowBotError(f"unknown value {feedback!r}; use backward or global", where="inner.feedback")
+    if not (isinstance(cost_weight, (int, float)) and cost_weight >= 0):
+        raise FlowBotError(f"must be a number of at least 0, got {cost_weight!r}", where="cost_weight")
+
+
+def _check_splits(task: Task, cfg: OptimizeConfig) -> None:
+    """The splits the method needs must have examples (said before a run directory exists)."""
+    sizes = task.sizes()
+    needed = ["val"] + ([] if cfg.method == "aflow" else ["train"])
+    empty = [s for s in needed if sizes.get(s, 0) == 0]
+    if empty:
+        names = {"val": "validation", "train": "training"}
+        raise FlowBotError(f"task {task.name}: the {' and '.join(names[s] for s in empty)} split is empty "
+                           f"(sizes: {', '.join(f'{k} {v}' for k, v in sizes.items())}); give more data, or "
+                           "val=/train= files")
 
 
 def default_run_dir(task: Task, method: str, config: dict[str, Any]) -> Path:
@@ -320,6 +373,7 @@ def prepare_run(task: Task | str, *, seed: Any = "cot", model: str | None = None
                        progress=progress, evaluate_test=evaluate_test)
     budget_obj = _budget(budget)
     price_table = per_token_prices(prices)
+    _check_splits(task, cfg)
     settings = {
         "task": task.name, "task_sizes": task.sizes(), "seed_workflow": json.loads(seed_wf.model_dump_json()),
         **resolved_models(model, optimizer_model, base_url, optimizer_base_url), "method": method,
@@ -336,6 +390,16 @@ def prepare_run(task: Task | str, *, seed: Any = "cot", model: str | None = None
     return PreparedRun(task, seed_wf, cfg, budget_obj, path, settings | {"budget": budget_obj.limits.describe()},
                        model, optimizer_model, base_url, optimizer_base_url, providers, price_table,
                        make_backend(backend), mlflow)
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost directory of ``path`` that does not exist yet (None when ``path`` exists)."""
+    missing = None
+    for p in [path, *path.parents]:
+        if p.exists():
+            break
+        missing = p
+    return missing
 
 
 @dataclass
@@ -396,26 +460,32 @@ class PreparedRun:
         refusal = self.estimate().refusal
         if refusal is not None and not (Path(self.run_dir) / "config.json").exists():
             raise ValueError(refusal)  # before anything is paid or written
-        rd = RunDir(self.run_dir)
-        run_id, resumed = rd.start(self.settings)
-        rd.clear_stop()
-        if resumed:
-            self.budget.resume_time(rd.elapsed_before())
-        _record_command(rd, command)
-        cache = ResponseCache(rd.cache_path)
-        task_pool, opt_pool = self._pools(cache, run_id)
-        tracking = _open_mlflow(self.mlflow, rd, self.settings, resumed)
-        callbacks = [*callbacks, *([tracking.on_event] if tracking else [])]
-        for cb in callbacks:
-            rd.events.listeners.append(lambda event, replayed, cb=cb: cb({**event, "replayed": replayed}))
-        task = self.task
-        metric = _bind_judge(task.metric, opt_pool, None)
-        data = TaskData(name=task.name, description=task.description or task.describe(),
-                        output_field=task.output, target_fields=task.targets, metric=metric,
-                        train=task.examples("train"), val=task.examples("val"), test=task.examples("test"),
-                        tools=getattr(task, "tools", None), context_fields=list(getattr(task, "context_fields", ())))
+        created = _first_missing(self.run_dir)  # what to remove if this session leaves nothing worth keeping
+        rd = RunDir(self.run_dir)  # locked for this process until closed
+        cache: ResponseCache | None = None
+        meter: UsageMeter | None = None
+        tracking: Any = None
         status = "FAILED"
         try:
+            run_id, resumed = rd.start(self.settings)
+            rd.clear_stop()
+            if resumed:
+                self.budget.resume_time(rd.elapsed_before())
+            _record_command(rd, command)
+            cache = ResponseCache(rd.cache_path)
+            task_pool, opt_pool = self._pools(cache, run_id)
+            meter = task_pool.meter
+            tracking = _open_mlflow(self.mlflow, rd, self.settings, resumed)
+            callbacks = [*callbacks, *([tracking.on_event] if tracking else [])]
+            for cb in callbacks:
+                rd.events.listeners.append(lambda event, replayed, cb=cb: cb({**event, "replayed": replayed}))
+            task = self.task
+            metric = _bind_judge(task.metric, opt_pool, None)
+            data = TaskData(name=task.name, description=task.description or task.describe(),
+                            output_field=task.output, target_fields=task.targets, metric=metric,
+                            train=task.examples("train"), val=task.examples("val"), test=task.examples("test"),
+                            tools=getattr(task, "tools", None),
+                            context_fields=list(getattr(task, "context_fields", ())))
             with use_backend(self.backend), (tracking.tracing() if tracking else contextlib.nullcontext()):
                 result = await run_optimization(
                     data, self.seed, task_pool.client(), opt_pool.client(role="optimizer"), tools=default_tools(),
@@ -426,9 +496,21 @@ class PreparedRun:
             return result
         except BaseException as exc:
             status = "FAILED" if isinstance(exc, Exception) else "KILLED"
+            if isinstance(exc, Exception):
+                if cache is not None:
+                    cache.close()
+                    cache = None
+                rd.close()
+                # A session that made the directory leaves no partial run behind when it paid for
+                # nothing, or when bad input (a broken metric, say) stopped it before its first result.
+                nothing_paid = meter is None or meter.total().calls == 0
+                if created is not None and (nothing_paid or (isinstance(exc, FlowBotError) and rd.events.seq <= 1)):
+                    shutil.rmtree(created, ignore_errors=True)
             raise
         finally:
-            cache.close()
+            if cache is not None:
+                cache.close()
+            rd.close()
             if tracking:
                 tracking.finish(status)
 

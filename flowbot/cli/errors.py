@@ -9,7 +9,9 @@ from typing import Any, Callable
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
+from flowbot.errors import FlowBotError
 from flowbot.graph.edits import EditError
 from flowbot.graph.io import WorkflowFileError
 from flowbot.graph.sketch import WorkflowValidationError
@@ -17,8 +19,11 @@ from flowbot.lm.base import LMError
 from flowbot.optim.rundir import RunDirError
 from flowbot.tasks.loaders import DataError
 
+#: a bad option value a command finds itself (typer's own usage errors keep typer's format)
+_USAGE_ERRORS = (typer.BadParameter,)
+
 #: errors that describe bad input or a bad setting: shown as one message, no traceback
-USER_ERRORS = (DataError, WorkflowFileError, WorkflowValidationError, EditError, LMError, RunDirError,
+USER_ERRORS = (FlowBotError, DataError, WorkflowFileError, WorkflowValidationError, EditError, LMError, RunDirError,
                FileNotFoundError, ValueError)
 
 
@@ -30,7 +35,18 @@ def handled(fn: Callable[..., Any]) -> Callable[..., Any]:
         except USER_ERRORS as exc:
             if os.environ.get("FLOWBOT_DEBUG"):
                 raise
-            Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {exc}", highlight=False)
+            _one_line(str(exc))
+            raise typer.Exit(2) from None
+        except _USAGE_ERRORS as exc:  # a bad option found inside a command: one line too
+            if os.environ.get("FLOWBOT_DEBUG"):
+                raise
+            _one_line(exc.format_message())
             raise typer.Exit(2) from None
 
     return wrapper
+
+
+def _one_line(message: str) -> None:
+    text = " ".join(message.split())  # a message is one line, whatever it quotes
+    # Text, not markup: a message may quote brackets, e.g. "unknown key(s) ['metrc']"
+    Console(stderr=True, soft_wrap=True).print(Text.assemble(("error:", "bold red"), " " + text), highlight=False)

@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from flowbot.cli.errors import handled
+from flowbot.errors import FlowBotError
 from flowbot.version import __version__
 
 app = typer.Typer(name="flowbot", help="Induce LLM workflows from data: optimize structure and prompts together.",
@@ -40,6 +41,9 @@ BackendOpt = typer.Option("asyncio", "--backend", help="Where examples are evalu
 RayAddressOpt = typer.Option(None, "--ray-address", help="The Ray cluster for --backend ray (default: $RAY_ADDRESS, "
                              "else a local Ray).")
 WorkersOpt = typer.Option(None, "--workers", help="Ray worker actors (default: one per CPU of the cluster).")
+SandboxOpt = typer.Option("auto", "--sandbox", help="Isolation of LLM-written code: auto (the strongest this host "
+                          "has), strict (refuse to run code without a kernel boundary: namespaces or bwrap), "
+                          "namespaces, bwrap or process.")
 
 
 def _version(value: bool) -> None:
@@ -64,12 +68,18 @@ def run(
     model: Optional[str] = ModelOpt,
     base_url: Optional[str] = BaseUrlOpt,
     trace: bool = typer.Option(False, "--trace", help="Also print every node's inputs, output, cost and time."),
+    sandbox: str = SandboxOpt,
 ) -> None:
     """Run a workflow on one input and print its output fields."""
     from flowbot.runtime.runnable import Workflow
 
+    _sandbox_policy(sandbox)
     values = _json_arg(input, "--input")
     wf = Workflow.load(workflow, model=model, base_url=base_url)
+    missing = [f for f in wf.sketch.inputs if f not in values]
+    if missing:
+        raise FlowBotError(f"missing field(s) {', '.join(map(repr, missing))}; {workflow} reads "
+                           f"{', '.join(wf.sketch.inputs)}", where="--input")
     outputs, tr = wf(values, trace=True)
     out.print_json(json.dumps(outputs, ensure_ascii=False, default=str))
     if trace:
@@ -156,11 +166,14 @@ def eval_cmd(
     backend: str = BackendOpt,
     ray_address: Optional[str] = RayAddressOpt,
     workers: Optional[int] = WorkersOpt,
+    sandbox: str = SandboxOpt,
 ) -> None:
     """Evaluate one or more workflows on a task split; prints a table and writes JSON."""
     from flowbot.api import aevaluate
     from flowbot.runtime.backends import make_backend
 
+    _check_options({"--limit": (limit, 1), "--concurrency": (concurrency, 1)})
+    _sandbox_policy(sandbox)
     cache_path = _eval_cache(cache, run_dir)
     run_settings = _run_settings(run_dir) if run_dir is not None else {}
     if run_settings:  # what the run used, unless given: the same requests hit its cache
@@ -191,7 +204,9 @@ def eval_cmd(
     payload = {"flowbot_version": __version__, "task": the_task.name, "split": split, "limit": limit,
                "command": " ".join(["flowbot", *sys.argv[1:]]),
                "results": [r.to_dict(traces=not no_traces) for r in results]}
-    path.write_text(json.dumps(payload, indent=1, ensure_ascii=False, default=str), encoding="utf-8")
+    from flowbot.optim.rundir import atomic_write_text
+
+    atomic_write_text(path, json.dumps(payload, indent=1, ensure_ascii=False, default=str))
     out.print(f"wrote {path}")
 
 
@@ -305,11 +320,22 @@ def optimize(
                                           "mlflow is installed)."),
     mlflow_uri: Optional[str] = typer.Option(None, "--mlflow-uri", help="The MLflow tracking URI (implies --mlflow), "
                                              "e.g. sqlite:///mlflow.db or http://localhost:5000"),
+    sandbox: str = SandboxOpt,
 ) -> None:
     """Optimize a workflow's structure and prompts for a task within a budget (resumable)."""
     from flowbot.api import prepare_run
     from flowbot.cli.progress import RunPrinter
 
+    _check_options({"--budget-usd": (budget_usd, 0.0), "--budget-calls": (budget_calls, 1),
+                    "--budget-tokens": (budget_tokens, 1), "--budget-seconds": (budget_seconds, 0.0),
+                    "--cost-weight": (cost_weight, 0), "--steps": (steps, 0), "--rounds": (rounds, 0),
+                    "--minibatch": (minibatch, 1), "--candidates": (candidates, 1), "--demos": (demos, 0),
+                    "--train-size": (train_size, 1), "--val-size": (val_size, 1), "--test-size": (test_size, 1),
+                    "--concurrency": (concurrency, 1)},
+                   choices={"--feedback": (feedback, ("backward", "global")),
+                            "--method": (method, ("flowbot", "inner-only", "aflow")),
+                            "--objective": (objective, ("score", "cost"))})
+    _sandbox_policy(sandbox)
     the_task = _task_from_options(task, task_file, data, val, test, input_fields, target, metric, labels, data_dir)
     budget = {k: v for k, v in {"max_usd": budget_usd, "max_calls": budget_calls, "max_tokens": budget_tokens,
                                 "max_seconds": budget_seconds}.items() if v is not None}
@@ -458,6 +484,43 @@ def metrics() -> None:
     for name, text in metric_names().items():
         table.add_row(name, text)
     out.print(table)
+
+
+def _check_options(minima: dict[str, tuple[Any, float]],
+                   choices: dict[str, tuple[str, tuple[str, ...]]] | None = None) -> None:
+    """One line naming the option for a value out of range (a float minimum means "more than")
+    or not among the choices, before anything runs."""
+    for option, (value, low) in minima.items():
+        if value is None:
+            continue
+        if isinstance(low, float) and not value > low:
+            raise FlowBotError(f"must be more than {low:g}, got {value:g}", where=option)
+        if value < low:
+            raise FlowBotError(f"must be at least {low}, got {value}", where=option)
+    for option, (value, allowed) in (choices or {}).items():
+        if value not in allowed:
+            raise FlowBotError(f"unknown value {value!r}; use {', '.join(allowed)}", where=option)
+
+
+def _sandbox_policy(value: str) -> None:
+    """Make ``--sandbox`` the policy of every sandboxed run in this process (tools and metrics);
+    a level this host lacks, or ``strict`` on a host without a kernel boundary, fails here,
+    before anything runs."""
+    import os
+
+    from flowbot.tools.sandbox import LEVELS, POLICY_ENV, sandbox_levels
+
+    _check_options({}, choices={"--sandbox": (value, ("auto", "strict", *LEVELS))})
+    if value == "auto":
+        return  # (a $FLOWBOT_SANDBOX already set stays in force)
+    os.environ[POLICY_ENV] = value
+    if value == "process":
+        return
+    missing = asyncio.run(sandbox_levels())  # level -> why it is unavailable ("" when it works)
+    wanted = ("namespaces", "bwrap") if value == "strict" else (value,)
+    if all(missing[level] for level in wanted):
+        why = "; ".join(f"{level}: {missing[level]}" for level in wanted)
+        raise FlowBotError(f"this host cannot isolate generated code that way ({why})", where=f"--sandbox {value}")
 
 
 def _json_arg(text: str, option: str) -> dict[str, Any]:

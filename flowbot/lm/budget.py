@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from flowbot.errors import FlowBotError
 from flowbot.lm.base import BudgetExceeded, Usage
 
 
@@ -127,6 +128,11 @@ class BudgetLimits:
     max_tokens: int | None = None
     max_usd: float | None = None
     max_seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        for name, value in vars(self).items():
+            if value is not None and not (isinstance(value, (int, float)) and value >= 0 and value == value):
+                raise FlowBotError(f"must be a number of at least 0, got {value!r}", where=f"budget {name}")
 
     def is_unlimited(self) -> bool:
         return all(v is None for v in vars(self).values())

@@ -178,7 +178,7 @@ class LMClient:
                 text = result.texts[j] if j < len(result.texts) else ""
                 texts[start + j] = text
                 usages[start + j] = per_sample[j]
-                if cache is not None:
+                if cache is not None and text.strip():  # an empty reply is never kept
                     cache.put(keys[start + j], self.model, text, per_sample[j], self._shared.run_id)
                     self._shared.seen.add(keys[start + j])
         total = Usage()
@@ -205,10 +205,7 @@ class LMClient:
             if self.budget is not None:
                 self.budget.start_call()
             try:
-                result = await self.retry.run(
-                    lambda: self._attempt(request),
-                    on_retry=lambda *_: self.meter.record_retry(self.role),
-                )
+                result = await self._retried(request)
             except BaseException as exc:
                 if self.budget is not None:
                     self.budget.abort_call()
@@ -222,10 +219,24 @@ class LMClient:
         self.meter.record_paid(self.role, usage)
         return result
 
+    async def _retried(self, request: LMRequest) -> Completion:
+        try:
+            return await self.retry.run(lambda: self._attempt(request),
+                                        on_retry=lambda *_: self.meter.record_retry(self.role))
+        except LMTransientError as exc:
+            empty = exc if isinstance(exc, _EmptyCompletion) else exc.__cause__
+            if isinstance(empty, _EmptyCompletion):
+                return empty.completion  # empty on every attempt: that is the model's answer (not cached)
+            raise
+
     async def _attempt(self, request: LMRequest) -> Completion:
         result = await self.provider.complete(request)
         if len(result.texts) < request.n:
             raise LMTransientError(f"{self.model} returned {len(result.texts)} of {request.n} samples")
+        if any(not (t or "").strip() for t in result.texts[: request.n]):
+            # An empty reply is usually a fault (a dropped generation, an overloaded server):
+            # retried like one; and never cached (see complete), so a rerun asks again.
+            raise _EmptyCompletion(result)
         return result
 
     async def aclose(self) -> None:
@@ -247,6 +258,14 @@ class LMClient:
             return usage
         cost = usage.prompt_tokens * price[0] + usage.completion_tokens * price[1]
         return Usage(usage.prompt_tokens, usage.completion_tokens, cost)
+
+
+class _EmptyCompletion(LMTransientError):
+    """A reply with an empty sample, kept so it can be returned if every attempt is empty."""
+
+    def __init__(self, completion: Completion) -> None:
+        super().__init__(f"{completion.model or 'the model'} returned an empty completion")
+        self.completion = completion
 
 
 def _missing_runs(cached: list[bool]) -> list[tuple[int, int]]:

@@ -20,6 +20,7 @@ import threading
 from typing import Any
 
 from flowbot.lm.base import Completion, LMPermanentError, LMRequest, LMTransientError, Provider, Usage
+from flowbot.lm.redact import clean_key, environment_secrets, redact
 from flowbot.lm.openai_compat import (
     PLACEHOLDER_KEY,
     collect_samples,
@@ -51,11 +52,19 @@ def import_litellm() -> Any:
 
 def _secret_values(extra: str | None) -> list[str]:
     """Strings to scrub from error text: our key plus any key-like environment value."""
-    values = [extra] if extra else []
-    for name, value in os.environ.items():
-        if name.endswith(("_API_KEY", "_KEY", "_TOKEN", "_SECRET")) and len(value) >= 8:
-            values.append(value)
-    return values
+    return ([extra] if extra else []) + environment_secrets()
+
+
+def _malformed_header(exc: BaseException) -> bool:
+    """The request could not be built: a header (usually the key) holds an illegal character."""
+    for _ in range(10):  # a bounded walk down the chain of causes
+        if exc is None:
+            return False
+        text = str(exc).lower()
+        if "illegal header" in text or "invalid header" in text:
+            return True
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return False
 
 
 # litellm prefixes messages with "litellm.NotFoundError: NotFoundError: OpenAIException - ".
@@ -63,10 +72,7 @@ _LITELLM_PREFIX = re.compile(r"^(litellm\.\w+: )?(\w+Error: )?(\w+Exception - )?
 
 
 def _redact(text: str, secrets: list[str]) -> str:
-    for s in secrets:
-        if s and len(s) >= 4:
-            text = text.replace(s, "***")
-    return text
+    return redact(text, secrets)  # every form of each key: stripped, repr- and JSON-escaped, ...
 
 
 class LiteLLMProvider(Provider):
@@ -168,7 +174,8 @@ class LiteLLMProvider(Provider):
         return Completion(texts=texts, usage=usage, model=self.model)
 
     def _key(self) -> str | None:
-        return os.environ.get(self.api_key_env) if self.api_key_env else None
+        raw = os.environ.get(self.api_key_env) if self.api_key_env else None
+        return clean_key(raw, self.api_key_env) if raw and self.api_key_env else raw
 
     async def _fetch(self, request: LMRequest, n: int, seed: int | None) -> tuple[list[str], Usage]:
         kwargs: dict[str, Any] = {
@@ -216,6 +223,10 @@ class LiteLLMProvider(Provider):
             return exc
         if isinstance(exc, openai.APITimeoutError):
             return LMTransientError(f"{self._endpoint} timed out after {self.timeout:g} s")
+        if isinstance(exc, openai.APIConnectionError) and _malformed_header(exc):
+            return LMPermanentError(_redact(
+                f"could not send a request to {self._endpoint}: {exc}; an API key in the environment "
+                "may hold a line break or space (check the key variable)"[:500], secrets))
         if isinstance(exc, openai.APIConnectionError):
             return LMTransientError(_redact(f"connection to {self._endpoint} failed: {exc}"[:500], secrets))
         status = getattr(exc, "status_code", None)

@@ -31,6 +31,7 @@ from typing import Any, AsyncGenerator, Awaitable, Callable, Literal, Mapping
 import openai
 
 from flowbot.lm.base import Completion, LMPermanentError, LMRequest, LMTransientError, Provider, Usage
+from flowbot.lm.redact import clean_key, redact
 
 log = logging.getLogger(__name__)
 
@@ -42,19 +43,20 @@ _RETRYABLE_4XX = {408, 409, 425, 429}
 
 
 class _Secret:
-    """Holds the API key; its repr never shows it."""
+    """Holds the API key (stripped; ``raw`` as the environment had it); its repr never shows it."""
 
-    __slots__ = ("value",)
+    __slots__ = ("value", "raw")
 
-    def __init__(self, value: str) -> None:
-        self.value = value
+    def __init__(self, raw: str) -> None:
+        self.raw = raw
+        self.value = raw.strip()
 
     def __repr__(self) -> str:
         return "<hidden>"
 
     def redact(self, text: str) -> str:
-        if self.value and self.value != PLACEHOLDER_KEY and len(self.value) >= 4:
-            return text.replace(self.value, "***")
+        if self.value and self.value != PLACEHOLDER_KEY:
+            return redact(text, [self.raw, self.value])
         return text
 
 
@@ -273,6 +275,8 @@ class OpenAICompatProvider(Provider):
     def _secret(self) -> _Secret:
         if self._key is None:
             self._key = _Secret(os.environ.get(self.api_key_env, ""))
+        if self._key.value:
+            clean_key(self._key.value, self.api_key_env)  # a key no header can carry fails at once
         return self._key
 
     async def _client(self) -> Any:
@@ -357,8 +361,13 @@ class OpenAICompatProvider(Provider):
             err = LMTransientError(f"{self.base_url} timed out after {self.timeout:g} s")
         except openai.APIConnectionError as exc:
             cause = exc.__cause__ or exc
-            err = LMTransientError(secret.redact(
-                f"connection to {self.base_url} failed: {type(cause).__name__}: {cause}"))
+            said = secret.redact(f"{type(cause).__name__}: {cause}")
+            if "header" in str(cause).lower() and "illegal" in str(cause).lower():
+                # the request itself is malformed (e.g. a header from the environment): retrying cannot help
+                err = LMPermanentError(f"could not send a request to {self.base_url}: {said}; "
+                                       f"check {self.api_key_env} and other settings")
+            else:
+                err = LMTransientError(f"connection to {self.base_url} failed: {said}")
         except (openai.APIResponseValidationError, ValueError) as exc:
             # A body that is not the JSON it claims to be (ValueError covers JSONDecodeError).
             err = LMTransientError(secret.redact(

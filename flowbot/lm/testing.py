@@ -52,7 +52,7 @@ _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden"
 class Fault:
     """One injected failure. Build with the class methods, e.g. ``Fault.http(503)``."""
 
-    kind: str  # "http" | "slow" | "invalid_json" | "missing_choices" | "drop"
+    kind: str  # "http" | "slow" | "invalid_json" | "missing_choices" | "drop" | "empty" | "echo_headers"
     status: int = 200
     message: str = ""
     retry_after: float | str | None = None  # sent verbatim as the Retry-After header
@@ -90,6 +90,34 @@ class Fault:
         """Close the connection after reading the request, without any response."""
         return cls("drop")
 
+    @classmethod
+    def empty(cls) -> "Fault":
+        """Status 200 and a well-formed answer whose every choice has empty content."""
+        return cls("empty")
+
+    @classmethod
+    def echo_headers(cls, status: int = 500) -> "Fault":
+        """An error whose message repeats the request's headers verbatim (Authorization too),
+        as a misconfigured proxy does: tests check that clients redact the key from it."""
+        return cls("echo_headers", status=status)
+
+    @classmethod
+    def bad_key(cls) -> "Fault":
+        return cls.http(401, "Incorrect API key provided", code="invalid_api_key")
+
+    @classmethod
+    def unknown_model(cls) -> "Fault":
+        return cls.http(404, "The model does not exist", code="model_not_found")
+
+    @classmethod
+    def context_too_long(cls) -> "Fault":
+        return cls.http(400, "This model's maximum context length is 4096 tokens",
+                        code="context_length_exceeded")
+
+    @classmethod
+    def quota(cls) -> "Fault":
+        return cls.http(429, "You exceeded your current quota", code="insufficient_quota")
+
 
 def count_tokens(text: str) -> int:
     """Whitespace words: a crude, deterministic token count reported as usage."""
@@ -125,9 +153,12 @@ class OpenAITestServer:
         honor_n: when False, return one choice whatever ``n`` asks (like many local servers).
         report_usage: when False, omit ``usage`` from answers.
         fault_rule: decides a fault per request when the :meth:`fail_next` queue is empty.
+        on_request: called (in the server thread) with each chat request's JSON body as it
+            arrives, before it is answered: e.g. to kill a client at its k-th request.
 
     Counters (read them from the test thread): :attr:`request_count` (chat requests received,
-    faulted or not), :attr:`requests` (their JSON bodies), :attr:`response_formats`,
+    faulted or not), :attr:`requests` (their JSON bodies), :attr:`statuses` (the HTTP status
+    answered to each, in arrival order; 0 for a dropped connection), :attr:`response_formats`,
     :attr:`max_in_flight`.
     """
 
@@ -141,8 +172,12 @@ class OpenAITestServer:
         honor_n: bool = True,
         report_usage: bool = True,
         fault_rule: FaultRule | None = None,
+        on_request: Callable[[dict], None] | None = None,
     ) -> None:
         self.reply = reply
+        self.on_request = on_request
+        self.statuses: list[int] = []
+        self._generation = 0
         self.latency_s = latency_s
         self.models = tuple(models) if models is not None else None
         self.api_key = api_key
@@ -193,7 +228,9 @@ class OpenAITestServer:
 
     def reset(self) -> None:
         """Forget received requests, the in-flight maximum and queued faults."""
+        self._generation += 1
         self.requests.clear()
+        self.statuses.clear()
         self.max_in_flight = self.in_flight
         self._faults.clear()
 
@@ -298,12 +335,22 @@ class OpenAITestServer:
         return _encode(_error(404, f"no route for {method} {path}"))
 
     async def _chat(self, headers: dict[str, str], raw: bytes) -> _Response | None:
+        index, generation = len(self.statuses), self._generation
+        self.statuses.append(0)
+        response = await self._chat_response(headers, raw)
+        if generation == self._generation:  # not a request from before a reset()
+            self.statuses[index] = 0 if response is None else response.status
+        return response
+
+    async def _chat_response(self, headers: dict[str, str], raw: bytes) -> _Response | None:
         try:
             body = json.loads(raw or b"{}")
         except ValueError:
             self.requests.append({})
             return _error(400, "request body is not valid JSON")
         self.requests.append(body)
+        if self.on_request is not None:
+            self.on_request(body)
         if self.api_key is not None:
             given = headers.get("authorization", "").removeprefix("Bearer ").strip()
             if given != self.api_key:
@@ -320,10 +367,10 @@ class OpenAITestServer:
         if fault is None and self.fault_rule is not None:
             fault = self.fault_rule(body)
         if fault is not None:
-            return await self._apply(fault, body)
+            return await self._apply(fault, body, headers)
         return self._answer(body)
 
-    async def _apply(self, fault: Fault, body: dict) -> _Response | None:
+    async def _apply(self, fault: Fault, body: dict, headers: dict[str, str]) -> _Response | None:
         if fault.kind == "http":
             extra = {} if fault.retry_after is None else {"Retry-After": _fmt(fault.retry_after)}
             return _error(fault.status, fault.message, fault.code, **extra)
@@ -337,9 +384,13 @@ class OpenAITestServer:
                                         "created": int(time.time()), "model": body.get("model")})
         if fault.kind == "drop":
             return None
+        if fault.kind == "empty":
+            return self._answer(body, empty=True)
+        if fault.kind == "echo_headers":
+            return _error(fault.status, "bad request headers: " + json.dumps(headers))
         raise ValueError(f"unknown fault kind {fault.kind!r}")
 
-    def _answer(self, body: dict) -> _Response:
+    def _answer(self, body: dict, empty: bool = False) -> _Response:
         n = int(body.get("n") or 1) if self.honor_n else 1
         stops = body.get("stop") or []
         stops = [stops] if isinstance(stops, str) else list(stops)
@@ -347,7 +398,7 @@ class OpenAITestServer:
         choices, completion_tokens = [], 0
         for i in range(n):
             try:
-                text = self._reply_text(body, i)
+                text = "" if empty else self._reply_text(body, i)
             except Exception as exc:  # a broken reply function is a server error, not a crash
                 return _error(500, f"reply function failed: {exc!r}")
             text, finish = _truncate(text, stops, max_tokens)

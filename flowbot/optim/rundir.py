@@ -8,28 +8,76 @@
       summary.json    the final result
       sessions.json   when each session started and last logged (time budgets span sessions)
       STOP            create this file to stop the run cleanly
+      lock            held (``flock``) by the one process using the run; says which one
 
 Resuming replays the run from its cache: the loops make the same calls and get the same answers,
 so they re-emit the same events; the log writer checks them against the log instead of appending
 them again, and appends only what is new.
+
+One process at a time: a second ``flowbot optimize`` on the same directory would pay every call
+twice and interleave the event log, so it stops at once, saying who holds the run. The lock is
+the kernel's, so a killed process (``kill -9``) leaves no stale lock. Every file that is rewritten
+(config.json, summary.json, best.json, a trimmed events.jsonl) is written to a temporary file and
+renamed over the old one, so a reader or a crash never sees half a file.
+
+For crash tests only, ``FLOWBOT_CRASH_AT`` makes the process SIGKILL itself at a named point:
+``events:N`` (halfway through writing the N-th event line) or ``summary`` (summary.json written to
+its temporary file, not yet renamed). Unset, it does nothing.
 """
 
 from __future__ import annotations
 
+import datetime
+import fcntl
 import json
+import os
+import signal
+import socket
+import sys
+import tempfile
 import time
 import uuid
+import weakref
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from flowbot.graph.io import save_workflow
 from flowbot.graph.sketch import Workflow
 
 STOP_FILE = "STOP"
+LOCK_FILE = "lock"
+CRASH_ENV = "FLOWBOT_CRASH_AT"
 
 
 class RunDirError(ValueError):
     pass
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file in the same directory and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:  # (no fsync: this guards against a killed
+            fh.write(text)                                 # process and readers, not a power cut)
+        if path.name == "summary.json":
+            crash_point("summary")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def crash_point(name: str, count: int | None = None) -> None:
+    """SIGKILL this process when ``$FLOWBOT_CRASH_AT`` names this point (crash tests only)."""
+    want = os.environ.get(CRASH_ENV)
+    if not want:
+        return
+    point, _, at = want.partition(":")
+    if point == name and (not at or (count is not None and at == str(count))):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class EventLog:
@@ -51,9 +99,7 @@ class EventLog:
         self.listeners: list[Any] = []
 
     def _truncate_to(self, n: int) -> None:
-        with open(self.path, "w", encoding="utf-8") as fh:
-            for e in self.existing[:n]:
-                fh.write(json.dumps(e, ensure_ascii=False) + "\n")
+        atomic_write_text(self.path, "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in self.existing[:n]))
 
     def __call__(self, event: dict[str, Any]) -> None:
         self.seq += 1
@@ -69,8 +115,15 @@ class EventLog:
             self.existing = self.existing[: self.seq - 1]
             self._truncate_to(len(self.existing))
         event.setdefault("time", round(time.time(), 3))
+        line = json.dumps(event, ensure_ascii=False, default=str) + "\n"
         with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(event, ensure_ascii=False, default=str) + "\n")
+            if os.environ.get(CRASH_ENV, "").startswith("events:"):
+                fh.write(line[: len(line) // 2])  # a torn line, as a crash mid-write leaves it
+                fh.flush()
+                crash_point("events", self.seq)
+                fh.write(line[len(line) // 2:])
+            else:
+                fh.write(line)
         self._notify(event, replayed=False)
 
     def _notify(self, event: dict[str, Any], replayed: bool) -> None:
@@ -107,12 +160,33 @@ class RunDir:
     MUTABLE = {"budget", "concurrency", "progress", "report"}
 
     def __init__(self, path: str | Path) -> None:
+        """Open (or create) the run directory and lock it for this process; :class:`RunDirError`
+        when another process holds it. The lock lasts until :meth:`close` (or the process ends)."""
         self.path = Path(path)
+        if self.path.exists() and not self.path.is_dir():
+            raise RunDirError(f"{self.path} is a file, not a run directory")
         self.path.mkdir(parents=True, exist_ok=True)
+        self._lock: IO[str] | None = _acquire(self.path / LOCK_FILE)
+        for stale in self.path.glob(".*.tmp"):  # left by a crash between write and rename
+            stale.unlink(missing_ok=True)
         self.events = EventLog(self.path / "events.jsonl")
         self._earlier_sessions: list[dict[str, float]] = list(self.read_json("sessions.json") or [])
         self._this_session = {"start": time.time(), "last": time.time()}
-        self.events.listeners.append(self._touch_session)
+        # a weak reference, so no cycle keeps an unused RunDir (and its lock) alive
+        touch = weakref.WeakMethod(self._touch_session)
+        self.events.listeners.append(lambda event, replayed: (m := touch()) and m(event, replayed))
+
+    def close(self) -> None:
+        """Release the lock (idempotent)."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def __enter__(self) -> "RunDir":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @property
     def cache_path(self) -> Path:
@@ -137,12 +211,12 @@ class RunDir:
                     "use another --run-dir, or delete this one to start over")
             saved["config"] = config
             saved["sessions"] = saved.get("sessions", 1) + 1
-            path.write_text(json.dumps(saved, indent=2), encoding="utf-8")
+            atomic_write_text(path, json.dumps(saved, indent=2))
             return saved["run_id"], True
         if self.stop_file.exists():
             self.stop_file.unlink()
         run_id = uuid.uuid4().hex[:12]
-        path.write_text(json.dumps({"run_id": run_id, "sessions": 1, "config": config}, indent=2), encoding="utf-8")
+        atomic_write_text(path, json.dumps({"run_id": run_id, "sessions": 1, "config": config}, indent=2))
         return run_id, False
 
     def add_session_time(self, seconds: float) -> float:
@@ -150,7 +224,7 @@ class RunDir:
         path = self.path / "config.json"
         saved = json.loads(path.read_text(encoding="utf-8"))
         saved["wall_s_total"] = saved.get("wall_s_total", 0.0) + seconds
-        path.write_text(json.dumps(saved, indent=2), encoding="utf-8")
+        atomic_write_text(path, json.dumps(saved, indent=2))
         return saved["wall_s_total"]
 
     def elapsed_before(self) -> float:
@@ -174,12 +248,28 @@ class RunDir:
         return save_workflow(workflow, self.path / "workflows" / f"{name}.json")
 
     def write_json(self, name: str, data: Any) -> Path:
-        path = self.path / name
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
-        tmp.replace(path)
-        return path
+        return atomic_write_text(self.path / name, json.dumps(data, indent=2, ensure_ascii=False, default=str))
 
     def read_json(self, name: str) -> Any:
         path = self.path / name
         return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+
+def _acquire(path: Path) -> IO[str]:
+    """An open lock file holding an exclusive ``flock``, with this process described in it."""
+    fh = open(path, "a+", encoding="utf-8")
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read().strip() or "another process"
+        fh.close()
+        raise RunDirError(f"{path.parent} is in use by {holder}; wait for it to finish, or stop it by creating "
+                          f"{path.parent / STOP_FILE}") from None
+    fh.seek(0)
+    fh.truncate()
+    started = datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+    command = " ".join(["flowbot", *sys.argv[1:3]]) if sys.argv and sys.argv[0].endswith("flowbot") else "flowbot"
+    fh.write(f"{command} (pid {os.getpid()} on {socket.gethostname()}, since {started})\n")
+    fh.flush()
+    return fh

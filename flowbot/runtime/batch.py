@@ -14,9 +14,10 @@ from typing import Any, Callable
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from flowbot.graph.sketch import Workflow
-from flowbot.lm.base import BudgetExceeded, Usage
+from flowbot.lm.base import BudgetExceeded, LMPermanentError, Usage
 from flowbot.runtime.backends import Backend, active_backend
 from flowbot.runtime.executor import Executor
+from flowbot.runtime.metric_guard import MetricGuard, metric_name
 from flowbot.runtime.scoring import Metric, MetricResult, call_metric
 from flowbot.runtime.trace import Trace
 
@@ -100,12 +101,15 @@ async def evaluate_examples(
     description: str = "evaluating",
     on_result: Callable[[ExampleResult], None] | None = None,
     backend: Backend | None = None,
+    guard_metric: bool = True,
 ) -> BatchResult:
     """Run ``workflow`` on every example and score it with ``metric``.
 
     The workflow's inputs are taken from each example by field name; ``metric(example, outputs)``
     receives the example and the workflow's output fields. ``backend`` (default: the one made active
-    with ``use_backend``, else this event loop) says where the examples run.
+    with ``use_backend``, else this event loop) says where the examples run. Raises
+    ``LMPermanentError`` on the first permanent LM error and :class:`flowbot.errors.MetricFailure`
+    when the metric fails on most of the first examples (``guard_metric=False`` turns that off).
     """
     backend = backend or active_backend()
     if backend is not None:
@@ -115,13 +119,24 @@ async def evaluate_examples(
     results: list[ExampleResult | None] = [None] * len(examples)
     semaphore = asyncio.Semaphore(max(1, concurrency))
     stop_reason: list[str] = []
+    fatal: list[BaseException] = []  # the first error that stops the batch
+    guard = MetricGuard(metric_name(metric), len(examples)) if guard_metric else None
     bar, task_id, owns_bar = progress_bar(progress, description, len(examples))
+    tasks: list[asyncio.Future[None]] = []
+
+    def stop_all(exc: BaseException) -> None:
+        if not fatal:
+            fatal.append(exc)
+        me = asyncio.current_task()
+        for t in tasks:
+            if t is not me:
+                t.cancel()  # in-flight calls would only repeat the error (or score in vain)
 
     async def one(i: int, ex: dict[str, Any]) -> None:
-        if stop_reason:
+        if stop_reason or fatal:
             return
         async with semaphore:
-            if stop_reason:
+            if stop_reason or fatal:
                 return
             inputs = workflow_inputs(workflow, ex)
             try:
@@ -129,20 +144,38 @@ async def evaluate_examples(
             except BudgetExceeded as exc:
                 stop_reason.append(str(exc))
                 return
+            except LMPermanentError as exc:
+                stop_all(exc)
+                return
             except Exception as exc:  # an executor bug must not sink the whole batch
                 trace = Trace(inputs=inputs, error=f"{type(exc).__name__}: {exc}")
-            res = results[i] = await score_trace(metric, i, ex, trace)
+            res = await score_trace(metric, i, ex, trace)
+            if guard is not None and trace.error is None:
+                try:
+                    guard.observe(res.example_id, res.error)  # the run succeeded: any error is the metric's
+                except Exception as exc:  # MetricFailure: the metric, not the workflow, is broken
+                    stop_all(exc)
+                    return
+            results[i] = res
             if on_result is not None:
                 on_result(res)
             if bar is not None:
                 bar.advance(task_id)
 
+    tasks.extend(asyncio.ensure_future(one(i, ex)) for i, ex in enumerate(examples))
     try:
-        await asyncio.gather(*(one(i, ex) for i, ex in enumerate(examples)))
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
     finally:
+        for t in tasks:
+            t.cancel()  # only matters when this evaluation itself is cancelled
         if owns_bar and bar is not None:
             bar.refresh()  # the final count (Jupyter shows only what was last refreshed)
             bar.stop()
+    if fatal:
+        raise fatal[0]
+    for outcome in outcomes:  # anything else one() raised (e.g. an on_result callback's bug)
+        if isinstance(outcome, BaseException) and not isinstance(outcome, asyncio.CancelledError):
+            raise outcome
     return collect(results, len(examples), stop_reason, start)
 
 

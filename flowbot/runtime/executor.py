@@ -12,7 +12,8 @@
 Semantics: a node runs when all its upstream nodes finished. A node gated by a branch runs only when
 the branch chose its route; a node whose input is missing (skipped or failed upstream) is skipped,
 except merges, which combine whatever inputs are present. A failing node is recorded in the trace
-and never raises; only a used-up budget stops the run (``BudgetExceeded`` propagates).
+and never raises; only a used-up budget (``BudgetExceeded``) and a permanent LM error (a bad key,
+an unknown model: ``LMPermanentError``, which no other input would avoid) stop the run.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any, Callable
 
 from flowbot.graph.nodes import BranchNode, LLMNode, MergeNode, NodeParams, ToolNode
 from flowbot.graph.sketch import Workflow
-from flowbot.lm.base import BudgetExceeded, Completion
+from flowbot.lm.base import BudgetExceeded, Completion, LMPermanentError
 from flowbot.lm.client import LMClient
 from flowbot.runtime import prompts
 from flowbot.runtime.extract import apply_extraction, extract_answer
@@ -100,8 +101,8 @@ class Executor:
                 output = await self._run_node(workflow, node, present, record, values)
                 values[node.writes] = output
                 record.output = output
-            except BudgetExceeded as exc:
-                stopped = f"BudgetExceeded: {exc}"
+            except (BudgetExceeded, LMPermanentError) as exc:
+                stopped = f"{type(exc).__name__}: {exc}"
                 raise
             except Exception as exc:  # any node failure is data for the trace, never a crash
                 record.error = f"{type(exc).__name__}: {exc}"
@@ -116,11 +117,11 @@ class Executor:
             tasks[node.id] = asyncio.ensure_future(run_node(node, ups))
         try:
             await asyncio.gather(*tasks.values())
-        except BudgetExceeded as exc:
+        except (BudgetExceeded, LMPermanentError) as exc:
             for t in tasks.values():
                 t.cancel()
             await asyncio.gather(*tasks.values(), return_exceptions=True)
-            end_span(root, None, {"latency_s": time.perf_counter() - start}, f"BudgetExceeded: {exc}")
+            end_span(root, None, {"latency_s": time.perf_counter() - start}, f"{type(exc).__name__}: {exc}")
             raise
         trace.outputs = {f: values.get(f) for f in sketch.outputs}
         if trace.error is None:

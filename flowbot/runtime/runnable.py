@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import PrivateAttr
 
+from flowbot.errors import InputError
 from flowbot.graph.io import load_workflow, save_workflow
 from flowbot.graph.sketch import Workflow as IRWorkflow
 from flowbot.lm.cache import ResponseCache
@@ -93,8 +94,8 @@ class Workflow(IRWorkflow):
         values = {**(inputs or {}), **fields}
         missing = [f for f in self.sketch.inputs if f not in values]
         if missing:
-            raise TypeError(f"missing input field(s) {', '.join(missing)}; this workflow reads "
-                            f"{', '.join(self.sketch.inputs)}")
+            raise InputError(f"missing input field(s) {', '.join(missing)}; this workflow reads "
+                             f"{', '.join(self.sketch.inputs)}")
         result: Trace = await self._executor(model).run(self, values)
         return (result.outputs, result) if trace else result.outputs
 

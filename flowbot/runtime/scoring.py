@@ -2,8 +2,10 @@
 
 A metric is any callable ``metric(example, prediction)`` (sync or async) returning a number, a
 bool (0/1), a ``(score, feedback)`` tuple, a :class:`MetricResult`, or any object with ``score``
-and optional ``feedback`` attributes. A metric that raises or returns a non-number scores 0 and the
-error is recorded: one bad example never stops an evaluation.
+and optional ``feedback`` attributes; a score is a finite number in [0, 1]. A metric that raises or
+returns anything else scores that example 0 and the error is recorded (a metric failing on most
+examples is caught by :mod:`flowbot.runtime.metric_guard`). An LM failure that is not the
+example's fault (a permanent error, a used-up budget, e.g. in an LLM judge) propagates.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import inspect
 import math
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Union
+
+from flowbot.lm.base import BudgetExceeded, LMPermanentError
 
 Metric = Callable[[dict[str, Any], dict[str, Any]], Union[Any, Awaitable[Any]]]
 
@@ -38,6 +42,8 @@ def _as_score(value: Any) -> float:
         score = float(value)
         if math.isnan(score):
             raise ValueError("metric returned NaN")
+        if not 0.0 <= score <= 1.0:
+            raise ValueError(f"metric returned {score!r}; a score must be between 0 and 1")
         return score
     raise TypeError(f"metric returned {type(value).__name__} {value!r}, expected a number or bool")
 
@@ -45,6 +51,7 @@ def _as_score(value: Any) -> float:
 def normalize_metric_output(value: Any) -> MetricResult:
     """Turn any supported metric return value into a MetricResult (raises on unsupported ones)."""
     if isinstance(value, MetricResult):
+        _as_score(value.score)  # the same rule for metrics that build their own result
         return value
     if isinstance(value, tuple) and len(value) == 2:
         score, feedback = value
@@ -63,6 +70,8 @@ async def call_metric(metric: Metric, example: dict[str, Any], prediction: dict[
         if inspect.isawaitable(value):
             value = await value
         return normalize_metric_output(value)
+    except (LMPermanentError, BudgetExceeded):
+        raise  # the judge's model is misconfigured or the budget is spent: not this example's fault
     except Exception as exc:  # a user metric may raise anything; the batch must go on
         name = getattr(metric, "__name__", type(metric).__name__)
         return MetricResult(0.0, "", error=f"metric {name} failed: {type(exc).__name__}: {exc}")

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from flowbot.errors import utf8_text
 from flowbot.tasks.loaders import DataError
 
 _KEYS = {"name", "data", "train", "val", "test", "inputs", "targets", "target", "metric", "split", "seed",
@@ -14,7 +15,9 @@ _PATH_KEYS = ("data", "train", "val", "test")
 
 
 def _read(path: Path) -> dict[str, Any]:
-    text = path.read_text(encoding="utf-8")
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, not a task file")
+    text = utf8_text(path.read_bytes(), str(path), DataError)
     if path.suffix.lower() == ".toml":
         if sys.version_info >= (3, 11):
             import tomllib

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from flowbot.errors import utf8_text
+
 
 class DataError(ValueError):
     """Bad input data; the message names the file and line (or row) and the field."""
@@ -28,10 +30,14 @@ class Row:
     index: int  # 0-based position in its source
 
 
-def _open_text(path: Path):
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")
+def _open_text(path: Path) -> io.StringIO:
+    """The file's text (gunzipped), decoded as UTF-8 with a leading byte-order mark dropped;
+    a DataError naming the line for bytes that are not UTF-8."""
+    try:
+        data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError) as exc:
+        raise DataError(f"{path}: cannot read it ({getattr(exc, 'strerror', None) or exc})") from None
+    return io.StringIO(utf8_text(data, str(path), DataError), newline="")
 
 
 def _base_suffix(path: Path) -> str:
@@ -43,6 +49,15 @@ def read_file(path: str | Path) -> list[Row]:
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file")
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, not a data file")
+    rows = _read_kind(path)
+    if not rows:
+        raise DataError(f"{path}: the file has no examples")
+    return rows
+
+
+def _read_kind(path: Path) -> list[Row]:
     kind = _base_suffix(path)
     if kind == ".jsonl":
         return _read_jsonl(path)

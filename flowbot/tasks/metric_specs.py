@@ -140,8 +140,8 @@ def load_callable(spec: str) -> Callable[..., Any]:
     target, _, attr = spec.rpartition(":")
     if target.endswith(".py"):
         path = Path(target)
-        if not path.exists():
-            raise MetricError(f"metric file {path} not found")
+        if not path.is_file():
+            raise MetricError(f"metric file {path} not found" if not path.exists() else f"metric file {path} is not a file")
         module_name = f"flowbot_user_metric_{abs(hash(str(path.resolve())))}"
         loader = importlib.util.spec_from_file_location(module_name, path)
         if loader is None or loader.loader is None:

@@ -21,12 +21,13 @@ from flowbot.tools.sandbox import (
     run_python,
     run_tests,
     sandbox_info,
+    sandbox_levels,
 )
 
 __all__ = [
     "Tool", "ToolError", "ToolRegistry", "ToolResult", "default_registry",
     "PythonTool", "CalculatorTool", "RetrieveTool",
-    "run_python", "run_tests", "sandbox_info", "default_test_call",
+    "run_python", "run_tests", "sandbox_info", "sandbox_levels", "default_test_call",
     "SandboxResult", "TestRunResult", "SandboxUnavailable",
     "calculate", "evaluate", "CalcError", "strip_code_fences",
     "retrieve", "parse_passages", "Passage",

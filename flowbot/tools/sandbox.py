@@ -5,8 +5,10 @@ Example::
     res = await run_python("print(sum(range(10)))", timeout_s=5)
     assert res.stdout == "45\\n" and res.ok
 
-Two isolation levels exist; ``isolation="auto"`` picks the strongest one the host supports
-(:func:`sandbox_info` says which, and why not more).
+Three isolation levels exist; ``isolation="auto"`` picks the strongest one the host supports
+(:func:`sandbox_info` says which, and why not more), and ``isolation="strict"`` refuses to run
+code without a real boundary (``"namespaces"`` or ``"bwrap"``). ``$FLOWBOT_SANDBOX`` (``auto``,
+``strict`` or a level; ``flowbot --sandbox`` sets it) says what ``"auto"`` means for a process.
 
 ``"namespaces"`` (Linux, running as root, kernel allows ``unshare``: the case on FlowBot's own
 machines and CI). A small launcher (``_sandbox_launch.py``) makes new mount, network, PID, UTS
@@ -29,11 +31,19 @@ and IPC namespaces and then the kernel enforces, whatever the code does inside P
 * resources: ``RLIMIT_AS`` (per process, so the total is at most ``max_processes * memory_mb``),
   ``RLIMIT_CPU``, ``RLIMIT_FSIZE``, ``RLIMIT_NOFILE``, no core dumps, and the tmpfs sizes.
 
-``"process"`` (any other host, e.g. a non-root laptop or a container without ``CAP_SYS_ADMIN``):
-a plain child process in its own session with the same rlimits except ``RLIMIT_NPROC`` (it counts
-all of the user's processes, and root ignores it), running as the parent's user in a host temp
-dir. Here the file, network and process-count rules come only from the audit guard below, and a
-process that leaves its session (``setsid``) escapes the group kill.
+``"bwrap"`` (a non-root host with bubblewrap installed, Debian's ``bubblewrap``, and user
+namespaces allowed): the same kernel boundary built by ``bwrap`` without root: new user, mount,
+network, PID, UTS and IPC namespaces, every capability dropped, a read-only root holding only the
+system library dirs and the Python installation, a fresh ``/dev`` and ``/proc``, and a tmpfs
+``/sandbox`` of ``disk_mb`` (also ``/dev/shm``); ``RLIMIT_NPROC`` counts the run's own user
+namespace, so it bounds the run's processes; the PID namespace dies with the run.
+
+``"process"`` (any other host): **no boundary** — a child process running as the parent's user
+in a host temp dir, with the same rlimits (``RLIMIT_NPROC`` only for a non-root user, set to the
+user's current count plus ``max_processes``). File, network and program rules come only from the
+audit guard below, which code can switch off. FlowBot says so in a warning the first time it uses
+this level. Its launcher is a *child subreaper*, so a ``fork`` + ``setsid`` child cannot outlive
+the run (unless the code kills its launcher first).
 
 Both levels add, inside the child interpreter, an *audit guard* (``sys.addaudithook``, on by
 default, ``_sandbox_boot.py``): reading outside the working dir and the Python install, writing
@@ -50,8 +60,14 @@ check from a thread). On ``"namespaces"`` that leaves the kernel limits above in
 ``"process"`` nothing else stands behind it.
 
 Always, whatever the level: a minimal environment built from scratch (no variable of the parent
-leaks into the child), output read with a cap (the run is killed once a stream passes
-``max_output_bytes``), a wall-clock timeout after which the whole process group gets SIGKILL, a
+leaks into the child), the values of key-like variables blanked in FlowBot's own
+``/proc/<pid>/environ`` before the first child starts (:mod:`flowbot.tools.scrub`), totals per run
+sampled by the supervisor every 50 ms (:mod:`flowbot.tools.proctree`): resident memory of all the
+run's processes against ``memory_mb``, their number against ``max_processes``, and on
+``"process"`` the working dir's size against ``disk_mb`` (reasons ``memory_limit``,
+``process_limit``, ``disk_limit``); every process of the run killed when it ends; output read
+with a cap (the run is killed once a stream passes ``max_output_bytes``), a wall-clock timeout
+after which every process of the run gets SIGKILL, a
 watchdog thread in the child that ends the run if the parent dies, no zombie left behind
 (asyncio reaps the child; the namespace init reaps or kills the rest), and every wait on the
 child bounded: a run always returns, and anything unusual (say, an exit asyncio never reported)
@@ -62,6 +78,7 @@ from __future__ import annotations
 
 import asyncio
 import ast
+import dataclasses
 import logging
 import marshal
 import math
@@ -77,9 +94,15 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
+from flowbot.tools.proctree import RunWatch, kill_tree
+
 log = logging.getLogger(__name__)
 
-Isolation = Literal["auto", "namespaces", "process"]
+Isolation = Literal["auto", "strict", "namespaces", "bwrap", "process"]
+LEVELS = ("namespaces", "bwrap", "process")
+POLICY_ENV = "FLOWBOT_SANDBOX"
+#: how often the supervisor samples a run's totals
+WATCH_INTERVAL_S = 0.05
 
 #: working directory seen by the code on the "namespaces" level (a tmpfs)
 NS_WORKDIR = "/sandbox"
@@ -93,7 +116,8 @@ class SandboxResult:
     exit_code: int  # negative: killed by that signal (like subprocess)
     timed_out: bool
     #: why a limit stopped the run: "timeout", "output_limit", "cpu_limit", "memory_limit"
-    #: (a MemoryError ended it), "killed" (SIGKILL not sent by the parent) or None
+    #: (a MemoryError ended it, or the run's processes together passed memory_mb),
+    #: "process_limit", "disk_limit", "killed" (SIGKILL not sent by the parent) or None
     killed_reason: str | None
     truncated: bool  # stdout or stderr was cut at max_output_bytes
     duration_s: float
@@ -143,6 +167,8 @@ class _Host:
     namespaces: bool
     reason: str  # why namespaces are not available ("" when they are)
     uid_range: tuple[int, int]  # per-run uids are drawn from [lo, hi)
+    bwrap: str = ""  # path of a working bubblewrap ("" when unusable)
+    bwrap_reason: str = ""  # why bwrap is not available ("" when it is)
 
 
 _HOST_CACHE: dict[str, _Host] = {}
@@ -186,17 +212,76 @@ async def _host() -> _Host:
         if res.stdout != "ok\n" or not res.completed:
             detail = (res.stderr.strip().splitlines() or ["no output"])[-1]
             host = _Host(False, f"namespace probe failed: {detail}", (0, 0))
-    if not host.namespaces:  # a downgrade worth a warning when we are root and expected more
-        level = logging.WARNING if os.name == "posix" and os.geteuid() == 0 else logging.INFO
-        log.log(level, "sandbox: namespace isolation unavailable (%s); using process isolation", host.reason)
+    host = await _probe_bwrap(host)
     _HOST_CACHE[key] = host
     return host
 
 
+async def _probe_bwrap(host: _Host) -> _Host:
+    path = shutil.which("bwrap") if sys.platform.startswith("linux") else None
+    if not path:
+        return dataclasses.replace(host, bwrap_reason="bubblewrap is not installed (apt install bubblewrap)")
+    trial = dataclasses.replace(host, bwrap=path)
+    res = await _execute("print('ok')", _Spec(), trial, "bwrap")
+    if res.stdout == "ok\n" and res.completed:
+        return trial
+    detail = (res.stderr.strip().splitlines() or ["no output"])[-1]
+    return dataclasses.replace(host, bwrap_reason=f"bwrap probe failed: {detail[:200]}")
+
+
+def _strongest(host: _Host) -> str | None:
+    return "namespaces" if host.namespaces else "bwrap" if host.bwrap else None
+
+
+def _no_boundary_reason(host: _Host) -> str:
+    return f"namespaces: {host.reason}; bwrap: {host.bwrap_reason}"
+
+
 async def sandbox_info() -> dict[str, str]:
-    """Which isolation ``"auto"`` gives on this host, and why not more: ``{"isolation", "reason"}``."""
+    """Which isolation ``"auto"`` gives on this host, and why not more: ``{"isolation", "reason",
+    "boundary"}`` (``boundary`` is ``"yes"`` for a kernel boundary, ``"no"`` for "process")."""
     host = await _host()
-    return {"isolation": "namespaces" if host.namespaces else "process", "reason": host.reason}
+    best = _strongest(host)
+    reason = "" if best == "namespaces" else (host.reason if best == "bwrap" else _no_boundary_reason(host))
+    return {"isolation": best or "process", "reason": reason, "boundary": "yes" if best else "no"}
+
+
+async def sandbox_levels() -> dict[str, str]:
+    """Each level and why this host cannot give it ("" when it can)."""
+    host = await _host()
+    return {"namespaces": "" if host.namespaces else host.reason,
+            "bwrap": "" if host.bwrap else host.bwrap_reason, "process": ""}
+
+
+_WARNED: set[str] = set()  # warned once per process (a harmless module-level record)
+
+
+def _choose_level(isolation: Isolation, host: _Host) -> str:
+    """The level a run uses: the requested one, or what the policy picks ("auto"/"strict")."""
+    policy = isolation
+    if policy == "auto":
+        policy = os.environ.get(POLICY_ENV, "auto").strip().lower() or "auto"  # type: ignore[assignment]
+        if policy not in ("auto", "strict", *LEVELS):
+            raise ValueError(f"${POLICY_ENV} must be auto, strict, namespaces, bwrap or process, got {policy!r}")
+    if policy == "namespaces" and not host.namespaces:
+        raise SandboxUnavailable(f"namespace isolation is unavailable: {host.reason}")
+    if policy == "bwrap" and not host.bwrap:
+        raise SandboxUnavailable(f"bwrap isolation is unavailable: {host.bwrap_reason}")
+    if policy in LEVELS:
+        return policy
+    best = _strongest(host)
+    if best is not None:
+        return best
+    if policy == "strict":
+        raise SandboxUnavailable("sandbox policy 'strict': this host has no isolation boundary for generated "
+                                 f"code ({_no_boundary_reason(host)}); refusing to run it")
+    if "process" not in _WARNED:
+        _WARNED.add("process")
+        log.warning("sandbox: NO ISOLATION BOUNDARY on this host (%s). LLM-written code runs as your user, "
+                    "stopped only by an audit guard that code can switch off: it could read your files and "
+                    "reach the network. Install bubblewrap (apt install bubblewrap), run as root, or use "
+                    "--sandbox strict to refuse.", _no_boundary_reason(host))
+    return "process"
 
 
 # --------------------------------------------------------------------------------------------
@@ -296,7 +381,8 @@ def _pack(obj: dict[str, object]) -> str:
     return marshal.dumps(obj).hex()
 
 
-def _child_config(spec: _Spec, work: str, code_path: str, status_fd: int, per_uid: bool) -> str:
+def _child_config(spec: _Spec, work: str, code_path: str, status_fd: int, per_uid: bool,
+                  reaper: bool = False) -> str:
     mb = 1024 * 1024
     cpu = int(math.ceil(spec.timeout_s)) + 1
     rlimits = {  # name: (soft, hard)
@@ -308,7 +394,10 @@ def _child_config(spec: _Spec, work: str, code_path: str, status_fd: int, per_ui
     }
     if per_uid:  # only meaningful when the uid is ours alone (and not root)
         rlimits["RLIMIT_NPROC"] = (spec.max_processes + 2,) * 2  # + main process + watchdog
+    elif os.geteuid() != 0:  # the user's own count plus the run's share (root ignores it)
+        rlimits["RLIMIT_NPROC"] = (_user_threads() + spec.max_processes + 2,) * 2
     return _pack({
+        "reaper": reaper,
         "work": work, "code_path": code_path, "status_fd": status_fd, "rlimits": rlimits,
         "guard": spec.audit_guard, "max_forks": spec.max_processes,
         "deadline_s": spec.timeout_s + 2.0, "run_name": spec.run_name,
@@ -336,10 +425,11 @@ async def run_python(
     """Run ``code`` as a fresh Python program in the sandbox and return what it printed.
 
     ``timeout_s`` is wall-clock time for the whole run (start-up included); ``memory_mb`` is the
-    address-space limit of each process; ``max_processes`` bounds processes/threads; ``disk_mb``
-    bounds each written file (and the working dir on the "namespaces" level). The run never
-    raises for anything the code does; bad arguments raise ``ValueError``, an unavailable
-    ``isolation="namespaces"`` raises :class:`SandboxUnavailable`.
+    address-space limit of each process and the limit of all the run's processes together;
+    ``max_processes`` bounds processes/threads; ``disk_mb`` bounds each written file and the
+    working dir. The run never raises for anything the code does; bad arguments raise
+    ``ValueError``, an unavailable level (or ``"strict"`` on a host without a boundary) raises
+    :class:`SandboxUnavailable`.
 
     >>> res = await run_python("import sys; print(sys.stdin.read().upper())", stdin="hi")
     >>> res.stdout
@@ -352,8 +442,8 @@ async def run_python(
                         ("disk_mb", disk_mb)):
         if not value > 0:
             raise ValueError(f"{name} must be > 0, got {value!r}")
-    if isolation not in ("auto", "namespaces", "process"):
-        raise ValueError(f"isolation must be 'auto', 'namespaces' or 'process', got {isolation!r}")
+    if isolation not in ("auto", "strict", *LEVELS):
+        raise ValueError(f"isolation must be 'auto', 'strict', 'namespaces', 'bwrap' or 'process', got {isolation!r}")
     spec = _Spec(stdin, float(timeout_s), int(memory_mb), int(max_output_bytes),
                  int(max_processes), int(disk_mb), bool(audit_guard))
     return await _run(code, spec, isolation)
@@ -361,10 +451,17 @@ async def run_python(
 
 async def _run(code: str, spec: _Spec, isolation: Isolation) -> SandboxResult:
     host = await _host()
-    if isolation == "namespaces" and not host.namespaces:
-        raise SandboxUnavailable(f"namespace isolation is unavailable: {host.reason}")
-    level = "namespaces" if (isolation != "process" and host.namespaces) else "process"
-    return await _execute(code, spec, host, level)
+    return await _execute(code, spec, host, _choose_level(isolation, host))
+
+
+_SCRUBBED: list[str] = []  # key-like variables blanked in /proc/self/environ (done once per process)
+
+
+def _scrub_once() -> None:
+    if not _SCRUBBED:
+        from flowbot.tools.scrub import scrub_environ_block
+
+        _SCRUBBED.append(",".join(scrub_environ_block()) or "-")
 
 
 async def _execute(code: str, spec: _Spec, host: _Host, level: str) -> SandboxResult:
@@ -378,15 +475,17 @@ async def _execute(code: str, spec: _Spec, host: _Host, level: str) -> SandboxRe
         code_path = os.path.join(run_dir, "main.py")
         with open(code_path, "w", encoding="utf-8") as f:
             f.write(code)
+        _scrub_once()
         try:
-            argv, cwd, work = _command(spec, host, level, run_dir, code_path, status_w)
+            argv, cwd, work, uid = _command(spec, host, level, run_dir, code_path, status_w)
             transport, _ = await asyncio.get_running_loop().subprocess_exec(
                 lambda: collector, *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE, env=_child_env(work), cwd=cwd,
                 start_new_session=True, pass_fds=(status_w,))
         finally:
             os.close(status_w)
-        result = await _supervise(transport, collector, spec, shell_codes=level == "namespaces")
+        watch = RunWatch(transport.get_pid(), uid=uid, work_dir=work if level == "process" else None)
+        result = await _supervise(transport, collector, spec, shell_codes=True, watch=watch)
         result.completed = _read_status(status_r) and not result.timed_out
         result.isolation = level
         result.duration_s = time.monotonic() - start
@@ -394,32 +493,57 @@ async def _execute(code: str, spec: _Spec, host: _Host, level: str) -> SandboxRe
     finally:
         if transport is not None:
             if not collector.exited.is_set():  # cancelled, or no exit seen: leave nothing running
-                _kill_group(transport.get_pid())
+                _kill_run(transport.get_pid())
+            else:
+                _kill_group(transport.get_pid())  # whatever of its group is left
             transport.close()  # closes the pipes (and reaps an exited child asyncio did not report)
         os.close(status_r)
         await asyncio.to_thread(shutil.rmtree, run_dir, True)
 
 
 def _command(spec: _Spec, host: _Host, level: str, run_dir: str, code_path: str,
-             status_w: int) -> tuple[list[str], str, str]:
-    """The child's argv, cwd and working dir (as the code sees it) for this isolation level."""
+             status_w: int) -> tuple[list[str], str, str, int | None]:
+    """The child's argv, cwd, working dir (as the code sees it) and the uid its processes run
+    as when that identifies them (else None), for this isolation level."""
     python = _python_binary()
+    boot = [python, "-S", "-s", "-B", "-c", _STUB, _source("_sandbox_boot.py")]
     if level == "namespaces":
         work = NS_WORKDIR
         cfg = _child_config(spec, work, work + "/main.py", status_w, per_uid=True)
+        uid = host.uid_range[0] + secrets.randbelow(host.uid_range[1] - host.uid_range[0])
         plan = {
             "new_root": os.path.join(run_dir, "root"), "work": work, "code_path": code_path,
-            "parent_pid": os.getpid(),
-            "uid": host.uid_range[0] + secrets.randbelow(host.uid_range[1] - host.uid_range[0]),
+            "parent_pid": os.getpid(), "uid": uid,
             "disk_mb": spec.disk_mb, "entries": _plan_entries(), "env": _child_env(work),
-            "argv": [python, "-S", "-s", "-B", "-c", _STUB, _source("_sandbox_boot.py"), cfg],
+            "argv": [*boot, cfg],
         }
         os.mkdir(plan["new_root"])
-        return [python, "-S", "-s", "-B", "-c", _STUB, _source("_sandbox_launch.py"), _pack(plan)], run_dir, work
+        return [python, "-S", "-s", "-B", "-c", _STUB, _source("_sandbox_launch.py"), _pack(plan)], run_dir, work, uid
+    if level == "bwrap":
+        work = NS_WORKDIR
+        cfg = _child_config(spec, work, work + "/main.py", status_w, per_uid=True)
+        return [*_bwrap_args(host.bwrap, spec, code_path, work), "--", *boot, cfg], run_dir, work, None
     work = os.path.join(run_dir, "work")
     os.mkdir(work, 0o700)
-    cfg = _child_config(spec, work, code_path, status_w, per_uid=False)
-    return [python, "-S", "-s", "-B", "-c", _STUB, _source("_sandbox_boot.py"), cfg], work, work
+    cfg = _child_config(spec, work, code_path, status_w, per_uid=False, reaper=True)
+    return [*boot, cfg], work, work, None
+
+
+def _bwrap_args(bwrap: str, spec: _Spec, code_path: str, work: str) -> list[str]:
+    """bubblewrap's options: namespaces, a read-only root of system and Python dirs, a tmpfs work dir."""
+    size = str(spec.disk_mb * 1024 * 1024)
+    args = [bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
+    if os.geteuid() == 0:  # as root, still run the code as someone else inside its user namespace
+        args += ["--unshare-user", "--uid", "65534", "--gid", "65534"]
+    for kind, path, target in _plan_entries():
+        if kind == "symlink":
+            args += ["--symlink", target, path]
+        elif kind in ("dir", "file"):
+            args += ["--ro-bind", path, path]
+    args += ["--dev", "/dev", "--size", size, "--tmpfs", "/dev/shm", "--proc", "/proc",
+             "--size", size, "--tmpfs", work, "--ro-bind", code_path, work + "/main.py",
+             "--remount-ro", "/dev", "--remount-ro", "/", "--chdir", work]
+    return args
 
 
 def _read_status(fd: int) -> bool:
@@ -473,19 +597,27 @@ class _Collector(asyncio.SubprocessProtocol):
 
 
 async def _supervise(transport: asyncio.SubprocessTransport, out: _Collector, spec: _Spec,
-                     shell_codes: bool) -> SandboxResult:
-    """Feed stdin, enforce the clock and the output cap, and collect the result; every wait is bounded."""
+                     shell_codes: bool, watch: RunWatch | None = None) -> SandboxResult:
+    """Feed stdin, enforce the clock, the output cap and the run's totals, and collect the result;
+    every wait is bounded."""
     pid = transport.get_pid()
     _feed(transport, spec.stdin.encode("utf-8"))
     reason: str | None = None
-    await _first_set((out.exited, out.overflow), spec.timeout_s)
+    over = asyncio.Event()
+    why: list[str] = []
+    monitor = asyncio.ensure_future(_watch_totals(watch, spec, over, why)) if watch is not None else None
+    try:
+        await _first_set((out.exited, out.overflow, over), spec.timeout_s)
+    finally:
+        if monitor is not None:
+            monitor.cancel()
     if not out.exited.is_set():
-        reason = "output_limit" if out.overflow.is_set() else "timeout"
-        _kill_group(pid)
+        reason = why[0] if why else "output_limit" if out.overflow.is_set() else "timeout"
+        _kill_run(pid)
     returncode, note = await _wait_exit(transport, out, pid)
     # The pipes reach EOF once every process holding them is gone; stragglers are killed.
     if not await _first_set((out.pipes_closed,), _PIPE_GRACE_S):
-        _kill_group(pid)
+        _kill_run(pid)
         if not await _first_set((out.pipes_closed,), _PIPE_GRACE_S):
             note = _join(note, "output pipes still open after the run; closed them")
     if note:
@@ -542,7 +674,8 @@ def _join(a: str, b: str) -> str:
 
 
 def _exit_code(returncode: int | None, shell_codes: bool) -> int:
-    # The namespaces launcher reports a child killed by signal N as exit status 128+N.
+    # Every launcher (namespaces, bwrap, the process-level reaper) reports a child killed by
+    # signal N as exit status 128+N.
     rc = -signal.SIGKILL if returncode is None else returncode
     if shell_codes and 128 < rc <= 128 + 64:
         return -(rc - 128)
@@ -565,6 +698,55 @@ def _kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)  # the child leads its own session and group
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _kill_run(pid: int) -> None:
+    """Every process of the run: the tree below the child (a detached one is re-parented to the
+    run's subreaper, so it is still in the tree), then the child's process group."""
+    kill_tree(pid)
+    _kill_group(pid)
+
+
+async def _watch_totals(watch: RunWatch, spec: _Spec, over: asyncio.Event, why: list[str]) -> None:
+    """Sample the run until it ends; on passing a total, record the reason and set ``over``.
+    A lone process is left to its own rlimits (RLIMIT_AS), which report a MemoryError."""
+    memory, disk = spec.memory_mb * 1024 * 1024, spec.disk_mb * 1024 * 1024
+    await asyncio.sleep(0.01)
+    while True:
+        try:
+            s = watch.sample(max_processes=spec.max_processes + 1)
+        except OSError:  # /proc unreadable: nothing to watch on this host
+            return
+        if s.processes > spec.max_processes + 1:
+            why.append("process_limit")
+        elif s.processes > 1 and s.memory > memory:
+            why.append("memory_limit")
+        elif s.disk > disk:
+            why.append("disk_limit")
+        if why:
+            over.set()
+            return
+        await asyncio.sleep(WATCH_INTERVAL_S)
+
+
+def _user_threads() -> int:
+    """Threads of this user on the host: what RLIMIT_NPROC counts against."""
+    uid, total = os.getuid(), 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/status", "rb") as f:
+                status = f.read()
+        except OSError:
+            continue
+        fields = dict(line.split(b":", 1) for line in status.splitlines() if b":" in line)
+        try:
+            if int(fields[b"Uid"].split()[0]) == uid:
+                total += int(fields[b"Threads"])
+        except (KeyError, ValueError, IndexError):
+            continue
+    return total
 
 
 def _feed(transport: asyncio.SubprocessTransport, data: bytes) -> None:

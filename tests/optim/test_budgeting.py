@@ -98,6 +98,7 @@ def test_time_spent_in_earlier_sessions_is_kept(tmp_path):
     sessions = json.loads((tmp_path / "sessions.json").read_text())
     sessions[0]["start"] -= 100.0  # as if the first session had run for 100 s before it was killed
     (tmp_path / "sessions.json").write_text(json.dumps(sessions))
+    rd.close()  # the first session is over (a killed one releases its lock with the process)
     again = RunDir(tmp_path)
     assert again.elapsed_before() == pytest.approx(100.0, abs=1.0)
     budget = Budget(max_seconds=120)

@@ -11,7 +11,7 @@ import pytest
 
 from flowbot.graph import LLMNode, MergeNode, ToolNode, Workflow
 from flowbot.graph.edits import EditError
-from flowbot.lm import LMClient, ScriptedLM
+from flowbot.lm import LMClient, RetryPolicy, ScriptedLM
 from flowbot.lm.base import LMRequest
 from flowbot.lm.cache import ResponseCache
 from flowbot.optim.operators import (
@@ -142,7 +142,7 @@ def scripted(*rules: tuple[Any, Any]) -> tuple[ScriptedLM, LMClient]:
         return lambda req: re.search(pattern, req.messages[0][1]) is not None
 
     provider = ScriptedLM([(on_system(p) if isinstance(p, str) else p, r) for p, r in rules])
-    return provider, LMClient(provider, cache=ResponseCache())
+    return provider, LMClient(provider, cache=ResponseCache(), retry=RetryPolicy(base_delay=0.001, max_delay=0.01))
 
 
 async def run(wf: Workflow, client: LMClient, **inputs: Any):
@@ -180,7 +180,8 @@ async def test_program_of_thought_falls_back_to_the_cot_when_the_program_fails_o
     assert GSM8K_METRIC({"answer": "7"}, trace.outputs).score == 1.0
     assert not trace.nodes["solve"].skipped and trace.nodes["solve"].calls == 1
     assert trace.nodes["check_program"].output == "fallback"
-    assert len(provider.calls) == 2
+    # an empty reply is retried as a transient fault (issue 13) before it counts as the answer
+    assert len(provider.calls) == (2 if code else 1 + client.retry.max_attempts)
 
 
 async def test_program_of_thought_prompt_asks_for_a_complete_printing_program():

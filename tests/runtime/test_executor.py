@@ -201,16 +201,18 @@ async def test_batch_stops_cleanly_on_budget_and_keeps_done_work():
     assert not res.complete
 
 
-async def test_metric_that_raises_or_returns_garbage_scores_zero():
-    examples = [{"q": "1"}, {"q": "2"}]
+async def test_metric_that_raises_or_returns_garbage_on_some_examples_scores_them_zero():
+    examples = [{"q": str(i)} for i in range(1, 7)]
 
     def bad(example, prediction):
         if example["q"] == "1":
             raise RuntimeError("metric bug")
-        return "not a number"
+        if example["q"] == "2":
+            return "not a number"
+        return 1.0
 
     res = await evaluate_examples(Executor(lm(default="x")), single(), examples, bad)
-    assert [r.score for r in res.results] == [0.0, 0.0]
+    assert [r.score for r in res.results] == [0.0, 0.0, 1.0, 1.0, 1.0, 1.0]
     assert "metric bug" in res.results[0].error and "expected a number" in res.results[1].error
 
 

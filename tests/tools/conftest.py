@@ -72,10 +72,33 @@ def has_namespaces() -> bool:
     return namespaces_available()
 
 
-@pytest.fixture(params=["namespaces", "process"])
-def isolation(request: pytest.FixtureRequest, has_namespaces: bool) -> str:
+def bwrap_available() -> bool:
+    from flowbot.tools.sandbox import _host
+
+    return bool(asyncio.run(_host()).bwrap)
+
+
+@pytest.fixture(scope="session")
+def has_bwrap() -> bool:
+    return bwrap_available()
+
+
+@pytest.fixture(params=["namespaces", "bwrap", "process"])
+def isolation(request: pytest.FixtureRequest, has_namespaces: bool, has_bwrap: bool) -> str:
     if request.param == "namespaces" and not has_namespaces:
         pytest.skip("namespace isolation unavailable on this host (needs Linux + root)")
+    if request.param == "bwrap" and not has_bwrap:
+        pytest.skip("bubblewrap unavailable on this host (apt install bubblewrap; needs user namespaces)")
+    return request.param
+
+
+@pytest.fixture(params=["namespaces", "bwrap"])
+def boundary(request: pytest.FixtureRequest, has_namespaces: bool, has_bwrap: bool) -> str:
+    """A level with a kernel boundary."""
+    if request.param == "namespaces" and not has_namespaces:
+        pytest.skip("namespace isolation unavailable on this host (needs Linux + root)")
+    if request.param == "bwrap" and not has_bwrap:
+        pytest.skip("bubblewrap unavailable on this host (apt install bubblewrap; needs user namespaces)")
     return request.param
 
 

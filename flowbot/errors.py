@@ -1,0 +1,50 @@
+"""The one base class of FlowBot's user-facing errors: bad input, a bad setting, a broken metric.
+
+    >>> raise FlowBotError("budget must be positive, got -5", where="--budget-calls")
+    Traceback (most recent call last):
+    ...
+    flowbot.errors.FlowBotError: --budget-calls: budget must be positive, got -5
+
+The command line shows any :class:`FlowBotError` as one line (no traceback) and exits non-zero.
+``where`` names the place (a file and line, an option, a field) when the message does not start
+with it already. This module imports nothing of flowbot, so every layer may use it.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+
+class FlowBotError(ValueError):
+    """A problem the user can fix, described in one line; ``where`` says where it is."""
+
+    def __init__(self, message: str, *, where: str | None = None) -> None:
+        self.message = message
+        self.where = where
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+class MetricFailure(FlowBotError):
+    """The metric itself is broken (it fails, or returns non-scores, on most examples)."""
+
+
+class InputError(FlowBotError, TypeError):
+    """A workflow was called without a field it reads (also a TypeError, like a missing argument)."""
+
+
+def utf8_text(data: bytes, source: str, error: Callable[[str], Exception] = FlowBotError) -> str:
+    """``data`` decoded as UTF-8 (a leading byte-order mark dropped, as editors on Windows write
+    one); otherwise ``error`` with a message naming ``source``, the line and the column.
+
+    >>> utf8_text(b"ok\\n\\xff", "d.jsonl")
+    Traceback (most recent call last):
+    ...
+    flowbot.errors.FlowBotError: d.jsonl, line 2: not UTF-8 text (byte 0xff at column 1); save the file as UTF-8
+    """
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise error(f"{source}, line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at column {column}); "
+                    "save the file as UTF-8") from None
