@@ -34,6 +34,7 @@ class ArchiveEntry:
     complete: bool = True  # scored on every validation item (racing stops hopeless ones early)
     accepted: bool = False
     race: dict[str, Any] | None = None  # how it fared against the incumbent (see optim.racing)
+    exhausted: bool = False  # no new child of it fits in the budget: not a parent any more
     val: BatchResult | None = field(default=None, repr=False)  # per-item results, for racing
 
     def note_duplicate(self, edit_text: str, twin: "ArchiveEntry") -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Literal
 
 from flowbot.graph.sketch import Workflow
@@ -302,6 +302,8 @@ async def _search(task: TaskData, seed: Workflow, seed_val: BatchResult, train: 
     grad_ctx = GradContext(task_description=task.description, output_field=task.output_field,
                            target_fields=task.target_fields)
     sampler = MinibatchSampler(train, cfg.inner.minibatch_size, cfg.inner.seed) if train else None
+    # the optimizer's calls (losses, backward) never run wider than the run's own --concurrency
+    inner_cfg = replace(cfg.inner, concurrency=max(1, min(cfg.inner.concurrency, cfg.concurrency)))
 
     async def tune(entry: ArchiveEntry, b: Budget, label: str) -> Tuned:
         candidate = label.strip("[] ") or None
@@ -311,7 +313,7 @@ async def _search(task: TaskData, seed: Workflow, seed_val: BatchResult, train: 
             data["candidate"] = candidate
             log(data)
 
-        inner = InnerLoop(evaluator_for(b), optimizer_lm.with_budget(b), grad_ctx, cfg.inner, meter=meter,
+        inner = InnerLoop(evaluator_for(b), optimizer_lm.with_budget(b), grad_ctx, inner_cfg, meter=meter,
                           on_event=emit, tool_options=sorted(ctx.tools), racing=racing)
         res = await inner.optimize(entry.workflow, train, val, label, val_result=entry.val, sampler=sampler)
         return Tuned(res.workflow, res.val, len(res.steps), res.initial_val_score, dict(res.blame),

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from flowbot.graph.render import to_text
 from flowbot.graph.sketch import Workflow
@@ -60,10 +60,11 @@ class Choice:
         return describe(self.op, self.target, **dict(self.options))
 
 
-def new_choices(parent: Workflow, ctx: OperatorContext, seen_signatures: set[str], max_nodes: int = 12) -> list[Choice]:
+def new_choices(parent: Workflow, ctx: OperatorContext, seen_signatures: set[str], max_nodes: int = 12,
+                fits: Callable[[Workflow], bool] | None = None) -> list[Choice]:
     """Every (operator, target, options) that applies to ``parent`` and builds a child that is valid,
-    within ``max_nodes`` and not already raced (its sketch signature is not in ``seen_signatures``),
-    in the library's order."""
+    within ``max_nodes``, not already raced (its sketch signature is not in ``seen_signatures``) and
+    accepted by ``fits`` (the budget can pay for it), in the library's order."""
     choices: list[Choice] = []
     signatures: set[str] = set()
     for name, targets in menu(parent, ctx).items():
@@ -77,6 +78,8 @@ def new_choices(parent: Workflow, ctx: OperatorContext, seen_signatures: set[str
                     continue  # the library guarantees this does not happen; never offer it if it does
                 sig = child.sketch.signature()
                 if len(child.sketch.nodes) > max_nodes or sig in seen_signatures or sig in signatures:
+                    continue
+                if fits is not None and not fits(child):
                     continue
                 signatures.add(sig)
                 choices.append(Choice(name, target, combo, child))
@@ -137,9 +140,9 @@ class FixedOrderProposal:
         self.ctx, self.max_nodes = ctx, max_nodes
         self.emit: EventSink = on_event or (lambda e: None)
 
-    async def propose(self, parent: ArchiveEntry, archive: Archive, budget: Budget,
-                      counts: ProposalCounts) -> Proposed | None:
-        choices = new_choices(parent.workflow, self.ctx, set(archive.signatures), self.max_nodes)
+    async def propose(self, parent: ArchiveEntry, archive: Archive, budget: Budget, counts: ProposalCounts,
+                      fits: Callable[[Workflow], bool] | None = None) -> Proposed | None:
+        choices = new_choices(parent.workflow, self.ctx, set(archive.signatures), self.max_nodes, fits)
         if not choices:
             return None
         c = choices[0]
@@ -166,9 +169,9 @@ class LLMProposal:
         self.max_nodes, self.max_tokens, self.critique_chars = max_nodes, max_tokens, critique_chars
         self.emit: EventSink = on_event or (lambda e: None)
 
-    async def propose(self, parent: ArchiveEntry, archive: Archive, budget: Budget,
-                      counts: ProposalCounts) -> Proposed | None:
-        choices = new_choices(parent.workflow, self.ctx, set(archive.signatures), self.max_nodes)
+    async def propose(self, parent: ArchiveEntry, archive: Archive, budget: Budget, counts: ProposalCounts,
+                      fits: Callable[[Workflow], bool] | None = None) -> Proposed | None:
+        choices = new_choices(parent.workflow, self.ctx, set(archive.signatures), self.max_nodes, fits)
         if not choices:
             return None
         schema = proposal_schema(choices, self.critique_chars)

@@ -59,12 +59,18 @@ class ProposalCounts:
 
 
 class Expander(Protocol):
-    """Proposes one child of ``parent`` (``None`` when it has nothing new), counting its proposals."""
+    """Proposes one child of ``parent`` among those ``fits`` accepts (the budget can pay for their
+    raced validation); ``None`` when it has nothing new that fits (or the optimizer's replies were
+    unusable). It counts its proposals."""
 
     method: str
 
-    async def propose(self, parent: ArchiveEntry, archive: Archive, budget: Budget,
-                      counts: ProposalCounts) -> Proposed | None: ...
+    async def propose(self, parent: ArchiveEntry, archive: Archive, budget: Budget, counts: ProposalCounts,
+                      fits: Callable[[Workflow], bool] | None = None) -> Proposed | None: ...
+
+
+#: what a round returns when no candidate came of it
+NOTHING = "nothing"
 
 
 @dataclass
@@ -95,7 +101,7 @@ class SearchResult:
 
 @dataclass
 class SearchConfig:
-    rounds: int = 4
+    rounds: int = 4  # candidates raced (proposals that come to nothing do not count)
     patience: int | None = None  # rounds without an acceptance before stopping (None: rounds only)
     max_nodes: int = 12
     failures_shown: int = 3
@@ -129,13 +135,22 @@ class StructureSearch:
         try:
             if self.tuner is not None:
                 await self._tune(archive, seed_entry, ledger, seed=True)
-            idle = 0
-            for rounds in range(1, self.cfg.rounds + 1):
+            idle = fruitless = 0
+            while rounds < self.cfg.rounds:
                 accepted = await self._round(archive, val, counts, ledger)
                 if accepted is None:
                     stopped = "the budget left cannot pay for another candidate's raced validation"
                     self.emit(BudgetWarning(message=stopped))
                     break
+                if accepted == NOTHING:  # no usable proposal from that parent: try another
+                    fruitless += 1
+                    if not self._parents(archive) or fruitless > 2 * len(archive.complete()):
+                        stopped = "no new candidate the budget can pay for"
+                        self.emit(BudgetWarning(message=stopped))
+                        break
+                    continue
+                rounds += 1
+                fruitless = 0
                 idle = 0 if accepted else idle + 1
                 if self.cfg.patience is not None and idle >= self.cfg.patience:
                     self.emit(Patience(loop="outer", step=rounds))
@@ -146,18 +161,33 @@ class StructureSearch:
         return SearchResult(archive, archive.incumbent, stopped, rounds, counts, ledger)
 
     # -- one round ---------------------------------------------------------------------------
+    def _parents(self, archive: Archive) -> list[ArchiveEntry]:
+        return [e for e in archive.complete() if not e.exhausted]
+
     async def _round(self, archive: Archive, val: list[dict[str, Any]], counts: ProposalCounts,
-                     ledger: RaceLedger) -> bool | None:
-        """True when a child was accepted, False when not, None when the budget cannot pay."""
-        parent = self.selection.select(archive.complete(), self.objective)
+                     ledger: RaceLedger) -> bool | str | None:
+        """True when a child was accepted, False when it was raced and lost, NOTHING when no child
+        came of it, None when the budget cannot pay for a candidate at all."""
+        parents = self._parents(archive)
+        if not parents:
+            return NOTHING
+        parent = self.selection.select(parents, self.objective)
         parent_price = Price.of(parent.val) if parent.val is not None else Price(1.0, 0.0, 0.0)
         if not self.plan.affords(self.plan.full_validation(parent_price)):
             return None
         parent.expansions += 1
+
+        def fits(child: Workflow) -> bool:  # only children whose raced validation the budget can pay
+            return self.plan.affords(self.plan.full_validation(projected_price(parent.workflow, parent_price, child)))
+
+        invalid_before = counts.invalid
         proposed = await self.expander.propose(parent, archive, self.plan.for_proposal(f"proposal from {parent.id}"),
-                                               counts)
+                                               counts, fits)
         if proposed is None:
-            return False
+            # nothing new that fits from this parent (budgets only shrink, so never again), unless
+            # the optimizer merely failed to answer usably this time
+            parent.exhausted = counts.invalid == invalid_before
+            return NOTHING
         price = projected_price(parent.workflow, parent_price, proposed.workflow)
         entry_id = f"c{len(archive.entries)}"
         if not self.plan.affords(self.plan.full_validation(price)):

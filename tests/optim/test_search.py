@@ -48,13 +48,15 @@ class Script:
     def __init__(self, names, copies=1):
         self.names, self.copies = list(names), copies
 
-    async def propose(self, parent, archive, budget, counts):
+    async def propose(self, parent, archive, budget, counts, fits=None):
         if not self.names:
             return None
+        child = wf(self.names[0], self.copies)
+        if fits is not None and not fits(child):
+            return None  # a constrained proposer is never offered what the budget cannot pay for
         name = self.names.pop(0)
         counts.made += 1
         counts.valid += 1
-        child = wf(name, self.copies)
         if archive.seen(child):
             counts.duplicate += 1
             return None
@@ -101,16 +103,46 @@ async def test_only_structures_that_win_are_tuned():
     assert tuned_ids == ["c0", "c2"]  # the seed, then the one structure that won its race
 
 
-async def test_a_child_the_budget_cannot_price_is_not_raced():
-    # the seed takes 20 calls; a three-call child needs 3 × 20 × slack: more than what is left
+async def test_a_child_the_budget_cannot_pay_for_is_never_offered_or_raced():
+    # the seed takes 20 calls; a three-call child needs 3 × 20 calls: more than the 40 left
     budget = Budget(max_calls=60)
     result, events, lm = await run(["better"], budget=budget, copies=3)
-    assert any(e.type == "candidate_rejected" and "does not fit" in e.reason for e in events)
+    assert result.proposals.made == 0 and result.archive.entries[0].exhausted
+    assert result.stopped == "no new candidate the budget can pay for"
     assert result.best.id == "c0" and len(lm.calls) == 20 and budget.spent.calls == 20
+
+
+async def test_rounds_count_raced_candidates_not_fruitless_proposals():
+    class Flaky(Script):
+        """Fails to propose every other time (as an optimizer whose reply is unusable would)."""
+        calls = 0
+
+        async def propose(self, parent, archive, budget, counts, fits=None):
+            self.calls += 1
+            if self.calls % 2:
+                counts.made += 1
+                counts.invalid += 1
+                return None
+            return await super().propose(parent, archive, budget, counts, fits)
+
+    events = []
+    meter = UsageMeter()
+    client = LMClient(task_lm(), meter=meter)
+    ev = Evaluator(Executor(client), exact, concurrency=1)
+    val = data(20)
+    seed_val = await ev(wf("seed"), val)
+    plan = BudgetPlan(Budget(), n_val=20, n_test=0)
+    plan.set_seed(Price.of(seed_val), 0)
+    search = StructureSearch(evaluator_for=lambda b: ev, expander=Flaky(["worse", "better"]),
+                             selection=UCBSelection(0.3), racing=PairedRacing(chunk=1), plan=plan,
+                             config=SearchConfig(rounds=2), on_event=events.append)
+    result = await search.search(wf("seed"), seed_val, val)
+    assert result.rounds == 2 and result.proposals.applied == 2 and result.proposals.invalid == 2
+    assert result.best.workflow.params["better"].instruction == "better"
 
 
 async def test_search_stops_when_no_candidate_is_affordable():
     budget = Budget(max_calls=30)
     result, events, _ = await run(["better", "worse"], budget=budget)
-    assert result.rounds == 1 and "cannot pay" in result.stopped
+    assert result.rounds == 0 and "cannot pay" in result.stopped
     assert result.best.id == "c0"

@@ -121,7 +121,7 @@ def test_run_stopped_by_a_tiny_budget(stopped_run):
     assert [c["id"] for c in summary["candidates"]] == ["c0"]
     assert "nothing better than the (tuned) seed" in section(text, "results")
     assert "unknown price" in text and "tokens per example" in text  # no dollars without prices
-    assert "does not fit in the budget left" in section(text, "outer")
+    assert "No structural edit was proposed" in section(text, "outer")
 
 
 def test_budget_gone_before_the_seed_was_scored(tmp_path):
