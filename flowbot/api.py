@@ -261,6 +261,8 @@ def _make_config(method: str, objective: str, cost_weight: float, inner: Any, ou
         raise FlowBotError(str(exc).replace("__init__() ", "")) from None
     if outer_cfg.proposal not in ("llm", "fixed"):
         raise ValueError(f"unknown proposal policy {outer_cfg.proposal!r}; use 'llm' or 'fixed'")
+    if outer_cfg.schedule not in ("tune-first", "alternate"):
+        raise ValueError(f"unknown schedule {outer_cfg.schedule!r}; use 'tune-first' or 'alternate'")
     if race_cfg.margin < 1 or not 0 < race_cfg.alpha <= 1:
         raise ValueError("racing needs margin ≥ 1 and 0 < alpha ≤ 1")
     _check_settings(cfg, cost_weight)

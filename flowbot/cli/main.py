@@ -286,6 +286,9 @@ def optimize(
     demos: Optional[int] = typer.Option(None, "--demos", help="Few-shot demos to try per node (default 2; 0 = off)."),
     proposal: str = typer.Option("llm", "--proposal", help="llm (the optimizer critiques the structure and "
                                  "picks an edit) or fixed (ablation: a fixed order over the operator menu)."),
+    schedule: Optional[str] = typer.Option(None, "--schedule", help="tune-first (default: tune the seed, then "
+                                           "each structure that wins) or alternate (the paper's order: each round "
+                                           "one structural step, then an inner step on the incumbent)."),
     budget_scope: str = typer.Option("all", "--budget-scope", help="all: the budget caps everything, the test "
                                      "evaluation is reserved from it; search: it caps the search only and the "
                                      "test is paid and reported apart."),
@@ -352,7 +355,7 @@ def optimize(
         progress=True,
         inner=_given(steps=steps, minibatch_size=minibatch, candidates=candidates, feedback=feedback, demos=demos,
                      seed=random_seed),
-        outer=_given(rounds=rounds, proposal=proposal),
+        outer=_given(rounds=rounds, proposal=proposal, schedule=schedule),
         aflow=_given(rounds=rounds, seed=random_seed),
         racing=_given(margin=margin, alpha=alpha, seed=random_seed),
         budget_scope=budget_scope,

@@ -305,7 +305,7 @@ async def _search(task: TaskData, seed: Workflow, seed_val: BatchResult, train: 
     # the optimizer's calls (losses, backward) never run wider than the run's own --concurrency
     inner_cfg = replace(cfg.inner, concurrency=max(1, min(cfg.inner.concurrency, cfg.concurrency)))
 
-    async def tune(entry: ArchiveEntry, b: Budget, label: str) -> Tuned:
+    async def tune(entry: ArchiveEntry, b: Budget, label: str, steps: int | None = None) -> Tuned:
         candidate = label.strip("[] ") or None
 
         def emit(e: Event) -> None:
@@ -313,7 +313,8 @@ async def _search(task: TaskData, seed: Workflow, seed_val: BatchResult, train: 
             data["candidate"] = candidate
             log(data)
 
-        inner = InnerLoop(evaluator_for(b), optimizer_lm.with_budget(b), grad_ctx, inner_cfg, meter=meter,
+        step_cfg = inner_cfg if steps is None else replace(inner_cfg, steps=steps)
+        inner = InnerLoop(evaluator_for(b), optimizer_lm.with_budget(b), grad_ctx, step_cfg, meter=meter,
                           on_event=emit, tool_options=sorted(ctx.tools), racing=racing)
         res = await inner.optimize(entry.workflow, train, val, label, val_result=entry.val, sampler=sampler)
         return Tuned(res.workflow, res.val, len(res.steps), res.initial_val_score, dict(res.blame),

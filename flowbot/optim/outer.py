@@ -30,8 +30,12 @@ from flowbot.optim.search import SearchConfig, StructureSearch, Tuner
 
 @dataclass
 class OuterConfig:
-    rounds: int = 4  # structural proposals that become candidates (budget permitting)
+    rounds: int = 4  # structural candidates raced (budget permitting)
     patience: int | None = None  # rounds without an acceptance before stopping
+    #: ``tune-first``: tune the seed, then each structure that wins; ``alternate`` (the paper's
+    #: order): each round one structural step, then ``inner_steps_per_round`` inner steps on the incumbent
+    schedule: Literal["tune-first", "alternate"] = "tune-first"
+    inner_steps_per_round: int = 1
     proposal: Literal["llm", "fixed"] = "llm"
     proposal_attempts: int = 3  # an unusable reply is retried, sampled with a fresh seed
     retry_temperature: float = 0.8
@@ -56,6 +60,7 @@ def flowbot_search(*, evaluator_for: Callable[[Budget], Evaluator], optimizer: L
                                max_nodes=config.max_nodes, max_tokens=config.edit_max_tokens,
                                critique_chars=config.critique_chars, on_event=on_event)
     search_cfg = SearchConfig(rounds=config.rounds, patience=config.patience, max_nodes=config.max_nodes,
+                              schedule=config.schedule, inner_steps_per_round=config.inner_steps_per_round,
                               failures_shown=config.failures_shown, targets=list(targets))
     return StructureSearch(evaluator_for=evaluator_for, expander=expander,
                            selection=UCBSelection(config.exploration), racing=racing, plan=plan, config=search_cfg,

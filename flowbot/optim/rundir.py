@@ -136,19 +136,31 @@ class EventLog:
         return [json.loads(line) for line in self.path.read_text(encoding="utf-8").split("\n") if line.strip()]
 
 
+#: settings added after runs were made with the value that reproduces how those runs behaved: a
+#: saved run without the setting resumes when the new value is this one
+LEGACY_SETTINGS: dict[str, Any] = {
+    "optimize.outer.schedule": "tune-first",
+    "optimize.outer.inner_steps_per_round": 1,
+}
+
+
 def changed_settings(saved: dict[str, Any], new: dict[str, Any], mutable: set[str], prefix: str = "") -> list[str]:
     """Dotted paths of the settings in ``new`` that differ from ``saved``, at any depth. Names in
     ``mutable`` may change; a setting only ``saved`` has is one this run no longer uses (for
-    example the outer loop's settings in an inner-only run) and does not count."""
+    example the outer loop's settings in an inner-only run) and does not count; a setting only
+    ``new`` has counts unless it has its legacy value (:data:`LEGACY_SETTINGS`)."""
     changed = []
     for key, value in new.items():
         if key in mutable:
             continue
+        path = f"{prefix}{key}"
         old = saved.get(key, _MISSING)
         if isinstance(value, dict) and isinstance(old, dict):
-            changed += changed_settings(old, value, mutable, f"{prefix}{key}.")
+            changed += changed_settings(old, value, mutable, f"{path}.")
+        elif old is _MISSING and path in LEGACY_SETTINGS and LEGACY_SETTINGS[path] == value:
+            continue
         elif old != value:
-            changed.append(f"{prefix}{key}")
+            changed.append(path)
     return sorted(changed)
 
 

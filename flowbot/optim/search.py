@@ -85,8 +85,9 @@ class Tuned:
     stopped: str | None = None
 
 
-#: tune(entry, budget, label) -> the tuned workflow with its (complete) validation results
-Tuner = Callable[[ArchiveEntry, Budget, str], Awaitable[Tuned]]
+#: tune(entry, budget, label, steps) -> the tuned workflow with its (complete) validation results;
+#: ``steps`` caps the inner steps (None: the inner loop's own setting)
+Tuner = Callable[[ArchiveEntry, Budget, str, "int | None"], Awaitable[Tuned]]
 
 
 @dataclass
@@ -103,6 +104,11 @@ class SearchResult:
 class SearchConfig:
     rounds: int = 4  # candidates raced (proposals that come to nothing do not count)
     patience: int | None = None  # rounds without an acceptance before stopping (None: rounds only)
+    #: when the tuner runs: ``tune-first`` tunes the seed before any structural step and each
+    #: structure right after it wins; ``alternate`` is the paper's order — each round is one
+    #: structural step followed by ``inner_steps_per_round`` inner steps on the incumbent
+    schedule: str = "tune-first"
+    inner_steps_per_round: int = 1
     max_nodes: int = 12
     failures_shown: int = 3
     targets: list[str] = field(default_factory=list)  # the example fields that hold the correct answer
@@ -133,7 +139,8 @@ class StructureSearch:
         stopped: str | None = None
         rounds = 0
         try:
-            if self.tuner is not None:
+            alternate = self.cfg.schedule == "alternate" and self.cfg.rounds > 0
+            if self.tuner is not None and not alternate:
                 await self._tune(archive, seed_entry, ledger, seed=True)
             idle = fruitless = 0
             while rounds < self.cfg.rounds:
@@ -151,6 +158,10 @@ class StructureSearch:
                     continue
                 rounds += 1
                 fruitless = 0
+                if self.tuner is not None and alternate:
+                    assert archive.incumbent is not None
+                    await self._tune(archive, archive.incumbent, ledger, seed=False,
+                                     steps=self.cfg.inner_steps_per_round)
                 idle = 0 if accepted else idle + 1
                 if self.cfg.patience is not None and idle >= self.cfg.patience:
                     self.emit(Patience(loop="outer", step=rounds))
@@ -217,20 +228,22 @@ class StructureSearch:
         archive.accept(entry)
         self._announce(entry, accepted_reason=result.reason)
         self.plan.reserve_test(Price.of(result.batch), best_is_seed=False)
-        if self.tuner is not None:
+        if self.tuner is not None and self.cfg.schedule != "alternate":
             await self._tune(archive, entry, ledger, seed=False)
         return True
 
-    async def _tune(self, archive: Archive, entry: ArchiveEntry, ledger: RaceLedger, seed: bool) -> None:
+    async def _tune(self, archive: Archive, entry: ArchiveEntry, ledger: RaceLedger, seed: bool,
+                    steps: int | None = None) -> None:
         assert self.tuner is not None
         budget = self.plan.for_tuning(f"tuning {entry.id}", seed=seed)
-        tuned = await self.tuner(entry, budget, f"[{entry.id}] ")
+        tuned = await self.tuner(entry, budget, f"[{entry.id}] ", steps)
         for i, r in enumerate(tuned.races):
             ledger.record(f"{entry.id} rewrite {i + 1}", r)
         entry.blame, entry.failures = dict(tuned.blame), tuned.failures[-self.cfg.failures_shown:]
         if tuned.steps:
-            entry.initial_val_score = entry.val_score
-            entry.inner_steps = tuned.steps
+            if entry.initial_val_score is None:
+                entry.initial_val_score = entry.val_score
+            entry.inner_steps += tuned.steps
         if tuned.workflow is not entry.workflow:
             entry.workflow, entry.val = tuned.workflow, tuned.val
             entry.val_score = tuned.val.score

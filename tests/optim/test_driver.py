@@ -259,3 +259,26 @@ def test_bad_policy_names_are_refused(tmp_path):
         prepare(tmp_path, task_lm(), optimizer_lm(), outer={"proposal": "random"})
     with pytest.raises(ValueError, match="budget scope"):
         prepare(tmp_path, task_lm(), optimizer_lm(), budget_scope="everything")
+
+
+def test_a_run_made_before_a_setting_existed_resumes_with_its_legacy_value(tmp_path):
+    from flowbot.optim.rundir import RunDir
+    first = prepare(tmp_path, task_lm(), optimizer_lm())
+    old = json.loads(json.dumps(first.settings))
+    for key in ("schedule", "inner_steps_per_round"):  # as a run made before these settings existed
+        del old["optimize"]["outer"][key]
+    with RunDir(first.run_dir) as rd:
+        rd.start(old)
+    with RunDir(first.run_dir) as rd:
+        assert rd.start(prepare(tmp_path, task_lm(), optimizer_lm()).settings)[1]  # tune-first: resumes
+    with pytest.raises(ValueError, match=r"optimize\.outer\.schedule"), RunDir(first.run_dir) as rd:
+        rd.start(prepare(tmp_path, task_lm(), optimizer_lm(), outer={"rounds": 2, "schedule": "alternate"}).settings)
+
+
+async def test_alternate_schedule_takes_the_structural_step_before_any_tuning(tmp_path):
+    events = []
+    result = await prepare(tmp_path, task_lm(), optimizer_lm(), outer={"rounds": 1, "schedule": "alternate"}
+                           ).arun([events.append])
+    kinds = [e["type"] for e in events if e["type"] in ("proposal", "inner_step")]
+    assert kinds[0] == "proposal" and "inner_step" in kinds  # structure first, then the inner step
+    assert result.val_score == 1.0 and result.best.sketch.node_ids()[0] == "write_program"

@@ -29,7 +29,8 @@ def exact(example, prediction):
     return float(prediction.get("answer") == example["gold"])
 
 
-RIGHT = {"seed": set(range(0, 12)), "better": set(range(0, 20)), "worse": set(range(0, 6)), "tuned": set(range(20))}
+RIGHT = {"seed": set(range(0, 12)), "better": set(range(0, 20)), "worse": set(range(0, 6)), "worse2": set(range(0, 6)),
+         "tuned": set(range(20))}
 
 
 def task_lm():
@@ -63,7 +64,7 @@ class Script:
         return Proposed({"op": name}, f"use {name}", "because", child)
 
 
-async def run(names, budget=None, tuner=None, copies=1, n_val=20, rounds=4):
+async def run(names, budget=None, tuner=None, copies=1, n_val=20, rounds=4, schedule="tune-first"):
     events = []
     meter = UsageMeter()
     lm = task_lm()
@@ -76,7 +77,7 @@ async def run(names, budget=None, tuner=None, copies=1, n_val=20, rounds=4):
     search = StructureSearch(
         evaluator_for=lambda b: ev.with_executor(Executor(client.with_budget(b))), expander=Script(names, copies),
         selection=UCBSelection(0.3), racing=PairedRacing(chunk=1), plan=plan,
-        config=SearchConfig(rounds=rounds), tuner=tuner, on_event=events.append)
+        config=SearchConfig(rounds=rounds, schedule=schedule), tuner=tuner, on_event=events.append)
     result = await search.search(wf("seed"), seed_val, val)
     return result, events, lm
 
@@ -95,12 +96,24 @@ async def test_a_clear_win_becomes_the_incumbent_and_a_loser_is_raced_out():
 async def test_only_structures_that_win_are_tuned():
     tuned_ids = []
 
-    async def tuner(entry: ArchiveEntry, budget: Budget, label: str) -> Tuned:
+    async def tuner(entry: ArchiveEntry, budget: Budget, label: str, steps=None) -> Tuned:
         tuned_ids.append(entry.id)
         return Tuned(entry.workflow, entry.val, 0, entry.val_score)
 
     await run(["worse", "better"], tuner=tuner)
     assert tuned_ids == ["c0", "c2"]  # the seed, then the one structure that won its race
+
+
+async def test_the_alternate_schedule_tunes_the_incumbent_after_each_structural_step():
+    calls = []
+
+    async def tuner(entry: ArchiveEntry, budget: Budget, label: str, steps=None) -> Tuned:
+        calls.append((entry.id, steps))
+        return Tuned(entry.workflow, entry.val, 0, entry.val_score)
+
+    await run(["worse", "better", "worse2"], tuner=tuner, schedule="alternate")
+    # no tuning before the first structural step; then one inner step on whichever is the incumbent
+    assert calls == [("c0", 1), ("c2", 1), ("c2", 1)]
 
 
 async def test_a_child_the_budget_cannot_pay_for_is_never_offered_or_raced():
