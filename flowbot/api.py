@@ -288,6 +288,9 @@ def _check_settings(cfg: OptimizeConfig, cost_weight: float) -> None:
     feedback = getattr(cfg.inner, "feedback", "backward")
     if feedback not in ("backward", "global"):
         raise FlowBotError(f"unknown value {feedback!r}; use backward or global", where="inner.feedback")
+    step = getattr(cfg.inner, "step", "rule")
+    if step not in ("rule", "rewrite"):
+        raise FlowBotError(f"unknown value {step!r}; use rule or rewrite", where="inner.step")
     if not (isinstance(cost_weight, (int, float)) and cost_weight >= 0):
         raise FlowBotError(f"must be a number of at least 0, got {cost_weight!r}", where="cost_weight")
 

@@ -283,6 +283,12 @@ def optimize(
     minibatch: Optional[int] = typer.Option(None, "--minibatch", help="Minibatch size (default 5)."),
     candidates: Optional[int] = typer.Option(None, "--candidates", help="Instruction rewrites proposed per node "
                                              "and step (default 1)."),
+    step: Optional[str] = typer.Option(None, "--step", help="How a blamed node's instruction changes: rewrite "
+                                       "(default, the paper's step: the optimizer rewrites it whole) or rule (it "
+                                       "adds one general rule to it; sturdier with small optimizer models)."),
+    specificity_guard: Optional[bool] = typer.Option(
+        None, "--specificity-guard/--no-specificity-guard", help="Drop, before paying for it, an instruction change "
+        "that names things of the minibatch's examples (default on)."),
     demos: Optional[int] = typer.Option(None, "--demos", help="Few-shot demos to try per node (default 2; 0 = off)."),
     proposal: str = typer.Option("llm", "--proposal", help="llm (the optimizer critiques the structure and "
                                  "picks an edit) or fixed (ablation: a fixed order over the operator menu)."),
@@ -335,7 +341,7 @@ def optimize(
                     "--minibatch": (minibatch, 1), "--candidates": (candidates, 1), "--demos": (demos, 0),
                     "--train-size": (train_size, 1), "--val-size": (val_size, 1), "--test-size": (test_size, 1),
                     "--concurrency": (concurrency, 1)},
-                   choices={"--feedback": (feedback, ("backward", "global")),
+                   choices={"--feedback": (feedback, ("backward", "global")), "--step": (step, ("rule", "rewrite")),
                             "--method": (method, ("flowbot", "inner-only", "aflow")),
                             "--objective": (objective, ("score", "cost"))})
     _sandbox_policy(sandbox)
@@ -354,7 +360,7 @@ def optimize(
         concurrency=concurrency, random_seed=random_seed, data_dir=data_dir, evaluate_test=not no_test,
         progress=True,
         inner=_given(steps=steps, minibatch_size=minibatch, candidates=candidates, feedback=feedback, demos=demos,
-                     seed=random_seed),
+                     step=step, specificity_guard=specificity_guard, seed=random_seed),
         outer=_given(rounds=rounds, proposal=proposal, schedule=schedule),
         aflow=_given(rounds=rounds, seed=random_seed),
         racing=_given(margin=margin, alpha=alpha, seed=random_seed),
@@ -501,7 +507,7 @@ def _check_options(minima: dict[str, tuple[Any, float]],
         if value < low:
             raise FlowBotError(f"must be at least {low}, got {value}", where=option)
     for option, (value, allowed) in (choices or {}).items():
-        if value not in allowed:
+        if value is not None and value not in allowed:
             raise FlowBotError(f"unknown value {value!r}; use {', '.join(allowed)}", where=option)
 
 

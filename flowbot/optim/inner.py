@@ -30,6 +30,7 @@ from flowbot.optim.evaluation import Evaluator
 from flowbot.optim.events import EventSink, InnerCandidate, InnerStep, Patience
 from flowbot.optim.policies import BlameOrder, MinibatchGate, MinibatchSampler, MinibatchSampling, NodeSelection
 from flowbot.optim.racing import PairedRacing, RaceResult, race
+from flowbot.optim.specificity import specific_terms
 from flowbot.runtime.batch import BatchResult, ExampleResult
 
 
@@ -40,6 +41,13 @@ class InnerConfig:
     candidates: int = 1  # instruction rewrites proposed per node per step
     patience: int = 3  # steps without a validation gain before stopping
     feedback: Literal["backward", "global"] = "backward"
+    #: how a blamed node's instruction changes: ``rewrite`` rewrites it whole (the paper's step);
+    #: ``rule`` adds one general rule to it (robust with small optimizer models, which rewrite an
+    #: instruction into the example they just read)
+    step: Literal["rewrite", "rule"] = "rewrite"
+    max_rules: int = 8  # rules a node's instruction may gather before the rule step leaves it alone
+    #: drop, before it is paid for, a change naming things of the minibatch's examples (see specificity.py)
+    specificity_guard: bool = True
     demos: int = 2  # few-shot demos to try per llm node (bootstrapped from successful traces); 0 = off
     minibatch_gate: bool = True
     full_score: float = 1.0
@@ -192,9 +200,13 @@ class InnerLoop:
         stepped = 0
         for node_id in self.node_order.select(gradients):
             state.usage_mark = self.meter.snapshot()  # a record's cost runs from its aggregation on
-            gradient = await tg.aggregate(self.opt, node_id, state.workflow.params[node_id].instruction,
-                                          gradients[node_id], self.ctx)
-            forward = await self._try_instruction(state, step, node_id, gradient, batch, forward, val, label)
+            if self.cfg.step == "rule":
+                forward = await self._try_rule(state, step, node_id, tg.listed(gradients[node_id], self.ctx),
+                                               batch, forward, val, label)
+            else:
+                gradient = await tg.aggregate(self.opt, node_id, state.workflow.params[node_id].instruction,
+                                              gradients[node_id], self.ctx)
+                forward = await self._try_instruction(state, step, node_id, gradient, batch, forward, val, label)
             stepped += 1
         if self.cfg.demos:
             for node in state.workflow.llm_nodes():
@@ -237,6 +249,10 @@ class InnerLoop:
         proposals = await tg.propose_instructions(self.opt, wf, node, gradient, state.history.get(node_id, []),
                                                   self.ctx, k=self.cfg.candidates, tool_options=options)
         for p in proposals:
+            terms = self._specific(p.instruction, batch, wf, node_id)
+            if terms:
+                self._dropped(state, step, node_id, "instruction", p.instruction, gradient, forward, terms)
+                continue
             changes: dict[str, Any] = {"instruction": p.instruction}
             if p.tools is not None and p.tools != wf.params[node_id].tools:
                 changes["tools"] = p.tools
@@ -246,6 +262,49 @@ class InnerLoop:
             if done:
                 break
         return forward
+
+    async def _try_rule(self, state: "_State", step: int, node_id: str, gradient: str, batch: list[dict[str, Any]],
+                        forward: BatchResult, val: list[dict[str, Any]], label: str) -> BatchResult:
+        """Add one general rule to the node's instruction; a rule naming the minibatch's examples is
+        asked for once more (sampled), then dropped, before any evaluation is paid."""
+        wf = state.workflow
+        old = wf.params[node_id].instruction
+        if tg.rule_count(old) >= self.cfg.max_rules:
+            return forward
+        terms: list[str] | None = None
+        for attempt in range(2):
+            rule = await tg.propose_rule(self.opt, wf, wf.sketch.node(node_id), gradient,
+                                         state.history.get(node_id, []), self.ctx, retry_terms=terms,
+                                         seed=self.cfg.seed + step if terms else None)
+            if rule is None:
+                return forward
+            terms = self._specific(rule, batch, wf, node_id)
+            if not terms:
+                candidate = wf.with_params(node_id, instruction=tg.with_rule(old, rule))
+                forward, _ = await self._judge(state, step, node_id, "rule", old, candidate.params[node_id].instruction,
+                                               gradient, candidate, batch, forward, val, label, remembered=rule)
+                return forward
+            self._dropped(state, step, node_id, "rule", tg.with_rule(old, rule), gradient, forward, terms)
+        return forward
+
+    def _specific(self, text: str, batch: list[dict[str, Any]], wf: Workflow, node_id: str) -> list[str]:
+        if not self.cfg.specificity_guard:
+            return []
+        node = wf.sketch.node(node_id)
+        allowed = "\n".join([wf.params[node_id].instruction, self.ctx.task_description, getattr(node, "purpose", "")])
+        return specific_terms(text, batch, allowed)
+
+    def _dropped(self, state: "_State", step: int, node_id: str, change: str, new: str, gradient: str,
+                 forward: BatchResult, terms: list[str]) -> None:
+        """Record a change dropped as example-specific (it cost only the optimizer's proposal)."""
+        usage0 = state.usage_mark or self.meter.snapshot()
+        record = StepRecord(step, node_id, change, state.workflow.params[node_id].instruction, new, gradient,
+                            forward.score, None, state.val.score, None, False,
+                            "too specific: names " + ", ".join(f"'{t}'" for t in terms[:4]) + " from the minibatch")
+        record.cost = _usage_delta(usage0, self.meter.snapshot())
+        state.usage_mark = self.meter.snapshot()
+        state.records.append(record)
+        self.emit(record)
 
     async def _try_demos(self, state: "_State", step: int, node: LLMNode, forward: BatchResult,
                          batch: list[dict[str, Any]], val: list[dict[str, Any]], label: str) -> BatchResult:
@@ -271,9 +330,11 @@ class InnerLoop:
 
     async def _judge(self, state: "_State", step: int, node_id: str, change: str, old: str, new: str,
                      gradient: str, candidate: Workflow, batch: list[dict[str, Any]], forward: BatchResult,
-                     val: list[dict[str, Any]], label: str, gate: bool = True) -> tuple[BatchResult, bool]:
+                     val: list[dict[str, Any]], label: str, gate: bool = True,
+                     remembered: str | None = None) -> tuple[BatchResult, bool]:
         """Minibatch gate, then a validation race against the current workflow. Returns the forward
-        result of the kept workflow and whether the candidate was kept."""
+        result of the kept workflow and whether the candidate was kept; ``remembered``: what the
+        node's history keeps of the change (a rule rather than the whole instruction)."""
         usage0 = state.usage_mark or self.meter.snapshot()
         mb = await self.evaluate(candidate, batch, f"{label}step {step}: candidate on minibatch")
         record = StepRecord(step, node_id, change, old, new, gradient, forward.score, mb.score,
@@ -290,8 +351,8 @@ class InnerLoop:
             if result.accepted:
                 record.accepted = True
                 state.workflow, state.val, forward = candidate, result.batch, mb
-            if change == "instruction":
-                state.history.setdefault(node_id, []).append((new, result.batch.score))
+            if change in ("instruction", "rule"):  # what the next proposal for this node is shown
+                state.history.setdefault(node_id, []).append((remembered or new, result.batch.score))
         record.cost = _usage_delta(usage0, self.meter.snapshot())
         state.usage_mark = None
         state.records.append(record)

@@ -259,6 +259,23 @@ def test_bad_policy_names_are_refused(tmp_path):
         prepare(tmp_path, task_lm(), optimizer_lm(), outer={"proposal": "random"})
     with pytest.raises(ValueError, match="budget scope"):
         prepare(tmp_path, task_lm(), optimizer_lm(), budget_scope="everything")
+    with pytest.raises(ValueError, match="rule or rewrite"):
+        prepare(tmp_path, task_lm(), optimizer_lm(), inner={"step": "append"})
+
+
+def test_a_run_made_before_the_rule_step_and_the_guard_resumes_only_without_the_guard(tmp_path):
+    from flowbot.optim.rundir import RunDir
+    first = prepare(tmp_path, task_lm(), optimizer_lm(), inner={"specificity_guard": False})
+    old = json.loads(json.dumps(first.settings))
+    for key in ("step", "max_rules", "specificity_guard"):  # as a run made before these settings existed
+        del old["optimize"]["inner"][key]
+    with RunDir(first.run_dir) as rd:
+        rd.start(old)
+    with RunDir(first.run_dir) as rd:  # the guard off, rewrite steps: how that run behaved
+        assert rd.start(first.settings)[1]
+    guarded = prepare(tmp_path, task_lm(), optimizer_lm())
+    with pytest.raises(ValueError, match=r"optimize\.inner\.specificity_guard"), RunDir(first.run_dir) as rd:
+        rd.start(guarded.settings)
 
 
 def test_a_run_made_before_a_setting_existed_resumes_with_its_legacy_value(tmp_path):

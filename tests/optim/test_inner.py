@@ -249,3 +249,79 @@ def test_parsers_are_forgiving():
     assert parse_step("```\nFenced\n```").instruction == "Fenced"
     p = parse_step("<instruction>Use tools</instruction><tools>python, calculator</tools>")
     assert p.tools == ["python", "calculator"]
+
+
+# -- the rule step and the specificity guard ----------------------------------------------------
+def rule_optimizer(*rules: str) -> ScriptedLM:
+    """An optimizer whose rule proposals come in order (the last one repeats)."""
+    replies = list(rules)
+
+    def rule(req: LMRequest, i: int) -> str:
+        return replies.pop(0) if len(replies) > 1 else replies[0]
+
+    return ScriptedLM([
+        (r"What is wrong with the output\?", "The output is lowercase; the correct answer is uppercase."),
+        (r"Reply with exactly these lines", "GRADIENT: require UPPERCASE output."),
+        (r"starts with RULE:", rule),
+    ], model="optimizer")
+
+
+async def test_the_rule_step_adds_one_general_rule_and_keeps_the_instruction():
+    opt = rule_optimizer("RULE: Write the answer in UPPERCASE letters.")
+    loop = build(case_task_lm(), opt, InnerConfig(steps=1, demos=0, step="rule"))
+    result = await loop.optimize(one_node(), examples("t", 5), examples("v", 4))
+    assert result.workflow.params["answer"].instruction == (
+        "Repeat the question.\n\nRules:\n- Write the answer in UPPERCASE letters.")
+    assert result.val_score == 1.0 and result.steps[0].change == "rule" and result.steps[0].accepted
+    # the rule step reads the per-example gradients as they are: no aggregation call
+    assert not any("Feedback from" in last_user(r) for r in opt.calls)
+
+
+async def test_a_rule_naming_the_minibatch_is_asked_again_then_dropped_before_any_evaluation():
+    # "TWORD0" is a minibatch question: the rule memorises it; asked again (sampled, told why), the
+    # optimizer does it again, and the change is dropped without a single task call
+    opt = rule_optimizer("RULE: When asked about TWORD0, answer TWORD0.")
+    task = case_task_lm()
+    loop = build(task, opt, InnerConfig(steps=1, demos=0, step="rule", minibatch_size=5))
+    result = await loop.optimize(one_node(), examples("t", 5), examples("v", 4))
+    rule_calls = [r for r in opt.calls if "starts with RULE:" in last_user(r)]
+    assert len(rule_calls) == 2 and "'TWORD0'" in last_user(rule_calls[1]) and rule_calls[1].temperature > 0
+    dropped = [s for s in result.steps if s.reason.startswith("too specific")]
+    assert len(dropped) == 2 and all(s.minibatch_after is None and not s.accepted for s in dropped)
+    assert result.workflow.params["answer"].instruction == "Repeat the question."
+    assert len(task.calls) == 4 + 5  # the seed's validation and the minibatch forward, nothing else
+
+
+async def test_a_second_rule_that_generalises_is_judged():
+    opt = rule_optimizer("RULE: Answer TWORD3 in capitals.", "RULE: Write the answer in UPPERCASE letters.")
+    loop = build(case_task_lm(), opt, InnerConfig(steps=1, demos=0, step="rule"))
+    result = await loop.optimize(one_node(), examples("t", 5), examples("v", 4))
+    assert [s.reason.startswith("too specific") for s in result.steps] == [True, False]
+    assert result.val_score == 1.0 and "UPPERCASE" in result.workflow.params["answer"].instruction
+
+
+async def test_the_guard_drops_a_rewrite_that_names_the_minibatch_unless_turned_off():
+    memorised = "<instruction>Answer TWORD1 and TWORD2 in UPPERCASE.</instruction>"
+    guarded = build(case_task_lm(), case_optimizer(memorised), InnerConfig(steps=1, demos=0))
+    result = await guarded.optimize(one_node(), examples("t", 5), examples("v", 4))
+    assert result.steps[0].reason.startswith("too specific") and result.val_score == 0.0
+    unguarded = build(case_task_lm(), case_optimizer(memorised), InnerConfig(steps=1, demos=0,
+                                                                             specificity_guard=False))
+    result = await unguarded.optimize(one_node(), examples("t", 5), examples("v", 4))
+    assert result.val_score == 1.0  # the same rewrite, judged: it happens to work here
+
+
+async def test_a_node_with_max_rules_is_left_alone():
+    wf = one_node().with_params("answer", instruction="Repeat.\n\nRules:\n- one\n- two")
+    opt = rule_optimizer("RULE: Write the answer in UPPERCASE letters.")
+    loop = build(case_task_lm(), opt, InnerConfig(steps=1, demos=0, step="rule", max_rules=2))
+    result = await loop.optimize(wf, examples("t", 5), examples("v", 4))
+    assert not result.steps and not any("starts with RULE:" in last_user(r) for r in opt.calls)
+
+
+def test_rule_replies_are_parsed_forgivingly():
+    from flowbot.optim.textgrad import parse_rule
+    assert parse_rule("Sure!\n**RULE:** Use digits only.") == "Use digits only."
+    assert parse_rule("Use digits only.") == "Use digits only."
+    assert parse_rule("RULE: none") is None and parse_rule("") is None
+    assert len(parse_rule("RULE: " + "word " * 200)) <= 300
