@@ -283,6 +283,8 @@ def _check_settings(cfg: OptimizeConfig, cost_weight: float) -> None:
             value = getattr(value, part, None)
         if value is None:
             continue  # unset (e.g. all of a split) or a setting this version does not have
+        if name == "test_size" and not cfg.evaluate_test:
+            low = 0  # no test evaluation: a test split of 0 items says the same
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise FlowBotError(f"must be a whole number of at least {low}, got {value!r}", where=name)
     feedback = getattr(cfg.inner, "feedback", "backward")

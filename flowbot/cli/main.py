@@ -297,7 +297,8 @@ def optimize(
     alpha: Optional[float] = typer.Option(None, "--alpha", help="Racing: one-sided sign-test level (default 0.15)."),
     train_size: Optional[int] = typer.Option(40, "--train-size"),
     val_size: Optional[int] = typer.Option(20, "--val-size"),
-    test_size: Optional[int] = typer.Option(None, "--test-size"),
+    test_size: Optional[int] = typer.Option(None, "--test-size", help="Only the first N test examples (default: "
+                                            "all; 0 only with --no-test)."),
     concurrency: int = typer.Option(4, "--concurrency", "-c"),
     random_seed: int = typer.Option(0, "--seed"),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Default: runs/<task>-<method>-<settings hash>; "
@@ -333,7 +334,8 @@ def optimize(
                     "--budget-tokens": (budget_tokens, 1), "--budget-seconds": (budget_seconds, 0.0),
                     "--cost-weight": (cost_weight, 0), "--steps": (steps, 0), "--rounds": (rounds, 0),
                     "--minibatch": (minibatch, 1), "--candidates": (candidates, 1), "--demos": (demos, 0),
-                    "--train-size": (train_size, 1), "--val-size": (val_size, 1), "--test-size": (test_size, 1),
+                    "--train-size": (train_size, 1), "--val-size": (val_size, 1),
+                    "--test-size": (test_size, 0 if no_test else 1),  # 0 test items: only without a test
                     "--concurrency": (concurrency, 1)},
                    choices={"--feedback": (feedback, ("backward", "global")),
                             "--method": (method, ("flowbot", "inner-only", "aflow")),

@@ -325,11 +325,34 @@ def rebuild_command(settings: dict[str, Any], path: Path) -> str | None:
     objective = opt.get("objective") if isinstance(opt.get("objective"), dict) else {}
     if objective.get("kind") == "cost":
         args += ["--objective", "cost", "--cost-weight", str(objective.get("cost_weight"))]
+    args += _search_options(opt, method)
     if opt.get("evaluate_test") is False:
         args.append("--no-test")
     args += _budget_options(str(settings.get("budget") or ""))
     args += ["--run-dir", str(path)]
     return shlex.join(args)
+
+
+def _search_options(opt: dict[str, Any], method: Any) -> list[str]:
+    """The options for the settings of the search that differ from their defaults (budget scope,
+    proposal policy and schedule, racing margin and level)."""
+    from flowbot.optim.driver import BudgetConfig, RacingConfig
+    from flowbot.optim.outer import OuterConfig
+
+    out: list[str] = []
+    scope = _dig(opt, "budget", "scope")
+    if scope is not None and scope != BudgetConfig.scope:
+        out += ["--budget-scope", str(scope)]
+    if method not in ("inner-only", "aflow"):
+        for option, key in (("--proposal", "proposal"), ("--schedule", "schedule")):
+            value = _dig(opt, "outer", key)
+            if value is not None and value != getattr(OuterConfig, key):
+                out += [option, str(value)]
+    for option, key in (("--margin", "margin"), ("--alpha", "alpha")):
+        value = _dig(opt, "racing", key)
+        if value is not None and value != getattr(RacingConfig, key):
+            out += [option, str(value)]
+    return out
 
 
 def _budget_options(text: str) -> list[str]:

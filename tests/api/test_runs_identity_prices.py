@@ -238,3 +238,25 @@ def test_a_cli_run_records_its_command_and_a_benchmark_run_gets_a_rebuilt_one(tm
         payload = json.loads((tmp_path / "e.json").read_text())["results"][0]
         assert payload["task"] == "gsm8k" and payload["model"] == "served" and payload["n"] == 2
         assert payload["usage"]["task"]["calls"] == 0 and srv.request_count == before
+
+
+def test_the_resume_command_of_a_no_test_run_resumes_it(tmp_path, monkeypatch):
+    """A run without a test evaluation, with no test items and the search-only budget scope (as
+    results/smoke was made): its rebuilt command says so, and running it resumes the run."""
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    with OpenAITestServer(reply="Answer: 42") as srv:
+        flowbot.optimize("gsm8k", model="served", base_url=srv.base_url, run_dir=tmp_path / "run", train_size=3,
+                         val_size=2, test_size=0, evaluate_test=False, budget_scope="search", inner={"steps": 0},
+                         outer={"rounds": 0}, budget={"calls": 40})
+        info = run_info(tmp_path / "run")
+        args = shlex.split(info.command)
+        assert info.command_rebuilt and "--no-test" in args and "--budget-scope" in args
+        assert args[args.index("--test-size") + 1] == "0"
+        before = srv.request_count
+        again = runner.invoke(app, args[1:] + ["--no-report"])
+        assert again.exit_code == 0, again.output
+        assert "resuming" in again.output and srv.request_count == before
+        # a test split of 0 items is refused when the test is evaluated
+        refused = runner.invoke(app, [a for a in args[1:] if a != "--no-test"] + ["--no-report"])
+        assert refused.exit_code == 2 and "--test-size" in refused.output
