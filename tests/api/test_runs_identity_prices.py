@@ -260,3 +260,79 @@ def test_the_resume_command_of_a_no_test_run_resumes_it(tmp_path, monkeypatch):
         # a test split of 0 items is refused when the test is evaluated
         refused = runner.invoke(app, [a for a in args[1:] if a != "--no-test"] + ["--no-report"])
         assert refused.exit_code == 2 and "--test-size" in refused.output
+
+
+def _age_settings(run, edit):
+    """Rewrite a run's saved settings as an older FlowBot left them."""
+    config = json.loads((run / "config.json").read_text())
+    edit(config["config"]["optimize"])
+    (run / "config.json").write_text(json.dumps(config))
+
+
+def _before_racing(opt):
+    del opt["racing"]
+    opt["outer"].update(edit_max_tokens=600, patience=3)
+
+
+def test_runs_says_which_runs_this_version_cannot_resume(tmp_path, monkeypatch):
+    """A run whose saved settings today's code would refuse on resume (here: made before racing
+    existed, with other defaults, as results/gsm8k was) gets no resume command but the settings
+    that changed; the command it would have printed is indeed refused, naming the same settings."""
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    with OpenAITestServer(reply="Answer: 42") as srv:
+        args = ["optimize", "--task", "gsm8k", "--model", "served", "--base-url", srv.base_url, "--train-size", "3",
+                "--val-size", "2", "--test-size", "2", "--steps", "0", "--rounds", "0", "--budget-calls", "40",
+                "--no-report", "--run-dir", "runs/cli"]
+        monkeypatch.setattr(sys, "argv", ["flowbot", *args])
+        assert runner.invoke(app, args).exit_code == 0
+        flowbot.optimize("gsm8k", model="served", base_url=srv.base_url, run_dir="runs/rebuilt", train_size=3,
+                         val_size=2, test_size=2, inner={"steps": 0}, outer={"rounds": 0}, budget={"calls": 40})
+        make_run(tmp_path / "runs" / "python")
+        make_run(tmp_path / "runs" / "python-legacy")
+        assert all(r.not_resumable is None for r in list_runs("runs"))  # today's runs resume
+
+        for name in ("cli", "rebuilt", "python"):
+            _age_settings(tmp_path / "runs" / name, _before_racing)
+        # a setting added since, whose legacy value reproduces the old behaviour, does not count
+        _age_settings(tmp_path / "runs" / "python-legacy", lambda opt: opt["outer"].pop("schedule"))
+        found = {r.path.name: r for r in list_runs("runs")}
+        changed = "settings changed: optimize.outer.edit_max_tokens, optimize.outer.patience, optimize.racing"
+        for name in ("cli", "rebuilt"):
+            assert found[name].not_resumable == f"not resumable with this version ({changed})", name
+        # from Python the old values can be given again; a section this version adds cannot be left out
+        assert found["python"].not_resumable == "not resumable with this version (settings changed: optimize.racing)"
+        assert found["python-legacy"].not_resumable is None
+
+        out = runner.invoke(app, ["runs", "runs"]).output
+        lines = [line for line in out.splitlines() if line.startswith("#")]
+        assert sum(f"not resumable with this version ({changed})" in line for line in lines) == 2
+        assert sum("not resumable with this version" in line for line in lines) == 3
+        assert len([line for line in lines if "resume:" in line]) == 1  # python-legacy only
+        assert json.loads(runner.invoke(app, ["runs", "runs", "--json"]).output)[0]["not_resumable"]
+
+        before = srv.request_count
+        for name in ("cli", "rebuilt"):
+            refused = runner.invoke(app, shlex.split(found[name].command)[1:])
+            assert refused.exit_code != 0 and "other settings (optimize.outer.edit_max_tokens, optimize.outer." \
+                "patience, optimize.racing)" in refused.output, refused.output
+        assert srv.request_count == before
+
+
+def test_a_resume_command_that_no_longer_parses_is_not_offered(tmp_path):
+    make_run(tmp_path / "run")
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    config["command"] = "flowbot optimize --task gsm8k --option-of-long-ago 3"
+    (tmp_path / "run" / "config.json").write_text(json.dumps(config))
+    info = run_info(tmp_path / "run")
+    assert info.not_resumable.startswith("not resumable with this version (its command line does not parse: ")
+    assert "--option-of-long-ago" in info.not_resumable
+
+
+def test_the_committed_runs_made_before_racing_are_flagged():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "results" / "gsm8k"
+    found = list_runs(root)
+    assert {r.path.name for r in found} == {"flowbot", "aflow", "inner-only"}
+    assert all(r.not_resumable and "optimize.racing" in r.not_resumable for r in found)
