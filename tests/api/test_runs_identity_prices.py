@@ -91,6 +91,8 @@ def test_best_json_records_model_scores_and_version_and_export_shows_them(tmp_pa
     assert res.exit_code == 0, res.output
     module = (tmp_path / "m.py").read_text()
     assert "Tuned on model task" in module and "validation 0.500" in module and flowbot.__version__ in module
+    assert tuned["test_score"] == result.test_score == 0.5 and tuned["test_n"] == 4
+    assert "test 0.500 (seed 0.500, n=4)" in module  # the test score the run measured, in the module
     rows = [json.loads(line) for line in (tmp_path / "run" / "test_examples.jsonl").read_text().splitlines()]
     assert [r["id"] for r in rows] == [e["id"] for e in mult_task().examples("test")]
     assert all(r["best"]["trace"]["nodes"] and r["seed"]["score"] == r["best"]["score"] for r in rows)
