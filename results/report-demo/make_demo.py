@@ -117,8 +117,8 @@ def optimizer_model() -> ScriptedLM:
         if "Reply with exactly these lines" in user:  # backward: a tool passes the blame to its input
             upstream = re.findall(r"FEEDBACK\[(\w+)\]", user)
             if re.search(r"Step '\w+' \(tool\)", user):
-                return "GRADIENT: NONE\n" + "\n".join(
-                    f"FEEDBACK[{f}]: the program multiplies a factor that is not the one in the question." for f in upstream)
+                blame = "the program multiplies a factor that is not the one in the question."
+                return "GRADIENT: NONE\n" + "\n".join(f"FEEDBACK[{f}]: {blame}" for f in upstream)
             return "\n".join(["GRADIENT: compute the product exactly, and copy each factor digit by digit."]
                              + [f"FEEDBACK[{f}]: NONE" for f in upstream])
         if "<instruction>" in user:
