@@ -283,6 +283,8 @@ def _check_settings(cfg: OptimizeConfig, cost_weight: float) -> None:
             value = getattr(value, part, None)
         if value is None:
             continue  # unset (e.g. all of a split) or a setting this version does not have
+        if name == "test_size" and not cfg.evaluate_test:
+            low = 0  # no test evaluation: a test split of 0 items says the same
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise FlowBotError(f"must be a whole number of at least {low}, got {value!r}", where=name)
     feedback = getattr(cfg.inner, "feedback", "backward")
@@ -357,6 +359,19 @@ def _is_legacy_run(path: Path, legacy: dict[str, Any], settings: dict[str, Any])
         _same_model(first.get("optimizer_model"), settings["optimizer_model"])
 
 
+def run_config(*, method: str = "flowbot", objective: str = "score", cost_weight: float = 0.05, inner: Any = None,
+               outer: Any = None, aflow: Any = None, racing: Any = None, budget_scope: str = "all",
+               budget_shares: dict[str, float] | None = None, train_size: int | None = 40, val_size: int | None = 20,
+               test_size: int | None = None, concurrency: int = 4, random_seed: int = 0, progress: bool = False,
+               evaluate_test: bool = True) -> OptimizeConfig:
+    """The optimizer settings :func:`prepare_run` makes of these arguments (checked as it checks
+    them); ``flowbot runs`` uses it to see whether a run's resume command still matches the run."""
+    return _make_config(method, objective, cost_weight, inner, outer, aflow, racing,
+                        {"scope": budget_scope, **(budget_shares or {})}, train_size=train_size, val_size=val_size,
+                        test_size=test_size, concurrency=concurrency, seed=random_seed, progress=progress,
+                        evaluate_test=evaluate_test)
+
+
 def prepare_run(task: Task | str, *, seed: Any = "cot", model: str | None = None,
                 optimizer_model: str | None = None, base_url: str | None = None,
                 optimizer_base_url: str | None = None, budget: Any = None, objective: str = "score",
@@ -372,10 +387,10 @@ def prepare_run(task: Task | str, *, seed: Any = "cot", model: str | None = None
     task = get_task(task, data_dir)
     seed_wf = resolve_seed(seed, task)
     _check_fields(seed_wf, task)
-    cfg = _make_config(method, objective, cost_weight, inner, outer, aflow, racing,
-                       {"scope": budget_scope, **(budget_shares or {})}, train_size=train_size,
-                       val_size=val_size, test_size=test_size, concurrency=concurrency, seed=random_seed,
-                       progress=progress, evaluate_test=evaluate_test)
+    cfg = run_config(method=method, objective=objective, cost_weight=cost_weight, inner=inner, outer=outer,
+                     aflow=aflow, racing=racing, budget_scope=budget_scope, budget_shares=budget_shares,
+                     train_size=train_size, val_size=val_size, test_size=test_size, concurrency=concurrency,
+                     random_seed=random_seed, progress=progress, evaluate_test=evaluate_test)
     budget_obj = _budget(budget)
     price_table = per_token_prices(prices)
     _check_splits(task, cfg)

@@ -18,6 +18,7 @@ from typing import Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from flowbot.cli.errors import handled
@@ -303,7 +304,8 @@ def optimize(
     alpha: Optional[float] = typer.Option(None, "--alpha", help="Racing: one-sided sign-test level (default 0.15)."),
     train_size: Optional[int] = typer.Option(40, "--train-size"),
     val_size: Optional[int] = typer.Option(20, "--val-size"),
-    test_size: Optional[int] = typer.Option(None, "--test-size"),
+    test_size: Optional[int] = typer.Option(None, "--test-size", help="Only the first N test examples (default: "
+                                            "all; 0 only with --no-test)."),
     concurrency: int = typer.Option(4, "--concurrency", "-c"),
     random_seed: int = typer.Option(0, "--seed"),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Default: runs/<task>-<method>-<settings hash>; "
@@ -332,6 +334,7 @@ def optimize(
     sandbox: str = SandboxOpt,
 ) -> None:
     """Optimize a workflow's structure and prompts for a task within a budget (resumable)."""
+    options = dict(locals())  # the options as given, by parameter name (see optimize_settings)
     from flowbot.api import prepare_run
     from flowbot.cli.progress import RunPrinter
 
@@ -339,7 +342,8 @@ def optimize(
                     "--budget-tokens": (budget_tokens, 1), "--budget-seconds": (budget_seconds, 0.0),
                     "--cost-weight": (cost_weight, 0), "--steps": (steps, 0), "--rounds": (rounds, 0),
                     "--minibatch": (minibatch, 1), "--candidates": (candidates, 1), "--demos": (demos, 0),
-                    "--train-size": (train_size, 1), "--val-size": (val_size, 1), "--test-size": (test_size, 1),
+                    "--train-size": (train_size, 1), "--val-size": (val_size, 1),
+                    "--test-size": (test_size, 0 if no_test else 1),  # 0 test items: only without a test
                     "--concurrency": (concurrency, 1)},
                    choices={"--feedback": (feedback, ("backward", "global")), "--step": (step, ("rule", "rewrite")),
                             "--method": (method, ("flowbot", "inner-only", "aflow")),
@@ -348,25 +352,15 @@ def optimize(
     the_task = _task_from_options(task, task_file, data, val, test, input_fields, target, metric, labels, data_dir)
     budget = {k: v for k, v in {"max_usd": budget_usd, "max_calls": budget_calls, "max_tokens": budget_tokens,
                                 "max_seconds": budget_seconds}.items() if v is not None}
-    if inner_only:
-        method = "inner-only"
     from flowbot.runtime.backends import make_backend
 
     the_backend = make_backend(backend, address=ray_address, workers=workers)
     prepared = prepare_run(
         the_task, seed=seed_workflow, model=model, optimizer_model=optimizer_model, base_url=base_url,
-        optimizer_base_url=optimizer_base_url, budget=budget or None, objective=objective, cost_weight=cost_weight,
-        method=method, run_dir=run_dir, train_size=train_size, val_size=val_size, test_size=test_size,
-        concurrency=concurrency, random_seed=random_seed, data_dir=data_dir, evaluate_test=not no_test,
-        progress=True,
-        inner=_given(steps=steps, minibatch_size=minibatch, candidates=candidates, feedback=feedback, demos=demos,
-                     step=step, specificity_guard=specificity_guard, seed=random_seed),
-        outer=_given(rounds=rounds, proposal=proposal, schedule=schedule),
-        aflow=_given(rounds=rounds, seed=random_seed),
-        racing=_given(margin=margin, alpha=alpha, seed=random_seed),
-        budget_scope=budget_scope,
+        optimizer_base_url=optimizer_base_url, budget=budget or None, run_dir=run_dir, data_dir=data_dir,
         prices=_prices(price), backend=the_backend,
         mlflow=mlflow_uri if mlflow_uri and mlflow is not False else mlflow,
+        **optimize_settings(options),
     )
     _note_default_model(model)
     estimate = prepared.estimate()
@@ -390,6 +384,25 @@ def optimize(
 
         path = write_report(prepared.run_dir)
         out.print(f"report: {path}")
+
+
+def optimize_settings(options: dict[str, Any]) -> dict[str, Any]:
+    """The optimizer settings (:func:`flowbot.api.run_config`'s arguments) of ``flowbot optimize``'s
+    options, by parameter name: one mapping for the command and for ``flowbot runs``, which checks
+    with it that a run's resume command still makes the run's settings."""
+    seed = options["random_seed"]
+    return dict(
+        method="inner-only" if options["inner_only"] else options["method"], objective=options["objective"],
+        cost_weight=options["cost_weight"], train_size=options["train_size"], val_size=options["val_size"],
+        test_size=options["test_size"], concurrency=options["concurrency"], random_seed=seed,
+        evaluate_test=not options["no_test"], progress=True, budget_scope=options["budget_scope"],
+        inner=_given(steps=options["steps"], minibatch_size=options["minibatch"], candidates=options["candidates"],
+                     feedback=options["feedback"], demos=options["demos"], step=options["step"],
+                     specificity_guard=options["specificity_guard"], seed=seed),
+        outer=_given(rounds=options["rounds"], proposal=options["proposal"], schedule=options["schedule"]),
+        aflow=_given(rounds=options["rounds"], seed=seed),
+        racing=_given(margin=options["margin"], alpha=options["alpha"], seed=seed),
+    )
 
 
 def _given(**options: Any) -> dict[str, Any]:
@@ -447,6 +460,8 @@ def runs(
             out.print(f"[dim]#{i} stopped:[/] {r.stopped}", highlight=False)
         if r.status == "running":
             out.print(f"[dim]#{i}[/] running (pid in {r.path / 'run.lock'})")
+        elif r.not_resumable:
+            out.print(f"[dim]#{i}[/] {escape(r.not_resumable)}", highlight=False)
         elif r.command:
             note = " [dim](rebuilt from its settings)[/]" if r.command_rebuilt else ""
             out.print(f"[dim]#{i} resume:[/] {r.command}{note}", highlight=False, markup=True)

@@ -6,6 +6,10 @@
 Only the run directory's files are read (config.json, events.jsonl, summary.json, run.lock), and
 each defensively: a torn log, an unknown event type or a missing key never hides a run.
 
+A run this version would refuse to resume (its saved settings differ from those its resume
+command makes now, compared as a resume compares them) gets ``not_resumable`` instead of a usable
+command (:func:`resume_refusal`).
+
 Status: ``running`` when ``run.lock`` names a live process (or, for runs without a lock, a file
 of the run changed in the last two minutes and it has not finished); ``finished`` or ``stopped``
 (by a budget or a STOP file) when the log ends with ``run_finished``; otherwise ``interrupted``.
@@ -13,6 +17,7 @@ of the run changed in the last two minutes and it has not finished); ``finished`
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -49,6 +54,7 @@ class RunInfo:
     last_activity: float | None = None
     command: str | None = None  # how to resume it (recorded, or rebuilt from the settings)
     command_rebuilt: bool = False
+    not_resumable: str | None = None  # why this version would refuse to resume it (None: it would not)
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -151,6 +157,8 @@ def run_info(path: str | Path) -> RunInfo:
     _spend(info, summary, events)
     _status(info, path, events)
     info.command, info.command_rebuilt = resume_command(path, config, settings)
+    if info.status != "running":
+        info.not_resumable = resume_refusal(settings, info.command)
     return info
 
 
@@ -270,6 +278,80 @@ def resume_command(path: Path, config: dict[str, Any], settings: dict[str, Any])
     return rebuilt, rebuilt is not None
 
 
+def resume_refusal(settings: dict[str, Any], command: str | None) -> str | None:
+    """Why this version of FlowBot would refuse to resume a run with these saved settings, or None.
+
+    The optimizer settings the resume would make — from ``command`` (a ``flowbot optimize`` line),
+    or for a run started from Python from the saved values, with today's defaults for settings the
+    run predates — are compared with the saved ones the way the run directory compares them on
+    resume (:func:`flowbot.optim.rundir.changed_settings`, legacy values allowed). Only the
+    optimizer settings are checked: the task and the seed are not loaded."""
+    from flowbot.errors import FlowBotError
+    from flowbot.optim.rundir import RunDir, changed_settings
+
+    saved = settings.get("optimize")
+    if not isinstance(saved, dict):
+        return None
+    try:
+        new = _settings_of_command(command) if command else _settings_from_python(saved)
+    except (FlowBotError, ValueError, TypeError) as exc:
+        return f"not resumable with this version ({exc})"
+    if new is None:
+        return None
+    changed = changed_settings(settings, {**settings, "optimize": new}, RunDir.MUTABLE)
+    if not changed:
+        return None
+    return f"not resumable with this version (settings changed: {', '.join(changed)})"
+
+
+def _settings_of_command(command: str) -> dict[str, Any] | None:
+    """The optimizer settings a ``flowbot optimize`` command line makes (None for another command)."""
+    from flowbot.api import run_config
+    from flowbot.cli.main import optimize_settings
+
+    args = shlex.split(command.split(" && ", 1)[-1])
+    if args[:2] != ["flowbot", "optimize"]:
+        return None
+    try:
+        with _optimize_command().make_context("optimize", args[2:]) as ctx:  # parses; runs nothing
+            options = dict(ctx.params)
+    except Exception as exc:  # click's usage errors (typer may bundle its own click)
+        if not hasattr(exc, "format_message"):
+            raise
+        raise ValueError(f"its command line does not parse: {exc.format_message()}") from None
+    return _plain(run_config(**optimize_settings(options)).to_dict())
+
+
+@functools.lru_cache(maxsize=1)
+def _optimize_command() -> Any:
+    import typer
+
+    from flowbot.cli.main import app
+
+    return typer.main.get_command(app).commands["optimize"]  # type: ignore[attr-defined]
+
+
+def _settings_from_python(saved: dict[str, Any]) -> dict[str, Any]:
+    """The optimizer settings of a run started from Python, given its saved values again: each saved
+    value this version still has, today's defaults for the rest."""
+    from flowbot.optim.driver import OptimizeConfig
+
+    method = saved.get("method") if saved.get("method") in ("flowbot", "inner-only", "aflow") else "flowbot"
+    return _overlay(_plain(OptimizeConfig(method=method).to_dict()), saved)
+
+
+def _overlay(defaults: dict[str, Any], saved: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, value in defaults.items():
+        old = saved.get(key, value)
+        out[key] = _overlay(value, old) if isinstance(value, dict) and isinstance(old, dict) else old
+    return out
+
+
+def _plain(data: Any) -> Any:
+    return json.loads(json.dumps(data, default=str))
+
+
 def _without_option(args: list[str], name: str) -> list[str]:
     out, skip = [], False
     for a in args:
@@ -325,11 +407,42 @@ def rebuild_command(settings: dict[str, Any], path: Path) -> str | None:
     objective = opt.get("objective") if isinstance(opt.get("objective"), dict) else {}
     if objective.get("kind") == "cost":
         args += ["--objective", "cost", "--cost-weight", str(objective.get("cost_weight"))]
+    args += _search_options(opt, method)
     if opt.get("evaluate_test") is False:
         args.append("--no-test")
     args += _budget_options(str(settings.get("budget") or ""))
     args += ["--run-dir", str(path)]
     return shlex.join(args)
+
+
+def _search_options(opt: dict[str, Any], method: Any) -> list[str]:
+    """The options for the settings of the search that differ from their defaults (budget scope,
+    proposal policy and schedule, the inner step and its guard, racing margin and level)."""
+    from flowbot.optim.driver import BudgetConfig, RacingConfig
+    from flowbot.optim.outer import OuterConfig
+
+    out: list[str] = []
+    scope = _dig(opt, "budget", "scope")
+    if scope is not None and scope != BudgetConfig.scope:
+        out += ["--budget-scope", str(scope)]
+    if method not in ("inner-only", "aflow"):
+        for option, key in (("--proposal", "proposal"), ("--schedule", "schedule")):
+            value = _dig(opt, "outer", key)
+            if value is not None and value != getattr(OuterConfig, key):
+                out += [option, str(value)]
+    if method != "aflow":
+        from flowbot.optim.inner import InnerConfig
+
+        value = _dig(opt, "inner", "step")
+        if value is not None and value != InnerConfig.step:
+            out += ["--step", str(value)]
+        if _dig(opt, "inner", "specificity_guard") is False:
+            out.append("--no-specificity-guard")
+    for option, key in (("--margin", "margin"), ("--alpha", "alpha")):
+        value = _dig(opt, "racing", key)
+        if value is not None and value != getattr(RacingConfig, key):
+            out += [option, str(value)]
+    return out
 
 
 def _budget_options(text: str) -> list[str]:

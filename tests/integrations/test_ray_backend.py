@@ -177,3 +177,29 @@ def test_cli_eval_on_ray_over_http_matches_asyncio(cluster, tmp_path):
     a, b = (json.loads((tmp_path / f"{n}.json").read_text())["results"][0] for n in ("a", "b"))
     assert [e["prediction"] for e in a["examples"]] == [e["prediction"] for e in b["examples"]]
     assert a["score"] == b["score"] and a["usage"] == b["usage"]
+
+
+def test_a_dollar_budget_across_workers_on_a_priced_server(cluster, tmp_path):
+    """A served model priced with ``prices=`` (an unpriced server is refused under a dollar cap, on
+    Ray as here): the workers' calls are priced, the one budget stops them all once the dollars are
+    used up, and the overshoot is at most the calls in flight, as on the asyncio backend."""
+    from flowbot.lm.pricing import UnknownPrice
+    from flowbot.lm.testing import OpenAITestServer
+
+    cap, concurrency = 0.01, 4
+    with OpenAITestServer(reply="Answer: 7", latency_s=0.05) as srv:
+        kw = dict(split="test", model="served", base_url=srv.base_url, budget={"usd": cap}, concurrency=concurrency)
+        with pytest.raises(UnknownPrice, match="model 'served'"):
+            flowbot.evaluate("cot", task(), cache=tmp_path / "u.sqlite", backend=cluster, **kw)
+        assert srv.request_count == 0
+        priced = {"served": (100.0, 100.0)}  # dollars per million tokens
+        local = flowbot.evaluate("cot", task(), cache=tmp_path / "a.sqlite", prices=priced, **kw)
+        remote = flowbot.evaluate("cot", task(), cache=tmp_path / "b.sqlite", backend=cluster, prices=priced, **kw)
+        assert srv.max_in_flight > 1  # the workers' calls overlapped
+    for ev in (local, remote):
+        u = ev.usage["task"]
+        assert u["cost_usd"] == pytest.approx((u["prompt_tokens"] + u["completion_tokens"]) * 100e-6)
+        per_call = u["cost_usd"] / u["calls"]
+        assert cap <= u["cost_usd"] < cap + concurrency * per_call  # used up; over by the calls in flight only
+        assert ev.batch.stopped and f"${cap:g}" in ev.batch.stopped and ev.n < 10
+    assert local.usage["task"]["calls"] + remote.usage["task"]["calls"] == srv.request_count
