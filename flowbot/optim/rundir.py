@@ -148,15 +148,15 @@ LEGACY_SETTINGS: dict[str, Any] = {
 
 
 def changed_settings(saved: dict[str, Any], new: dict[str, Any], mutable: set[str], prefix: str = "") -> list[str]:
-    """Dotted paths of the settings in ``new`` that differ from ``saved``, at any depth. Names in
-    ``mutable`` may change; a setting only ``saved`` has is one this run no longer uses (for
+    """Dotted paths of the settings in ``new`` that differ from ``saved``, at any depth. The dotted
+    paths in ``mutable`` may change; a setting only ``saved`` has is one this run no longer uses (for
     example the outer loop's settings in an inner-only run) and does not count; a setting only
     ``new`` has counts unless it has its legacy value (:data:`LEGACY_SETTINGS`)."""
     changed = []
     for key, value in new.items():
-        if key in mutable:
-            continue
         path = f"{prefix}{key}"
+        if path in mutable:
+            continue
         old = saved.get(key, _MISSING)
         if isinstance(value, dict) and isinstance(old, dict):
             changed += changed_settings(old, value, mutable, f"{path}.")
@@ -171,8 +171,10 @@ _MISSING = object()
 
 
 class RunDir:
-    #: settings that may change between sessions of one run (budgets can be raised to extend it)
-    MUTABLE = {"budget", "concurrency", "progress", "report"}
+    #: settings (dotted paths) that may change between sessions of one run: the budget's limits can be
+    #: raised to extend it, and how wide it runs or shows progress does not change what it computes; how
+    #: the budget is divided (``optimize.budget.*``) does, and is compared
+    MUTABLE = {"budget", "optimize.concurrency", "optimize.inner.concurrency", "optimize.progress", "report"}
 
     def __init__(self, path: str | Path) -> None:
         """Open (or create) the run directory and lock it for this process; :class:`RunDirError`

@@ -254,6 +254,18 @@ def test_resume_ignores_settings_the_method_does_not_use(tmp_path):
     assert changed_settings({"a": {"x": 1}}, {"a": {"x": 1, "new": 3}}, set()) == ["a.new"]
 
 
+def test_a_resume_may_raise_the_budget_but_not_change_how_it_is_divided(tmp_path):
+    from flowbot.optim.rundir import RunDir
+    first = prepare(tmp_path, task_lm(), optimizer_lm(), budget={"calls": 50})
+    with RunDir(first.run_dir) as rd:
+        rd.start(first.settings)
+    with RunDir(first.run_dir) as rd:  # more calls, wider: the same run
+        assert rd.start(prepare(tmp_path, task_lm(), optimizer_lm(), budget={"calls": 90}, concurrency=8).settings)[1]
+    other_scope = prepare(tmp_path, task_lm(), optimizer_lm(), budget={"calls": 50}, budget_scope="search")
+    with pytest.raises(ValueError, match=r"optimize\.budget\.scope"), RunDir(first.run_dir) as rd:
+        rd.start(other_scope.settings)
+
+
 def test_bad_policy_names_are_refused(tmp_path):
     with pytest.raises(ValueError, match="proposal policy"):
         prepare(tmp_path, task_lm(), optimizer_lm(), outer={"proposal": "random"})
