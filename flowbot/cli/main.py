@@ -172,7 +172,7 @@ def eval_cmd(
     from flowbot.api import aevaluate
     from flowbot.runtime.backends import make_backend
 
-    _check_options({"--limit": (limit, 1), "--concurrency": (concurrency, 1)})
+    _check_options({"--limit": (limit, 1), "--concurrency": (concurrency, 1), "--workers": (workers, 1)})
     _sandbox_policy(sandbox)
     cache_path = _eval_cache(cache, run_dir)
     run_settings = _run_settings(run_dir) if run_dir is not None else {}
@@ -334,7 +334,8 @@ def optimize(
                     "--cost-weight": (cost_weight, 0), "--steps": (steps, 0), "--rounds": (rounds, 0),
                     "--minibatch": (minibatch, 1), "--candidates": (candidates, 1), "--demos": (demos, 0),
                     "--train-size": (train_size, 1), "--val-size": (val_size, 1), "--test-size": (test_size, 1),
-                    "--concurrency": (concurrency, 1)},
+                    "--concurrency": (concurrency, 1), "--margin": (margin, 1), "--workers": (workers, 1)},
+                   maxima={"--alpha": (alpha, 0.0, 1.0)},
                    choices={"--feedback": (feedback, ("backward", "global")),
                             "--method": (method, ("flowbot", "inner-only", "aflow")),
                             "--objective": (objective, ("score", "cost"))})
@@ -490,9 +491,10 @@ def metrics() -> None:
 
 
 def _check_options(minima: dict[str, tuple[Any, float]],
-                   choices: dict[str, tuple[str, tuple[str, ...]]] | None = None) -> None:
-    """One line naming the option for a value out of range (a float minimum means "more than")
-    or not among the choices, before anything runs."""
+                   choices: dict[str, tuple[str, tuple[str, ...]]] | None = None,
+                   maxima: dict[str, tuple[Any, float, float]] | None = None) -> None:
+    """One line naming the option for a value out of range (a float minimum means "more than";
+    ``maxima`` are (value, more than, at most) ranges) or not among the choices, before anything runs."""
     for option, (value, low) in minima.items():
         if value is None:
             continue
@@ -500,6 +502,9 @@ def _check_options(minima: dict[str, tuple[Any, float]],
             raise FlowBotError(f"must be more than {low:g}, got {value:g}", where=option)
         if value < low:
             raise FlowBotError(f"must be at least {low}, got {value}", where=option)
+    for option, (value, above, most) in (maxima or {}).items():
+        if value is not None and not above < value <= most:
+            raise FlowBotError(f"must be more than {above:g} and at most {most:g}, got {value:g}", where=option)
     for option, (value, allowed) in (choices or {}).items():
         if value not in allowed:
             raise FlowBotError(f"unknown value {value!r}; use {', '.join(allowed)}", where=option)

@@ -214,6 +214,8 @@ class RayBackend:
         if address and address.startswith("ray://"):
             raise BackendError(f"--ray-address {address}: Ray Client is not supported (the cache is shared by "
                                "file on this node); run flowbot on a cluster node, e.g. through `ray job submit`")
+        if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 1):
+            raise BackendError(f"workers must be a whole number of at least 1, got {workers!r}")
         import_ray()  # fail now, with the install line, rather than after the run has started
         self.address = address
         self.workers = workers
