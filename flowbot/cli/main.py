@@ -441,7 +441,7 @@ def runs(
         if r.stopped:
             out.print(f"[dim]#{i} stopped:[/] {r.stopped}", highlight=False)
         if r.status == "running":
-            out.print(f"[dim]#{i}[/] running (pid in {r.path / 'run.lock'})")
+            out.print(f"[dim]#{i}[/] running: {r.holder or 'in use'}", highlight=False)
         elif r.command:
             note = " [dim](rebuilt from its settings)[/]" if r.command_rebuilt else ""
             out.print(f"[dim]#{i} resume:[/] {r.command}{note}", highlight=False, markup=True)
