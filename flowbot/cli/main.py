@@ -19,6 +19,7 @@ from typing import Any, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from flowbot.cli.errors import handled
 from flowbot.errors import FlowBotError
@@ -516,19 +517,27 @@ def _sandbox_policy(value: str) -> None:
     before anything runs."""
     import os
 
-    from flowbot.tools.sandbox import LEVELS, POLICY_ENV, sandbox_levels
+    from flowbot.tools.sandbox import LEVELS, POLICY_ENV, no_boundary_warning, sandbox_levels
 
     _check_options({}, choices={"--sandbox": (value, ("auto", "strict", *LEVELS))})
-    if value == "auto":
-        return  # (a $FLOWBOT_SANDBOX already set stays in force)
+    if value == "auto":  # (a $FLOWBOT_SANDBOX already set stays in force)
+        if os.environ.get(POLICY_ENV, "").strip().lower() == "process":
+            _say_no_boundary(asyncio.run(no_boundary_warning(f"${POLICY_ENV}=process")))
+        return
     os.environ[POLICY_ENV] = value
-    if value == "process":
+    if value == "process":  # chosen on purpose, and still no boundary: said before anything runs
+        _say_no_boundary(asyncio.run(no_boundary_warning("--sandbox process")))
         return
     missing = asyncio.run(sandbox_levels())  # level -> why it is unavailable ("" when it works)
     wanted = ("namespaces", "bwrap") if value == "strict" else (value,)
     if all(missing[level] for level in wanted):
         why = "; ".join(f"{level}: {missing[level]}" for level in wanted)
         raise FlowBotError(f"this host cannot isolate generated code that way ({why})", where=f"--sandbox {value}")
+
+
+def _say_no_boundary(text: str | None) -> None:
+    if text:
+        err.print(Text.assemble(("warning: ", "bold yellow"), text.removeprefix("sandbox: ")), highlight=False)
 
 
 def _json_arg(text: str, option: str) -> dict[str, Any]:

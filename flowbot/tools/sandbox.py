@@ -268,6 +268,9 @@ def _choose_level(isolation: Isolation, host: _Host) -> str:
     if policy == "bwrap" and not host.bwrap:
         raise SandboxUnavailable(f"bwrap isolation is unavailable: {host.bwrap_reason}")
     if policy in LEVELS:
+        if policy == "process" and _claim_warning():  # chosen on purpose, and still said (once)
+            how = "requested" if isolation == "process" else f"--sandbox process / ${POLICY_ENV}=process"
+            log.warning("%s", _no_boundary_message(host, how))
         return policy
     best = _strongest(host)
     if best is not None:
@@ -275,13 +278,38 @@ def _choose_level(isolation: Isolation, host: _Host) -> str:
     if policy == "strict":
         raise SandboxUnavailable("sandbox policy 'strict': this host has no isolation boundary for generated "
                                  f"code ({_no_boundary_reason(host)}); refusing to run it")
-    if "process" not in _WARNED:
-        _WARNED.add("process")
-        log.warning("sandbox: NO ISOLATION BOUNDARY on this host (%s). LLM-written code runs as your user, "
-                    "stopped only by an audit guard that code can switch off: it could read your files and "
-                    "reach the network. Install bubblewrap (apt install bubblewrap), run as root, or use "
-                    "--sandbox strict to refuse.", _no_boundary_reason(host))
+    if _claim_warning():
+        log.warning("%s", _no_boundary_message(host, "auto"))
     return "process"
+
+
+def _claim_warning() -> bool:
+    """True the first time in this process: the no-boundary warning is said once."""
+    if "process" in _WARNED:
+        return False
+    _WARNED.add("process")
+    return True
+
+
+def _no_boundary_message(host: _Host, how: str) -> str:
+    """The warning for the "process" level, picked by "auto" or chosen ``how``."""
+    risk = ("LLM-written code runs as your user, stopped only by an audit guard that code can switch off: it could "
+            "read your files and reach the network.")
+    if how == "auto":
+        return (f"sandbox: NO ISOLATION BOUNDARY on this host ({_no_boundary_reason(host)}). {risk} Install "
+                "bubblewrap (apt install bubblewrap), run as root, or use --sandbox strict to refuse.")
+    best = _strongest(host)
+    fix = (f"This host has the '{best}' level: leave the sandbox at auto to use it." if best else
+           f"This host has no boundary ({_no_boundary_reason(host)}): install bubblewrap (apt install bubblewrap) "
+           "or run as root.")
+    return f"sandbox: NO ISOLATION BOUNDARY: the 'process' level was chosen ({how}). {risk} {fix}"
+
+
+async def no_boundary_warning(how: str) -> str | None:
+    """The warning for code run at the "process" level chosen ``how`` (e.g. "--sandbox process"),
+    the first time it is asked for or due in this process; None once it has been said."""
+    host = await _host()
+    return _no_boundary_message(host, how) if _claim_warning() else None
 
 
 # --------------------------------------------------------------------------------------------
