@@ -79,6 +79,54 @@ async def test_batch_raises_the_permanent_error_and_cancels_the_rest():
     assert len(provider.calls) == 2  # the good one, then the first failure; nothing after it
 
 
+# -- an unreachable server -------------------------------------------------------------------------
+@pytest.fixture
+def dead_url(monkeypatch):
+    """A local port nothing listens on; retries without their backoff waits (the CLI runs in-process)."""
+    import socket
+
+    from flowbot.lm.retry import RetryPolicy
+
+    monkeypatch.setattr(RetryPolicy, "delay", lambda self, attempt, retry_after: 0.001)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"
+
+
+@pytest.mark.parametrize("command", ["eval", "optimize"])
+def test_an_unreachable_server_stops_with_one_line_naming_it(data, dead_url, command):
+    args = [command, "--data", str(data), "--input", "q", "--target", "a", "--metric", "numeric", "--model", "m",
+            "--base-url", dead_url, "--concurrency", "2"]
+    args += ["--out", "e.json"] if command == "eval" else ["--run-dir", "run", "--no-report"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code != 0
+    line = one_error_line(res)
+    assert f"cannot reach {dead_url}" in line and "could connect" in line
+    assert "0.000" not in res.stdout  # never a table of zeros
+    assert not (data.parent / "e.json").exists() and not (data.parent / "run").exists()
+
+
+async def test_retries_tell_an_unreachable_server_from_a_flaky_one():
+    from flowbot.lm import LMConnectionError, LMTransientError, LMUnreachable, RetryPolicy
+
+    policy = RetryPolicy(max_attempts=3, base_delay=0.0001, max_delay=0.001)
+
+    def failing(*errors):
+        it = iter(errors)
+
+        async def attempt():
+            raise next(it)
+        return attempt
+
+    refused = LMConnectionError("connection to http://h:1/v1 failed: ConnectError", server="http://h:1/v1")
+    with pytest.raises(LMUnreachable, match="cannot reach http://h:1/v1: none of 3 attempts"):
+        await policy.run(failing(refused, refused, refused))
+    with pytest.raises(LMTransientError) as info:  # it answered once (a 503): reachable, just failing
+        await policy.run(failing(refused, LMTransientError("HTTP 503"), refused))
+    assert not isinstance(info.value, LMUnreachable)
+
+
 # -- hole 2: broken metrics ----------------------------------------------------------------------------
 def raises(example, prediction):
     raise KeyError("answer")
