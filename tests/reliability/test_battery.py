@@ -33,3 +33,19 @@ def test_battery_section(section, tmp_path, monkeypatch):
     assert checked, f"section {section} printed no invariant figure"
     failed = [f.line() for f in checked if not f.ok]
     assert not failed, "\n".join(failed)
+
+
+@pytest.mark.timeout(240)
+def test_a_kill_point_never_reached_is_a_figure_and_zero_kills_fail_the_check(tmp_path, monkeypatch):
+    """The fast crash subset has one kill point: when its phase never happens, the section must not
+    pass with 0 kills survived out of 0."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    module = battery()
+    real = module._classify
+    monkeypatch.setattr(module, "_classify", lambda bodies: [lab if lab != "backward pass" else "loss"
+                                                            for lab in real(bodies)])
+    figures = module.run(fast=True, only=["crash"], work=tmp_path)
+    lines = {f.what: f for f in figures}
+    assert "skipped" in lines["kill during a backward pass"].value
+    assert lines["kill points skipped (phase never reached)"].value.startswith("1/1")
+    assert lines["kills survived"].value.startswith("0/0") and lines["kills survived"].ok is False
