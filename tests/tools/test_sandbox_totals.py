@@ -89,6 +89,40 @@ async def test_a_detached_child_does_not_outlive_the_run(isolation: str, ending:
     assert processes_with(f"sleep {token}") == []
 
 
+KILL_LAUNCHER = """
+import os, signal, time
+if os.fork() == 0:
+    os.setsid()
+    time.sleep(0.2)
+    os.execv("/bin/sleep", ["sleep", {token!r}])
+time.sleep(0.05)
+launcher = os.getppid()
+try:
+    os.setpgid(0, launcher)  # back into the launcher's group first: no way around the guard's rule
+except OSError:
+    pass
+for kill in (lambda: os.kill(launcher, signal.SIGKILL), lambda: os.killpg(os.getpgid(launcher), signal.SIGKILL)):
+    try:
+        kill()
+    except OSError as exc:
+        print(type(exc).__name__)
+time.sleep(0.5)
+"""
+
+
+@pytest.mark.parametrize("guard", [True, False])
+async def test_killing_its_launcher_leaves_no_process_behind(isolation: str, guard: bool) -> None:
+    """On "process" the launcher is the subreaper that keeps a detached child in the run's tree:
+    the guard does not let the code signal it (or its group), and when the guard is off and the
+    launcher dies anyway, FlowBot still finds the run's processes by their environment."""
+    token = sleep_token()
+    res = await run_python(KILL_LAUNCHER.format(token=token), isolation=isolation, audit_guard=guard, timeout_s=3)
+    if guard and isolation == "process":
+        assert res.stdout.count("PermissionError") == 2, (res.stdout, res.stderr)
+    await asyncio.sleep(0.4)  # past the child's exec
+    assert processes_with(f"sleep {token}") == []
+
+
 async def test_too_many_processes_are_stopped_without_the_guard(isolation: str) -> None:
     # a bounded bomb: asks for 40 live processes when 8 are allowed
     code = textwrap.dedent("""
