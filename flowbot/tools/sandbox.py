@@ -52,14 +52,16 @@ Both levels add, inside the child interpreter, an *audit guard* (``sys.addaudith
 default, ``_sandbox_boot.py``): reading outside the working dir and the Python install, writing
 outside the working dir, sockets other than local ``socketpair``s, ``subprocess``/``os.system``/
 ``exec*``/``posix_spawn``, forks beyond ``max_processes`` (and any fork from a forked child),
-symlinks/hard links, signals to processes outside the run, ``setrlimit``, ``gc`` referrer/object
-walks, ``ctypes`` library loading, symbol lookup, foreign calls and raw-address reads, and
-imports of sub-interpreter and test modules all raise ``PermissionError``/``ImportError``. The
-guard is a tripwire for accidents and naive code, **not a security boundary**: code in the same
-interpreter can defeat it on purpose (raw memory access through ``ctypes`` pointer objects --
-``ctypes`` stays importable because sympy needs it; malformed bytecode; monkeypatching stdlib
-internals the guard calls; C extensions that open files without audit events; racing a path
-check from a thread). On ``"namespaces"`` that leaves the kernel limits above intact; on
+symlinks/hard links, signals to processes outside the run (and to the "process" level's launcher),
+``setrlimit``, ``gc`` referrer/object walks, ``ctypes`` library loading, symbol lookup, foreign
+calls and raw-address reads, and imports of sub-interpreter and test modules all raise
+``PermissionError``/``ImportError``. The guard is a tripwire for accidents and naive code, **not a
+security boundary**: code in the same interpreter can defeat it on purpose (the reliability
+battery does, six ways: the hook's own functions reached through a traceback's frames or a
+``__fspath__`` it calls, then rewritten or their closure cells replaced; raw memory access through
+``ctypes`` pointer objects -- ``ctypes`` stays importable because sympy needs it; monkeypatching
+stdlib internals the guard calls, such as ``os.fspath`` or ``posixpath``; also malformed bytecode,
+C extensions that open files without audit events, racing a path check from a thread). On ``"namespaces"`` that leaves the kernel limits above intact; on
 ``"process"`` nothing else stands behind it.
 
 Always, whatever the level: a minimal environment built from scratch (no variable of the parent
