@@ -10,7 +10,8 @@ Sections:
   lm           each fault kind (429, 5xx, timeouts, dropped connections, truncated or choice-less
                bodies, empty completions, header-echoing errors) at a set rate during an evaluation
                and an optimization: runs completed, results equal to a fault-free run, retries;
-               permanent errors (401, 404, 400 context length, 429 quota): requests before the stop
+               permanent errors (401, 404, 400 context length, 429 quota): requests before the stop;
+               an unreachable server: a non-zero exit and one line naming it
   crash        real ``flowbot optimize`` processes SIGKILLed at a set of points (during the seed's
                evaluation, a backward pass, a proposal, a candidate's evaluation, the test
                evaluation, writing the event log, writing the summary), then resumed: kills survived,
@@ -293,6 +294,40 @@ def _permanent_errors(b: Battery, data: Path, srv: OpenAITestServer) -> None:
         srv.fault_rule = None
         text = ", ".join(f"{c} stopped after {n} request(s) (exit {e}, {k} line)" for c, n, e, k in stops)
         b.add("lm", f"permanent {name}", text, ok=all(n == 1 and e != 0 and k == 1 for _, n, e, k in stops))
+    _unreachable_server(b, data)
+
+
+def _unreachable_server(b: Battery, data: Path) -> None:
+    """A base URL nothing listens on: after the retries (their waits cut short here), one line naming
+    the server and a non-zero exit, never a table of zeros."""
+    import socket
+
+    from typer.testing import CliRunner
+
+    from flowbot.cli.main import app
+    from flowbot.lm.retry import RetryPolicy
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    delay = RetryPolicy.delay
+    RetryPolicy.delay = lambda self, attempt, retry_after: 0.001  # type: ignore[method-assign]
+    said = []
+    try:
+        for command in ("eval", "optimize"):
+            args = [command, "--data", str(data), "--input", "question", "--target", "answer", "--metric", "numeric",
+                    "--model", "task", "--base-url", url, "--concurrency", "1"]
+            args += ["--out", str(b.work / "dead.json")] if command == "eval" else ["--run-dir", str(b.work / "dead")]
+            res = CliRunner().invoke(app, args)
+            lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+            named = len(lines) == 1 and f"cannot reach {url}" in lines[0]
+            left = (b.work / "dead.json").exists() or (b.work / "dead").exists()
+            said.append((command, res.exit_code, len(lines), named, left))
+    finally:
+        RetryPolicy.delay = delay  # type: ignore[method-assign]
+    b.add("lm", "unreachable server", ", ".join(
+        f"{c} exit {e}, {k} line{'' if k == 1 else 's'}{' naming it' if n else ''}{', output left' if x else ''}"
+        for c, e, k, n, x in said), ok=all(e != 0 and k == 1 and n and not x for _, e, k, n, x in said))
 
 
 # -- section: crash and resume -------------------------------------------------------------------

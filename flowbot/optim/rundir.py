@@ -295,7 +295,9 @@ class LockHolder:
 
 def lock_record() -> dict[str, Any]:
     """What this process writes into the lock file it holds."""
-    command = " ".join(["flowbot", *sys.argv[1:3]]) if sys.argv and sys.argv[0].endswith("flowbot") else "flowbot"
+    cli = bool(sys.argv) and (sys.argv[0].endswith("flowbot") or sys.argv[0].endswith(os.path.join("flowbot", "cli",
+                                                                                                    "main.py")))
+    command = " ".join(["flowbot", *sys.argv[1:2]]) if cli else "flowbot"
     return {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
             "since": datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S")}
 
