@@ -263,8 +263,11 @@ def _make_config(method: str, objective: str, cost_weight: float, inner: Any, ou
         raise ValueError(f"unknown proposal policy {outer_cfg.proposal!r}; use 'llm' or 'fixed'")
     if outer_cfg.schedule not in ("tune-first", "alternate"):
         raise ValueError(f"unknown schedule {outer_cfg.schedule!r}; use 'tune-first' or 'alternate'")
-    if race_cfg.margin < 1 or not 0 < race_cfg.alpha <= 1:
-        raise ValueError("racing needs margin ≥ 1 and 0 < alpha ≤ 1")
+    margin, alpha = race_cfg.margin, race_cfg.alpha
+    if not isinstance(margin, int) or isinstance(margin, bool) or margin < 1:
+        raise FlowBotError(f"must be a whole number of at least 1, got {margin!r}", where="racing.margin")
+    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not 0 < alpha <= 1:
+        raise FlowBotError(f"must be more than 0 and at most 1, got {alpha!r}", where="racing.alpha")
     _check_settings(cfg, cost_weight)
     return cfg
 

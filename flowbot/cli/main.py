@@ -20,6 +20,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from flowbot.cli.errors import handled
 from flowbot.errors import FlowBotError
@@ -173,7 +174,7 @@ def eval_cmd(
     from flowbot.api import aevaluate
     from flowbot.runtime.backends import make_backend
 
-    _check_options({"--limit": (limit, 1), "--concurrency": (concurrency, 1)})
+    _check_options({"--limit": (limit, 1), "--concurrency": (concurrency, 1), "--workers": (workers, 1)})
     _sandbox_policy(sandbox)
     cache_path = _eval_cache(cache, run_dir)
     run_settings = _run_settings(run_dir) if run_dir is not None else {}
@@ -344,7 +345,8 @@ def optimize(
                     "--minibatch": (minibatch, 1), "--candidates": (candidates, 1), "--demos": (demos, 0),
                     "--train-size": (train_size, 1), "--val-size": (val_size, 1),
                     "--test-size": (test_size, 0 if no_test else 1),  # 0 test items: only without a test
-                    "--concurrency": (concurrency, 1)},
+                    "--concurrency": (concurrency, 1), "--margin": (margin, 1), "--workers": (workers, 1)},
+                   maxima={"--alpha": (alpha, 0.0, 1.0)},
                    choices={"--feedback": (feedback, ("backward", "global")), "--step": (step, ("rule", "rewrite")),
                             "--method": (method, ("flowbot", "inner-only", "aflow")),
                             "--objective": (objective, ("score", "cost"))})
@@ -459,7 +461,7 @@ def runs(
         if r.stopped:
             out.print(f"[dim]#{i} stopped:[/] {r.stopped}", highlight=False)
         if r.status == "running":
-            out.print(f"[dim]#{i}[/] running (pid in {r.path / 'run.lock'})")
+            out.print(f"[dim]#{i}[/] running: {r.holder or 'in use'}", highlight=False)
         elif r.not_resumable:
             out.print(f"[dim]#{i}[/] {escape(r.not_resumable)}", highlight=False)
         elif r.command:
@@ -511,9 +513,10 @@ def metrics() -> None:
 
 
 def _check_options(minima: dict[str, tuple[Any, float]],
-                   choices: dict[str, tuple[str, tuple[str, ...]]] | None = None) -> None:
-    """One line naming the option for a value out of range (a float minimum means "more than")
-    or not among the choices, before anything runs."""
+                   choices: dict[str, tuple[str, tuple[str, ...]]] | None = None,
+                   maxima: dict[str, tuple[Any, float, float]] | None = None) -> None:
+    """One line naming the option for a value out of range (a float minimum means "more than";
+    ``maxima`` are (value, more than, at most) ranges) or not among the choices, before anything runs."""
     for option, (value, low) in minima.items():
         if value is None:
             continue
@@ -521,6 +524,9 @@ def _check_options(minima: dict[str, tuple[Any, float]],
             raise FlowBotError(f"must be more than {low:g}, got {value:g}", where=option)
         if value < low:
             raise FlowBotError(f"must be at least {low}, got {value}", where=option)
+    for option, (value, above, most) in (maxima or {}).items():
+        if value is not None and not above < value <= most:
+            raise FlowBotError(f"must be more than {above:g} and at most {most:g}, got {value:g}", where=option)
     for option, (value, allowed) in (choices or {}).items():
         if value is not None and value not in allowed:
             raise FlowBotError(f"unknown value {value!r}; use {', '.join(allowed)}", where=option)
@@ -532,19 +538,27 @@ def _sandbox_policy(value: str) -> None:
     before anything runs."""
     import os
 
-    from flowbot.tools.sandbox import LEVELS, POLICY_ENV, sandbox_levels
+    from flowbot.tools.sandbox import LEVELS, POLICY_ENV, no_boundary_warning, sandbox_levels
 
     _check_options({}, choices={"--sandbox": (value, ("auto", "strict", *LEVELS))})
-    if value == "auto":
-        return  # (a $FLOWBOT_SANDBOX already set stays in force)
+    if value == "auto":  # (a $FLOWBOT_SANDBOX already set stays in force)
+        if os.environ.get(POLICY_ENV, "").strip().lower() == "process":
+            _say_no_boundary(asyncio.run(no_boundary_warning(f"${POLICY_ENV}=process")))
+        return
     os.environ[POLICY_ENV] = value
-    if value == "process":
+    if value == "process":  # chosen on purpose, and still no boundary: said before anything runs
+        _say_no_boundary(asyncio.run(no_boundary_warning("--sandbox process")))
         return
     missing = asyncio.run(sandbox_levels())  # level -> why it is unavailable ("" when it works)
     wanted = ("namespaces", "bwrap") if value == "strict" else (value,)
     if all(missing[level] for level in wanted):
         why = "; ".join(f"{level}: {missing[level]}" for level in wanted)
         raise FlowBotError(f"this host cannot isolate generated code that way ({why})", where=f"--sandbox {value}")
+
+
+def _say_no_boundary(text: str | None) -> None:
+    if text:
+        err.print(Text.assemble(("warning: ", "bold yellow"), text.removeprefix("sandbox: ")), highlight=False)
 
 
 def _json_arg(text: str, option: str) -> dict[str, Any]:

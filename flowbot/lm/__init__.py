@@ -4,10 +4,12 @@ structured (JSON-schema) replies."""
 from flowbot.lm.base import (
     BudgetExceeded,
     Completion,
+    LMConnectionError,
     LMError,
     LMPermanentError,
     LMRequest,
     LMTransientError,
+    LMUnreachable,
     Message,
     Provider,
     Usage,
@@ -21,8 +23,8 @@ from flowbot.lm.scripted import ScriptedLM
 from flowbot.lm.structured import StructuredReply, check_schema, complete_json
 
 __all__ = [
-    "Budget", "BudgetExceeded", "BudgetLimits", "Completion", "LMClient", "LMError",
-    "LMPermanentError", "LMRequest", "LMTransientError", "Message", "Provider", "ResponseCache",
+    "Budget", "BudgetExceeded", "BudgetLimits", "Completion", "LMClient", "LMConnectionError", "LMError",
+    "LMPermanentError", "LMRequest", "LMTransientError", "LMUnreachable", "Message", "Provider", "ResponseCache",
     "RetryPolicy", "RoleUsage", "SchemaError", "ScriptedLM", "StructuredReply", "Usage", "UsageMeter",
     "cache_key", "check_schema", "complete_json", "schema_text", "unsupported_parts",
 ]

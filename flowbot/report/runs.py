@@ -10,25 +10,26 @@ A run this version would refuse to resume (its saved settings differ from those 
 command makes now, compared as a resume compares them) gets ``not_resumable`` instead of a usable
 command (:func:`resume_refusal`).
 
-Status: ``running`` when ``run.lock`` names a live process (or, for runs without a lock, a file
-of the run changed in the last two minutes and it has not finished); ``finished`` or ``stopped``
-(by a budget or a STOP file) when the log ends with ``run_finished``; otherwise ``interrupted``.
+Status: ``running`` while a process holds the run's lock (the kernel lock ``flowbot optimize``
+takes on ``run.lock``, see :func:`flowbot.optim.rundir.lock_holder`; runs made before it had that
+name hold ``lock``), or, for runs without a lock file, while a file of the run changed in the last
+two minutes and it has not finished; ``finished`` or ``stopped`` (by a budget or a STOP file) when
+the log ends with ``run_finished``; otherwise ``interrupted``.
 """
 
 from __future__ import annotations
 
 import functools
 import json
-import os
 import re
 import shlex
-import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-LOCK_FILE = "run.lock"
+from flowbot.optim.rundir import LEGACY_LOCK_FILES, LOCK_FILE, lock_holder
+
 RECENT_S = 120.0  # a run without a lock whose files changed this recently is taken as running
 MAX_DEPTH = 3  # how deep under DIR run directories are looked for (results/<task>/<method>/...)
 
@@ -55,6 +56,7 @@ class RunInfo:
     command: str | None = None  # how to resume it (recorded, or rebuilt from the settings)
     command_rebuilt: bool = False
     not_resumable: str | None = None  # why this version would refuse to resume it (None: it would not)
+    holder: str | None = None  # who holds the run's lock, while it runs ("flowbot optimize (pid 12 on host, ...)")
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -203,51 +205,18 @@ def _spend(info: RunInfo, summary: dict[str, Any], events: list[dict[str, Any]])
     info.usd = float(sum(_num(c) or 0 for c in costs)) if roles and all(c is not None for c in costs) else None
 
 
-def lock_pid(path: Path) -> tuple[int | None, str | None]:
-    """(pid, host) recorded in a run's lock file: JSON with "pid" (and "host"), or a bare number."""
-    try:
-        text = (path / LOCK_FILE).read_text(encoding="utf-8").strip()
-    except OSError:
-        return None, None
-    try:
-        data = json.loads(text)
-    except ValueError:
-        data = text.split()[0] if text else None
-    if isinstance(data, dict):
-        pid, host = data.get("pid"), data.get("host") or data.get("hostname")
-    else:
-        pid, host = data, None
-    try:
-        return int(pid), (str(host) if host else None)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None, None
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # it exists, as another user
-    except OSError:
-        return False
-    return True
-
-
 def _status(info: RunInfo, path: Path, events: list[dict[str, Any]]) -> None:
     times = [f.stat().st_mtime for f in path.iterdir() if f.is_file()] if path.is_dir() else []
     info.last_activity = max(times) if times else None
     finished = next((e for e in reversed(events) if e.get("type") == "run_finished"), None)
     last_start = max((i for i, e in enumerate(events) if e.get("type") == "run_started"), default=-1)
     done = finished is not None and events.index(finished) > last_start
-    pid, host = lock_pid(path)
-    if pid is not None:
-        elsewhere = host is not None and host != socket.gethostname()
-        if elsewhere or pid_alive(pid):
-            info.status = "running"
-            return
-    elif not done and info.last_activity is not None and time.time() - info.last_activity < RECENT_S:
+    holder = lock_holder(path)
+    if holder is not None:
+        info.status, info.holder = "running", holder.describe()
+        return
+    has_lock = any((path / name).exists() for name in (LOCK_FILE, *LEGACY_LOCK_FILES))
+    if not has_lock and not done and info.last_activity is not None and time.time() - info.last_activity < RECENT_S:
         info.status = "running"
         return
     if done:

@@ -114,7 +114,8 @@ async def evaluate_examples(
     backend = backend or active_backend()
     if backend is not None:
         return await backend.evaluate(executor, workflow, examples, metric, concurrency=concurrency,
-                                      progress=progress, description=description, on_result=on_result)
+                                      progress=progress, description=description, on_result=on_result,
+                                      guard_metric=guard_metric)
     start = time.perf_counter()
     results: list[ExampleResult | None] = [None] * len(examples)
     semaphore = asyncio.Semaphore(max(1, concurrency))

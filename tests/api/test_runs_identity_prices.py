@@ -6,8 +6,10 @@ import json
 import os
 import re
 import shlex
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -175,16 +177,32 @@ def test_runs_lists_status_models_scores_spend_and_how_to_resume(tmp_path, monke
     for f in (root / "nested" / "interrupted").iterdir():
         os.utime(f, (old, old))
     make_run(root / "running")
-    (root / "running" / "run.lock").write_text(json.dumps({"pid": os.getpid()}))
     make_run(root / "crashed")
     (root / "crashed" / "run.lock").write_text("999999999")
+    make_run(root / "stale")  # a lock file naming a live pid (ours), held by no one: not running
+    (root / "stale" / "run.lock").write_text(json.dumps({"pid": os.getpid()}))
     (root / "not-a-run").mkdir()
-
-    found = {r.path.name: r for r in list_runs(root)}
-    assert set(found) == {"finished", "stopped", "interrupted", "running", "crashed"}
+    holder = subprocess.Popen(  # a real live lock, held by another process
+        [sys.executable, "-c", "import sys\nfrom flowbot.optim.rundir import RunDir\n"
+         f"rd = RunDir({str(root / 'running')!r})\nprint('ready', flush=True)\nsys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(flowbot.__file__).parents[1])})
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        found = {r.path.name: r for r in list_runs(root)}
+        listed = CliRunner().invoke(app, ["runs", str(root)])
+        as_json = json.loads(CliRunner().invoke(app, ["runs", str(root), "--json"]).output)
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    assert f"running: flowbot (pid {holder.pid} on " in listed.output
+    assert found["running"].holder.startswith(f"flowbot (pid {holder.pid} on ")
+    assert {r["status"] for r in as_json} == {"finished", "stopped", "interrupted", "running"}
+    assert run_info(root / "running").status == "finished"  # the lock went with its process
+    assert set(found) == {"finished", "stopped", "interrupted", "running", "crashed", "stale"}
     assert {k: r.status for k, r in found.items()} == {
         "finished": "finished", "stopped": "stopped", "interrupted": "interrupted", "running": "running",
-        "crashed": "finished"}
+        "crashed": "finished", "stale": "finished"}
     fin = found["finished"]
     assert (fin.task, fin.method, fin.task_model, fin.optimizer_model) == ("mult", "flowbot", "task", "task")
     assert (fin.seed_val, fin.best_val, fin.best_id, fin.seed_test, fin.test) == (0.5, 0.5, "c0", 0.5, 0.5)
@@ -198,8 +216,6 @@ def test_runs_lists_status_models_scores_spend_and_how_to_resume(tmp_path, monke
     out = CliRunner().invoke(app, ["runs", str(root)])
     assert out.exit_code == 0, out.output
     assert "interrupted" in out.output and "flowbot.optimize(..., run_dir=" in out.output
-    as_json = json.loads(CliRunner().invoke(app, ["runs", str(root), "--json"]).output)
-    assert {r["status"] for r in as_json} == {"finished", "stopped", "interrupted", "running"}
 
 
 def test_a_cli_run_records_its_command_and_a_benchmark_run_gets_a_rebuilt_one(tmp_path, monkeypatch):

@@ -163,6 +163,30 @@ def test_a_run_stopped_early_and_resumed_with_more_budget_adds_to_its_mlflow_run
     assert len(calls_after) > len(calls_before)
 
 
+def test_the_state_file_is_written_atomically(tmp_path, monkeypatch):
+    """A reader (or a kill) never sees half of mlflow.json: it is renamed over the old one."""
+    import os
+
+    from flowbot.integrations.mlflow import STATE_FILE, MlflowRun
+
+    renamed = []
+    real_replace = os.replace
+
+    def replace(src, dst, *a, **kw):
+        renamed.append((str(src), str(dst)))
+        return real_replace(src, dst, *a, **kw)
+
+    monkeypatch.setattr(os, "replace", replace)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    mrun = MlflowRun.open(run_dir, {"task": "mult", "method": "flowbot"}, tracking_uri=f"sqlite:///{tmp_path / 'm.db'}")
+    mrun.finish()
+    state = run_dir / STATE_FILE
+    assert json.loads(state.read_text())["run_id"] == mrun.run_id
+    assert any(dst == str(state) and src != dst and os.path.dirname(src) == str(run_dir) for src, dst in renamed)
+    assert not list(run_dir.glob(".*.tmp"))
+
+
 def test_mlflow_turns_on_with_the_tracking_uri_and_off_when_told(monkeypatch, tmp_path):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # off by default: whatever the machine has set
     assert not mlflow_enabled(None) and not mlflow_enabled(False)

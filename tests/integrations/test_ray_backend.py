@@ -203,3 +203,48 @@ def test_a_dollar_budget_across_workers_on_a_priced_server(cluster, tmp_path):
         assert cap <= u["cost_usd"] < cap + concurrency * per_call  # used up; over by the calls in flight only
         assert ev.batch.stopped and f"${cap:g}" in ev.batch.stopped and ev.n < 10
     assert local.usage["task"]["calls"] + remote.usage["task"]["calls"] == srv.request_count
+
+
+def test_a_permanent_error_on_a_worker_stops_eval_with_one_line(cluster, tmp_path):
+    """`flowbot eval --backend ray` with a bad key: the first 401 on any worker stops the
+    evaluation (no table of zeros), exit non-zero, one line; only calls in flight were made."""
+    from typer.testing import CliRunner
+
+    from flowbot.cli.main import app
+    from flowbot.lm.testing import Fault, OpenAITestServer
+
+    rows = tmp_path / "d.jsonl"
+    rows.write_text("".join(json.dumps(r) + "\n" for r in products(24, 0)))
+    with OpenAITestServer(reply="Answer: 1", latency_s=0.05, fault_rule=lambda body: Fault.bad_key()) as srv:
+        res = CliRunner().invoke(app, ["eval", "--data", str(rows), "--input", "question", "--target", "answer",
+                                       "--metric", "numeric", "--model", "served", "--base-url", srv.base_url,
+                                       "--split", "train", "--concurrency", "2", "--backend", "ray",
+                                       "--cache", str(tmp_path / "c.sqlite"), "--out", str(tmp_path / "e.json")])
+        assert srv.request_count <= 2  # the calls in flight, not one per example
+    assert res.exit_code != 0
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "authentication failed" in lines[0], res.stderr
+    assert "Traceback" not in res.output and not (tmp_path / "e.json").exists()
+
+
+def test_a_permanent_error_raised_on_ray_is_the_workers_error(cluster, tmp_path):
+    from flowbot.lm import LMPermanentError
+
+    with pytest.raises(LMPermanentError, match="ScriptedLM has no reply"):
+        flowbot.evaluate("cot", task(), split="test", model="task", providers={"task": ScriptedLM(model="task")},
+                         cache=tmp_path / "p.sqlite", backend=cluster, concurrency=2)
+
+
+def test_a_broken_metric_stops_an_evaluation_on_ray(cluster, tmp_path):
+    from flowbot.errors import MetricFailure
+
+    def two(example, prediction):
+        return 2.0
+
+    broken = Task("mult", train=products(6, 0), val=products(4, 100), test=products(10, 200), inputs=["question"],
+                  targets=["answer"], metric=two)
+    with pytest.raises(MetricFailure) as info:
+        flowbot.evaluate("cot", broken, split="test", model="task", providers={"task": task_lm()},
+                         cache=tmp_path / "m.sqlite", backend=cluster, concurrency=2)
+    text = str(info.value)
+    assert "metric two failed" in text and "example 'p2" in text and "between 0 and 1" in text
