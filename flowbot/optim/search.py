@@ -4,10 +4,11 @@ accepted structure is tuned), never in how candidates are judged or paid for.
 
 Round: select a parent among the complete candidates → the expander proposes one child (an edit
 that is valid by construction) → if the budget affords a full raced validation at the child's
-projected price, race it against the incumbent → a winner becomes the incumbent and, when a tuner
-is given (FlowBot), is tuned by the inner loop, whose rewrites are raced the same way. Stops at
-``rounds``, at ``patience`` rounds without an acceptance, or when the budget cannot pay for another
-candidate.
+projected price and, should the child win, its test evaluation (see
+:meth:`~flowbot.optim.budgeting.BudgetPlan.race_and_test`), race it against the incumbent → a
+winner becomes the incumbent and, when a tuner is given (FlowBot), is tuned by the inner loop,
+whose rewrites are raced (and paid for) the same way. Stops at ``rounds``, at ``patience`` rounds
+without an acceptance, or when the budget cannot pay for another candidate.
 """
 
 from __future__ import annotations
@@ -184,12 +185,12 @@ class StructureSearch:
             return NOTHING
         parent = self.selection.select(parents, self.objective)
         parent_price = Price.of(parent.val) if parent.val is not None else Price(1.0, 0.0, 0.0)
-        if not self.plan.affords(self.plan.full_validation(parent_price)):
+        if not self.plan.affords_candidate(parent_price):
             return None
         parent.expansions += 1
 
-        def fits(child: Workflow) -> bool:  # only children whose raced validation the budget can pay
-            return self.plan.affords(self.plan.full_validation(projected_price(parent.workflow, parent_price, child)))
+        def fits(child: Workflow) -> bool:  # only children the budget can race and, should they win, test
+            return self.plan.affords_candidate(projected_price(parent.workflow, parent_price, child))
 
         invalid_before = counts.invalid
         proposed = await self.expander.propose(parent, archive, self.plan.for_proposal(f"proposal from {parent.id}"),
@@ -201,9 +202,9 @@ class StructureSearch:
             return NOTHING
         price = projected_price(parent.workflow, parent_price, proposed.workflow)
         entry_id = f"c{len(archive.entries)}"
-        if not self.plan.affords(self.plan.full_validation(price)):
+        if not self.plan.affords_candidate(price):
             self._reject(parent, proposed, f"its raced validation (≈{price.times(self.plan.n_val).describe()}) "
-                                           "does not fit in the budget left")
+                                           "and, should it win, its test evaluation do not fit in the budget left")
             return False
         budget = self.plan.for_child(f"candidate {entry_id}", price)
         incumbent = archive.incumbent
@@ -216,6 +217,7 @@ class StructureSearch:
                 raise
             self._reject(parent, proposed, f"not scored within its budget ({exc})")
             return False
+        self.plan.check_winner(result)  # it may have cost more than projected
         counts.applied += 1
         ledger.record(entry_id, result)
         entry = self._entry(entry_id, proposed.workflow, result.batch, parent, proposed.text, proposed.edit,

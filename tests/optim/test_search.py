@@ -64,7 +64,7 @@ class Script:
         return Proposed({"op": name}, f"use {name}", "because", child)
 
 
-async def run(names, budget=None, tuner=None, copies=1, n_val=20, rounds=4, schedule="tune-first"):
+async def run(names, budget=None, tuner=None, copies=1, n_val=20, rounds=4, schedule="tune-first", n_test=0):
     events = []
     meter = UsageMeter()
     lm = task_lm()
@@ -72,13 +72,14 @@ async def run(names, budget=None, tuner=None, copies=1, n_val=20, rounds=4, sche
     ev = Evaluator(Executor(client), exact, concurrency=1)
     val = data(n_val)
     seed_val = await ev(wf("seed"), val)
-    plan = BudgetPlan(budget or Budget(), n_val=n_val, n_test=0)
-    plan.set_seed(Price.of(seed_val), 0)
+    plan = BudgetPlan(budget or Budget(), n_val=n_val, n_test=n_test)
+    plan.set_seed(Price.of(seed_val), 0)  # the seed's test answers are cached
     search = StructureSearch(
         evaluator_for=lambda b: ev.with_executor(Executor(client.with_budget(b))), expander=Script(names, copies),
         selection=UCBSelection(0.3), racing=PairedRacing(chunk=1), plan=plan,
         config=SearchConfig(rounds=rounds, schedule=schedule), tuner=tuner, on_event=events.append)
     result = await search.search(wf("seed"), seed_val, val)
+    result.plan = plan
     return result, events, lm
 
 
@@ -123,6 +124,18 @@ async def test_a_child_the_budget_cannot_pay_for_is_never_offered_or_raced():
     assert result.proposals.made == 0 and result.archive.entries[0].exhausted
     assert result.stopped == "no new candidate the budget can pay for"
     assert result.best.id == "c0" and len(lm.calls) == 20 and budget.spent.calls == 20
+
+
+async def test_a_child_whose_test_would_not_fit_once_it_won_is_never_offered():
+    # 20 calls score the seed; a three-call child races for 62 of the 130 left, but once it won,
+    # its 60 test items would take 180: it is not offered. A one-call child (20 + 60) still is.
+    budget = Budget(max_calls=150)
+    result, _, lm = await run(["better"], budget=budget, copies=3, n_test=60)
+    assert result.proposals.made == 0 and result.best.id == "c0" and len(lm.calls) == 20
+    budget = Budget(max_calls=150)
+    result, _, _ = await run(["better"], budget=budget, copies=1, n_test=60)
+    assert result.best.workflow.params["better"].instruction == "better"
+    assert result.plan.reserved.calls == 60 and result.plan.headroom()["calls"] >= 0
 
 
 async def test_rounds_count_raced_candidates_not_fruitless_proposals():
