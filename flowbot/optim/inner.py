@@ -31,7 +31,7 @@ from flowbot.optim.budgeting import OPTIMIZER_CALL_TOKENS, ZERO, BudgetPlan, Pri
 from flowbot.optim.evaluation import Evaluator
 from flowbot.optim.events import EventSink, InnerCandidate, InnerStep, Patience
 from flowbot.optim.policies import BlameOrder, MinibatchGate, MinibatchSampler, MinibatchSampling, NodeSelection
-from flowbot.optim.racing import PairedRacing, RaceResult, race
+from flowbot.optim.racing import Acceptance, PairedRacing, RaceResult
 from flowbot.runtime.batch import BatchResult, ExampleResult
 
 
@@ -125,7 +125,7 @@ class InnerLoop:
         meter: UsageMeter | None = None,
         on_event: EventSink | None = None,
         tool_options: list[str] | None = None,
-        racing: PairedRacing | None = None,
+        racing: Acceptance | None = None,
         node_selection: NodeSelection | None = None,
         gate: MinibatchGate | None = None,
         plan: BudgetPlan | None = None,
@@ -137,7 +137,7 @@ class InnerLoop:
         self.meter = meter or optimizer.meter
         self.emit = on_event or (lambda e: None)
         self.tool_options = tool_options
-        self.racing = racing or PairedRacing()
+        self.racing: Acceptance = racing or PairedRacing()
         self.gate = gate or MinibatchGate(self.cfg.minibatch_gate)
         self.node_order = node_selection or BlameOrder(self.cfg.max_nodes_per_step)
         self.plan = plan
@@ -295,8 +295,8 @@ class InnerLoop:
         elif not self._affordable(state, candidate, mb):
             record.reason = "its raced validation and, should it win, its test evaluation do not fit in the budget left"
         else:
-            result: RaceResult = await race(self.evaluate, candidate, state.val, val, self.racing,
-                                            f"{label}step {step}: racing the candidate")
+            result: RaceResult = await self.racing.race(self.evaluate, candidate, state.val, val,
+                                                        f"{label}step {step}: racing the candidate")
             if self.plan is not None:
                 self.plan.check_winner(result)
             record.race = result.to_dict()

@@ -26,7 +26,7 @@ from flowbot.optim.evaluation import Evaluator
 from flowbot.optim.events import (BudgetWarning, CandidateAccepted, CandidateEvaluated, CandidateRejected, EventSink,
                                   Patience)
 from flowbot.optim.policies import ParentSelection
-from flowbot.optim.racing import PairedRacing, RaceLedger, RaceResult, race
+from flowbot.optim.racing import Acceptance, RaceLedger, RaceResult
 from flowbot.optim.textgrad import brief_fields, clip
 from flowbot.runtime.batch import BatchResult
 
@@ -117,7 +117,7 @@ class SearchConfig:
 
 class StructureSearch:
     def __init__(self, *, evaluator_for: Callable[[Budget], Evaluator], expander: Expander,
-                 selection: ParentSelection, racing: PairedRacing, plan: BudgetPlan, config: SearchConfig,
+                 selection: ParentSelection, racing: Acceptance, plan: BudgetPlan, config: SearchConfig,
                  objective: Objective | None = None, tuner: Tuner | None = None,
                  on_event: EventSink | None = None) -> None:
         self.evaluator_for = evaluator_for
@@ -210,8 +210,8 @@ class StructureSearch:
         incumbent = archive.incumbent
         assert incumbent is not None and incumbent.val is not None
         try:
-            result = await race(self.evaluator_for(budget), proposed.workflow, incumbent.val, val, self.racing,
-                                f"[{entry_id}] racing {proposed.text}")
+            result = await self.racing.race(self.evaluator_for(budget), proposed.workflow, incumbent.val, val,
+                                            f"[{entry_id}] racing {proposed.text}")
         except BudgetExceeded as exc:
             if self.plan.budget.exhausted:
                 raise

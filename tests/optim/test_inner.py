@@ -28,7 +28,7 @@ def exact(example, prediction):
     return float(str(prediction.get("answer")) == example["gold"])
 
 
-def build(task_provider, opt_provider, config=None, budget=None, metric=exact, events=None):
+def build(task_provider, opt_provider, config=None, budget=None, metric=exact, events=None, racing=None):
     meter = UsageMeter()
     task_lm = LMClient(task_provider, role="task", meter=meter, budget=budget)
     opt_lm = LMClient(opt_provider, role="optimizer", meter=meter, budget=budget)
@@ -36,7 +36,7 @@ def build(task_provider, opt_provider, config=None, budget=None, metric=exact, e
     ctx = GradContext(task_description="copy the question in the right case", output_field="answer",
                       target_fields=["gold"])
     return InnerLoop(evaluator, opt_lm, ctx, config or InnerConfig(steps=3, demos=0), meter=meter,
-                     on_event=(events.append if events is not None else None))
+                     on_event=(events.append if events is not None else None), racing=racing)
 
 
 def one_node() -> Workflow:
@@ -240,6 +240,22 @@ async def test_a_winning_rewrite_has_its_test_reserved_at_once():
     plan.set_seed(Price.of(seed_val), uncached_test_items=0)
     result = await loop.optimize(one_node(), examples("t", 10), val, val_result=seed_val)
     assert result.steps[0].accepted and plan.reserved.calls == 30
+
+
+async def test_another_acceptance_policy_decides_the_inner_loop(strict_gain):
+    # the rewrite puts one of the six validation answers right: 1 win, 0 losses
+    def task(req: LMRequest, i: int) -> str:
+        q = field_value(last_user(req), "Question")
+        return "Answer: " + (q.upper() if "UPPERCASE" in system_of(req) and q.endswith("0") else q)
+
+    config = InnerConfig(steps=1, demos=0, minibatch_gate=False)
+    paired = await build(ScriptedLM(default=task), case_optimizer(), config).optimize(
+        one_node(), examples("t", 5), examples("v", 6))
+    assert not paired.steps[0].accepted and "below the margin" in paired.steps[0].reason
+    loop = build(ScriptedLM(default=task), case_optimizer(), config, racing=strict_gain)
+    result = await loop.optimize(one_node(), examples("t", 5), examples("v", 6))
+    assert strict_gain.decisions == [(1, 0, True)] and result.steps[0].accepted
+    assert result.steps[0].reason == "a strict gain" and "UPPERCASE" in result.workflow.params["answer"].instruction
 
 
 async def test_global_feedback_variant_skips_backward():
