@@ -4,8 +4,9 @@ chunk at a time, and dropped as soon as it can no longer reach the acceptance ru
 The incumbent's per-item results are known. Only an item the incumbent got less than full marks on
 can become a *win*, so those items are raced first (each group in a seeded order); once they are
 done, the rest can only add losses. Evaluation stops when even winning every remaining possible
-item would not pass the rule — the decision is then the one a full evaluation would have made,
-for fewer calls. A candidate is accepted on a margin (wins − losses ≥ ``margin`` and an exact
+item would not pass the rule, nor leave the candidate as good and possibly cheaper over all the
+items (the rest could cost it nothing) — the decision is then the one a full evaluation would
+have made, for fewer calls. A candidate is accepted on a margin (wins − losses ≥ ``margin`` and an exact
 one-sided sign test at level ``alpha``), never on a tie unless it is clearly cheaper. The inner
 loop, FlowBot's outer loop and the AFlow-style search all decide through the :class:`Acceptance`
 protocol (one method, ``race``): a run gives them one policy object — :class:`PairedRacing` unless
@@ -75,12 +76,15 @@ class PairedRacing:
 
     ``margin``: wins − losses needed; ``alpha``: one-sided sign-test level; ``cheaper_by``: a
     candidate that is not worse (wins ≥ losses) is accepted when it costs at least this fraction
-    less per example (tokens, or dollars when priced); ``chunk``: items scored between checks
+    less over all the items (tokens, or dollars when priced; None: never) — as its cost on the
+    items not raced yet is unknown, such a candidate races on until it is worse or could no longer
+    be cheaper, so stopping never refuses it where a full evaluation would not; ``chunk``: items
+    scored between checks
     (default: the evaluator's concurrency); ``seed``: the racing order."""
 
     margin: int = 2
     alpha: float = 0.15
-    cheaper_by: float = 0.2
+    cheaper_by: float | None = 0.2
     chunk: int | None = None
     seed: int = 0
     full_score: float = 1.0
@@ -154,11 +158,17 @@ def _cost(results: list[ExampleResult], priced: bool) -> float:
 
 def is_cheaper(candidate: list[ExampleResult], incumbent: BatchResult, cheaper_by: float) -> bool:
     """Whether the candidate costs ``cheaper_by`` less than the incumbent on the same items."""
-    ids = {r.example_id for r in candidate}
+    return may_be_cheaper(candidate, incumbent, {r.example_id for r in candidate}, cheaper_by)
+
+
+def may_be_cheaper(done: list[ExampleResult], incumbent: BatchResult, ids: set[str], cheaper_by: float) -> bool:
+    """Whether a candidate that cost what ``done`` cost may still come out ``cheaper_by`` cheaper
+    than the incumbent on all of ``ids``: the items it was not scored on yet may cost it nothing,
+    and nothing more is known of them. With ``done`` covering ``ids``, this is :func:`is_cheaper`."""
     inc = [r for r in incumbent.results if r.example_id in ids]
     priced = any((r.trace.usage.cost_usd or 0.0) > 0 for r in inc if r.trace is not None)
     inc_cost = _cost(inc, priced)
-    return inc_cost > 0 and _cost(candidate, priced) <= (1 - cheaper_by) * inc_cost
+    return inc_cost > 0 and _cost(done, priced) <= (1 - cheaper_by) * inc_cost
 
 
 async def race(evaluate: Any, candidate: Workflow, incumbent: BatchResult, examples: list[dict[str, Any]],
@@ -168,6 +178,7 @@ async def race(evaluate: Any, candidate: Workflow, incumbent: BatchResult, examp
     :class:`~flowbot.optim.evaluation.Evaluator` (``await evaluate(workflow, items, description)``)."""
     inc_scores = incumbent.scores()
     ordered = rule.order(incumbent, with_ids(examples))
+    ids = {str(ex["id"]) for ex in ordered}
     chunk = max(1, rule.chunk or getattr(evaluate, "concurrency", 1))
     done: list[ExampleResult] = []
     cheaper = False
@@ -179,7 +190,11 @@ async def race(evaluate: Any, candidate: Workflow, incumbent: BatchResult, examp
         cheaper = rule.cheaper_by is not None and is_cheaper(done, incumbent, rule.cheaper_by)
         rest = ordered[start + chunk:]
         possible = sum(1 for ex in rest if inc_scores.get(str(ex["id"]), 0.0) < rule.full_score - EPS)
-        if rest and not rule.can_still_accept(wins, losses, possible, cheaper):
+        # "cheaper" on the items so far may not hold on all of them (either way): stop only when
+        # the candidate could not be cheaper even if the rest cost it nothing, so that stopping
+        # never refuses what a full evaluation would accept
+        may_be = rule.cheaper_by is not None and may_be_cheaper(done, incumbent, ids, rule.cheaper_by)
+        if rest and not rule.can_still_accept(wins, losses, possible, may_be):
             break
     accepted, reason = rule.decide(wins, losses, cheaper)
     if len(done) < len(ordered):
