@@ -21,7 +21,7 @@ from flowbot.graph.sketch import Workflow
 from flowbot.lm.base import BudgetExceeded
 from flowbot.lm.budget import Budget
 from flowbot.optim.archive import Archive, ArchiveEntry, Objective
-from flowbot.optim.budgeting import BudgetPlan, Price, projected_price
+from flowbot.optim.budgeting import ZERO, BudgetPlan, Price, projected_price
 from flowbot.optim.evaluation import Evaluator
 from flowbot.optim.events import (BudgetWarning, CandidateAccepted, CandidateEvaluated, CandidateRejected, EventSink,
                                   Patience)
@@ -202,7 +202,7 @@ class StructureSearch:
             return NOTHING
         price = projected_price(parent.workflow, parent_price, proposed.workflow)
         entry_id = f"c{len(archive.entries)}"
-        if not self.plan.affords_candidate(price):
+        if not self.plan.affords_candidate(price, overhead=ZERO):  # the proposal is paid by now
             self._reject(parent, proposed, f"its raced validation (≈{price.times(self.plan.n_val).describe()}) "
                                            "and, should it win, its test evaluation do not fit in the budget left")
             return False

@@ -176,17 +176,16 @@ async def test_resume_after_stop_repays_nothing_and_matches_a_full_run(tmp_path)
     assert second.summary["racing"] == ref.summary["racing"]
 
 
-async def test_a_small_budget_keeps_the_seed_and_never_overspends(tmp_path):
-    # 8 calls score the seed; every child makes 2+ calls on each of the 8 items (16+ calls), more than
-    # is left after the seed's tuning share, so no child is offered to the optimizer at all
-    events = []
+async def test_a_small_budget_is_refused_and_the_least_it_names_is_kept_within(tmp_path):
+    # 8 calls score the seed; the cheapest child makes 2 calls on each of the 8 items after a 2-call
+    # proposal (18 calls): 25 calls cannot pay for one, and the refusal names the least that can
     t, o = task_lm(), optimizer_lm()
-    result = await prepare(tmp_path, t, o, budget={"calls": 25}, budget_scope="search",
-                           outer={"rounds": 3}).arun([events.append])
-    assert result.best_id == "c0" and result.best.sketch.node_ids() == ["solve"]
-    assert not proposals(o) and result.stopped == "no new candidate the budget can pay for"
-    assert result.summary["budget"]["spent"]["calls"] <= 25
-    assert json.loads((tmp_path / "run" / "best.json").read_text())["sketch"]["nodes"][0]["id"] == "solve"
+    with pytest.raises(ValueError, match="cannot pay for one structural candidate.*--budget-calls to at least 26"):
+        await prepare(tmp_path, t, o, budget={"calls": 25}, budget_scope="search", outer={"rounds": 3}).arun()
+    assert not t.calls and not o.calls and not (tmp_path / "run").exists()
+    result = await prepare(tmp_path, t, o, budget={"calls": 26}, budget_scope="search", outer={"rounds": 3}).arun()
+    assert proposals(o) and result.summary["budget"]["spent"]["calls"] <= 26
+    assert json.loads((tmp_path / "run" / "best.json").read_text())["sketch"]["nodes"]
 
 
 async def test_a_budget_that_affords_one_child_keeps_what_it_won(tmp_path):
@@ -232,6 +231,48 @@ def test_a_budget_too_small_for_one_candidate_is_refused_before_paying(tmp_path)
     assert not t.calls and not o.calls and not (tmp_path / "run").exists()
     roomy = prepare(tmp_path, t, o, budget={"calls": 400}).estimate()
     assert roomy.refusal is None and roomy.candidates >= 1
+
+
+def test_a_tokens_or_dollars_budget_too_small_for_one_candidate_is_refused_before_paying(tmp_path):
+    import asyncio
+    t, o = task_lm(), optimizer_lm()
+    tokens = prepare(tmp_path, t, o, budget={"tokens": 2000})
+    est = tokens.estimate()
+    assert est.candidates == 0 and "cannot pay for one structural candidate" in est.refusal
+    assert "--budget-tokens to at least" in est.refusal
+    with pytest.raises(ValueError, match="--budget-tokens to at least"):
+        asyncio.run(tokens.arun())
+    assert not t.calls and not o.calls and not (tmp_path / "run").exists()
+    priced = {"task": (1.0, 2.0), "optimizer": (1.0, 2.0)}  # dollars per million tokens
+    usd = prepare(tmp_path, t, o, budget={"usd": 0.001}, prices=priced).estimate()
+    assert usd.candidates == 0 and "--budget-usd to at least $" in usd.refusal
+    assert prepare(tmp_path, t, o, budget={"usd": 5.0}, prices=priced).estimate().candidates >= 1
+    assert prepare(tmp_path, t, o, budget={"tokens": 10**6}).estimate().candidates >= 1
+
+
+async def test_the_estimate_counts_cached_seed_answers_as_the_run_does(tmp_path):
+    """With the seed's validation and test answers in the run's cache, only a child's race (8 items
+    × 2 calls, a 2-call proposal) and, should it win, its 6 test items × 2 calls are left to pay."""
+    import flowbot
+    run = tmp_path / "run"
+    run.mkdir()
+    cache = ResponseCache(run / "cache.sqlite")
+    for split in ("val", "test"):
+        await flowbot.aevaluate("cot", mult_task(), split=split, cache=cache, providers={"task": task_lm()},
+                                model="task")
+    cache.close()
+    t, o = task_lm(), optimizer_lm()
+    short = await prepare(tmp_path, t, o, budget={"calls": 29}, outer={"rounds": 1}).aestimate()
+    assert short.candidates == 0 and "--budget-calls to at least 30" in short.refusal
+    assert not t.calls and not o.calls
+    enough = prepare(tmp_path, t, o, budget={"calls": 30}, outer={"rounds": 1})
+    assert (await enough.aestimate()).candidates == 1
+    result = await enough.arun()
+    assert result.best.sketch.node_ids()[0] == "write_program" and len(result.test.results) == 6
+    assert result.summary["budget"]["spent"]["calls"] <= 30
+    # without the cache the seed's validation (8) and test items (6) are paid too
+    fresh = prepare(tmp_path / "fresh", t, o, budget={"calls": 43}).estimate()
+    assert "--budget-calls to at least 44" in fresh.refusal
 
 
 async def test_changed_settings_refuse_to_reuse_a_run_dir(tmp_path):
