@@ -220,6 +220,54 @@ async def test_the_test_reserve_counts_only_uncached_seed_items(tmp_path):
     assert plan["reserved_for_test"].startswith("0 calls") and "0 of 6 seed test items uncached" in plan["reserved_for_test"]
 
 
+def case_task(n_test: int = 30) -> Task:
+    def rows(prefix: str, n: int) -> list[dict]:
+        return [{"id": f"{prefix}{i}", "question": f"{prefix}word{i}", "answer": f"{prefix}word{i}".upper()}
+                for i in range(n)]
+    return Task("case", train=rows("t", 10), val=rows("v", 6), test=rows("x", n_test), inputs=["question"],
+                targets=["answer"], description="copy the question in the right case", metric=same_case)
+
+
+def same_case(example: dict, prediction: dict) -> float:
+    return float(prediction.get("answer") == example["answer"])
+
+
+def case_task_lm() -> ScriptedLM:
+    """Copies the question; in capitals once its instruction says UPPERCASE."""
+    def reply(req: LMRequest, i: int) -> str:
+        q = re.search(r"Question:\n(\S+)", req.messages[-1][1]).group(1)
+        return "Answer: " + (q.upper() if "UPPERCASE" in req.messages[0][1] else q)
+    return ScriptedLM(default=reply, model="task")
+
+
+def case_optimizer() -> ScriptedLM:
+    return ScriptedLM([
+        (r"What is wrong with the output\?", "The output is lowercase; the correct answer is uppercase."),
+        (r"Reply with exactly these lines", "GRADIENT: require UPPERCASE output."),
+        (r"<instruction>", "<instruction>Repeat the question in UPPERCASE letters.</instruction>"),
+    ], model="optimizer")
+
+
+async def test_a_tuned_seed_keeps_its_test_evaluation_paid_for(tmp_path):
+    """The seed's test answers are cached, so nothing is reserved for them; the inner loop's rewrite
+    wins, and the tuned workflow's 30 test items must then be paid from the 65 calls. The inner loop
+    reserves them as soon as it wins, so it takes no step it could not pay for beside them."""
+    import flowbot
+    run = tmp_path / "run"
+    run.mkdir()
+    cache = ResponseCache(run / "cache.sqlite")
+    await flowbot.aevaluate("cot", case_task(), split="test", cache=cache, providers={"task": case_task_lm()},
+                            model="task")
+    cache.close()
+    events = []
+    result = await prepare(tmp_path, case_task_lm(), case_optimizer(), task=case_task(), method="inner-only",
+                           budget={"calls": 65}, inner={"steps": 3, "demos": 0}).arun([events.append])
+    assert result.val_score == 1.0 and "UPPERCASE" in result.best.params["solve"].instruction
+    assert len(result.test.results) == 30 and result.test_score == 1.0
+    assert not any(e["type"] == "budget_warning" and "test evaluation incomplete" in e["message"] for e in events)
+    assert result.summary["budget"]["spent"]["calls"] <= 65
+
+
 def test_a_budget_too_small_for_one_candidate_is_refused_before_paying(tmp_path):
     t, o = task_lm(), optimizer_lm()
     prepared = prepare(tmp_path, t, o, budget={"calls": 20})
