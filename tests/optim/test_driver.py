@@ -176,6 +176,32 @@ async def test_resume_after_stop_repays_nothing_and_matches_a_full_run(tmp_path)
     assert second.summary["racing"] == ref.summary["racing"]
 
 
+async def test_a_resumed_run_counts_the_time_its_earlier_session_spent(tmp_path, monkeypatch):
+    """A 60 s time budget stops the first session after 61 s; the resumed session starts with that
+    time spent (sessions.json), so it stops at once and pays nothing, instead of a fresh 60 s."""
+    from types import SimpleNamespace
+
+    import flowbot.optim.rundir as rundir
+    from flowbot.lm import Budget
+    now = [1000.0]
+    clock = lambda: now[0]  # noqa: E731 -- one fake clock for the budget and the run directory
+    monkeypatch.setattr(rundir, "time", SimpleNamespace(time=clock))
+
+    def slow_seed(event):  # the seed's validation took 61 s
+        if event["type"] == "seed_evaluated" and not event["replayed"]:
+            now[0] += 61.0
+
+    t1, o1 = task_lm(), optimizer_lm()
+    first = await prepare(tmp_path, t1, o1, budget=Budget(max_seconds=60, clock=clock)).arun([slow_seed])
+    assert first.stopped and "time budget of 60 s is used up" in first.stopped
+    assert len(t1.calls) == 8 and not o1.calls  # the seed's validation, then nothing
+    t2, o2 = task_lm(), optimizer_lm()
+    second = await prepare(tmp_path, t2, o2, budget=Budget(max_seconds=60, clock=clock)).arun()
+    assert second.resumed and "time budget of 60 s is used up" in second.stopped
+    assert not t2.calls and not o2.calls
+    assert second.summary["budget"]["spent"]["seconds"] >= 61.0
+
+
 async def test_a_small_budget_is_refused_and_the_least_it_names_is_kept_within(tmp_path):
     # 8 calls score the seed; the cheapest child makes 2 calls on each of the 8 items after a 2-call
     # proposal (18 calls): 25 calls cannot pay for one, and the refusal names the least that can
