@@ -45,8 +45,11 @@ class Proposed:
 @dataclass
 class ProposalCounts:
     """Proposals made, valid (applied to a workflow that passes validation), invalid, duplicate
-    (the child was already raced) and applied (raced as a candidate); ``repaired``: of the valid
-    ones, those that needed a repair turn."""
+    and applied (raced as a candidate); ``repaired``: of the valid ones, those that needed a repair
+    turn. ``duplicate`` (the child was already raced) stays 0 by construction: the expanders offer
+    only children whose structure is not in the archive (:func:`~flowbot.optim.proposal.new_choices`),
+    so an edit that would rebuild one is not on the menu and counts as invalid. The key is kept for
+    the reports and results scripts that read it."""
 
     made: int = 0
     valid: int = 0
