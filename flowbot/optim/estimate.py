@@ -117,7 +117,7 @@ def _first_candidate(cfg: Any, seed: Workflow, seed_price: Price, operators: Ope
                      ) -> tuple[str, Price, Price | None]:
     """What the search would race first, its price and its overhead (None: a structural proposal):
     the cheapest child on the seed's operator menu, or, for the inner loop alone, a rewrite."""
-    if cfg.method == "inner-only":
+    if cfg.method == "inner-only" or (cfg.method == "flowbot" and cfg.outer.rounds == 0):
         overhead = step_overhead(seed_price, cfg.inner.minibatch_size, len(seed.tunable_nodes()))
         return "inner-loop rewrite", seed_price, overhead
     max_nodes = cfg.aflow.max_nodes if cfg.method == "aflow" else cfg.outer.max_nodes

@@ -322,6 +322,8 @@ def test_a_tokens_or_dollars_budget_too_small_for_one_candidate_is_refused_befor
     assert usd.candidates == 0 and "--budget-usd to at least $" in usd.refusal
     assert prepare(tmp_path, t, o, budget={"usd": 5.0}, prices=priced).estimate().candidates >= 1
     assert prepare(tmp_path, t, o, budget={"tokens": 10**6}).estimate().candidates >= 1
+    tuning_only = prepare(tmp_path, t, o, budget={"tokens": 2000}, outer={"rounds": 0}).estimate()
+    assert "cannot pay for one inner-loop rewrite" in tuning_only.refusal  # no structural step to price
 
 
 async def test_the_estimate_counts_cached_seed_answers_as_the_run_does(tmp_path):
