@@ -32,7 +32,7 @@ from flowbot.lm.resolve import default_model
 from flowbot.optim.aflow import AFlowConfig
 from flowbot.optim.archive import Objective
 from flowbot.optim.driver import (BudgetConfig, OptimizationResult, OptimizeConfig, RacingConfig, TaskData,
-                                  run_optimization)
+                                  operator_context, run_optimization, uncached_items)
 from flowbot.optim.estimate import Estimate, estimate_run
 from flowbot.optim.inner import InnerConfig
 from flowbot.optim.outer import OuterConfig
@@ -443,11 +443,44 @@ class PreparedRun:
     mlflow: bool | str | None = None
 
     def estimate(self) -> Estimate:
+        return run_sync(self.aestimate())
+
+    async def aestimate(self) -> Estimate:
+        """The projection before anything is paid: how many candidates the budget affords and
+        whether it affords none (a refusal) come from the run's own budget plan, with the seed's
+        answers the run's cache already holds counted as free, as the run will count them."""
         pools = self._pools(cache=None, run_id=None)
         self._check_prices(pools)
         return estimate_run(self.task, self.seed, self.config, self.budget,
                             task_price=pools[0].provider().price_per_token(),
-                            optimizer_price=pools[1].provider().price_per_token())
+                            optimizer_price=pools[1].provider().price_per_token(),
+                            uncached=await self._uncached_seed_items(),
+                            operators=operator_context(self._task_data(self.task.metric), default_tools()))
+
+    async def _uncached_seed_items(self) -> dict[str, int] | None:
+        """How many of the seed's validation and test items the run's cache does not answer (the
+        driver's own probe: cache only, nothing paid or loaded); None when the run has no cache."""
+        path = Path(self.run_dir) / "cache.sqlite"
+        if not path.exists():
+            return None
+        cache = ResponseCache(path)
+        try:
+            task_pool, _ = self._pools(cache, run_id=None)
+            executor = Executor(task_pool.client(), tools=default_tools(), models=task_pool.resolver())
+            cfg = self.config
+            val = self.task.examples("val", cfg.val_size)
+            test = self.task.examples("test", cfg.test_size) if cfg.evaluate_test else []
+            return {"val": await uncached_items(executor, self.seed, val),
+                    "test": await uncached_items(executor, self.seed, test)}
+        finally:
+            cache.close()
+
+    def _task_data(self, metric: Any) -> TaskData:
+        task = self.task
+        return TaskData(name=task.name, description=task.description or task.describe(),
+                        output_field=task.output, target_fields=task.targets, metric=metric,
+                        train=task.examples("train"), val=task.examples("val"), test=task.examples("test"),
+                        tools=getattr(task, "tools", None), context_fields=list(getattr(task, "context_fields", ())))
 
     def _check_prices(self, pools: tuple[ModelPool, ModelPool] | None = None) -> None:
         """Refuse a dollar budget over any model whose price is unknown (it would count $0)."""
@@ -480,9 +513,10 @@ class PreparedRun:
         """Run (or resume) the optimization. ``command`` is recorded in config.json as the way to
         resume it (``flowbot runs`` shows it)."""
         self._check_prices()
-        refusal = self.estimate().refusal
-        if refusal is not None and not (Path(self.run_dir) / "config.json").exists():
-            raise ValueError(refusal)  # before anything is paid or written
+        if not (Path(self.run_dir) / "config.json").exists():  # a new run: refused before anything is paid
+            refusal = (await self.aestimate()).refusal
+            if refusal is not None:
+                raise ValueError(refusal)
         created = _first_missing(self.run_dir)  # what to remove if this session leaves nothing worth keeping
         rd = RunDir(self.run_dir)  # locked for this process until closed
         cache: ResponseCache | None = None
@@ -502,13 +536,7 @@ class PreparedRun:
             callbacks = [*callbacks, *([tracking.on_event] if tracking else [])]
             for cb in callbacks:
                 rd.events.listeners.append(lambda event, replayed, cb=cb: cb({**event, "replayed": replayed}))
-            task = self.task
-            metric = _bind_judge(task.metric, opt_pool, None)
-            data = TaskData(name=task.name, description=task.description or task.describe(),
-                            output_field=task.output, target_fields=task.targets, metric=metric,
-                            train=task.examples("train"), val=task.examples("val"), test=task.examples("test"),
-                            tools=getattr(task, "tools", None),
-                            context_fields=list(getattr(task, "context_fields", ())))
+            data = self._task_data(_bind_judge(self.task.metric, opt_pool, None))
             with use_backend(self.backend), (tracking.tracing() if tracking else contextlib.nullcontext()):
                 result = await run_optimization(
                     data, self.seed, task_pool.client(), opt_pool.client(role="optimizer"), tools=default_tools(),

@@ -8,8 +8,10 @@ One step: forward on a minibatch (traces + scores) → a textual loss for each e
 score → backward pass, node by node in reverse topological order → gradients aggregated per node →
 the optimizer rewrites each blamed node's instruction → a candidate must gain on the minibatch it
 was made for, then is raced against the current workflow on validation (paired, stopped early when
-it cannot win; see :mod:`flowbot.optim.racing`) and kept only if it wins. The loop stops at
-``steps``, when the budget cannot pay for another step, or after ``patience`` steps without a gain.
+it cannot win; see :mod:`flowbot.optim.racing`) and kept only if it wins. Given the run's budget
+plan, a candidate is raced only when the plan holds its validation and, should it win, its test
+evaluation, and a winner's test is reserved at once. The loop stops at ``steps``, when the budget
+cannot pay for another step, or after ``patience`` steps without a gain.
 """
 
 from __future__ import annotations
@@ -25,11 +27,11 @@ from flowbot.lm.base import BudgetExceeded
 from flowbot.lm.budget import RoleUsage, UsageMeter
 from flowbot.lm.client import LMClient
 from flowbot.optim import textgrad as tg
-from flowbot.optim.budgeting import Price
+from flowbot.optim.budgeting import OPTIMIZER_CALL_TOKENS, ZERO, BudgetPlan, Price, projected_price
 from flowbot.optim.evaluation import Evaluator
 from flowbot.optim.events import EventSink, InnerCandidate, InnerStep, Patience
 from flowbot.optim.policies import BlameOrder, MinibatchGate, MinibatchSampler, MinibatchSampling, NodeSelection
-from flowbot.optim.racing import PairedRacing, RaceResult, race
+from flowbot.optim.racing import Acceptance, PairedRacing, RaceResult
 from flowbot.optim.specificity import specific_terms
 from flowbot.runtime.batch import BatchResult, ExampleResult
 
@@ -92,6 +94,15 @@ class InnerResult:
         return self.val.score
 
 
+def step_overhead(price: Price, minibatch: int, nodes: int) -> Price:
+    """What one inner step costs besides its raced validation: the forward pass and the candidate on
+    the minibatch at ``price``, and the optimizer's calls (a loss and a backward call per failing
+    example, an aggregation and a rewrite per node)."""
+    nodes = max(1, nodes)
+    opt_calls = minibatch * (1 + nodes) + 2 * nodes
+    return price.times(2 * minibatch).plus(Price(opt_calls, OPTIMIZER_CALL_TOKENS * opt_calls, 0.0))
+
+
 def _usage_delta(before: dict[str, RoleUsage], after: dict[str, RoleUsage]) -> dict[str, dict[str, Any]]:
     out = {}
     for role, a in after.items():
@@ -109,7 +120,8 @@ def _usage_delta(before: dict[str, RoleUsage], after: dict[str, RoleUsage]) -> d
 
 
 class InnerLoop:
-    """Tunes one workflow; see the module docstring. ``optimizer`` is the optimizer-role LM client."""
+    """Tunes one workflow; see the module docstring. ``optimizer`` is the optimizer-role LM client;
+    ``plan``: the run's budget plan (None: only the evaluator's and optimizer's budgets count)."""
 
     def __init__(
         self,
@@ -121,9 +133,10 @@ class InnerLoop:
         meter: UsageMeter | None = None,
         on_event: EventSink | None = None,
         tool_options: list[str] | None = None,
-        racing: PairedRacing | None = None,
+        racing: Acceptance | None = None,
         node_selection: NodeSelection | None = None,
         gate: MinibatchGate | None = None,
+        plan: BudgetPlan | None = None,
     ) -> None:
         self.evaluate = evaluator
         self.opt = optimizer
@@ -132,9 +145,10 @@ class InnerLoop:
         self.meter = meter or optimizer.meter
         self.emit = on_event or (lambda e: None)
         self.tool_options = tool_options
-        self.racing = racing or PairedRacing()
+        self.racing: Acceptance = racing or PairedRacing()
         self.gate = gate or MinibatchGate(self.cfg.minibatch_gate)
         self.node_order = node_selection or BlameOrder(self.cfg.max_nodes_per_step)
+        self.plan = plan
 
     async def optimize(self, workflow: Workflow, train: list[dict[str, Any]], val: list[dict[str, Any]],
                        label: str = "", *, val_result: BatchResult | None = None,
@@ -163,17 +177,15 @@ class InnerLoop:
         )
 
     def affords_step(self, state: "_State", val: list[dict[str, Any]]) -> bool:
-        """Whether the budget left can pay for one more step: a forward pass and a candidate on the
-        minibatch, one raced validation, and the optimizer's calls (loss, backward, rewrite)."""
+        """Whether the budget left can pay for one more step (see :func:`step_overhead`) with one
+        raced validation; and whether the run's plan holds that and, should the rewrite win, its test."""
+        price = Price.of(state.val)
+        overhead = step_overhead(price, self.cfg.minibatch_size, len(state.workflow.tunable_nodes()))
+        if self.plan is not None and not self.plan.affords_candidate(price, overhead):
+            return False
         budget = self.opt.budget
         left = budget.remaining_calls() if budget is not None else None
-        if left is None:
-            return True
-        price = Price.of(state.val)
-        mb = self.cfg.minibatch_size
-        nodes = max(1, len(state.workflow.tunable_nodes()))
-        need = price.calls * (2 * mb + len(val)) + mb * (1 + nodes) + 2 * nodes
-        return left >= need
+        return left is None or left >= price.calls * len(val) + overhead.calls
 
     async def _loop(self, state: "_State", sampler: MinibatchSampling, val: list[dict[str, Any]], label: str) -> None:
         no_gain = 0
@@ -341,9 +353,13 @@ class InnerLoop:
                             state.val.score, None, False, "")
         if gate and not self.gate.passes(mb.score, forward.score):
             record.reason = "no gain on the minibatch"
+        elif not self._affordable(state, candidate, mb):
+            record.reason = "its raced validation and, should it win, its test evaluation do not fit in the budget left"
         else:
-            result: RaceResult = await race(self.evaluate, candidate, state.val, val, self.racing,
-                                            f"{label}step {step}: racing the candidate")
+            result: RaceResult = await self.racing.race(self.evaluate, candidate, state.val, val,
+                                                        f"{label}step {step}: racing the candidate")
+            if self.plan is not None:
+                self.plan.check_winner(result)
             record.race = result.to_dict()
             record.val_after = result.batch.score if result.complete else None
             record.reason = result.reason
@@ -351,6 +367,8 @@ class InnerLoop:
             if result.accepted:
                 record.accepted = True
                 state.workflow, state.val, forward = candidate, result.batch, mb
+                if self.plan is not None:  # the winner is what the test evaluation now pays for
+                    self.plan.reserve_test(Price.of(result.batch), best_is_seed=False)
             if change in ("instruction", "rule"):  # what the next proposal for this node is shown
                 state.history.setdefault(node_id, []).append((remembered or new, result.batch.score))
         record.cost = _usage_delta(usage0, self.meter.snapshot())
@@ -358,6 +376,16 @@ class InnerLoop:
         state.records.append(record)
         self.emit(record)
         return forward, record.accepted
+
+
+    def _affordable(self, state: "_State", candidate: Workflow, mb: BatchResult) -> bool:
+        """Whether the plan holds the candidate's raced validation and, should it win, its test.
+        Its price: projected from the current workflow's (a rewrite may give a node a tool: two
+        calls per example), and no less than it measured on the minibatch (demos lengthen prompts)."""
+        if self.plan is None:
+            return True
+        price = projected_price(state.workflow, Price.of(state.val), candidate).at_least(Price.of(mb))
+        return self.plan.affords_candidate(price, overhead=ZERO)
 
 
 class _State:
