@@ -29,7 +29,7 @@ _EXPORTS = {
     "EvalResult": "flowbot.api",
     "OptimizationResult": "flowbot.optim.driver",
     "Budget": "flowbot.lm.budget",
-    "MetricResult": "flowbot.runtime.scoring",
+    "MetricResult": "flowbot.scoring.result",
     "LLMJudge": "flowbot.tasks.judge",
     "load_benchmark": "flowbot.tasks.benchmarks",
 }

@@ -37,8 +37,8 @@ from flowbot.optim.estimate import Estimate, estimate_run
 from flowbot.optim.inner import InnerConfig
 from flowbot.optim.outer import OuterConfig
 from flowbot.optim.rundir import RunDir
-from flowbot.runtime.backends import Backend, make_backend, use_backend
-from flowbot.runtime.batch import BatchResult, evaluate_examples
+from flowbot.runtime.backends import make_backend
+from flowbot.runtime.batch import Backend, BatchResult, evaluate_examples, use_backend
 from flowbot.runtime.executor import Executor
 from flowbot.runtime.models import ModelPool, default_cache_path
 from flowbot.runtime.runnable import Workflow, default_tools

@@ -320,13 +320,3 @@ class Workflow(BaseModel):
             ):
                 out.append(n)
         return out
-
-    def to_text(self) -> str:
-        from flowbot.graph.render import to_text
-
-        return to_text(self)
-
-    def to_mermaid(self) -> str:
-        from flowbot.graph.render import to_mermaid
-
-        return to_mermaid(self)

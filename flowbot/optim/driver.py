@@ -37,7 +37,7 @@ from flowbot.optim.stats import paired_difference
 from flowbot.optim.textgrad import GradContext
 from flowbot.runtime.batch import BatchResult
 from flowbot.runtime.executor import Executor
-from flowbot.runtime.scoring import Metric
+from flowbot.scoring.result import Metric
 from flowbot.tools.base import ToolRegistry
 
 Method = Literal["flowbot", "inner-only", "aflow"]

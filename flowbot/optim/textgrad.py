@@ -23,8 +23,8 @@ from flowbot.graph.sketch import Workflow
 from flowbot.lm.client import LMClient
 from flowbot.optim import prompts as P
 from flowbot.runtime.batch import ExampleResult
-from flowbot.runtime.prompts import format_value
 from flowbot.runtime.trace import Trace
+from flowbot.scoring.values import format_value
 
 _NONE_RE = re.compile(r"^\s*(none|n/?a|no change|nothing|-)?\s*[.!]?\s*$", re.I)
 

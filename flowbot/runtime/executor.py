@@ -29,9 +29,9 @@ from flowbot.graph.sketch import Workflow
 from flowbot.lm.base import BudgetExceeded, Completion, LMPermanentError
 from flowbot.lm.client import LMClient
 from flowbot.runtime import prompts
-from flowbot.runtime.extract import apply_extraction, extract_answer
 from flowbot.runtime.trace import NodeRun, Trace
 from flowbot.runtime.tracing import Tracer, active_tracer, end_span, start_span
+from flowbot.scoring.extract import apply_extraction, extract_answer
 from flowbot.tools.base import ToolError, ToolRegistry
 
 _MISSING = object()
@@ -233,7 +233,7 @@ class Executor:
                     return rule.label
             return node.default
         reply = await self._complete(params, prompts.branch_messages(node, params, inputs), record)
-        from flowbot.runtime.extract import extract_label
+        from flowbot.scoring.extract import extract_label
 
         label = extract_label(reply, list(node.routes))
         return label if label in node.routes else node.default

@@ -40,8 +40,8 @@ from flowbot.lm.client import LMClient
 from flowbot.lm.retry import RetryPolicy
 from flowbot.runtime.batch import BatchResult, ExampleResult, collect, progress_bar, score_trace, workflow_inputs
 from flowbot.runtime.executor import Executor
-from flowbot.runtime.scoring import Metric
 from flowbot.runtime.trace import Trace
+from flowbot.scoring.result import Metric
 from flowbot.tools.base import ToolRegistry
 
 MISSING_EXTRA = "the Ray backend needs ray: pip install 'flowbot[ray]'"

@@ -18,8 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from flowbot.runtime.prompts import format_value
-from flowbot.runtime.scoring import MetricResult
+from flowbot.scoring.result import MetricResult
+from flowbot.scoring.values import format_value
 from flowbot.tasks import metrics as M
 from flowbot.tasks.loaders import DataError
 
@@ -78,7 +78,7 @@ class PassAtOne:
         self.timeout_s = timeout_s
 
     async def __call__(self, example: dict[str, Any], prediction: dict[str, Any]) -> MetricResult:
-        from flowbot.runtime.extract import extract_code
+        from flowbot.scoring.extract import extract_code
         from flowbot.tools.sandbox import run_tests
 
         code = extract_code(_as_text(prediction.get(self.output)))

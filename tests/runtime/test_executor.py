@@ -16,7 +16,8 @@ from flowbot.graph import (
 )
 from flowbot.lm import Budget, BudgetExceeded, LMClient, LMRequest, ScriptedLM
 from flowbot.lm.base import Completion, Provider, Usage
-from flowbot.runtime import Executor, evaluate_examples, majority_vote
+from flowbot.runtime import Executor, evaluate_examples
+from flowbot.runtime.executor import majority_vote
 from flowbot.tools.base import Tool, ToolRegistry, ToolResult
 
 

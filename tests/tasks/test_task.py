@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from flowbot.runtime.scoring import MetricResult, call_metric
+from flowbot.scoring.result import MetricResult, call_metric
 from flowbot.tasks import DataError, Task, build_baseline, resolve_metric
 
 
