@@ -181,8 +181,8 @@ def bench_llama(model: str, questions: int) -> dict[str, Any]:
         t = time.perf_counter()
         provider = LlamaCppProvider(model).load()
         out["load_s"] = time.perf_counter() - t
-        out["settings"] = {"n_threads": provider.n_threads, "n_ctx": provider.n_ctx, "n_batch": provider.n_batch,
-                           "flash_attn": provider.flash_attn}  # fmt: skip
+        s = provider.settings()
+        out["settings"] = {"n_threads": s.n_threads, "n_ctx": s.n_ctx, "n_batch": s.n_batch, "flash_attn": s.flash_attn}
 
         # prompt speed: a long prompt sharing nothing with earlier ones
         words = " ".join(f"w{i}x{(i * 7919) % 1000}" for i in range(130))

@@ -19,7 +19,7 @@ from flowbot.version import __version__
 
 _EXPORTS = {
     "Task": "flowbot.tasks.task",
-    "Workflow": "flowbot.runtime.runnable",
+    "RunnableWorkflow": "flowbot.runtime.runnable",
     "load": "flowbot.api",
     "evaluate": "flowbot.api",
     "aevaluate": "flowbot.api",

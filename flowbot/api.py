@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable
 
 from flowbot.errors import FlowBotError
 from flowbot.graph.io import load_workflow
-from flowbot.graph.sketch import Workflow as IRWorkflow
+from flowbot.graph.sketch import Workflow
 from flowbot.lm.base import Provider
 from flowbot.lm.budget import Budget, UsageMeter
 from flowbot.lm.cache import ResponseCache
@@ -41,24 +41,24 @@ from flowbot.runtime.backends import make_backend
 from flowbot.runtime.batch import Backend, BatchResult, evaluate_examples, use_backend
 from flowbot.runtime.executor import Executor
 from flowbot.runtime.models import ModelPool, default_cache_path
-from flowbot.runtime.runnable import Workflow, default_tools
+from flowbot.runtime.runnable import RunnableWorkflow, default_tools
 from flowbot.runtime.sync import run_sync
-from flowbot.tasks.baselines import parse_kind, self_consistency, task_baseline
 from flowbot.tasks.benchmarks import BENCHMARKS, load_benchmark
 from flowbot.tasks.judge import LLMJudge
+from flowbot.tasks.seeds import parse_kind, self_consistency, task_baseline
 from flowbot.tasks.task import Task
 from flowbot.version import __version__
 
 
 # -- loading -------------------------------------------------------------------------------------
-def load(path: str | Path, *, model: str | None = None, base_url: str | None = None) -> Workflow:
+def load(path: str | Path, *, model: str | None = None, base_url: str | None = None) -> RunnableWorkflow:
     """Load a saved workflow, optionally bound to a model.
 
     >>> wf = load("best.json", model="gpt-4o-mini")            # doctest: +SKIP
     >>> wf(question="How many legs do 3 spiders have?")         # doctest: +SKIP
     {'answer': '24'}
     """
-    return Workflow.load(path, model=model, base_url=base_url)
+    return RunnableWorkflow.load(path, model=model, base_url=base_url)
 
 
 def get_task(spec: Task | str, data_dir: str | Path | None = None) -> Task:
@@ -70,9 +70,9 @@ def get_task(spec: Task | str, data_dir: str | Path | None = None) -> Task:
     return load_benchmark(str(spec), data_dir)
 
 
-def resolve_seed(seed: Any, task: Task) -> IRWorkflow:
+def resolve_seed(seed: Any, task: Task) -> Workflow:
     """A workflow object, a baseline name (io/cot/sc/react, or sc<k> for k samples), or a workflow file."""
-    if isinstance(seed, IRWorkflow):
+    if isinstance(seed, Workflow):
         return seed
     if seed is None:
         seed = "cot"
@@ -84,7 +84,7 @@ def resolve_seed(seed: Any, task: Task) -> IRWorkflow:
     return load_workflow(seed, known_tools=default_tools().signatures())
 
 
-def _check_fields(workflow: IRWorkflow, task: Task) -> None:
+def _check_fields(workflow: Workflow, task: Task) -> None:
     missing = [f for f in workflow.sketch.inputs if f not in task.inputs]
     if missing:
         raise ValueError(f"the workflow reads {', '.join(missing)}, which task {task.name!r} does not provide "
@@ -218,7 +218,7 @@ def evaluate(workflow: Any, task: Task | str, **kwargs: Any) -> EvalResult:
     return run_sync(aevaluate(workflow, task, **kwargs))
 
 
-def _node_models(workflow: IRWorkflow, pool: ModelPool) -> dict[str, tuple[str, Any]]:
+def _node_models(workflow: Workflow, pool: ModelPool) -> dict[str, tuple[str, Any]]:
     """Nodes that name their own model, with its price (for the dollar-budget check)."""
     return {f"node {node_id}": (p.model, pool.provider(p.model).price_per_token())
             for node_id, p in workflow.params.items() if p.model and p.model != pool.default}
@@ -407,7 +407,7 @@ def _first_missing(path: Path) -> Path | None:
 @dataclass
 class PreparedRun:
     task: Task
-    seed: IRWorkflow
+    seed: Workflow
     config: OptimizeConfig
     budget: Budget
     run_dir: Path
@@ -583,7 +583,7 @@ async def aoptimize(task: Task | str, *, seed: Any = "cot", model: str | None = 
     prepared = prepare_run(task, seed=seed, model=model, optimizer_model=optimizer_model, budget=budget,
                            objective=objective, run_dir=run_dir, **options)
     result = await prepared.arun(callbacks)
-    result.best = Workflow.from_ir(result.best)
+    result.best = RunnableWorkflow.from_ir(result.best)
     return result
 
 

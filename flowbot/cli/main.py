@@ -71,11 +71,11 @@ def run(
     sandbox: str = SandboxOpt,
 ) -> None:
     """Run a workflow on one input and print its output fields."""
-    from flowbot.runtime.runnable import Workflow
+    from flowbot.runtime.runnable import RunnableWorkflow
 
     _sandbox_policy(sandbox)
     values = _json_arg(input, "--input")
-    wf = Workflow.load(workflow, model=model, base_url=base_url)
+    wf = RunnableWorkflow.load(workflow, model=model, base_url=base_url)
     missing = [f for f in wf.sketch.inputs if f not in values]
     if missing:
         raise FlowBotError(f"missing field(s) {', '.join(map(repr, missing))}; {workflow} reads "

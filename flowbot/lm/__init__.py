@@ -1,5 +1,5 @@
 """LM transport layer: providers, the response cache, usage meter, budgets and retries, and
-structured (JSON-schema) replies."""
+structured (JSON-schema) replies. (A scripted LM and a test server for tests: :mod:`flowbot.testing`.)"""
 
 from flowbot.lm.base import (
     BudgetExceeded,
@@ -17,12 +17,11 @@ from flowbot.lm.cache import ResponseCache, cache_key
 from flowbot.lm.client import LMClient
 from flowbot.lm.retry import RetryPolicy
 from flowbot.lm.schema import SchemaError, schema_text, unsupported_parts
-from flowbot.lm.scripted import ScriptedLM
 from flowbot.lm.structured import StructuredReply, check_schema, complete_json
 
 __all__ = [
     "Budget", "BudgetExceeded", "BudgetLimits", "Completion", "LMClient", "LMError",
     "LMPermanentError", "LMRequest", "LMTransientError", "Message", "Provider", "ResponseCache",
-    "RetryPolicy", "RoleUsage", "SchemaError", "ScriptedLM", "StructuredReply", "Usage", "UsageMeter",
+    "RetryPolicy", "RoleUsage", "SchemaError", "StructuredReply", "Usage", "UsageMeter",
     "cache_key", "check_schema", "complete_json", "schema_text", "unsupported_parts",
 ]

@@ -26,6 +26,7 @@ from flowbot.optim.budgeting import BudgetPlan, Price, Scope
 from flowbot.optim.evaluation import Evaluator, with_ids
 from flowbot.optim.events import (BudgetPlanned, BudgetWarning, CandidateAccepted, CandidateEvaluated, Event,
                                   RunFinished, RunStarted, SeedEvaluated, TestEvaluated)
+from flowbot.optim.backward import GradContext
 from flowbot.optim.inner import InnerConfig, InnerLoop
 from flowbot.optim.operators import OperatorContext
 from flowbot.optim.outer import OuterConfig, flowbot_search
@@ -34,7 +35,6 @@ from flowbot.optim.racing import PairedRacing
 from flowbot.optim.rundir import RunDir
 from flowbot.optim.search import SearchResult, StructureSearch, Tuned
 from flowbot.optim.stats import paired_difference
-from flowbot.optim.textgrad import GradContext
 from flowbot.runtime.batch import BatchResult
 from flowbot.runtime.executor import Executor
 from flowbot.scoring.result import Metric

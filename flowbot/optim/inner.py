@@ -24,7 +24,7 @@ from flowbot.graph.sketch import Workflow
 from flowbot.lm.base import BudgetExceeded
 from flowbot.lm.budget import RoleUsage, UsageMeter
 from flowbot.lm.client import LMClient
-from flowbot.optim import textgrad as tg
+from flowbot.optim import backward as bw
 from flowbot.optim.budgeting import Price
 from flowbot.optim.evaluation import Evaluator
 from flowbot.optim.events import EventSink, InnerCandidate, InnerStep, Patience
@@ -62,8 +62,8 @@ class Failure:
     loss: str
 
     def brief(self, limit: int = 300) -> str:
-        return (f"inputs {tg.brief_fields(self.inputs, limit // 2)} | output {tg.clip(self.prediction, 120)} | "
-                f"correct {tg.clip(self.gold, 120)} | {tg.clip(self.loss, limit)}")
+        return (f"inputs {bw.brief_fields(self.inputs, limit // 2)} | output {bw.clip(self.prediction, 120)} | "
+                f"correct {bw.clip(self.gold, 120)} | {bw.clip(self.loss, limit)}")
 
 
 @dataclass
@@ -107,7 +107,7 @@ class InnerLoop:
         self,
         evaluator: Evaluator,
         optimizer: LMClient,
-        ctx: tg.GradContext,
+        ctx: bw.GradContext,
         config: InnerConfig | None = None,
         *,
         meter: UsageMeter | None = None,
@@ -192,7 +192,7 @@ class InnerLoop:
         stepped = 0
         for node_id in self.node_order.select(gradients):
             state.usage_mark = self.meter.snapshot()  # a record's cost runs from its aggregation on
-            gradient = await tg.aggregate(self.opt, node_id, state.workflow.params[node_id].instruction,
+            gradient = await bw.aggregate(self.opt, node_id, state.workflow.params[node_id].instruction,
                                           gradients[node_id], self.ctx)
             forward = await self._try_instruction(state, step, node_id, gradient, batch, forward, val, label)
             stepped += 1
@@ -206,8 +206,8 @@ class InnerLoop:
 
     async def _gradients(self, state: "_State", failing: list[ExampleResult]) -> dict[str, list[str]]:
         wf = state.workflow
-        losses = await tg.gather_limited(
-            [tg.textual_loss(self.opt, wf, r, self.ctx) for r in failing], self.cfg.concurrency)
+        losses = await bw.gather_limited(
+            [bw.textual_loss(self.opt, wf, r, self.ctx) for r in failing], self.cfg.concurrency)
         for r, loss in zip(failing, losses):
             state.failures.append(Failure(r.example_id, {f: r.example.get(f) for f in wf.sketch.inputs},
                                           r.prediction.get(self.ctx.output_field),
@@ -219,10 +219,10 @@ class InnerLoop:
                 for node in wf.tunable_nodes():
                     gradients.setdefault(node.id, []).append(loss)
             return gradients
-        results = await tg.gather_limited(
-            [tg.backward(self.opt, wf, r.trace, loss, self.ctx) for r, loss in zip(failing, losses)
+        results = await bw.gather_limited(
+            [bw.backward(self.opt, wf, r.trace, loss, self.ctx) for r, loss in zip(failing, losses)
              if r.trace is not None], self.cfg.concurrency)
-        state.blame.update(tg.blame_counts(results))
+        state.blame.update(bw.blame_counts(results))
         for res in results:
             for node_id, g in res.gradients.items():
                 gradients.setdefault(node_id, []).append(g)
@@ -234,7 +234,7 @@ class InnerLoop:
         wf = state.workflow
         node = wf.sketch.node(node_id)
         options = self.tool_options if isinstance(node, LLMNode) and self.tool_options else None
-        proposals = await tg.propose_instructions(self.opt, wf, node, gradient, state.history.get(node_id, []),
+        proposals = await bw.propose_instructions(self.opt, wf, node, gradient, state.history.get(node_id, []),
                                                   self.ctx, k=self.cfg.candidates, tool_options=options)
         for p in proposals:
             changes: dict[str, Any] = {"instruction": p.instruction}

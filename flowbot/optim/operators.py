@@ -6,7 +6,7 @@ builds a valid workflow there (``apply``); new node ids and field names are alwa
 ``fresh_name``, never taken from model text, and the workflow's input and output names are kept.
 Only the tools the task allows (``OperatorContext.tools``) are ever used.
 
-    >>> from flowbot.tasks.baselines import build_baseline
+    >>> from flowbot.tasks.seeds import build_baseline
     >>> cot = build_baseline("cot", inputs=["question"], output="answer", extract="number")
     >>> ctx = OperatorContext(tools={"python": ["code", "stdin"]})
     >>> sorted(menu(cot, ctx))

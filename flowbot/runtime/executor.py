@@ -2,7 +2,8 @@
 
     >>> import asyncio
     >>> from flowbot.graph import LLMNode, Sketch, Workflow
-    >>> from flowbot.lm import LMClient, ScriptedLM
+    >>> from flowbot.lm import LMClient
+    >>> from flowbot.testing import ScriptedLM
     >>> wf = Workflow(sketch=Sketch(inputs=["q"], outputs=["a"],
     ...                             nodes=[LLMNode(id="ans", reads=["q"], writes="a")]))
     >>> trace = asyncio.run(Executor(LMClient(ScriptedLM(default="42"))).run(wf, {"q": "6*7?"}))

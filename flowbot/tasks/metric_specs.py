@@ -79,7 +79,7 @@ class PassAtOne:
 
     async def __call__(self, example: dict[str, Any], prediction: dict[str, Any]) -> MetricResult:
         from flowbot.scoring.extract import extract_code
-        from flowbot.tools.sandbox import run_tests
+        from flowbot.tasks.metrics.code_tests import run_tests
 
         code = extract_code(_as_text(prediction.get(self.output)))
         tests = example.get(self.tests)

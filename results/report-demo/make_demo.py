@@ -19,8 +19,9 @@ import tempfile
 from pathlib import Path
 
 import flowbot
-from flowbot.lm import LMRequest, ScriptedLM
+from flowbot.lm import LMRequest
 from flowbot.report.html import write_report
+from flowbot.testing import ScriptedLM
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent

@@ -15,12 +15,13 @@ from typer.testing import CliRunner
 import flowbot
 from flowbot.api import default_run_dir, prepare_run
 from flowbot.cli.main import app
-from flowbot.lm import LMRequest, ScriptedLM
+from flowbot.lm import LMRequest
 from flowbot.lm.pricing import PER_MILLION, UnknownPrice, parse_price, per_token_prices, require_prices
 from flowbot.lm.resolve import EMBEDDED_DEFAULT, HOSTED_DEFAULTS
-from flowbot.lm.testing import OpenAITestServer
 from flowbot.report.runs import list_runs, run_info
 from flowbot.tasks import Task
+from flowbot.testing import ScriptedLM
+from flowbot.testing import OpenAITestServer
 
 
 def products(n: int, start: int) -> list[dict]:

@@ -13,10 +13,11 @@ ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip ins
 import cloudpickle  # noqa: E402  (ships with ray)
 
 import flowbot  # noqa: E402
-from flowbot.lm import LMRequest, ScriptedLM  # noqa: E402
+from flowbot.lm import LMRequest  # noqa: E402
 from flowbot.lm.base import Completion, Provider, Usage  # noqa: E402
 from flowbot.runtime.ray_backend import BackendError, RayBackend  # noqa: E402
 from flowbot.tasks import Task  # noqa: E402
+from flowbot.testing import ScriptedLM  # noqa: E402
 
 PRICE = (1e-6, 4e-6)
 
@@ -154,7 +155,7 @@ def test_cli_eval_on_ray_over_http_matches_asyncio(cluster, tmp_path):
     from typer.testing import CliRunner
 
     from flowbot.cli.main import app
-    from flowbot.lm.testing import OpenAITestServer
+    from flowbot.testing import OpenAITestServer
 
     rows = tmp_path / "d.jsonl"
     rows.write_text("".join(json.dumps(r) + "\n" for r in products(10, 0)))

@@ -9,8 +9,9 @@ import pytest
 
 from flowbot.lm import (
     Budget, BudgetExceeded, Completion, LMClient, LMPermanentError, LMRequest, LMTransientError,
-    Provider, ResponseCache, RetryPolicy, ScriptedLM, Usage, cache_key,
+    Provider, ResponseCache, RetryPolicy, Usage, cache_key,
 )
+from flowbot.testing import ScriptedLM
 
 from .lm_helpers import user
 

@@ -191,8 +191,8 @@ async def test_a_proposal_decoded_under_the_parents_schema_applies(provider):
     from flowbot.lm.structured import complete_json
     from flowbot.optim.operators import apply_operator, context_for_task
     from flowbot.optim.proposal import match_choice, new_choices, proposal_schema
-    from flowbot.tasks.baselines import benchmark_baseline
     from flowbot.tasks.benchmarks import BENCHMARKS
+    from flowbot.tasks.seeds import benchmark_baseline
     from flowbot.tools import default_registry
 
     ctx = context_for_task(BENCHMARKS["drop"], default_registry().signatures())

@@ -3,11 +3,12 @@
 import re
 
 from flowbot.graph import LLMNode, NodeParams, OutputFormat, Sketch, Workflow
-from flowbot.lm import Budget, LMClient, LMRequest, ScriptedLM, UsageMeter
+from flowbot.lm import Budget, LMClient, LMRequest, UsageMeter
+from flowbot.optim.backward import GradContext, parse_backward, parse_step
 from flowbot.optim.evaluation import Evaluator
 from flowbot.optim.inner import InnerConfig, InnerLoop
-from flowbot.optim.textgrad import GradContext, parse_backward, parse_step
 from flowbot.runtime import Executor
+from flowbot.testing import ScriptedLM
 
 
 def system_of(req: LMRequest) -> str:

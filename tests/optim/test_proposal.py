@@ -10,7 +10,7 @@ from flowbot.api import get_task
 from flowbot.lm.structured import check_schema
 from flowbot.optim.operators import OperatorContext, apply_operator, context_for_task
 from flowbot.optim.proposal import match_choice, new_choices, proposal_schema
-from flowbot.tasks.baselines import benchmark_baseline
+from flowbot.tasks.seeds import benchmark_baseline
 from flowbot.tools import default_registry
 
 SIGNATURES = default_registry().signatures()

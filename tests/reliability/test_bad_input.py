@@ -10,11 +10,11 @@ import pytest
 from typer.testing import CliRunner
 
 import flowbot
-from flowbot.cli.main import app
 from flowbot.api import resolve_seed
+from flowbot.cli.main import app
 from flowbot.errors import FlowBotError
-from flowbot.lm import ScriptedLM
 from flowbot.tasks.loaders import DataError
+from flowbot.testing import ScriptedLM
 
 SERVER = ["--model", "m", "--base-url", "http://127.0.0.1:9/v1"]  # never reached: input is checked first
 ROWS = "".join(json.dumps({"q": f"{i}+1", "a": str(i + 1)}) + "\n" for i in range(20))
@@ -69,7 +69,7 @@ CASES = {
 def test_bad_input_is_one_clean_line_and_leaves_nothing(folder, case):
     args, place = CASES[case]
     if "wf.json" in args:
-        flowbot.Workflow.from_ir(resolve_seed("io", flowbot.Task(
+        flowbot.RunnableWorkflow.from_ir(resolve_seed("io", flowbot.Task(
             "t", data=str(folder / "d.jsonl"), inputs=["q"], targets=["a"]))).save(folder / "wf.json")
     before = sorted(os.listdir(folder))
     res = CliRunner().invoke(app, args)
@@ -103,7 +103,7 @@ def test_the_python_api_names_the_setting(tmp_path):
     with pytest.raises(FlowBotError, match="limit"):
         flowbot.evaluate("io", task, limit=0, model="m", providers=lm, cache=False)
     with pytest.raises(TypeError, match="missing input field"):  # still a TypeError for Python callers
-        flowbot.Workflow.from_ir(resolve_seed("io", task)).bind(lm=None)(x=1)
+        flowbot.RunnableWorkflow.from_ir(resolve_seed("io", task)).bind(lm=None)(x=1)
 
 
 def test_a_failed_optimize_that_paid_nothing_leaves_no_run_directory(tmp_path):

@@ -7,17 +7,17 @@ provider that runs them in-process with llama.cpp.
 Importing this package does not import llama-cpp-python; the provider does, on first use.
 """
 
-from flowbot.lm.local.llama import (
+from flowbot.lm.local.engine import (
     MISSING_EXTRA,
     EngineSettings,
     EngineStats,
-    LlamaCppProvider,
     compile_grammar,
     import_llama_cpp,
     loaded_engines,
     physical_cores,
     unload_all,
 )
+from flowbot.lm.local.llama import LlamaCppProvider
 from flowbot.lm.local.pull import ModelFetchError, pull
 from flowbot.lm.local.registry import (
     DEFAULT_MODEL,

@@ -1,10 +1,11 @@
-"""The single-call baselines (IO, CoT, CoT self-consistency, ReAct-style tool use) as workflows.
+"""Seed workflows: the single-call baselines (IO, CoT, CoT self-consistency, ReAct-style tool use)
+that evaluation compares against and optimization starts from.
 
 For a custom task they are built from its fields; for the benchmarks they also ship as IR files in
 ``flowbot/tasks/workflows/<benchmark>/<kind>.json`` (regenerate with
-``python -m flowbot.tasks.baselines``; a test checks the files match this code).
+``python -m flowbot.tasks.seeds``; a test checks the files match this code).
 
-    >>> from flowbot.tasks.baselines import build_baseline
+    >>> from flowbot.tasks.seeds import build_baseline
     >>> wf = build_baseline("cot", inputs=["question"], output="answer", extract="number")
     >>> wf.sketch.nodes[0].output.extract
     'number'

@@ -1,4 +1,5 @@
-"""Textual gradients over a workflow trace: loss, backward pass, aggregation and the prompt step.
+"""FlowBot's backward pass: textual gradients over a workflow trace (loss, backward pass,
+aggregation and the prompt step).
 
 The backward pass walks the trace in reverse topological order, like the chain rule. Each node that
 received feedback is shown its instruction, the inputs it actually got, its output and that
