@@ -29,6 +29,7 @@ from flowbot.lm.budget import Budget, UsageMeter
 from flowbot.lm.cache import ResponseCache
 from flowbot.lm.pricing import per_token_prices, require_prices
 from flowbot.lm.resolve import default_model
+from flowbot.optim import defaults as D
 from flowbot.optim.aflow import AFlowConfig
 from flowbot.optim.archive import Objective
 from flowbot.optim.driver import (BudgetConfig, OptimizationResult, OptimizeConfig, RacingConfig, TaskData,
@@ -75,7 +76,7 @@ def resolve_seed(seed: Any, task: Task) -> Workflow:
     if isinstance(seed, Workflow):
         return seed
     if seed is None:
-        seed = "cot"
+        seed = D.SEED_WORKFLOW
     kind = parse_kind(seed) if isinstance(seed, str) else None
     if kind is not None and kind[1] is not None:
         return self_consistency(task_baseline(task, "cot"), kind[1])
@@ -158,7 +159,7 @@ async def aevaluate(
     model: str | None = None,
     base_url: str | None = None,
     judge_model: str | None = None,
-    concurrency: int = 4,
+    concurrency: int = D.CONCURRENCY,
     progress: bool = False,
     budget: Any = None,
     data_dir: str | Path | None = None,
@@ -354,15 +355,15 @@ def _is_legacy_run(path: Path, legacy: dict[str, Any], settings: dict[str, Any])
         _same_model(first.get("optimizer_model"), settings["optimizer_model"])
 
 
-def prepare_run(task: Task | str, *, seed: Any = "cot", model: str | None = None,
+def prepare_run(task: Task | str, *, seed: Any = D.SEED_WORKFLOW, model: str | None = None,
                 optimizer_model: str | None = None, base_url: str | None = None,
-                optimizer_base_url: str | None = None, budget: Any = None, objective: str = "score",
-                cost_weight: float = 0.05, method: str = "flowbot", run_dir: str | Path | None = None,
+                optimizer_base_url: str | None = None, budget: Any = None, objective: str = D.OBJECTIVE,
+                cost_weight: float = D.COST_WEIGHT, method: str = D.METHOD, run_dir: str | Path | None = None,
                 inner: Any = None, outer: Any = None, aflow: Any = None, racing: Any = None,
-                budget_scope: str = "all", budget_shares: dict[str, float] | None = None,
-                train_size: int | None = 40,
-                val_size: int | None = 20, test_size: int | None = None, concurrency: int = 4,
-                random_seed: int = 0, data_dir: str | Path | None = None, progress: bool = False,
+                budget_scope: str = D.BUDGET_SCOPE, budget_shares: dict[str, float] | None = None,
+                train_size: int | None = D.TRAIN_SIZE,
+                val_size: int | None = D.VAL_SIZE, test_size: int | None = None, concurrency: int = D.CONCURRENCY,
+                random_seed: int = D.RANDOM_SEED, data_dir: str | Path | None = None, progress: bool = False,
                 evaluate_test: bool = True, providers: dict[str, Provider] | None = None,
                 prices: dict[str, Any] | None = None, backend: str | Backend | None = None,
                 mlflow: bool | str | None = None) -> "PreparedRun":
@@ -575,8 +576,8 @@ def _example_row(r: Any) -> dict[str, Any]:
     return {k: d.get(k) for k in ("prediction", "score", "feedback", "error", "trace")}
 
 
-async def aoptimize(task: Task | str, *, seed: Any = "cot", model: str | None = None,
-                    optimizer_model: str | None = None, budget: Any = None, objective: str = "score",
+async def aoptimize(task: Task | str, *, seed: Any = D.SEED_WORKFLOW, model: str | None = None,
+                    optimizer_model: str | None = None, budget: Any = None, objective: str = D.OBJECTIVE,
                     run_dir: str | Path | None = None, callbacks: Iterable[Callable[[dict[str, Any]], None]] = (),
                     **options: Any) -> OptimizationResult:
     """Async :func:`optimize` (``await flowbot.aoptimize(...)`` in a notebook)."""
@@ -587,8 +588,9 @@ async def aoptimize(task: Task | str, *, seed: Any = "cot", model: str | None = 
     return result
 
 
-def optimize(task: Task | str, *, seed: Any = "cot", model: str | None = None, optimizer_model: str | None = None,
-             budget: Any = None, objective: str = "score", run_dir: str | Path | None = None,
+def optimize(task: Task | str, *, seed: Any = D.SEED_WORKFLOW, model: str | None = None,
+             optimizer_model: str | None = None, budget: Any = None, objective: str = D.OBJECTIVE,
+             run_dir: str | Path | None = None,
              callbacks: Iterable[Callable[[dict[str, Any]], None]] = (), **options: Any) -> OptimizationResult:
     """Optimize a workflow for a task; resumable through its run directory.
 

@@ -150,6 +150,33 @@ def estimate_tokens(text: str) -> int:
     return math.ceil(len(text) / 4) if text else 0
 
 
+def estimated_usage(request: LMRequest, texts: list[str]) -> Usage:
+    """The usage of a call whose server reported none (:func:`estimate_tokens` of every message and reply)."""
+    return Usage(sum(estimate_tokens(c) for _, c in request.messages), sum(estimate_tokens(t) for t in texts))
+
+
+def chat_arguments(request: LMRequest, model: str, n: int, seed: int | None, *, schema: bool = True) -> dict[str, Any]:
+    """The chat-completions arguments asking ``model`` for ``n`` samples of ``request`` from ``seed``,
+    as both HTTP providers send them (``schema``: send the request's JSON schema as ``response_format``).
+
+    >>> args = chat_arguments(LMRequest.of([{"role": "user", "content": "hi"}], max_tokens=5), "m", 2, 7)
+    >>> args["messages"], args["n"], args["seed"], args["max_tokens"]
+    ([{'role': 'user', 'content': 'hi'}], 2, 7, 5)
+    """
+    args: dict[str, Any] = {"model": model, "messages": request.message_dicts(), "temperature": request.temperature}
+    if n > 1:
+        args["n"] = n
+    if seed is not None:
+        args["seed"] = seed
+    if request.max_tokens is not None:
+        args["max_tokens"] = request.max_tokens
+    if request.stop:
+        args["stop"] = list(request.stop)
+    if request.schema is not None and schema:
+        args["response_format"] = response_format(request.schema)
+    return args
+
+
 FetchFn = Callable[[int, "int | None"], Awaitable[tuple[list[str], Usage]]]
 
 
@@ -322,22 +349,7 @@ class OpenAICompatProvider(Provider):
         return Completion(texts=texts, usage=usage, model=self.model)
 
     async def _fetch(self, request: LMRequest, n: int, seed: int | None) -> tuple[list[str], Usage]:
-        body: dict[str, Any] = {
-            **self.extra_body,
-            "model": self.model,
-            "messages": request.message_dicts(),
-            "temperature": request.temperature,
-        }
-        if n > 1:
-            body["n"] = n
-        if seed is not None:
-            body["seed"] = seed
-        if request.max_tokens is not None:
-            body["max_tokens"] = request.max_tokens
-        if request.stop:
-            body["stop"] = list(request.stop)
-        if request.schema is not None and self.supports_schema:
-            body["response_format"] = response_format(request.schema)
+        body = {**self.extra_body, **chat_arguments(request, self.model, n, seed, schema=self.supports_schema)}
         data = await self._send(body)
         texts = self._texts(data)
         return texts, self._usage(data, request, texts)
@@ -401,5 +413,4 @@ class OpenAICompatProvider(Provider):
             log.warning("%s reports no token usage for %s; estimating ~4 characters per token",
                         self.base_url, self.model)
         self.estimated_usage_calls += 1
-        prompt = sum(estimate_tokens(c) for _, c in request.messages)
-        return Usage(prompt, sum(estimate_tokens(t) for t in texts))
+        return estimated_usage(request, texts)

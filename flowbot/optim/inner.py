@@ -25,6 +25,7 @@ from flowbot.lm.base import BudgetExceeded
 from flowbot.lm.budget import RoleUsage, UsageMeter
 from flowbot.lm.client import LMClient
 from flowbot.optim import backward as bw
+from flowbot.optim import defaults as D
 from flowbot.optim.budgeting import Price
 from flowbot.optim.evaluation import Evaluator
 from flowbot.optim.events import EventSink, InnerCandidate, InnerStep, Patience
@@ -35,17 +36,17 @@ from flowbot.runtime.batch import BatchResult, ExampleResult
 
 @dataclass
 class InnerConfig:
-    steps: int = 5  # minibatches (each may step several nodes)
-    minibatch_size: int = 5
-    candidates: int = 1  # instruction rewrites proposed per node per step
+    steps: int = D.INNER_STEPS  # minibatches (each may step several nodes)
+    minibatch_size: int = D.MINIBATCH_SIZE
+    candidates: int = D.CANDIDATES  # instruction rewrites proposed per node per step
     patience: int = 3  # steps without a validation gain before stopping
-    feedback: Literal["backward", "global"] = "backward"
-    demos: int = 2  # few-shot demos to try per llm node (bootstrapped from successful traces); 0 = off
+    feedback: Literal["backward", "global"] = D.FEEDBACK
+    demos: int = D.DEMOS  # few-shot demos to try per llm node (bootstrapped from successful traces); 0 = off
     minibatch_gate: bool = True
     full_score: float = 1.0
     max_nodes_per_step: int | None = None
-    concurrency: int = 4
-    seed: int = 0
+    concurrency: int = D.CONCURRENCY
+    seed: int = D.RANDOM_SEED
 
 
 #: one judged change (an instruction rewrite or a demo set): the record is the run event itself
@@ -302,7 +303,7 @@ class InnerLoop:
 class _State:
     def __init__(self, workflow: Workflow) -> None:
         self.workflow = workflow
-        self.val: BatchResult | None = None  # type: ignore[assignment]
+        self.val: BatchResult | None = None
         self.initial = 0.0
         self.records: list[StepRecord] = []
         self.history: dict[str, list[tuple[str, float]]] = {}

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from flowbot.optim.rundir import read_event_log
+
 LOCK_FILE = "run.lock"
 RECENT_S = 120.0  # a run without a lock whose files changed this recently is taken as running
 MAX_DEPTH = 3  # how deep under DIR run directories are looked for (results/<task>/<method>/...)
@@ -99,22 +101,12 @@ def _read_json(path: Path, warnings: list[str]) -> Any:
 
 
 def _read_events(path: Path, warnings: list[str]) -> list[dict[str, Any]]:
-    events: list[dict[str, Any]] = []
     try:
-        lines = path.read_text(encoding="utf-8").split("\n") if path.exists() else []
+        events = read_event_log(path)[0] if path.exists() else []  # (up to a torn last line)
     except OSError as exc:
         warnings.append(f"events.jsonl: unreadable ({exc})")
-        return events
-    for line in lines:
-        if not line.strip():
-            continue
-        try:
-            event = json.loads(line)
-        except ValueError:
-            break  # a torn last line
-        if isinstance(event, dict):
-            events.append(event)
-    return events
+        return []
+    return [e for e in events if isinstance(e, dict)]
 
 
 def _num(value: Any) -> float | None:
