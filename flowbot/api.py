@@ -88,10 +88,10 @@ def resolve_seed(seed: Any, task: Task) -> Workflow:
 def _check_fields(workflow: Workflow, task: Task) -> None:
     missing = [f for f in workflow.sketch.inputs if f not in task.inputs]
     if missing:
-        raise ValueError(f"the workflow reads {', '.join(missing)}, which task {task.name!r} does not provide "
+        raise FlowBotError(f"the workflow reads {', '.join(missing)}, which task {task.name!r} does not provide "
                          f"(its inputs: {', '.join(task.inputs)})")
     if task.output not in workflow.sketch.outputs:
-        raise ValueError(f"the workflow writes {', '.join(workflow.sketch.outputs)} but task {task.name!r} "
+        raise FlowBotError(f"the workflow writes {', '.join(workflow.sketch.outputs)} but task {task.name!r} "
                          f"scores the field {task.output!r}")
 
 
@@ -247,12 +247,12 @@ def _make_config(method: str, objective: str, cost_weight: float, inner: Any, ou
         return kind(**value)
 
     if method not in ("flowbot", "inner-only", "aflow"):
-        raise ValueError(f"unknown method {method!r}; use flowbot, inner-only or aflow")
+        raise FlowBotError(f"unknown method {method!r}; use flowbot, inner-only or aflow")
     if objective not in ("score", "cost"):
-        raise ValueError(f"unknown objective {objective!r}; use 'score' or 'cost'")
+        raise FlowBotError(f"unknown objective {objective!r}; use 'score' or 'cost'")
     plan = build(BudgetConfig, budget_plan)
     if plan.scope not in ("all", "search"):
-        raise ValueError(f"unknown budget scope {plan.scope!r}; use 'all' or 'search'")
+        raise FlowBotError(f"unknown budget scope {plan.scope!r}; use 'all' or 'search'")
     try:
         outer_cfg, race_cfg = build(OuterConfig, outer), build(RacingConfig, racing)
         inner_cfg, aflow_cfg = build(InnerConfig, inner), build(AFlowConfig, aflow)
@@ -261,11 +261,11 @@ def _make_config(method: str, objective: str, cost_weight: float, inner: Any, ou
     except TypeError as exc:  # an unknown setting name
         raise FlowBotError(str(exc).replace("__init__() ", "")) from None
     if outer_cfg.proposal not in ("llm", "fixed"):
-        raise ValueError(f"unknown proposal policy {outer_cfg.proposal!r}; use 'llm' or 'fixed'")
+        raise FlowBotError(f"unknown proposal policy {outer_cfg.proposal!r}; use 'llm' or 'fixed'")
     if outer_cfg.schedule not in ("tune-first", "alternate"):
-        raise ValueError(f"unknown schedule {outer_cfg.schedule!r}; use 'tune-first' or 'alternate'")
+        raise FlowBotError(f"unknown schedule {outer_cfg.schedule!r}; use 'tune-first' or 'alternate'")
     if race_cfg.margin < 1 or not 0 < race_cfg.alpha <= 1:
-        raise ValueError("racing needs margin ≥ 1 and 0 < alpha ≤ 1")
+        raise FlowBotError("racing needs margin ≥ 1 and 0 < alpha ≤ 1")
     _check_settings(cfg, cost_weight)
     return cfg
 
@@ -462,7 +462,7 @@ class PreparedRun:
         self._check_prices()
         refusal = self.estimate().refusal
         if refusal is not None and not (Path(self.run_dir) / "config.json").exists():
-            raise ValueError(refusal)  # before anything is paid or written
+            raise FlowBotError(refusal)  # before anything is paid or written
         created = _first_missing(self.run_dir)  # what to remove if this session leaves nothing worth keeping
         rd = RunDir(self.run_dir)  # locked for this process until closed
         cache: ResponseCache | None = None

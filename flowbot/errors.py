@@ -5,9 +5,12 @@
     ...
     flowbot.errors.FlowBotError: --budget-calls: budget must be positive, got -5
 
-The command line shows any :class:`FlowBotError` as one line (no traceback) and exits non-zero.
-``where`` names the place (a file and line, an option, a field) when the message does not start
-with it already. This module imports nothing of flowbot, so every layer may use it.
+Every user error of every layer derives from :class:`FlowBotError` (``DataError``,
+``WorkflowFileError``, ``WorkflowValidationError``, ``EditError``, ``RunDirError``, ...). The
+command line shows one as one line (no traceback) and exits non-zero; any other exception is a bug
+and keeps its traceback. ``where`` names the place (a file and line, an option, a field) when the
+message does not start with it already. This module imports nothing of flowbot, so every layer
+may use it.
 """
 
 from __future__ import annotations

@@ -369,7 +369,7 @@ def optimize(
     printer = RunPrinter(out)
     printer.print_estimate(estimate, the_task, prepared)
     if estimate.refusal and not (prepared.run_dir / "config.json").exists():
-        raise ValueError(estimate.refusal)
+        raise FlowBotError(estimate.refusal)
     if dry_run:
         return
     out.print(f"run directory: {prepared.run_dir}  (create {prepared.run_dir / 'STOP'} or press Ctrl-C to stop; "

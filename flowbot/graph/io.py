@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from flowbot.errors import utf8_text
+from flowbot.errors import FlowBotError, utf8_text
 from flowbot.graph.sketch import Problem, Workflow, WorkflowValidationError
 from flowbot.version import __version__
 
@@ -21,7 +21,7 @@ IR_SCHEMA_VERSION = 1
 FORMAT_TAG = "flowbot-workflow"
 
 
-class WorkflowFileError(ValueError):
+class WorkflowFileError(FlowBotError):
     """A workflow file that cannot be read: not JSON, not a workflow, or an incompatible version."""
 
 

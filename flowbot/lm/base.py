@@ -117,8 +117,9 @@ class LMPermanentError(LMError):
     """Not worth retrying: bad key, unknown model, invalid request. The message says what to fix."""
 
 
-class BudgetExceeded(LMError):
-    """A budget (calls, tokens, dollars or time) would be exceeded by the next call."""
+class BudgetExceeded(Exception):
+    """A budget (calls, tokens, dollars or time) would be exceeded by the next call. Control flow,
+    not a failure of the LM: the loops catch it and end cleanly with what they have."""
 
 
 class Provider(abc.ABC):

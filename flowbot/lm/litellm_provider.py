@@ -19,6 +19,7 @@ import re
 import threading
 from typing import Any
 
+from flowbot.errors import FlowBotError
 from flowbot.lm.base import Completion, LMPermanentError, LMRequest, LMTransientError, Provider, Usage
 from flowbot.lm.openai_compat import (
     PLACEHOLDER_KEY,
@@ -105,7 +106,7 @@ class LiteLLMProvider(Provider):
         supports_schema: bool | None = None,
     ) -> None:
         if not model:
-            raise ValueError("LiteLLMProvider needs a model name")
+            raise FlowBotError("LiteLLMProvider needs a model name")
         self._supports_schema = supports_schema
         self.model = model
         self.api_base = api_base

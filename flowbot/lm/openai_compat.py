@@ -30,6 +30,7 @@ from typing import Any, AsyncGenerator, Awaitable, Callable, Literal, Mapping
 
 import openai
 
+from flowbot.errors import FlowBotError
 from flowbot.lm.base import Completion, LMPermanentError, LMRequest, LMTransientError, Provider, Usage
 from flowbot.lm.redact import clean_key, redact
 
@@ -249,15 +250,15 @@ class OpenAICompatProvider(Provider):
         supports_schema: bool = True,
     ) -> None:
         if not model:
-            raise ValueError("OpenAICompatProvider needs a model name")
+            raise FlowBotError("OpenAICompatProvider needs a model name")
         if not base_url.startswith(("http://", "https://")):
-            raise ValueError(f"base_url must start with http:// or https://, got {base_url!r}")
+            raise FlowBotError(f"base_url must start with http:// or https://, got {base_url!r}")
         if http_backend not in ("httpx", "aiohttp"):
-            raise ValueError(f"http_backend must be 'httpx' or 'aiohttp', got {http_backend!r}")
+            raise FlowBotError(f"http_backend must be 'httpx' or 'aiohttp', got {http_backend!r}")
         if http_backend == "aiohttp" and (
             importlib.util.find_spec("aiohttp") is None or not hasattr(openai, "DefaultAioHttpClient")
         ):
-            raise ValueError("http_backend='aiohttp' needs aiohttp and openai>=1.80: pip install aiohttp")
+            raise FlowBotError("http_backend='aiohttp' needs aiohttp and openai>=1.80: pip install aiohttp")
         self.http_backend = http_backend
         self.supports_schema = supports_schema
         self.model = model

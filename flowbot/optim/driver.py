@@ -16,6 +16,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Literal
 
+from flowbot.errors import FlowBotError
 from flowbot.graph.sketch import Workflow
 from flowbot.lm.base import BudgetExceeded
 from flowbot.lm.budget import Budget, RoleUsage, total_usage
@@ -177,9 +178,9 @@ async def run_optimization(
     val = with_ids(task.val[: cfg.val_size] if cfg.val_size is not None else task.val)
     test = with_ids(task.test[: cfg.test_size] if cfg.test_size is not None else task.test)
     if not val:
-        raise ValueError(f"task {task.name}: the validation split is empty; the optimizer needs held-out examples")
+        raise FlowBotError(f"task {task.name}: the validation split is empty; the optimizer needs held-out examples")
     if cfg.method != "aflow" and not train:
-        raise ValueError(f"task {task.name}: the training split is empty")
+        raise FlowBotError(f"task {task.name}: the training split is empty")
     budget.add_stop_condition(run_dir.stop_requested)
     meter = task_lm.meter
     raw_log = run_dir.events

@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
 from pydantic import ValidationError
 
+from flowbot.errors import FlowBotError
 from flowbot.graph.edits import EditError, Ensemble, _keep_output_names, apply_edit, fresh_name
 from flowbot.graph.nodes import (
     BranchNode,
@@ -71,7 +72,7 @@ def context_for_task(task: Any, signatures: Mapping[str, Sequence[str]]) -> Oper
     declared = list(getattr(task, "tools", None) or [])
     missing = [t for t in declared if t not in signatures]
     if missing:
-        raise ValueError(f"task {getattr(task, 'name', '?')!r} declares tool(s) {missing} that the tool "
+        raise FlowBotError(f"task {getattr(task, 'name', '?')!r} declares tool(s) {missing} that the tool "
                          f"registry does not have (known: {', '.join(sorted(signatures)) or 'none'})")
     return OperatorContext(tools={t: list(signatures[t]) for t in declared},
                            context_fields=tuple(getattr(task, "context_fields", None) or ()),

@@ -41,6 +41,7 @@ import weakref
 from pathlib import Path
 from typing import IO, Any
 
+from flowbot.errors import FlowBotError
 from flowbot.graph.io import save_workflow
 from flowbot.graph.sketch import Workflow
 
@@ -49,8 +50,8 @@ LOCK_FILE = "lock"
 CRASH_ENV = "FLOWBOT_CRASH_AT"
 
 
-class RunDirError(ValueError):
-    pass
+class RunDirError(FlowBotError):
+    """A run directory that cannot be used: held by another process, or made with other settings."""
 
 
 def atomic_write_text(path: Path, text: str) -> Path:

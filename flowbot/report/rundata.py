@@ -18,6 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from flowbot.errors import FlowBotError
 from flowbot.graph.io import WorkflowFileError, workflow_from_dict
 from flowbot.graph.sketch import Workflow
 from flowbot.optim.archive import non_dominated
@@ -29,7 +30,7 @@ PROPOSAL_EVENTS = ("proposal", "candidate_rejected", "candidate_proposed", "edit
 TEST_EXAMPLES = "test_examples.jsonl"
 
 
-class ReportError(ValueError):
+class ReportError(FlowBotError):
     """The directory is not a FlowBot run directory."""
 
 

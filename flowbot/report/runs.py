@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from flowbot.errors import FlowBotError
 from flowbot.optim.rundir import read_event_log
 
 LOCK_FILE = "run.lock"
@@ -83,11 +84,15 @@ def find_runs(root: str | Path, max_depth: int = MAX_DEPTH) -> list[Path]:
     return found
 
 
+class NoSuchRunsDirectory(FlowBotError, FileNotFoundError):
+    """The folder to list runs from does not exist."""
+
+
 def list_runs(root: str | Path = "runs") -> list[RunInfo]:
     """Every run under ``root`` (raises FileNotFoundError when ``root`` does not exist)."""
     root = Path(root)
     if not root.exists():
-        raise FileNotFoundError(f"{root}: no such directory (runs are kept in runs/ by default)")
+        raise NoSuchRunsDirectory(f"{root}: no such directory (runs are kept in runs/ by default)")
     return [run_info(p) for p in find_runs(root)]
 
 

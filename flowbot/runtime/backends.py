@@ -11,6 +11,7 @@ What a backend is (:class:`~flowbot.runtime.batch.Backend`) and how one is made 
 
 from __future__ import annotations
 
+from flowbot.errors import FlowBotError
 from flowbot.runtime.batch import Backend
 
 BACKENDS = ("asyncio", "ray")
@@ -28,4 +29,4 @@ def make_backend(backend: "str | Backend | None", *, address: str | None = None,
         from flowbot.runtime.ray_backend import RayBackend
 
         return RayBackend(address=address, workers=workers)
-    raise ValueError(f"unknown backend {backend!r}; use {' or '.join(BACKENDS)}")
+    raise FlowBotError(f"unknown backend {backend!r}; use {' or '.join(BACKENDS)}")

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from flowbot.errors import FlowBotError
 from flowbot.graph.sketch import Workflow
 from flowbot.lm.base import BudgetExceeded, Provider, Usage
 from flowbot.lm.budget import Budget, RoleUsage, UsageMeter
@@ -50,7 +51,7 @@ WORKER_NAME = "flowbot-worker"
 POLL_S = 0.25
 
 
-class BackendError(ValueError):
+class BackendError(FlowBotError):
     """The Ray backend cannot run this evaluation as configured (the message says why)."""
 
 

@@ -17,7 +17,13 @@ _PATH_KEYS = ("data", "train", "val", "test")
 def _read(path: Path) -> dict[str, Any]:
     if path.is_dir():
         raise DataError(f"{path}: is a directory, not a task file")
-    text = utf8_text(path.read_bytes(), str(path), DataError)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    text = utf8_text(raw, str(path), DataError)
     if path.suffix.lower() == ".toml":
         if sys.version_info >= (3, 11):
             import tomllib

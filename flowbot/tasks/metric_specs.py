@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from flowbot.errors import FlowBotError
 from flowbot.scoring.result import MetricResult
 from flowbot.scoring.values import format_value
 from flowbot.tasks import metrics as M
@@ -26,7 +27,7 @@ from flowbot.tasks.loaders import DataError
 StringMetric = Callable[[str, Any], float]
 
 
-class MetricError(ValueError):
+class MetricError(FlowBotError):
     """A metric that cannot be found or built; the message says what to fix."""
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from flowbot.errors import FlowBotError
 from flowbot.tools.base import Tool, ToolError, ToolRegistry, ToolResult
 from flowbot.tools.calculator import CalcError, CalculatorTool, calculate, evaluate
 from flowbot.tools.python_exec import PythonTool, strip_code_fences
@@ -34,14 +35,14 @@ def default_registry(**config: dict[str, Any]) -> ToolRegistry:
     """
     unknown = set(config) - set(_FACTORIES)
     if unknown:
-        raise ValueError(f"default_registry: unknown tool(s) {sorted(unknown)} (known: {sorted(_FACTORIES)})")
+        raise FlowBotError(f"default_registry: unknown tool(s) {sorted(unknown)} (known: {sorted(_FACTORIES)})")
     tools = []
     for name, factory in _FACTORIES.items():
         options = config.get(name) or {}
         if not isinstance(options, dict):
-            raise ValueError(f"default_registry: options for {name!r} must be a dict, got {type(options).__name__}")
+            raise FlowBotError(f"default_registry: options for {name!r} must be a dict, got {type(options).__name__}")
         try:
             tools.append(factory(**options))
         except TypeError as exc:
-            raise ValueError(f"default_registry: bad options for {name!r}: {exc}") from None
+            raise FlowBotError(f"default_registry: bad options for {name!r}: {exc}") from None
     return ToolRegistry(tools)

@@ -93,6 +93,7 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
+from flowbot.errors import FlowBotError
 from flowbot.tools.proctree import RunWatch, kill_tree
 
 log = logging.getLogger(__name__)
@@ -255,7 +256,7 @@ def _choose_level(isolation: Isolation, host: _Host) -> str:
     if policy == "auto":
         policy = os.environ.get(POLICY_ENV, "auto").strip().lower() or "auto"  # type: ignore[assignment]
         if policy not in ("auto", "strict", *LEVELS):
-            raise ValueError(f"${POLICY_ENV} must be auto, strict, namespaces, bwrap or process, got {policy!r}")
+            raise FlowBotError(f"${POLICY_ENV} must be auto, strict, namespaces, bwrap or process, got {policy!r}")
     if policy == "namespaces" and not host.namespaces:
         raise SandboxUnavailable(f"namespace isolation is unavailable: {host.reason}")
     if policy == "bwrap" and not host.bwrap:

@@ -119,3 +119,45 @@ def test_data_errors_are_still_data_errors(tmp_path):
     (tmp_path / "x.jsonl").write_bytes(b'{"q": "\xff"}\n')
     with pytest.raises(DataError, match="x.jsonl, line 1"):
         flowbot.Task("t", data=str(tmp_path / "x.jsonl"), inputs=["q"], targets=["a"])
+
+
+def test_only_user_errors_become_one_line():
+    """A FlowBotError (bad input, a bad setting) or an LM error is one line; anything else is a bug
+    and keeps its traceback (an internal ValueError is not a user error)."""
+    import typer
+
+    from flowbot.cli.errors import handled
+
+    @handled
+    def user_error() -> None:
+        raise FlowBotError("must be at least 1, got 0", where="--limit")
+
+    @handled
+    def internal_bug() -> None:
+        raise ValueError("an internal invariant broke")
+
+    with pytest.raises(typer.Exit):
+        user_error()
+    with pytest.raises(ValueError, match="internal invariant"):
+        internal_bug()
+
+
+def test_every_user_error_type_is_a_flowbot_error():
+    from flowbot.graph.edits import EditError
+    from flowbot.graph.io import WorkflowFileError
+    from flowbot.graph.sketch import WorkflowValidationError
+    from flowbot.lm.base import BudgetExceeded, LMError
+    from flowbot.optim.rundir import RunDirError
+    from flowbot.report.rundata import ReportError
+    from flowbot.report.runs import NoSuchRunsDirectory
+    from flowbot.tasks.metric_specs import MetricError
+
+    for error in (DataError, EditError, MetricError, ReportError, RunDirError, WorkflowFileError,
+                  WorkflowValidationError, NoSuchRunsDirectory):
+        assert issubclass(error, FlowBotError), error
+    assert issubclass(NoSuchRunsDirectory, FileNotFoundError)  # as before, for Python callers
+    assert not issubclass(BudgetExceeded, LMError)  # a used-up budget is control flow, not an LM failure
+    with pytest.raises(FlowBotError, match="nowhere: no such directory"):
+        from flowbot.report.runs import list_runs
+
+        list_runs("nowhere")
