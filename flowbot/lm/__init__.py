@@ -8,20 +8,18 @@ from flowbot.lm.base import (
     LMPermanentError,
     LMRequest,
     LMTransientError,
-    Message,
     Provider,
     Usage,
 )
-from flowbot.lm.budget import Budget, BudgetLimits, RoleUsage, UsageMeter
-from flowbot.lm.cache import ResponseCache, cache_key
+from flowbot.lm.budget import Budget, UsageMeter
+from flowbot.lm.cache import ResponseCache
 from flowbot.lm.client import LMClient
 from flowbot.lm.retry import RetryPolicy
-from flowbot.lm.schema import SchemaError, schema_text, unsupported_parts
+from flowbot.lm.schema import SchemaError
 from flowbot.lm.structured import StructuredReply, check_schema, complete_json
 
 __all__ = [
-    "Budget", "BudgetExceeded", "BudgetLimits", "Completion", "LMClient", "LMError",
-    "LMPermanentError", "LMRequest", "LMTransientError", "Message", "Provider", "ResponseCache",
-    "RetryPolicy", "RoleUsage", "SchemaError", "StructuredReply", "Usage", "UsageMeter",
-    "cache_key", "check_schema", "complete_json", "schema_text", "unsupported_parts",
+    "Budget", "BudgetExceeded", "Completion", "LMClient", "LMError", "LMPermanentError", "LMRequest",
+    "LMTransientError", "Provider", "ResponseCache", "RetryPolicy", "SchemaError", "StructuredReply", "Usage",
+    "UsageMeter", "check_schema", "complete_json",
 ]

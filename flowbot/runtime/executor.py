@@ -33,6 +33,7 @@ from flowbot.runtime import prompts
 from flowbot.runtime.trace import NodeRun, Trace
 from flowbot.runtime.tracing import Tracer, active_tracer, end_span, start_span
 from flowbot.scoring.extract import apply_extraction, extract_answer
+from flowbot.scoring.values import format_value
 from flowbot.tools.base import ToolError, ToolRegistry
 
 _MISSING = object()
@@ -246,7 +247,7 @@ class Executor:
         if node.strategy == "first":
             return candidates[0]
         if node.strategy == "concat":
-            return "\n\n".join(prompts.format_value(c) for c in candidates)
+            return "\n\n".join(format_value(c) for c in candidates)
         if node.strategy == "majority":
             return majority_vote(candidates)
         # select: an LLM picks the best candidate by number
@@ -264,7 +265,7 @@ def _usage_attributes(record: NodeRun) -> dict[str, Any]:
 
 
 def _rule_matches(op: str, value: Any, target: Any) -> bool:
-    text = "" if value is None else prompts.format_value(value)
+    text = "" if value is None else format_value(value)
     if op == "nonempty":
         return bool(text.strip())
     if op == "empty":
@@ -284,7 +285,7 @@ def _rule_matches(op: str, value: Any, target: Any) -> bool:
 
 def normalize_vote(value: Any) -> str:
     """The key a majority vote counts: numbers by value, text case- and space-insensitively."""
-    text = prompts.format_value(value).strip().rstrip(".").strip()
+    text = format_value(value).strip().rstrip(".").strip()
     try:
         number = float(text.replace(",", "").replace("$", ""))
         return repr(round(number, 9))

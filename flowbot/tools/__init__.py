@@ -11,17 +11,15 @@ from typing import Any
 
 from flowbot.errors import FlowBotError
 from flowbot.tools.base import Tool, ToolError, ToolRegistry, ToolResult
-from flowbot.tools.calculator import CalcError, CalculatorTool, calculate, evaluate
-from flowbot.tools.python_exec import PythonTool, strip_code_fences
-from flowbot.tools.retrieval import Passage, RetrieveTool, parse_passages, retrieve
+from flowbot.tools.calculator import CalculatorTool
+from flowbot.tools.python_exec import PythonTool
+from flowbot.tools.retrieval import RetrieveTool
 from flowbot.tools.sandbox import SandboxResult, SandboxUnavailable, run_python, sandbox_info, sandbox_levels
 
 __all__ = [
     "Tool", "ToolError", "ToolRegistry", "ToolResult", "default_registry",
     "PythonTool", "CalculatorTool", "RetrieveTool",
     "run_python", "sandbox_info", "sandbox_levels", "SandboxResult", "SandboxUnavailable",
-    "calculate", "evaluate", "CalcError", "strip_code_fences",
-    "retrieve", "parse_passages", "Passage",
 ]
 
 _FACTORIES = {"python": PythonTool, "calculator": CalculatorTool, "retrieve": RetrieveTool}

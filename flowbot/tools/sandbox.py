@@ -427,7 +427,8 @@ async def run_python(
     does; bad arguments raise ``ValueError``, an unavailable level (or ``"strict"`` on a host
     without a boundary) raises :class:`SandboxUnavailable`.
 
-    >>> res = await run_python("import sys; print(sys.stdin.read().upper())", stdin="hi")
+    >>> import asyncio
+    >>> res = asyncio.run(run_python("import sys; print(sys.stdin.read().upper())", stdin="hi"))
     >>> res.stdout
     'HI\\n'
     """

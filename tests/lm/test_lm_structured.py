@@ -7,10 +7,9 @@ import json
 
 import pytest
 
-from flowbot.lm import (
-    LMClient, LMPermanentError, LMRequest, ResponseCache, SchemaError, cache_key,
-    check_schema, complete_json, schema_text, unsupported_parts,
-)
+from flowbot.lm import LMClient, LMPermanentError, LMRequest, ResponseCache, SchemaError, check_schema, complete_json
+from flowbot.lm.cache import cache_key
+from flowbot.lm.schema import schema_text, unsupported_parts
 from flowbot.lm.litellm_provider import LiteLLMProvider, import_litellm
 from flowbot.lm.structured import REPAIR_TEMPLATE, parse_reply
 from flowbot.testing import OpenAITestServer, ScriptedLM

@@ -11,7 +11,8 @@ import pytest
 pytest.importorskip("llama_cpp")
 
 from flowbot.lm import LMClient, LMPermanentError, complete_json  # noqa: E402
-from flowbot.lm.local import LlamaCppProvider, compile_grammar  # noqa: E402
+from flowbot.lm.local import LlamaCppProvider
+from flowbot.lm.local.engine import compile_grammar
 from flowbot.lm.local.engine import Engine  # noqa: E402
 from flowbot.lm.schema import schema_text  # noqa: E402
 

@@ -9,17 +9,10 @@ import pytest
 
 from flowbot.lm.base import LMPermanentError
 from flowbot.lm.local import (
-    MISSING_EXTRA,
-    LlamaCppProvider,
-    ModelFetchError,
-    UnknownModelError,
-    is_local_model,
-    loaded_engines,
-    model_path,
-    physical_cores,
-    pull,
+    LlamaCppProvider, ModelFetchError, UnknownModelError, is_local_model, loaded_engines, model_path, pull,
     resolve_local_model,
 )
+from flowbot.lm.local.engine import MISSING_EXTRA, physical_cores
 from flowbot.lm.local.engine import check_gguf, default_threads
 
 

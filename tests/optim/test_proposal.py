@@ -58,7 +58,7 @@ def test_every_object_the_schema_admits_applies(task, kind):
 
 def test_the_grammar_compiles_with_llama_cpp():
     pytest.importorskip("llama_cpp")
-    from flowbot.lm.local import compile_grammar
+    from flowbot.lm.local.engine import compile_grammar
     parent = benchmark_baseline("drop", "cot")
     schema = proposal_schema(new_choices(parent, ctx_for("drop"), set()))
     assert compile_grammar(json.dumps(schema)) is not None
