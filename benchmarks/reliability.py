@@ -10,15 +10,23 @@ Sections:
   lm           each fault kind (429, 5xx, timeouts, dropped connections, truncated or choice-less
                bodies, empty completions, header-echoing errors) at a set rate during an evaluation
                and an optimization: runs completed, results equal to a fault-free run, retries;
-               permanent errors (401, 404, 400 context length, 429 quota): requests before the stop
+               permanent errors (401, 404, 400 context length, 429 quota): requests before the stop;
+               an unreachable server: a non-zero exit and one line naming it
   crash        real ``flowbot optimize`` processes SIGKILLed at a set of points (during the seed's
                evaluation, a backward pass, a proposal, a candidate's evaluation, the test
                evaluation, writing the event log, writing the summary), then resumed: kills survived,
                results equal to an uninterrupted run, calls re-paid, events lost or duplicated,
                cache integrity
-  hostile      hostile snippets on every isolation level this host has, each with the audit guard on
-               and switched off (as a successful bypass would): stopped / total, parent healthy,
-               processes left
+  hostile      at least 40 hostile snippets on every isolation level this host has (secrets through
+               /proc, sockets to 127.0.0.1, this host's address and unix sockets, writes and links out
+               of the folder, programs, detached and launcher-killing children, disk, memory and fds in
+               total, signals, ptrace), each with the audit guard on and switched off (as a successful
+               bypass would), plus code that switches the guard off itself (frames and closures of the
+               hook, ctypes raw memory, monkeypatched os/posixpath/builtins, _posixsubprocess, gc,
+               sub-interpreters) and then tries to escape: stopped / total, bypasses that worked and
+               escapes after them (expected on "process", which is no boundary; 0 on kernel levels),
+               parent healthy, processes left (every process a run leaves alive, counted below the
+               worker, a child subreaper)
   secrets      a planted API key in every form (plain, trailing newline, trailing space, echoed in a
                server's error bodies) searched for in every artifact of a run: leaks
   input        a table of malformed workflows, datasets, configs, metrics and options through the
@@ -286,6 +294,40 @@ def _permanent_errors(b: Battery, data: Path, srv: OpenAITestServer) -> None:
         srv.fault_rule = None
         text = ", ".join(f"{c} stopped after {n} request(s) (exit {e}, {k} line)" for c, n, e, k in stops)
         b.add("lm", f"permanent {name}", text, ok=all(n == 1 and e != 0 and k == 1 for _, n, e, k in stops))
+    _unreachable_server(b, data)
+
+
+def _unreachable_server(b: Battery, data: Path) -> None:
+    """A base URL nothing listens on: after the retries (their waits cut short here), one line naming
+    the server and a non-zero exit, never a table of zeros."""
+    import socket
+
+    from typer.testing import CliRunner
+
+    from flowbot.cli.main import app
+    from flowbot.lm.retry import RetryPolicy
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    delay = RetryPolicy.delay
+    RetryPolicy.delay = lambda self, attempt, retry_after: 0.001  # type: ignore[method-assign]
+    said = []
+    try:
+        for command in ("eval", "optimize"):
+            args = [command, "--data", str(data), "--input", "question", "--target", "answer", "--metric", "numeric",
+                    "--model", "task", "--base-url", url, "--concurrency", "1"]
+            args += ["--out", str(b.work / "dead.json")] if command == "eval" else ["--run-dir", str(b.work / "dead")]
+            res = CliRunner().invoke(app, args)
+            lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+            named = len(lines) == 1 and f"cannot reach {url}" in lines[0]
+            left = (b.work / "dead.json").exists() or (b.work / "dead").exists()
+            said.append((command, res.exit_code, len(lines), named, left))
+    finally:
+        RetryPolicy.delay = delay  # type: ignore[method-assign]
+    b.add("lm", "unreachable server", ", ".join(
+        f"{c} exit {e}, {k} line{'' if k == 1 else 's'}{' naming it' if n else ''}{', output left' if x else ''}"
+        for c, e, k, n, x in said), ok=all(e != 0 and k == 1 and n and not x for _, e, k, n, x in said))
 
 
 # -- section: crash and resume -------------------------------------------------------------------
@@ -353,7 +395,7 @@ def _kill_points(labels: list[str], fast: bool) -> list[tuple[str, int | None, s
               ("writing the summary", None, "summary")]
     if fast:
         points = [points[1]]
-    return [(name, k, crash) for name, k, crash in points if k is not None or crash is not None]
+    return points  # a point whose phase never happened has neither: reported as skipped
 
 
 def _run_cli(args: list[str], env: dict[str, str], timeout: float = 180) -> subprocess.CompletedProcess:
@@ -380,6 +422,10 @@ def crash_resume(b: Battery) -> None:
         survived = equal = 0
         repaid_max = lost = dup = bad_cache = 0
         points = _kill_points(labels, b.fast)
+        skipped = [point for point, at, crash in points if at is None and crash is None]
+        for point in skipped:
+            b.add("crash", f"kill {point}", "skipped: the reference run never reached this phase")
+        points = [p for p in points if p[0] not in skipped]
         for i, (point, at, crash) in enumerate(points):
             srv.reset()
             run_dir = b.work / f"crash-{i}"
@@ -418,8 +464,11 @@ def crash_resume(b: Battery) -> None:
                   f"events lost {n_lost} duplicated {n_dup}, cache {'ok' if integrity else 'CORRUPT'}",
                   ok=same and repaid <= 1 and n_lost == 0 and n_dup == 0 and integrity)
         n = len(points)
-        b.add("crash", "kills survived", f"{survived}/{n}", ok=survived == n)
-        b.add("crash", "final results equal to an uninterrupted run", f"{equal}/{n}", ok=equal == n)
+        b.add("crash", "kill points skipped (phase never reached)",
+              f"{len(skipped)}/{len(skipped) + n}" + (f": {', '.join(skipped)}" if skipped else ""))
+        b.add("crash", "kills survived", f"{survived}/{n}" + ("" if n else " (no kill was made: nothing is shown)"),
+              ok=n > 0 and survived == n)
+        b.add("crash", "final results equal to an uninterrupted run", f"{equal}/{n}", ok=n > 0 and equal == n)
         b.add("crash", "calls re-paid, most in one kill", f"{repaid_max} (in flight at a kill: at most 1)",
               ok=repaid_max <= 1)
         b.add("crash", "events lost / duplicated", f"{lost} / {dup}", ok=lost == 0 and dup == 0)
@@ -619,6 +668,9 @@ def _bad_input_cases(folder: Path) -> dict[str, list[str]]:
         "option: zero validation size": ["optimize", *d, "--val-size", "0", "--run-dir", "run"],
         "option: negative limit": ["eval", *d, "--limit", "-1"],
         "option: zero concurrency": ["eval", *d, "--concurrency", "0"],
+        "option: negative --workers": ["eval", *d, "--workers", "-1"],
+        "option: zero --margin": ["optimize", *d, "--margin", "0", "--run-dir", "run"],
+        "option: --alpha above 1": ["optimize", *d, "--alpha", "1.5", "--run-dir", "run"],
         "option: --feedback typo": ["optimize", *d, "--feedback", "local", "--run-dir", "run"],
         "option: --method typo": ["optimize", *d, "--method", "aflw", "--run-dir", "run"],
         "option: --objective typo": ["optimize", *d, "--objective", "costs", "--run-dir", "run"],
@@ -682,6 +734,9 @@ class Attack:
     stopped: Callable[[Any, dict], bool]  # (SandboxResult, context) -> was it stopped?
     process_stops: bool = False  # the no-boundary "process" level claims to stop it without the guard
     limits: dict = field(default_factory=dict)
+    #: a guard bypass: the code switches the audit guard off itself (run with the guard on only),
+    #: then tries the escapes of BYPASS_PROBE; stopped when none of them got out
+    bypass: bool = False
 
 
 def _attacks() -> list[Attack]:
@@ -878,7 +933,338 @@ def _attacks() -> list[Attack]:
                limits={"timeout_s": 1}),
         Attack("an output flood", "while True:\n    print('x' * 1000)",
                lambda res, ctx: res.killed_reason == "output_limit", process_stops=True),
+        *_more_attacks(host_file_absent, secret_kept, planted_key_hidden, no_signal, no_survivor, not_over),
+        *_bypass_attacks(),
     ]
+
+
+def _more_attacks(host_file_absent: Callable, secret_kept: Callable, planted_key_hidden: Callable,
+                  no_signal: Callable, no_survivor: Callable, not_over: Callable) -> list[Attack]:
+    """Further ways out: secrets through /proc, other sockets, writes and programs by other calls,
+    resources in total, signals, ptrace, links."""
+    def unix_refused(counter: str) -> Callable[[Any, dict], bool]:
+        return lambda res, ctx: ctx[counter]() == 0 and "CONNECTED" not in res.stdout
+
+    return [
+        Attack("look for a key in its own environment", textwrap.dedent("""
+            import os
+            hit = [k for k, v in os.environ.items() if k.endswith(("_KEY", "_TOKEN")) or "BATTERY-PLANTED" in v]
+            print("FOUND" if hit else "clean", sorted(os.environ))
+            """), planted_key_hidden, process_stops=True),
+        Attack("read a host file through /proc/<worker>/root", "print(open('/proc/{worker}/root{secret}').read())",
+               secret_kept),
+        Attack("read a file the worker holds open (/proc/<worker>/fd)", textwrap.dedent("""
+            import os
+            for fd in os.listdir("/proc/{worker}/fd"):
+                try:  # files only: reading its pipes would take what the worker writes to its parent
+                    if os.path.isfile(os.readlink(f"/proc/{worker}/fd/{{fd}}")):
+                        print(open(f"/proc/{worker}/fd/{{fd}}", errors="replace").read(200))
+                except OSError:
+                    pass
+            """), secret_kept),
+        # "outside" without leaving the machine: a listener on this host's own network address
+        Attack("connect to this host's network address (not loopback)", textwrap.dedent("""
+            import socket
+            s = socket.create_connection(({host_ip!r}, {host_port}), timeout=2)
+            print("CONNECTED")
+            """), lambda res, ctx: ctx["host_accepted"]() == 0 and "CONNECTED" not in res.stdout),
+        Attack("resolve a host name", textwrap.dedent("""
+            import socket
+            print("RESOLVED", socket.getaddrinfo("localhost", 80)[0][4])
+            """), lambda res, ctx: "RESOLVED" not in res.stdout),
+        Attack("connect to the worker's abstract unix socket", textwrap.dedent("""
+            import socket
+            s = socket.socket(socket.AF_UNIX)
+            s.connect({abstract!r})
+            print("CONNECTED")
+            """), unix_refused("abstract_accepted")),
+        Attack("connect to a unix socket file outside its folder", textwrap.dedent("""
+            import socket
+            s = socket.socket(socket.AF_UNIX)
+            s.connect({unix_path!r})
+            print("CONNECTED")
+            """), unix_refused("unix_accepted")),
+        Attack("write outside through a directory fd", textwrap.dedent("""
+            import os
+            d = os.open({target_dir!r}, os.O_RDONLY)
+            f = os.open({target_name!r}, os.O_WRONLY | os.O_CREAT, dir_fd=d)
+            os.write(f, b"x")
+            print("WROTE")
+            """), host_file_absent),
+        Attack("move a file out of its folder (rename)",
+               "open('x', 'w').write('x')\nimport os\nos.rename('x', {target!r})\nprint('WROTE')", host_file_absent),
+        Attack("hard-link a host file into its folder",
+               "import os\nos.link({secret!r}, 'l')\nprint(open('l').read())", secret_kept),
+        Attack("symlink a host folder, then write through it", textwrap.dedent("""
+            import os
+            os.symlink({target_dir!r}, "d")
+            open("d/" + {target_name!r}, "w").write("x")
+            print("WROTE")
+            """), host_file_absent),
+        Attack("start a program (os.posix_spawn)", textwrap.dedent("""
+            import os
+            pid = os.posix_spawn("/usr/bin/touch", ["touch", {target!r}], {{}})
+            os.waitpid(pid, 0)
+            """), host_file_absent),
+        Attack("start a program through libc (ctypes system())", textwrap.dedent("""
+            import ctypes
+            ctypes.CDLL(None).system(b"/usr/bin/touch {target}")
+            """), host_file_absent),
+        Attack("fd exhaustion: open files until refused (limit 256)", textwrap.dedent("""
+            import os
+            fds = []
+            try:
+                while len(fds) < 100000:
+                    fds.append(os.open("/dev/null", os.O_RDONLY))
+            except OSError:
+                pass
+            print("OPENED", len(fds))
+            """), lambda res, ctx: not re.search(r"OPENED (\d+)", res.stdout)
+               or int(re.search(r"OPENED (\d+)", res.stdout).group(1)) <= 256, process_stops=True),
+        Attack("disk: 4 processes x 16 MB (limit 32 MB in total)", textwrap.dedent("""
+            import os, time
+            me = 0
+            for i in range(1, 4):
+                if os.fork() == 0:
+                    me = i
+                    break
+            written = 0
+            try:
+                with open(f"p{{me}}.bin", "wb") as f:
+                    for _ in range(16):
+                        f.write(b"x" * (1 << 20)); f.flush(); written += 1
+                        time.sleep(0.02)
+            except OSError:
+                pass
+            time.sleep(1)
+            print("WROTE", written)
+            """), lambda res, ctx: res.killed_reason is not None
+               or sum(int(x) for x in re.findall(r"WROTE (\d+)", res.stdout)) <= 40,
+               process_stops=True, limits={"disk_mb": 32, "max_processes": 8}),
+        Attack("signal the worker's process group (killpg)", textwrap.dedent("""
+            import os, signal
+            try:
+                group = os.getpgid({worker})
+                if group == {worker}:  # only the battery's worker leads that group: signal nothing else
+                    os.killpg(group, signal.SIGUSR1)
+                    print("SENT")
+            except OSError as exc:
+                print(type(exc).__name__)
+            """), no_signal),
+        Attack("signal every ancestor up to the worker", textwrap.dedent("""
+            import os, signal
+            chain, pid = [], os.getppid()
+            for _ in range(8):
+                chain.append(pid)
+                if pid == {worker} or pid <= 1:
+                    break
+                try:
+                    pid = int(open(f"/proc/{{pid}}/stat").read().rsplit(")", 1)[1].split()[1])
+                except (OSError, ValueError):
+                    break
+            if {worker} in chain:  # never anything above the battery's worker
+                for pid in [{worker}] + [p for p in chain if p != {worker}]:
+                    try:
+                        os.kill(pid, signal.SIGUSR1)
+                        print("SENT", pid)
+                    except OSError as exc:
+                        print(type(exc).__name__)
+            else:
+                print("the worker is not an ancestor", chain)
+            """), no_signal),
+        Attack("ptrace the worker (PTRACE_SEIZE through ctypes)", textwrap.dedent("""
+            import ctypes
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.ptrace(0x4206, {worker}, 0, 0) == 0:  # a seize does not stop it; exiting detaches
+                print("ATTACHED")
+            else:
+                print("refused, errno", ctypes.get_errno())
+            """), lambda res, ctx: "ATTACHED" not in res.stdout),
+        Attack("kill its launcher, leaving a setsid child", textwrap.dedent("""
+            import os, signal, time
+            if os.fork() == 0:
+                os.setsid()
+                time.sleep(0.2)
+                os.execv("/bin/sleep", ["sleep", {token!r}])
+            time.sleep(0.05)
+            launcher = os.getppid()
+            try:
+                os.setpgid(0, launcher)
+            except OSError:
+                pass
+            for kill in (lambda: os.kill(launcher, signal.SIGKILL),
+                         lambda: os.killpg(os.getpgid(launcher), signal.SIGKILL)):
+                try:
+                    kill()
+                except OSError as exc:
+                    print(type(exc).__name__)
+            time.sleep(0.5)
+            """), no_survivor, process_stops=True),
+    ]
+
+
+#: What a guard bypass tries once it believes the guard is off: read a host file, write one, connect
+#: to the worker's listener, start a program. Names it needs are bound before the bypass runs (some
+#: bypasses replace builtins).
+BYPASS_PRELUDE = "import os as _os, socket as _socket\n_open, _print, _E = open, print, Exception\n"
+BYPASS_PROBE = textwrap.dedent("""
+    def _probe():
+        said = []
+        try:
+            _os.listdir("/")
+            said.append("GUARD-OFF")
+        except _E:
+            pass
+        try:
+            if {secret_text!r} in _open({secret!r}).read():
+                said.append("READ")
+        except _E:
+            pass
+        try:
+            _open({target!r}, "w").write("x")
+            said.append("WROTE")
+        except _E:
+            pass
+        try:
+            _socket.create_connection(("127.0.0.1", {port}), timeout=2).close()
+            said.append("CONNECTED")
+        except _E:
+            pass
+        try:
+            if _os.system("/usr/bin/touch {target2}") == 0:
+                said.append("RAN")
+        except _E:
+            pass
+        _print("PROBE", *said)
+    _probe()
+    """)
+
+#: the guard's deny() found through the frames of a traceback the guard itself raised
+_DENY_FROM_TRACEBACK = textwrap.dedent("""
+    try:
+        open("/etc/hostname")
+    except PermissionError as exc:
+        tb, frames = exc.__traceback__, []
+        while tb is not None:
+            frames.append(tb.tb_frame)
+            tb = tb.tb_next
+    hook = next(f for f in frames if f.f_code.co_name == "hook")
+    deny = hook.f_locals["deny"]
+
+    def _quiet():
+        _PermissionError = None
+
+        def deny(what, path=None):
+            _PermissionError  # (the same one free variable as the guard's deny)
+        return deny
+    """)
+
+
+def _bypass_attacks() -> list[Attack]:
+    """Code that tries to switch the audit guard off from inside, then escape (BYPASS_PROBE). On
+    "process" some of these succeed: that level is no boundary, and the figure says so."""
+    def contained(res: Any, ctx: dict) -> bool:
+        return ("READ" not in res.stdout and ctx["secret_text"] not in res.stdout and ctx["accepted"]() == 0
+                and not os.path.exists(ctx["target"]) and not os.path.exists(ctx["target2"]))
+
+    snippets = {
+        "bypass: rewrite the guard's deny() found in a traceback's frames":
+            _DENY_FROM_TRACEBACK + "deny.__code__ = _quiet().__code__\n",
+        "bypass: rewrite a closure cell of the guard's path resolver": _DENY_FROM_TRACEBACK + textwrap.dedent("""
+            work = _os.getcwd()
+            for cell in hook.f_locals["check"].__closure__:
+                if getattr(cell.cell_contents, "__name__", "") == "resolve":
+                    for inner in cell.cell_contents.__closure__:
+                        if getattr(inner.cell_contents, "__name__", "") == "realpath":
+                            inner.cell_contents = lambda p, w=work: w + "/x"
+            """),
+        "bypass: catch the guard's frames from a __fspath__ it calls": textwrap.dedent("""
+            import shutil, sys
+            found = {{}}
+
+            class Path:
+                def __fspath__(self):
+                    f = sys._getframe(1)
+                    while f is not None and f.f_code.co_name != "hook":
+                        f = f.f_back
+                    if f is not None:
+                        found["deny"] = f.f_locals["deny"]
+                    return "/nonexistent-flowbot-battery"
+            try:
+                shutil.rmtree(Path())
+            except Exception:
+                pass
+
+            def _quiet():
+                _PermissionError = None
+
+                def deny(what, path=None):
+                    _PermissionError
+                return deny
+            if "deny" in found:
+                found["deny"].__code__ = _quiet().__code__
+            """),
+        "bypass: ctypes raw memory (pointer indexing) swaps deny()'s code": _DENY_FROM_TRACEBACK + textwrap.dedent("""
+            import ctypes
+            KEEP = [_quiet().__code__]
+            cell = ctypes.c_size_t(0)
+            ptr, base = ctypes.pointer(cell), ctypes.addressof(cell)
+            for offset in range(16, 120, 8):  # where func_code sits in the function object
+                i = (id(deny) + offset - base) // 8
+                if ptr[i] == id(deny.__code__):
+                    ptr[i] = id(KEEP[0])
+                    break
+            """),
+        "bypass: monkeypatch os.fspath, which the guard's realpath calls": textwrap.dedent("""
+            import os
+            work = os.getcwd()
+            os.fspath = lambda p, w=work: w + "/x"
+            """),
+        "bypass: monkeypatch posixpath internals before the guard checks": textwrap.dedent("""
+            import os, posixpath
+            work = os.getcwd()
+            posixpath.abspath = lambda p, w=work: w + "/x"
+            """),
+        "bypass: replace builtins the guard uses": textwrap.dedent("""
+            import builtins
+
+            class Quiet(Exception):
+                pass
+            builtins.PermissionError = Quiet
+            builtins.any = lambda it: False
+            """),
+        "bypass: a fresh _posixsubprocess (the guard replaced fork_exec)": textwrap.dedent("""
+            import importlib.util, sys
+            fresh = importlib.util.module_from_spec(sys.modules["_posixsubprocess"].__spec__)
+            r, w = _os.pipe()
+            fresh.fork_exec([b"/usr/bin/touch", {target2!r}.encode()], [b"/usr/bin/touch"], True, (w,), None, None,
+                            -1, -1, -1, -1, -1, -1, r, w, False, False, -1, None, None, None, -1, None, False)
+            """),
+        "bypass: import _posixsubprocess directly": textwrap.dedent("""
+            import _posixsubprocess
+            r, w = _os.pipe()
+            _posixsubprocess.fork_exec([b"/usr/bin/touch", {target2!r}.encode()], [b"/usr/bin/touch"], True, (w,),
+                                       None, None, -1, -1, -1, -1, -1, -1, r, w, False, False, -1, None, None,
+                                       None, -1, None, False)
+            """),
+        "bypass: gc walk to the guard's closure": textwrap.dedent("""
+            import gc
+            for obj in gc.get_referrers(PermissionError):
+                if callable(obj) and getattr(obj, "__name__", "") == "deny":
+                    obj.__code__ = (lambda what, path=None: None).__code__
+            """),
+        "bypass: a sub-interpreter (Python audit hooks are per interpreter)": textwrap.dedent("""
+            import _xxsubinterpreters as interpreters
+            interpreters.run_string(interpreters.create(), "open({target!r}, 'w').write('x')")
+            """),
+        "bypass: sys.addaudithook a hook of its own first in line": textwrap.dedent("""
+            import sys
+            sys.addaudithook(lambda event, args: None)  # hooks only add up: the guard's still runs
+            """),
+    }
+    return [Attack(name, BYPASS_PRELUDE + "try:\n" + textwrap.indent(code, "    ") + "\nexcept _E as exc:\n"
+                   "    _print('bypass failed:', exc.__class__.__name__)\n" + BYPASS_PROBE, contained, bypass=True)
+            for name, code in snippets.items()]
 
 
 def _shm_cleanup(ctx: dict) -> bool:
@@ -900,7 +1286,8 @@ def hostile(b: Battery) -> None:
         env = {**os.environ, "FLOWBOT_PLANTED_API_KEY": "sk-BATTERY-PLANTED-" + pysecrets.token_hex(6),
                "PYTHONPATH": str(ROOT)}
         cmd = [sys.executable, str(Path(__file__).resolve()), "--hostile-worker", level] + (["--fast"] if b.fast else [])
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+        # its own session and process group: what a snippet signals by group is the worker alone
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800, start_new_session=True)
         try:
             result = json.loads(proc.stdout.strip().splitlines()[-1])
         except (ValueError, IndexError):
@@ -909,6 +1296,9 @@ def hostile(b: Battery) -> None:
         for line in result["misses"]:
             print(f"    ({level}: {line})")
         weak = level == "process"
+        n_attacks, n_bypass = result["attacks"], result["bypass"][2]
+        b.add("hostile", f"{level}: snippets", f"{n_attacks + n_bypass} ({n_attacks} attacks, {n_bypass} guard bypasses)",
+              ok=None if b.fast else n_attacks + n_bypass >= 40)
         b.add("hostile", f"{level}: stopped with the guard on", f"{result['guard_on'][0]}/{result['guard_on'][1]}",
               ok=result["guard_on"][0] == result["guard_on"][1])
         what = "stopped with the guard off" + (" (no boundary: only what this level claims)" if weak else "")
@@ -917,23 +1307,43 @@ def hostile(b: Battery) -> None:
         if weak:
             b.add("hostile", f"{level}: stopped with the guard off, all snippets",
                   f"{result['guard_off'][0]}/{result['guard_off'][1]} (expected: this level is no boundary)")
+        switched, escaped, tried = result["bypass"]
+        b.add("hostile", f"{level}: guard bypasses from inside the code",
+              f"switched the guard off {switched}/{tried}, escaped after it {escaped}/{tried}"
+              + (" (expected: this level is no boundary, the guard is a tripwire)" if weak else
+                 " (the kernel boundary held)" if escaped == 0 else ""),
+              ok=None if weak else escaped == 0)
+        left, unclaimed = result["left"], result["left_unclaimed"]
         b.add("hostile", f"{level}: snippets run / parent healthy after each / processes left",
-              f"{result['total']} / {result['healthy']}/{result['total']} / {result['left']}",
-              ok=result["healthy"] == result["total"] and result["left"] == 0)
+              f"{result['total']} / {result['healthy']}/{result['total']} / {left}"
+              + (f" ({unclaimed} after snippets this level does not claim to stop)" if unclaimed else ""),
+              ok=result["healthy"] == result["total"] and left - unclaimed == 0)
+
+
+FAST_HOSTILE = ("read the worker's /proc/<pid>/environ by pid", "a setsid child outliving the run",
+                "connect to a listener on 127.0.0.1", "write a file outside its folder",
+                "start a program (subprocess)", "kill its launcher, leaving a setsid child",
+                "bypass: rewrite the guard's deny() found in a traceback's frames",
+                "bypass: monkeypatch os.fspath, which the guard's realpath calls")
 
 
 def hostile_worker(level: str, fast: bool) -> None:
-    """Runs in its own process (the planted key is in its environment block)."""
+    """Runs in its own process (the planted key is in its environment block). It is a child
+    subreaper, so every process a run leaves behind, detached or not, ends up below it and is
+    counted: processes left are its live descendants once a run has returned."""
+    import ctypes
     import socket
 
     from flowbot.tools.sandbox import run_python
 
+    ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
     key = os.environ["FLOWBOT_PLANTED_API_KEY"]
     box = Path(tempfile.mkdtemp(prefix="flowbot-battery-box-"))
     secret_dir = box / "private"
     secret_dir.mkdir()
     secret_text = "BATTERY-SECRET-" + pysecrets.token_hex(6)
     (secret_dir / "secret.txt").write_text(secret_text)
+    held = open(secret_dir / "secret.txt")  # an fd the worker keeps open  # noqa: SIM115
     victim = box / "victim.txt"
     victim.write_text("keep me")
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -943,82 +1353,171 @@ def hostile_worker(level: str, fast: bool) -> None:
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     udp.bind(("127.0.0.1", 0))
     udp.setblocking(False)
+    abstract_name = "\0flowbot-battery-" + pysecrets.token_hex(6)
+    abstract = socket.socket(socket.AF_UNIX)
+    abstract.bind(abstract_name)
+    abstract.listen(8)
+    abstract.setblocking(False)
+    host_ip = _host_address()
+    outside = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    outside.bind((host_ip, 0))
+    outside.listen(8)
+    outside.setblocking(False)
+    unix_path = str(box / "listener.sock")
+    unix = socket.socket(socket.AF_UNIX)
+    unix.bind(unix_path)
+    unix.listen(8)
+    unix.setblocking(False)
     signals = [0]
     signal.signal(signal.SIGUSR1, lambda *a: signals.__setitem__(0, signals[0] + 1))
 
-    def accepted() -> int:
-        n = 0
-        while True:
-            try:
-                listener.accept()[0].close()
-                n += 1
-            except (BlockingIOError, OSError):
-                return n
+    def drained(sock: socket.socket) -> Callable[[], int]:
+        def count() -> int:
+            n = 0
+            while True:
+                try:
+                    conn = sock.accept()[0] if sock.type == socket.SOCK_STREAM else None
+                    if conn is None:
+                        sock.recvfrom(64)
+                    else:
+                        conn.close()
+                    n += 1
+                except (BlockingIOError, OSError):
+                    return n
+        return count
 
-    def udp_received() -> int:
-        n = 0
-        while True:
-            try:
-                udp.recvfrom(64)
-                n += 1
-            except (BlockingIOError, OSError):
-                return n
-
+    accepted, udp_received = drained(listener), drained(udp)
+    abstract_accepted, unix_accepted, host_accepted = drained(abstract), drained(unix), drained(outside)
     pyfile = os.path.join(os.path.dirname(os.__file__), f"flowbot_battery_{pysecrets.token_hex(4)}.py")
     attacks = _attacks()
     if fast:
-        attacks = [a for a in attacks if a.name in ("read the worker's /proc/<pid>/environ by pid",
-                                                    "a setsid child outliving the run",
-                                                    "connect to a listener on 127.0.0.1")]
+        attacks = [a for a in attacks if a.name in FAST_HOSTILE]
     counts = {"guard_on": [0, 0], "guard_off": [0, 0], "claimed": [0, 0]}
-    healthy = total = 0
+    bypass = [0, 0, 0]  # switched the guard off, escaped, tried
+    healthy = total = left = left_unclaimed = 0
     misses: list[str] = []
-    tokens: list[str] = []
     for attack in attacks:
-        for guard in (True, False):
+        for guard in ((True,) if attack.bypass else (True, False)):
             if not guard and level == "process" and attack.name == "fork bomb" and os.geteuid() == 0:
                 continue  # root on the process level has no process limit at all: not on a shared machine
             token = f"{random.randint(10**6, 2 * 10**6)}.5"
-            tokens.append(token)
             target = str(box / f"planted-{token}")
-            ctx = {"target": target, "secret": str(secret_dir / "secret.txt"), "secret_dir": str(secret_dir),
-                   "secret_text": secret_text, "victim": str(victim), "port": listener.getsockname()[1],
-                   "udp_port": udp.getsockname()[1], "token": token, "key": key, "pyfile": pyfile,
-                   "worker": os.getpid(),
-                   "accepted": accepted, "udp_received": udp_received, "signals": lambda: signals[0],
-                   "survivors": lambda token=token: _sleepers(token)}
+            ctx = {"target": target, "target2": str(box / f"planted2-{token}"), "target_dir": str(box),
+                   "target_name": f"planted-{token}", "secret": str(secret_dir / "secret.txt"),
+                   "secret_dir": str(secret_dir), "secret_text": secret_text, "victim": str(victim),
+                   "port": listener.getsockname()[1], "udp_port": udp.getsockname()[1], "token": token, "key": key,
+                   "pyfile": pyfile, "worker": os.getpid(), "abstract": abstract_name, "unix_path": unix_path,
+                   "accepted": accepted, "udp_received": udp_received, "abstract_accepted": abstract_accepted,
+                   "unix_accepted": unix_accepted, "host_accepted": host_accepted, "host_ip": host_ip,
+                   "host_port": outside.getsockname()[1], "signals": lambda: signals[0],
+                   "survivors": lambda token=token: _live_processes(token)}
             signals[0] = 0
-            accepted(), udp_received()
+            accepted(), udp_received(), abstract_accepted(), unix_accepted(), host_accepted()
             code = attack.code.format(**{k: v for k, v in ctx.items() if isinstance(v, (str, int))})
             limits = {"timeout_s": 5, **attack.limits}
             res = asyncio.run(run_python(code, isolation=level, audit_guard=guard, **limits))
             stopped = bool(attack.stopped(res, ctx))
-            for path in (target, pyfile):
+            for path in (target, ctx["target2"], pyfile):
                 if os.path.exists(path):
                     os.unlink(path)
             if not victim.exists():
                 victim.write_text("keep me")
-            bucket = "guard_on" if guard else "guard_off"
-            counts[bucket][0] += stopped
-            counts[bucket][1] += 1
-            claimed = guard is False and (level != "process" or attack.process_stops)
-            if claimed:
-                counts["claimed"][0] += stopped
-                counts["claimed"][1] += 1
-            if not stopped and (guard or claimed):
+            claimed = (guard and not attack.bypass) or (not guard and (level != "process" or attack.process_stops)) \
+                or (attack.bypass and level != "process")
+            if attack.bypass:
+                bypass[0] += "GUARD-OFF" in res.stdout
+                bypass[1] += not stopped
+                bypass[2] += 1
+            else:
+                bucket = "guard_on" if guard else "guard_off"
+                counts[bucket][0] += stopped
+                counts[bucket][1] += 1
+                if not guard and claimed:
+                    counts["claimed"][0] += stopped
+                    counts["claimed"][1] += 1
+            if not stopped and claimed:
                 misses.append(f"NOT stopped: {attack.name}, guard {'on' if guard else 'off'}: "
                               f"{res.stdout.strip()[:80]!r} {res.stderr.strip()[-120:]!r}")
             elif not stopped:
-                misses.append(f"not stopped, as documented for this level: {attack.name} (guard off)")
+                misses.append(f"not stopped, as documented for this level: {attack.name}"
+                              + ("" if attack.bypass else " (guard off)") + f": {res.stdout.strip()[-60:]!r}")
+            n_left = _leftovers(token)
+            left += n_left
+            left_unclaimed += 0 if claimed else n_left
+            if n_left:
+                misses.append(f"{n_left} process(es) left by: {attack.name}, guard {'on' if guard else 'off'}")
             ok = asyncio.run(run_python("print(6 * 7)", isolation=level))
             healthy += ok.ok and ok.stdout == "42\n"
+            left += _leftovers(token)
             total += 1
-    left = sum(len(_sleepers(t)) for t in tokens)
+    held.close()
     shutil.rmtree(box, ignore_errors=True)
-    print(json.dumps({**counts, "healthy": healthy, "total": total, "left": left, "misses": misses}))
+    print(json.dumps({**counts, "attacks": len([a for a in attacks if not a.bypass]), "bypass": bypass,
+                      "healthy": healthy, "total": total, "left": left, "left_unclaimed": left_unclaimed,
+                      "misses": misses}))
 
 
-def _sleepers(token: str) -> list[int]:
+def _host_address() -> str:
+    """This host's address on its default route (a UDP connect sends nothing), else 127.0.0.1."""
+    import socket
+
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.connect(("10.255.255.255", 1))
+        return probe.getsockname()[0]
+    except OSError:
+        return "127.0.0.1"
+    finally:
+        probe.close()
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0].decode()
+    except (OSError, IndexError):
+        return ""
+
+
+def _live_processes(token: str) -> list[int]:
+    """Live (not zombie) processes a run left: the worker's descendants (it is a subreaper, so a
+    detached process comes back below it), and any process anywhere running ``sleep <token>``."""
+    from flowbot.tools.proctree import descendants, parents
+
+    me = os.getpid()
+    below = [p for p in descendants(me, parents()) if p != me]
+    return sorted(p for p in set(below) | set(_sleepers(token, kill=False)) if _state(p) not in ("", "Z", "X"))
+
+
+def _reap() -> None:
+    try:
+        while os.waitpid(-1, os.WNOHANG)[0]:
+            pass
+    except ChildProcessError:
+        pass
+
+
+def _leftovers(token: str, grace_s: float = 0.5) -> int:
+    """How many processes outlived the run that just returned (given ``grace_s`` to finish dying);
+    all of them are killed, whatever the figure says."""
+    end = time.monotonic() + grace_s
+    while True:
+        _reap()
+        live = _live_processes(token)
+        if not live or time.monotonic() > end:
+            break
+        time.sleep(0.02)
+    for pid in live:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    time.sleep(0.05 if live else 0)
+    _reap()
+    return len(live)
+
+
+def _sleepers(token: str, kill: bool = True) -> list[int]:
     found = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -1029,7 +1528,7 @@ def _sleepers(token: str) -> list[int]:
                 continue
             if f"sleep {token}" in cmd:
                 found.append(int(entry))
-    for pid in found:  # never leave them running, whatever the figure says
+    for pid in found if kill else ():  # never leave them running, whatever the figure says
         try:
             os.kill(pid, signal.SIGKILL)
         except OSError:

@@ -33,7 +33,7 @@ from flowbot.optim import defaults as D
 from flowbot.optim.aflow import AFlowConfig
 from flowbot.optim.archive import Objective
 from flowbot.optim.driver import (BudgetConfig, OptimizationResult, OptimizeConfig, RacingConfig, TaskData,
-                                  run_optimization)
+                                  operator_context, run_optimization, uncached_items)
 from flowbot.optim.estimate import Estimate, estimate_run
 from flowbot.optim.inner import InnerConfig
 from flowbot.optim.outer import OuterConfig
@@ -264,8 +264,11 @@ def _make_config(method: str, objective: str, cost_weight: float, inner: Any, ou
         raise FlowBotError(f"unknown proposal policy {outer_cfg.proposal!r}; use 'llm' or 'fixed'")
     if outer_cfg.schedule not in ("tune-first", "alternate"):
         raise FlowBotError(f"unknown schedule {outer_cfg.schedule!r}; use 'tune-first' or 'alternate'")
-    if race_cfg.margin < 1 or not 0 < race_cfg.alpha <= 1:
-        raise FlowBotError("racing needs margin ≥ 1 and 0 < alpha ≤ 1")
+    margin, alpha = race_cfg.margin, race_cfg.alpha
+    if not isinstance(margin, int) or isinstance(margin, bool) or margin < 1:
+        raise FlowBotError(f"must be a whole number of at least 1, got {margin!r}", where="racing.margin")
+    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not 0 < alpha <= 1:
+        raise FlowBotError(f"must be more than 0 and at most 1, got {alpha!r}", where="racing.alpha")
     _check_settings(cfg, cost_weight)
     return cfg
 
@@ -284,11 +287,16 @@ def _check_settings(cfg: OptimizeConfig, cost_weight: float) -> None:
             value = getattr(value, part, None)
         if value is None:
             continue  # unset (e.g. all of a split) or a setting this version does not have
+        if name == "test_size" and not cfg.evaluate_test:
+            low = 0  # no test evaluation: a test split of 0 items says the same
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise FlowBotError(f"must be a whole number of at least {low}, got {value!r}", where=name)
     feedback = getattr(cfg.inner, "feedback", "backward")
     if feedback not in ("backward", "global"):
         raise FlowBotError(f"unknown value {feedback!r}; use backward or global", where="inner.feedback")
+    step = getattr(cfg.inner, "step", "rule")
+    if step not in ("rule", "rewrite"):
+        raise FlowBotError(f"unknown value {step!r}; use rule or rewrite", where="inner.step")
     if not (isinstance(cost_weight, (int, float)) and cost_weight >= 0):
         raise FlowBotError(f"must be a number of at least 0, got {cost_weight!r}", where="cost_weight")
 
@@ -355,6 +363,20 @@ def _is_legacy_run(path: Path, legacy: dict[str, Any], settings: dict[str, Any])
         _same_model(first.get("optimizer_model"), settings["optimizer_model"])
 
 
+def run_config(*, method: str = D.METHOD, objective: str = D.OBJECTIVE, cost_weight: float = D.COST_WEIGHT,
+               inner: Any = None, outer: Any = None, aflow: Any = None, racing: Any = None,
+               budget_scope: str = D.BUDGET_SCOPE, budget_shares: dict[str, float] | None = None,
+               train_size: int | None = D.TRAIN_SIZE, val_size: int | None = D.VAL_SIZE, test_size: int | None = None,
+               concurrency: int = D.CONCURRENCY, random_seed: int = D.RANDOM_SEED, progress: bool = False,
+               evaluate_test: bool = True) -> OptimizeConfig:
+    """The optimizer settings :func:`prepare_run` makes of these arguments (checked as it checks
+    them); ``flowbot runs`` uses it to see whether a run's resume command still matches the run."""
+    return _make_config(method, objective, cost_weight, inner, outer, aflow, racing,
+                        {"scope": budget_scope, **(budget_shares or {})}, train_size=train_size, val_size=val_size,
+                        test_size=test_size, concurrency=concurrency, seed=random_seed, progress=progress,
+                        evaluate_test=evaluate_test)
+
+
 def prepare_run(task: Task | str, *, seed: Any = D.SEED_WORKFLOW, model: str | None = None,
                 optimizer_model: str | None = None, base_url: str | None = None,
                 optimizer_base_url: str | None = None, budget: Any = None, objective: str = D.OBJECTIVE,
@@ -370,10 +392,10 @@ def prepare_run(task: Task | str, *, seed: Any = D.SEED_WORKFLOW, model: str | N
     task = get_task(task, data_dir)
     seed_wf = resolve_seed(seed, task)
     _check_fields(seed_wf, task)
-    cfg = _make_config(method, objective, cost_weight, inner, outer, aflow, racing,
-                       {"scope": budget_scope, **(budget_shares or {})}, train_size=train_size,
-                       val_size=val_size, test_size=test_size, concurrency=concurrency, seed=random_seed,
-                       progress=progress, evaluate_test=evaluate_test)
+    cfg = run_config(method=method, objective=objective, cost_weight=cost_weight, inner=inner, outer=outer,
+                     aflow=aflow, racing=racing, budget_scope=budget_scope, budget_shares=budget_shares,
+                     train_size=train_size, val_size=val_size, test_size=test_size, concurrency=concurrency,
+                     random_seed=random_seed, progress=progress, evaluate_test=evaluate_test)
     budget_obj = _budget(budget)
     price_table = per_token_prices(prices)
     _check_splits(task, cfg)
@@ -423,11 +445,44 @@ class PreparedRun:
     mlflow: bool | str | None = None
 
     def estimate(self) -> Estimate:
+        return run_sync(self.aestimate())
+
+    async def aestimate(self) -> Estimate:
+        """The projection before anything is paid: how many candidates the budget affords and
+        whether it affords none (a refusal) come from the run's own budget plan, with the seed's
+        answers the run's cache already holds counted as free, as the run will count them."""
         pools = self._pools(cache=None, run_id=None)
         self._check_prices(pools)
         return estimate_run(self.task, self.seed, self.config, self.budget,
                             task_price=pools[0].provider().price_per_token(),
-                            optimizer_price=pools[1].provider().price_per_token())
+                            optimizer_price=pools[1].provider().price_per_token(),
+                            uncached=await self._uncached_seed_items(),
+                            operators=operator_context(self._task_data(self.task.metric), default_tools()))
+
+    async def _uncached_seed_items(self) -> dict[str, int] | None:
+        """How many of the seed's validation and test items the run's cache does not answer (the
+        driver's own probe: cache only, nothing paid or loaded); None when the run has no cache."""
+        path = Path(self.run_dir) / "cache.sqlite"
+        if not path.exists():
+            return None
+        cache = ResponseCache(path)
+        try:
+            task_pool, _ = self._pools(cache, run_id=None)
+            executor = Executor(task_pool.client(), tools=default_tools(), models=task_pool.resolver())
+            cfg = self.config
+            val = self.task.examples("val", cfg.val_size)
+            test = self.task.examples("test", cfg.test_size) if cfg.evaluate_test else []
+            return {"val": await uncached_items(executor, self.seed, val),
+                    "test": await uncached_items(executor, self.seed, test)}
+        finally:
+            cache.close()
+
+    def _task_data(self, metric: Any) -> TaskData:
+        task = self.task
+        return TaskData(name=task.name, description=task.description or task.describe(),
+                        output_field=task.output, target_fields=task.targets, metric=metric,
+                        train=task.examples("train"), val=task.examples("val"), test=task.examples("test"),
+                        tools=getattr(task, "tools", None), context_fields=list(getattr(task, "context_fields", ())))
 
     def _check_prices(self, pools: tuple[ModelPool, ModelPool] | None = None) -> None:
         """Refuse a dollar budget over any model whose price is unknown (it would count $0)."""
@@ -460,9 +515,10 @@ class PreparedRun:
         """Run (or resume) the optimization. ``command`` is recorded in config.json as the way to
         resume it (``flowbot runs`` shows it)."""
         self._check_prices()
-        refusal = self.estimate().refusal
-        if refusal is not None and not (Path(self.run_dir) / "config.json").exists():
-            raise FlowBotError(refusal)  # before anything is paid or written
+        if not (Path(self.run_dir) / "config.json").exists():  # a new run: refused before anything is paid
+            refusal = (await self.aestimate()).refusal
+            if refusal is not None:
+                raise FlowBotError(refusal)
         created = _first_missing(self.run_dir)  # what to remove if this session leaves nothing worth keeping
         rd = RunDir(self.run_dir)  # locked for this process until closed
         cache: ResponseCache | None = None
@@ -482,13 +538,7 @@ class PreparedRun:
             callbacks = [*callbacks, *([tracking.on_event] if tracking else [])]
             for cb in callbacks:
                 rd.events.listeners.append(lambda event, replayed, cb=cb: cb({**event, "replayed": replayed}))
-            task = self.task
-            metric = _bind_judge(task.metric, opt_pool, None)
-            data = TaskData(name=task.name, description=task.description or task.describe(),
-                            output_field=task.output, target_fields=task.targets, metric=metric,
-                            train=task.examples("train"), val=task.examples("val"), test=task.examples("test"),
-                            tools=getattr(task, "tools", None),
-                            context_fields=list(getattr(task, "context_fields", ())))
+            data = self._task_data(_bind_judge(self.task.metric, opt_pool, None))
             with use_backend(self.backend), (tracking.tracing() if tracking else contextlib.nullcontext()):
                 result = await run_optimization(
                     data, self.seed, task_pool.client(), opt_pool.client(role="optimizer"), tools=default_tools(),

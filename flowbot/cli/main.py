@@ -11,14 +11,18 @@ API keys are read from the environment only (e.g. OPENAI_API_KEY), never from op
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from flowbot.cli.errors import handled
 from flowbot.errors import FlowBotError
@@ -173,7 +177,7 @@ def eval_cmd(
     from flowbot.api import aevaluate
     from flowbot.runtime.backends import make_backend
 
-    _check_options({"--limit": (limit, 1), "--concurrency": (concurrency, 1)})
+    _check_options({"--limit": (limit, 1), "--concurrency": (concurrency, 1), "--workers": (workers, 1)})
     _sandbox_policy(sandbox)
     cache_path = _eval_cache(cache, run_dir)
     run_settings = _run_settings(run_dir) if run_dir is not None else {}
@@ -239,8 +243,6 @@ def _prices(options: list[str] | None) -> dict[str, str] | None:
 
 def _command_line() -> str:
     """This invocation as a shell line (recorded in config.json so ``flowbot runs`` can print it)."""
-    import shlex
-
     return shlex.join(["flowbot", *sys.argv[1:]])
 
 
@@ -285,6 +287,12 @@ def optimize(
     minibatch: int = typer.Option(D.MINIBATCH_SIZE, "--minibatch", help="Minibatch size."),
     candidates: int = typer.Option(D.CANDIDATES, "--candidates", help="Instruction rewrites proposed per node "
                                    "and step."),
+    step: str = typer.Option(D.STEP, "--step", help="How a blamed node's instruction changes: rewrite (the "
+                             "paper's step: the optimizer rewrites it whole) or rule (it adds one general rule "
+                             "to it; sturdier with small optimizer models)."),
+    specificity_guard: bool = typer.Option(
+        D.SPECIFICITY_GUARD, "--specificity-guard/--no-specificity-guard", help="Drop, before paying for it, an "
+        "instruction change that names things of the minibatch's examples."),
     demos: int = typer.Option(D.DEMOS, "--demos", help="Few-shot demos to try per node (0 = off)."),
     proposal: str = typer.Option(D.PROPOSAL, "--proposal", help="llm (the optimizer critiques the structure and "
                                  "picks an edit) or fixed (ablation: a fixed order over the operator menu)."),
@@ -299,7 +307,8 @@ def optimize(
     alpha: float = typer.Option(D.ALPHA, "--alpha", help="Racing: one-sided sign-test level."),
     train_size: int = typer.Option(D.TRAIN_SIZE, "--train-size"),
     val_size: int = typer.Option(D.VAL_SIZE, "--val-size"),
-    test_size: Optional[int] = typer.Option(None, "--test-size"),
+    test_size: Optional[int] = typer.Option(None, "--test-size", help="Only the first N test examples (default: "
+                                            "all; 0 only with --no-test)."),
     concurrency: int = typer.Option(D.CONCURRENCY, "--concurrency", "-c"),
     random_seed: int = typer.Option(D.RANDOM_SEED, "--seed"),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Default: runs/<task>-<method>-<settings hash>; "
@@ -328,6 +337,7 @@ def optimize(
     sandbox: str = SandboxOpt,
 ) -> None:
     """Optimize a workflow's structure and prompts for a task within a budget (resumable)."""
+    options = dict(locals())  # the options as given, by parameter name (see optimize_settings)
     from flowbot.api import prepare_run
     from flowbot.cli.progress import RunPrinter
 
@@ -335,34 +345,26 @@ def optimize(
                     "--budget-tokens": (budget_tokens, 1), "--budget-seconds": (budget_seconds, 0.0),
                     "--cost-weight": (cost_weight, 0), "--steps": (steps, 0), "--rounds": (rounds, 0),
                     "--minibatch": (minibatch, 1), "--candidates": (candidates, 1), "--demos": (demos, 0),
-                    "--train-size": (train_size, 1), "--val-size": (val_size, 1), "--test-size": (test_size, 1),
-                    "--concurrency": (concurrency, 1)},
-                   choices={"--feedback": (feedback, ("backward", "global")),
+                    "--train-size": (train_size, 1), "--val-size": (val_size, 1),
+                    "--test-size": (test_size, 0 if no_test else 1),  # 0 test items: only without a test
+                    "--concurrency": (concurrency, 1), "--margin": (margin, 1), "--workers": (workers, 1)},
+                   maxima={"--alpha": (alpha, 0.0, 1.0)},
+                   choices={"--feedback": (feedback, ("backward", "global")), "--step": (step, ("rule", "rewrite")),
                             "--method": (method, ("flowbot", "inner-only", "aflow")),
                             "--objective": (objective, ("score", "cost"))})
     _sandbox_policy(sandbox)
     the_task = _task_from_options(task, task_file, data, val, test, input_fields, target, metric, labels, data_dir)
     budget = {k: v for k, v in {"max_usd": budget_usd, "max_calls": budget_calls, "max_tokens": budget_tokens,
                                 "max_seconds": budget_seconds}.items() if v is not None}
-    if inner_only:
-        method = "inner-only"
     from flowbot.runtime.backends import make_backend
 
     the_backend = make_backend(backend, address=ray_address, workers=workers)
     prepared = prepare_run(
         the_task, seed=seed_workflow, model=model, optimizer_model=optimizer_model, base_url=base_url,
-        optimizer_base_url=optimizer_base_url, budget=budget or None, objective=objective, cost_weight=cost_weight,
-        method=method, run_dir=run_dir, train_size=train_size, val_size=val_size, test_size=test_size,
-        concurrency=concurrency, random_seed=random_seed, data_dir=data_dir, evaluate_test=not no_test,
-        progress=True,
-        inner=_given(steps=steps, minibatch_size=minibatch, candidates=candidates, feedback=feedback, demos=demos,
-                     seed=random_seed),
-        outer=_given(rounds=rounds, proposal=proposal, schedule=schedule),
-        aflow=_given(rounds=rounds, seed=random_seed),
-        racing=_given(margin=margin, alpha=alpha, seed=random_seed),
-        budget_scope=budget_scope,
+        optimizer_base_url=optimizer_base_url, budget=budget or None, run_dir=run_dir, data_dir=data_dir,
         prices=_prices(price), backend=the_backend,
         mlflow=mlflow_uri if mlflow_uri and mlflow is not False else mlflow,
+        **optimize_settings(options),
     )
     _note_default_model(model)
     estimate = prepared.estimate()
@@ -386,6 +388,50 @@ def optimize(
 
         path = write_report(prepared.run_dir)
         out.print(f"report: {path}")
+
+
+def optimize_settings(options: dict[str, Any]) -> dict[str, Any]:
+    """The optimizer settings (:func:`flowbot.api.run_config`'s arguments) of ``flowbot optimize``'s
+    options, by parameter name: one mapping for the command and for ``flowbot runs``, which checks
+    with it that a run's resume command still makes the run's settings."""
+    seed = options["random_seed"]
+    return dict(
+        method="inner-only" if options["inner_only"] else options["method"], objective=options["objective"],
+        cost_weight=options["cost_weight"], train_size=options["train_size"], val_size=options["val_size"],
+        test_size=options["test_size"], concurrency=options["concurrency"], random_seed=seed,
+        evaluate_test=not options["no_test"], progress=True, budget_scope=options["budget_scope"],
+        inner=_given(steps=options["steps"], minibatch_size=options["minibatch"], candidates=options["candidates"],
+                     feedback=options["feedback"], demos=options["demos"], step=options["step"],
+                     specificity_guard=options["specificity_guard"], seed=seed),
+        outer=_given(rounds=options["rounds"], proposal=options["proposal"], schedule=options["schedule"]),
+        aflow=_given(rounds=options["rounds"], seed=seed),
+        racing=_given(margin=options["margin"], alpha=options["alpha"], seed=seed),
+    )
+
+
+def command_settings(command: str) -> dict[str, Any] | None:
+    """The optimizer settings (as saved in a run's settings) that a ``flowbot optimize`` command line
+    makes with this version, or None for another command; a ValueError names an option that no
+    longer parses. ``flowbot runs`` hands it to :func:`flowbot.report.runs.list_runs`, which checks
+    with it that a run's resume command still makes the run's settings."""
+    from flowbot.api import run_config
+
+    args = shlex.split(command.split(" && ", 1)[-1])
+    if args[:2] != ["flowbot", "optimize"]:
+        return None
+    try:
+        with _optimize_command().make_context("optimize", args[2:]) as ctx:  # parses; runs nothing
+            options = dict(ctx.params)
+    except Exception as exc:  # click's usage errors (typer may bundle its own click)
+        if not hasattr(exc, "format_message"):
+            raise
+        raise ValueError(f"its command line does not parse: {exc.format_message()}") from None
+    return json.loads(json.dumps(run_config(**optimize_settings(options)).to_dict(), default=str))
+
+
+@functools.lru_cache(maxsize=1)
+def _optimize_command() -> Any:
+    return typer.main.get_command(app).commands["optimize"]  # type: ignore[attr-defined]
 
 
 def _given(**options: Any) -> dict[str, Any]:
@@ -422,7 +468,7 @@ def runs(
     """List past runs: task, models, seed/best validation and test scores, spend, status, how to resume."""
     from flowbot.report.runs import list_runs
 
-    found = list_runs(directory)
+    found = list_runs(directory, command_settings=command_settings)
     if as_json:
         print(json.dumps([r.to_dict() for r in found], indent=1, default=str))
         return
@@ -443,7 +489,9 @@ def runs(
         if r.stopped:
             out.print(f"[dim]#{i} stopped:[/] {r.stopped}", highlight=False)
         if r.status == "running":
-            out.print(f"[dim]#{i}[/] running (pid in {r.path / 'run.lock'})")
+            out.print(f"[dim]#{i}[/] running: {r.holder or 'in use'}", highlight=False)
+        elif r.not_resumable:
+            out.print(f"[dim]#{i}[/] {escape(r.not_resumable)}", highlight=False)
         elif r.command:
             note = " [dim](rebuilt from its settings)[/]" if r.command_rebuilt else ""
             out.print(f"[dim]#{i} resume:[/] {r.command}{note}", highlight=False, markup=True)
@@ -493,9 +541,10 @@ def metrics() -> None:
 
 
 def _check_options(minima: dict[str, tuple[Any, float]],
-                   choices: dict[str, tuple[str, tuple[str, ...]]] | None = None) -> None:
-    """One line naming the option for a value out of range (a float minimum means "more than")
-    or not among the choices, before anything runs."""
+                   choices: dict[str, tuple[str, tuple[str, ...]]] | None = None,
+                   maxima: dict[str, tuple[Any, float, float]] | None = None) -> None:
+    """One line naming the option for a value out of range (a float minimum means "more than";
+    ``maxima`` are (value, more than, at most) ranges) or not among the choices, before anything runs."""
     for option, (value, low) in minima.items():
         if value is None:
             continue
@@ -503,8 +552,11 @@ def _check_options(minima: dict[str, tuple[Any, float]],
             raise FlowBotError(f"must be more than {low:g}, got {value:g}", where=option)
         if value < low:
             raise FlowBotError(f"must be at least {low}, got {value}", where=option)
+    for option, (value, above, most) in (maxima or {}).items():
+        if value is not None and not above < value <= most:
+            raise FlowBotError(f"must be more than {above:g} and at most {most:g}, got {value:g}", where=option)
     for option, (value, allowed) in (choices or {}).items():
-        if value not in allowed:
+        if value is not None and value not in allowed:
             raise FlowBotError(f"unknown value {value!r}; use {', '.join(allowed)}", where=option)
 
 
@@ -514,19 +566,27 @@ def _sandbox_policy(value: str) -> None:
     before anything runs."""
     import os
 
-    from flowbot.tools.sandbox import LEVELS, POLICY_ENV, sandbox_levels
+    from flowbot.tools.sandbox import LEVELS, POLICY_ENV, no_boundary_warning, sandbox_levels
 
     _check_options({}, choices={"--sandbox": (value, ("auto", "strict", *LEVELS))})
-    if value == "auto":
-        return  # (a $FLOWBOT_SANDBOX already set stays in force)
+    if value == "auto":  # (a $FLOWBOT_SANDBOX already set stays in force)
+        if os.environ.get(POLICY_ENV, "").strip().lower() == "process":
+            _say_no_boundary(asyncio.run(no_boundary_warning(f"${POLICY_ENV}=process")))
+        return
     os.environ[POLICY_ENV] = value
-    if value == "process":
+    if value == "process":  # chosen on purpose, and still no boundary: said before anything runs
+        _say_no_boundary(asyncio.run(no_boundary_warning("--sandbox process")))
         return
     missing = asyncio.run(sandbox_levels())  # level -> why it is unavailable ("" when it works)
     wanted = ("namespaces", "bwrap") if value == "strict" else (value,)
     if all(missing[level] for level in wanted):
         why = "; ".join(f"{level}: {missing[level]}" for level in wanted)
         raise FlowBotError(f"this host cannot isolate generated code that way ({why})", where=f"--sandbox {value}")
+
+
+def _say_no_boundary(text: str | None) -> None:
+    if text:
+        err.print(Text.assemble(("warning: ", "bold yellow"), text.removeprefix("sandbox: ")), highlight=False)
 
 
 def _json_arg(text: str, option: str) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from flowbot.errors import FlowBotError
+from flowbot.optim.rundir import atomic_write_text
 from flowbot.runtime.tracing import use_tracer
 from flowbot.version import __version__
 
@@ -168,8 +169,9 @@ class MlflowRun:
             "flowbot.task": str(settings.get("task")), "flowbot.method": str(settings.get("method"))})
         self = cls(client, run.info.run_id, experiment_id, run_dir, skip_replayed=False, restore_uri=restore)
         self._log_params(settings)
-        (run_dir / STATE_FILE).write_text(json.dumps({"tracking_uri": uri, "run_id": self.run_id,
-                                                      "experiment_id": experiment_id}, indent=2), encoding="utf-8")
+        # like every rewritten file of the run directory: a temporary file renamed over the old one
+        atomic_write_text(run_dir / STATE_FILE, json.dumps({"tracking_uri": uri, "run_id": self.run_id,
+                                                            "experiment_id": experiment_id}, indent=2))
         return self
 
     def _log_params(self, settings: Mapping[str, Any]) -> None:

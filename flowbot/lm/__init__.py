@@ -4,10 +4,12 @@ structured (JSON-schema) replies. (A scripted LM and a test server for tests: :m
 from flowbot.lm.base import (
     BudgetExceeded,
     Completion,
+    LMConnectionError,
     LMError,
     LMPermanentError,
     LMRequest,
     LMTransientError,
+    LMUnreachable,
     Provider,
     Usage,
 )
@@ -19,7 +21,7 @@ from flowbot.lm.schema import SchemaError
 from flowbot.lm.structured import StructuredReply, check_schema, complete_json
 
 __all__ = [
-    "Budget", "BudgetExceeded", "Completion", "LMClient", "LMError", "LMPermanentError", "LMRequest",
-    "LMTransientError", "Provider", "ResponseCache", "RetryPolicy", "SchemaError", "StructuredReply", "Usage",
-    "UsageMeter", "check_schema", "complete_json",
+    "Budget", "BudgetExceeded", "Completion", "LMClient", "LMConnectionError", "LMError", "LMPermanentError",
+    "LMRequest", "LMTransientError", "LMUnreachable", "Provider", "ResponseCache", "RetryPolicy", "SchemaError",
+    "StructuredReply", "Usage", "UsageMeter", "check_schema", "complete_json",
 ]

@@ -113,8 +113,42 @@ class LMTransientError(LMError):
         self.retry_after = retry_after
 
 
+class LMConnectionError(LMTransientError):
+    """No connection to the server could be made (refused, unknown host, connect timeout): worth
+    retrying, but when no attempt connects, the server is unreachable (:class:`LMUnreachable`)."""
+
+    def __init__(self, message: str, server: str | None = None):
+        super().__init__(message)
+        self.server = server
+
+    def __reduce__(self):  # (pickled with its server, e.g. back from a Ray worker)
+        return type(self), (str(self), self.server)
+
+
 class LMPermanentError(LMError):
     """Not worth retrying: bad key, unknown model, invalid request. The message says what to fix."""
+
+
+class LMUnreachable(LMPermanentError):
+    """Every attempt of a call failed to connect to the server: nothing more will get through, so
+    an evaluation or a run stops here instead of scoring every example 0."""
+
+
+#: exception classes (by name, to cover httpx, aiohttp and the socket layer alike) that mean a
+#: connection could not be made at all, as opposed to one dropped after the request was sent
+_CONNECT_FAILURES = frozenset(("ConnectError", "ConnectTimeout", "ClientConnectorError", "ConnectionRefusedError",
+                               "gaierror", "ClientConnectorDNSError"))
+
+
+def could_not_connect(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (or an exception it was raised from) says no connection could be made."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if any(k.__name__ in _CONNECT_FAILURES for k in type(exc).__mro__):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 class BudgetExceeded(Exception):

@@ -20,7 +20,8 @@ import threading
 from typing import Any
 
 from flowbot.errors import FlowBotError
-from flowbot.lm.base import Completion, LMPermanentError, LMRequest, LMTransientError, Provider, Usage
+from flowbot.lm.base import (Completion, LMConnectionError, LMPermanentError, LMRequest, LMTransientError, Provider,
+                             Usage, could_not_connect)
 from flowbot.lm.openai_compat import (
     PLACEHOLDER_KEY,
     chat_arguments,
@@ -211,13 +212,19 @@ class LiteLLMProvider(Provider):
         if isinstance(exc, LMPermanentError):
             return exc
         if isinstance(exc, openai.APITimeoutError):
+            if could_not_connect(exc):
+                return LMConnectionError(f"connecting to {self._endpoint} timed out after {self.timeout:g} s",
+                                         server=str(self._endpoint))
             return LMTransientError(f"{self._endpoint} timed out after {self.timeout:g} s")
         if isinstance(exc, openai.APIConnectionError) and _malformed_header(exc):
             return LMPermanentError(_redact(
                 f"could not send a request to {self._endpoint}: {exc}; an API key in the environment "
                 "may hold a line break or space (check the key variable)"[:500], secrets))
         if isinstance(exc, openai.APIConnectionError):
-            return LMTransientError(_redact(f"connection to {self._endpoint} failed: {exc}"[:500], secrets))
+            text = _redact(f"connection to {self._endpoint} failed: {exc}"[:500], secrets)
+            if could_not_connect(exc):
+                return LMConnectionError(text, server=str(self._endpoint))
+            return LMTransientError(text)
         status = getattr(exc, "status_code", None)
         if isinstance(status, int):
             said = server_message(getattr(exc, "body", None), getattr(exc, "message", str(exc)))

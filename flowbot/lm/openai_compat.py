@@ -31,7 +31,8 @@ from typing import Any, AsyncGenerator, Awaitable, Callable, Literal, Mapping
 import openai
 
 from flowbot.errors import FlowBotError
-from flowbot.lm.base import Completion, LMPermanentError, LMRequest, LMTransientError, Provider, Usage
+from flowbot.lm.base import (Completion, LMConnectionError, LMPermanentError, LMRequest, LMTransientError, Provider,
+                             Usage, could_not_connect)
 from flowbot.lm.redact import clean_key, redact
 
 log = logging.getLogger(__name__)
@@ -370,8 +371,12 @@ class OpenAICompatProvider(Provider):
                 key_set=bool(secret.value), retry_after=parse_retry_after(exc.response.headers),
                 code=getattr(exc, "code", None),
             )
-        except openai.APITimeoutError:
-            err = LMTransientError(f"{self.base_url} timed out after {self.timeout:g} s")
+        except openai.APITimeoutError as exc:
+            if could_not_connect(exc):
+                err = LMConnectionError(f"connecting to {self.base_url} timed out after {self.timeout:g} s",
+                                        server=self.base_url)
+            else:
+                err = LMTransientError(f"{self.base_url} timed out after {self.timeout:g} s")
         except openai.APIConnectionError as exc:
             cause = exc.__cause__ or exc
             said = secret.redact(f"{type(cause).__name__}: {cause}")
@@ -379,6 +384,8 @@ class OpenAICompatProvider(Provider):
                 # the request itself is malformed (e.g. a header from the environment): retrying cannot help
                 err = LMPermanentError(f"could not send a request to {self.base_url}: {said}; "
                                        f"check {self.api_key_env} and other settings")
+            elif could_not_connect(exc):
+                err = LMConnectionError(f"connection to {self.base_url} failed: {said}", server=self.base_url)
             else:
                 err = LMTransientError(f"connection to {self.base_url} failed: {said}")
         except (openai.APIResponseValidationError, ValueError) as exc:

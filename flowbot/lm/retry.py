@@ -7,7 +7,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, TypeVar
 
-from flowbot.lm.base import LMPermanentError, LMTransientError
+from flowbot.lm.base import LMConnectionError, LMPermanentError, LMTransientError, LMUnreachable
 
 T = TypeVar("T")
 
@@ -16,7 +16,9 @@ T = TypeVar("T")
 class RetryPolicy:
     """``max_attempts`` tries in all; the wait before try *k* is uniform in [0, min(cap, base·2^k)]
     (full jitter, so many clients hitting one rate limit spread out), and at least the server's
-    ``Retry-After`` when it sent one. Permanent errors (bad key, unknown model) are never retried."""
+    ``Retry-After`` when it sent one. Permanent errors (bad key, unknown model) are never retried.
+    When no attempt could even connect, the server is unreachable: :class:`LMUnreachable` (a
+    permanent error, so an evaluation stops there instead of scoring every example 0)."""
 
     max_attempts: int = 6
     base_delay: float = 0.5
@@ -38,6 +40,7 @@ class RetryPolicy:
         on_retry: Callable[[int, Exception], None] | None = None,
     ) -> T:
         last: Exception | None = None
+        connected = False  # did any attempt reach the server?
         for attempt in range(self.max_attempts):
             try:
                 if self.attempt_timeout is None:
@@ -47,11 +50,18 @@ class RetryPolicy:
                 raise
             except (LMTransientError, asyncio.TimeoutError, TimeoutError) as exc:
                 last = exc
+                connected = connected or not isinstance(exc, LMConnectionError)
                 if attempt + 1 >= self.max_attempts:
                     break
                 if on_retry is not None:
                     on_retry(attempt, exc)
                 await asyncio.sleep(self.delay(attempt, getattr(exc, "retry_after", None)))
+        if isinstance(last, LMConnectionError) and not connected:
+            # Nothing gets through to this server: every later call would fail the same way.
+            where = last.server or "the server"
+            raise LMUnreachable(
+                f"cannot reach {where}: none of {self.max_attempts} attempts could connect ({last}); "
+                "check that the server is running and the base URL (--base-url)") from last
         if isinstance(last, (asyncio.TimeoutError, TimeoutError)):
             raise LMTransientError(
                 f"no answer within {self.attempt_timeout:g} s after {self.max_attempts} attempts"

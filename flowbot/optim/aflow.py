@@ -26,7 +26,7 @@ from flowbot.optim.events import EventSink
 from flowbot.optim.operators import OperatorContext
 from flowbot.optim.policies import SoftmaxTopK
 from flowbot.optim.proposal import LLMProposal
-from flowbot.optim.racing import PairedRacing
+from flowbot.optim.racing import Acceptance
 from flowbot.optim.search import SearchConfig, StructureSearch
 
 
@@ -46,7 +46,7 @@ class AFlowConfig:
 
 
 def aflow_search(*, evaluator_for: Callable[[Budget], Evaluator], optimizer: LMClient, ctx: OperatorContext,
-                 task_description: str, config: AFlowConfig, racing: PairedRacing, plan: BudgetPlan,
+                 task_description: str, config: AFlowConfig, racing: Acceptance, plan: BudgetPlan,
                  on_event: EventSink | None = None, targets: tuple[str, ...] = ()) -> StructureSearch:
     expander = LLMProposal(optimizer, ctx, task_description=task_description, style="aflow",
                            attempts=config.proposal_attempts, retry_temperature=config.retry_temperature,

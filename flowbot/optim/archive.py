@@ -1,7 +1,7 @@
 """The archive of candidates, the objective (score, or score with a cost penalty), and the Pareto
 front of score against cost per example.
 
-Every candidate that was raced is archived (so a proposal that rebuilds it is a duplicate), but only
+Every candidate that was raced is archived (so no proposal schema offers it again), but only
 the ones scored on the whole validation set are *complete*: they alone can be parents, be on the
 front or be chosen. The *incumbent* is the last accepted candidate: each acceptance is a paired race
 won against the one before, so the incumbent is the best, by the same rule that picks the result."""
@@ -39,10 +39,6 @@ class ArchiveEntry:
     race: dict[str, Any] | None = None  # how it fared against the incumbent (see optim.racing)
     exhausted: bool = False  # no new child of it fits in the budget: not a parent any more
     val: BatchResult | None = field(default=None, repr=False)  # per-item results, for racing
-
-    def note_duplicate(self, edit_text: str, twin: "ArchiveEntry") -> None:
-        """Record a proposal that rebuilt ``twin``, with its score, so the optimizer sees it was tried."""
-        self.tried.append((f"{edit_text} (same as {twin.id})", twin.val_score))
 
     def summary(self) -> dict[str, Any]:
         return {

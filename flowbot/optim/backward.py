@@ -41,6 +41,7 @@ class GradContext:
     loss_max_tokens: int = 256
     backward_max_tokens: int = 384
     step_max_tokens: int = 512
+    rule_max_tokens: int = 96
 
 
 @dataclass
@@ -292,6 +293,65 @@ async def propose_instructions(
         seen.add(p.instruction)
         out.append(p)
     return out
+
+
+def listed(gradients: list[str], ctx: GradContext, max_items: int = 5) -> str:
+    """The distinct gradients of a node as a list (the rule step reads them as they are: a small
+    model asked to merge them first writes the one example it read last)."""
+    unique = list(dict.fromkeys(g.strip() for g in gradients if g.strip()))
+    return "\n".join(f"- {clip(g, ctx.max_value_chars // 2)}" for g in unique[:max_items])
+
+
+def parse_rule(reply: str, max_chars: int = 300) -> str | None:
+    """The rule of a ``RULE: ...`` reply (the first such line, or the first non-empty line)."""
+    m = re.search(r"^\W*RULE\W*:\s*(.+)$", reply, re.M | re.I)
+    text = m.group(1) if m else next((line for line in reply.splitlines() if line.strip()), "")
+    text = text.strip().strip("*\"' ").strip()
+    if not text or is_none(text):
+        return None
+    return text if len(text) <= max_chars else text[:max_chars].rsplit(" ", 1)[0]
+
+
+def with_rule(instruction: str, rule: str) -> str:
+    """``instruction`` with ``rule`` added under its rules heading (made on the first rule).
+
+    >>> print(with_rule(with_rule("Answer briefly.", "Use digits."), "No units."))
+    Answer briefly.
+    <BLANKLINE>
+    Rules:
+    - Use digits.
+    - No units.
+    """
+    if P.RULES_HEADING in instruction.splitlines():
+        return f"{instruction.rstrip()}\n- {rule}"
+    return f"{instruction.rstrip()}\n\n{P.RULES_HEADING}\n- {rule}"
+
+
+def rule_count(instruction: str) -> int:
+    lines = instruction.splitlines()
+    if P.RULES_HEADING not in lines:
+        return 0
+    return sum(1 for line in lines[lines.index(P.RULES_HEADING) + 1:] if line.startswith("- "))
+
+
+async def propose_rule(opt: LMClient, workflow: Workflow, node: Any, gradient: str,
+                       history: list[tuple[str, float]], ctx: GradContext, retry_terms: list[str] | None = None,
+                       seed: int | None = None) -> str | None:
+    """One general rule for the node from its gradients and the rules tried before; ``retry_terms``:
+    the example-specific terms the last attempt used (asked again at a sampling temperature)."""
+    params = workflow.params[node.id]
+    hist = ""
+    if history:
+        hist = P.RULE_HISTORY_HEADER + "\n".join(f"- {score:.3f}: {clip(text, 200)}" for text, score in history[-5:]) + "\n"
+    user = P.RULE_USER.format(
+        task_description=ctx.task_description, node_id=node.id,
+        purpose=f" ({node.purpose})" if node.purpose else "", reads=", ".join(node.reads), writes=node.writes,
+        instruction=params.instruction or "(empty)", gradient=gradient, history=hist,
+        retry=P.RULE_RETRY.format(terms=", ".join(f"'{t}'" for t in retry_terms)) if retry_terms else "")
+    reply = await opt.complete(
+        [{"role": "system", "content": P.RULE_SYSTEM}, {"role": "user", "content": user}],
+        temperature=0.7 if retry_terms else 0.0, seed=seed, max_tokens=ctx.rule_max_tokens)
+    return parse_rule(reply.text)
 
 
 def blame_counts(results: list[BackwardResult]) -> Counter:

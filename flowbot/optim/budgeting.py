@@ -8,6 +8,11 @@ price; the test evaluation is reserved exactly from the price of the workflow th
 (and only for the test items whose answers are not already cached); the seed's own tuning and each
 accepted structure's tuning are capped at a share of what is left.
 
+A candidate may win, and the winner is what the test evaluation pays for: so a candidate (a
+structural child or an inner-loop rewrite) is raced only when the headroom holds both its raced
+validation and the growth of the test reserve to its own test evaluation
+(:meth:`BudgetPlan.race_and_test`). Whatever wins, the test reserve stays paid for.
+
     >>> p = Price(calls=1.0, tokens=500.0, usd=0.0)
     >>> p.times(50).calls
     50.0
@@ -17,12 +22,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from flowbot.graph.nodes import BranchNode, LLMNode, MergeNode
 from flowbot.graph.sketch import Workflow
 from flowbot.lm.budget import Budget
 from flowbot.runtime.batch import BatchResult
+
+if TYPE_CHECKING:
+    from flowbot.optim.racing import RaceResult
 
 Scope = Literal["all", "search"]
 
@@ -46,12 +54,18 @@ class Price:
     def plus(self, other: "Price") -> "Price":
         return Price(self.calls + other.calls, self.tokens + other.tokens, self.usd + other.usd)
 
+    def at_least(self, other: "Price") -> "Price":
+        """The larger of the two on each dimension."""
+        return Price(max(self.calls, other.calls), max(self.tokens, other.tokens), max(self.usd, other.usd))
+
     def describe(self) -> str:
         text = f"{self.calls:.0f} calls, {self.tokens:,.0f} tokens"
         return text + (f", ${self.usd:.4f}" if self.usd else "")
 
 
 ZERO = Price(0.0, 0.0, 0.0)
+#: tokens an optimizer call is priced at before any is measured (a proposal, a loss, a rewrite)
+OPTIMIZER_CALL_TOKENS = 1500.0
 
 
 def structure_calls(workflow: Workflow) -> float:
@@ -84,7 +98,7 @@ class BudgetPlan:
         self.scope = scope
         self.seed_tuning_share, self.tuning_share = seed_tuning_share, tuning_share
         self.slack = slack
-        self.proposal = Price(float(proposal_calls), 1500.0 * proposal_calls, 0.0)
+        self.proposal = Price(float(proposal_calls), OPTIMIZER_CALL_TOKENS * proposal_calls, 0.0)
         self._reserve = ZERO
         self.seed_price = ZERO
         self.seed_uncached = 0  # test items whose seed answers are not in the cache
@@ -99,15 +113,25 @@ class BudgetPlan:
 
     def reserve_test(self, best: Price, best_is_seed: bool) -> Price:
         """Reserve exactly what the final test evaluation will cost with ``best`` as the chosen
-        workflow: its items (only the seed's uncached ones when the seed is the result) plus the
-        seed's uncached items when the seed is scored beside it for comparison."""
+        workflow (see :meth:`test_cost`)."""
+        self._reserve = self.test_cost(best, best_is_seed)
+        return self._reserve
+
+    def test_cost(self, best: Price, best_is_seed: bool) -> Price:
+        """What the final test evaluation costs with ``best`` as the chosen workflow: its items
+        (only the seed's uncached ones when the seed is the result) plus the seed's uncached items
+        when the seed is scored beside it for comparison."""
         if self.scope == "search" or self.n_test == 0:
-            self._reserve = ZERO
             return ZERO
         seed_part = self.seed_price.times(self.seed_uncached) if (self.compare_seed or best_is_seed) else ZERO
         best_part = ZERO if best_is_seed else best.times(self.n_test)
-        self._reserve = seed_part.plus(best_part)
-        return self._reserve
+        return seed_part.plus(best_part)
+
+    def reserve_growth(self, price: Price) -> Price:
+        """How much the test reserve grows if a candidate at ``price`` becomes the result. Never
+        negative on any dimension: until the candidate wins, the current reserve stands."""
+        new, now = self.test_cost(price, best_is_seed=False), self._reserve
+        return Price(max(0.0, new.calls - now.calls), max(0.0, new.tokens - now.tokens), max(0.0, new.usd - now.usd))
 
     @property
     def reserved(self) -> Price:
@@ -131,8 +155,32 @@ class BudgetPlan:
         need = {"calls": cost.calls, "tokens": cost.tokens, "usd": cost.usd}
         return all(room >= need[k] - 1e-9 for k, room in self.headroom().items())
 
-    def full_validation(self, price: Price) -> Price:
-        return price.times(self.n_val).plus(self.proposal)
+    def full_validation(self, price: Price, overhead: Price | None = None) -> Price:
+        """One full raced validation at ``price``, plus ``overhead`` (default: the structural proposal)."""
+        return price.times(self.n_val).plus(self.proposal if overhead is None else overhead)
+
+    def race_and_test(self, price: Price, overhead: Price | None = None) -> Price:
+        """What the headroom must hold to race a candidate at ``price`` and, should it win, test it:
+        its full validation (plus ``overhead``, see :meth:`full_validation`) and the growth of the
+        test reserve to its own test evaluation. Checking the validation alone would let a winner
+        push the reserve past the budget, leaving the final test evaluation unpaid."""
+        return self.full_validation(price, overhead).plus(self.reserve_growth(price))
+
+    def affords_candidate(self, price: Price, overhead: Price | None = None) -> bool:
+        """Whether a candidate at ``price`` may be raced (see :meth:`race_and_test`)."""
+        return self.affords(self.race_and_test(price, overhead))
+
+    def affords_win(self, measured: Price) -> bool:
+        """Whether, after its race, a winner measured at ``measured`` can still be tested: its
+        price may come out above the projection its race was allowed on."""
+        return self.affords(self.reserve_growth(measured))
+
+    def check_winner(self, race: "RaceResult") -> None:
+        """A race winner that, as the result, could not be tested (see :meth:`affords_win`) is
+        recorded as not accepted."""
+        if race.accepted and not self.affords_win(Price.of(race.batch)):
+            race.accepted = False
+            race.reason = f"won ({race.reason}), but its test evaluation does not fit in the budget left"
 
     def _capped(self, name: str, cap: dict[str, float]) -> Budget:
         limits: dict[str, Any] = {}
@@ -145,10 +193,12 @@ class BudgetPlan:
         return self.budget.child(name, **limits)
 
     def for_child(self, name: str, price: Price) -> Budget:
-        """One raced validation at ``price`` (with slack), never past the headroom."""
+        """One raced validation at ``price`` (with slack), never past the headroom, nor into what
+        the test reserve would need should the child win."""
         need = price.times(self.n_val * self.slack).plus(self.proposal)
+        growth = self.reserve_growth(price)
         room = self.headroom()
-        return self._capped(name, {k: min(v, getattr(need, k)) for k, v in room.items()})
+        return self._capped(name, {k: min(v - getattr(growth, k), getattr(need, k)) for k, v in room.items()})
 
     def for_tuning(self, name: str, seed: bool) -> Budget:
         """The inner loop's share of the headroom (the seed's, or an accepted structure's)."""
@@ -161,11 +211,13 @@ class BudgetPlan:
         return self._capped(name, {k: min(v, getattr(self.proposal, k)) if k == "calls" else v
                                    for k, v in room.items()})
 
-    def candidates_afforded(self, price: Price) -> int:
-        """How many children at ``price`` the headroom pays a full raced validation for."""
-        one = self.full_validation(price)
+    def candidates_afforded(self, price: Price, overhead: Price | None = None) -> int:
+        """How many candidates at ``price`` the headroom pays a full raced validation for, keeping
+        back the growth of the test reserve should one of them win (the search's own rule: zero
+        exactly when :meth:`affords_candidate` is false)."""
+        one, growth = self.full_validation(price, overhead), self.reserve_growth(price)
         counts = []
         for k, room in self.headroom().items():
-            per = getattr(one, k)
-            counts.append(int(room // per) if per > 0 else 10**6)
+            per, left = getattr(one, k), room - getattr(growth, k)
+            counts.append(int((left + 1e-9) // per) if per > 0 else (10**6 if left >= -1e-9 else 0))
         return max(0, min(counts)) if counts else 10**6

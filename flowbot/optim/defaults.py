@@ -26,6 +26,8 @@ MINIBATCH_SIZE: Final = 5
 CANDIDATES: Final = 1  # instruction rewrites proposed per node and step
 DEMOS: Final = 2  # few-shot demos to try per node (0 = off)
 FEEDBACK: Final = "backward"  # backward (layer by layer) or global (ablation)
+STEP: Final = "rewrite"  # rewrite (a blamed node's instruction whole) or rule (add one general rule to it)
+SPECIFICITY_GUARD: Final = True  # drop a change naming things of the minibatch's examples before paying for it
 
 OUTER_ROUNDS: Final = 4  # structural candidates raced (budget permitting)
 SCHEDULE: Final = "tune-first"  # or alternate

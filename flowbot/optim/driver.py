@@ -222,9 +222,9 @@ async def run_optimization(
                           "uncached)" if plan.scope == "all" else "none (the test is outside the search budget)",
                           seed_tuning=f"{plan.seed_tuning_share:.0%} of the budget left",
                           child_full_validation=asdict(plan.full_validation(Price.of(seed_val)))))
-        if not plan.affords(plan.full_validation(Price.of(seed_val))):
-            log(BudgetWarning(message="the budget is too small for one candidate's raced validation after "
-                                      "reserving the test evaluation; the seed is returned"))
+        if not plan.affords_candidate(Price.of(seed_val)):
+            log(BudgetWarning(message="the budget is too small for one candidate's raced validation and its "
+                                      "test evaluation after reserving the seed's; the seed is returned"))
         outcome, stopped = await _search(task, seed, seed_val, train, val, cfg, optimizer_lm, tools, evaluator_for,
                                          plan, log, meter, run_dir)
     snap_search = meter.snapshot()
@@ -307,7 +307,7 @@ async def _search(task: TaskData, seed: Workflow, seed_val: BatchResult, train: 
 
         step_cfg = inner_cfg if steps is None else replace(inner_cfg, steps=steps)
         inner = InnerLoop(evaluator_for(b), optimizer_lm.with_budget(b), grad_ctx, step_cfg, meter=meter,
-                          on_event=emit, tool_options=sorted(ctx.tools), racing=racing)
+                          on_event=emit, tool_options=sorted(ctx.tools), racing=racing, plan=plan)
         res = await inner.optimize(entry.workflow, train, val, label, val_result=entry.val, sampler=sampler)
         return Tuned(res.workflow, res.val, len(res.steps), res.initial_val_score, dict(res.blame),
                      [f.brief() for f in res.failures], res.races, res.stopped)

@@ -4,17 +4,28 @@ The numbers are planning figures from the configuration, the task sizes and the 
 task's inputs (about four characters per token), assuming half the minibatch fails and half of the
 candidates pass the minibatch gate. They show what the budget allows and warn when it is too small
 for one full round; the budget itself is what stops a run.
+
+How many candidates the budget affords, and whether the run is refused because it affords none,
+is not a separate model: it is :class:`~flowbot.optim.budgeting.BudgetPlan`'s own arithmetic (the
+rule the search offers children by), run on the seed's projected price, with the seed's cached
+validation and test answers counted as free when the run's cache already holds them, on every
+capped dimension (calls, tokens, dollars).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from flowbot.graph.nodes import BranchNode, LLMNode, MergeNode
 from flowbot.graph.sketch import Workflow
 from flowbot.lm.budget import Budget
+from flowbot.optim.budgeting import BudgetPlan, Price, projected_price, structure_calls
+from flowbot.optim.inner import step_overhead
+from flowbot.optim.operators import OperatorContext
+from flowbot.optim.proposal import new_choices
 
 FAIL_RATE = 0.5
 GATE_PASS_RATE = 0.5
@@ -84,28 +95,66 @@ def _task_calls_per_example(wf: Workflow) -> float:
     return max(calls, 1.0)
 
 
-def _afford(est: Estimate, phases: dict[str, PhaseEstimate], cfg: Any, budget: Budget, V: int, T: float,
-            test_n: int, n_test: int, step: PhaseEstimate) -> None:
-    """How many candidates the calls budget pays a full raced validation for (after the seed's
-    validation and, when the budget covers it, the test); none is a refusal."""
+#: the budget option of each capped dimension, for the refusal's advice
+OPTIONS = {"calls": "--budget-calls", "tokens": "--budget-tokens", "usd": "--budget-usd"}
+
+
+def _plan(cfg: Any, budget: Budget, seed_price: Price, V: int, test_n: int, uncached_val: int,
+          uncached_test: int) -> BudgetPlan:
+    """The run's budget plan as it will stand after the seed's validation (its uncached items
+    paid) and the test reserve (the seed's uncached test items)."""
     lim = budget.limits
-    if lim.max_calls is None:
-        return
+    after_seed = Budget(max_calls=lim.max_calls, max_tokens=lim.max_tokens, max_usd=lim.max_usd)
+    paid = seed_price.times(uncached_val)
+    after_seed.charge(int(round(paid.calls)), int(round(paid.tokens)), paid.usd)
     scope = getattr(getattr(cfg, "budget", None), "scope", "all")
-    fixed = phases["seed evaluation"].calls + (T * test_n * n_test if scope == "all" else 0.0)
-    left = lim.max_calls - fixed
-    structural = cfg.method != "inner-only"
-    one = V * T * (1.5 if structural else 1.0) + (2 if structural else step.optimizer_calls + 2 * 5 * T)
-    est.candidates = max(0, int(left // one)) if left > 0 else 0
-    if est.candidates < 1:
-        what = "structural candidate" if structural else "inner-loop rewrite"
-        est.refusal = (f"the budget of {lim.max_calls} calls cannot pay for one {what}: the seed's validation"
-                       + (" and the test evaluation" if scope == "all" else "")
-                       + f" take ≈{fixed:.0f} calls and one raced validation ≈{one:.0f}; raise --budget-calls "
-                       f"to at least {fixed + one:.0f}" + (" or use --budget-scope search" if scope == "all" else ""))
-    else:
-        est.notes.append(f"the budget pays for about {est.candidates} candidate(s) with a full raced validation "
+    plan = BudgetPlan(after_seed, n_val=V, n_test=test_n, scope=scope)
+    plan.set_seed(seed_price, uncached_test, cfg.compare_seed_on_test)
+    return plan
+
+
+def _first_candidate(cfg: Any, seed: Workflow, seed_price: Price, operators: OperatorContext | None
+                     ) -> tuple[str, Price, Price | None]:
+    """What the search would race first, its price and its overhead (None: a structural proposal):
+    the cheapest child on the seed's operator menu, or, for the inner loop alone, a rewrite."""
+    if cfg.method == "inner-only" or (cfg.method == "flowbot" and cfg.outer.rounds == 0):
+        overhead = step_overhead(seed_price, cfg.inner.minibatch_size, len(seed.tunable_nodes()))
+        return "inner-loop rewrite", seed_price, overhead
+    max_nodes = cfg.aflow.max_nodes if cfg.method == "aflow" else cfg.outer.max_nodes
+    children = [c.child for c in new_choices(seed, operators, set(), max_nodes)] if operators is not None else []
+    cheapest = min(children, key=structure_calls, default=seed)
+    return "structural candidate", projected_price(seed, seed_price, cheapest), None
+
+
+def _afford(est: Estimate, plan: BudgetPlan, what: str, price: Price, overhead: Price | None) -> None:
+    """How many candidates the plan pays a raced validation for (keeping back, should one win, its
+    test evaluation) — the search's own rule; none is a refusal."""
+    if not plan.headroom():
+        return  # no call, token or dollar cap
+    est.candidates = plan.candidates_afforded(price, overhead)
+    if est.candidates >= 1:
+        est.notes.append(f"the budget pays for about {est.candidates} {what}(s) with a full raced validation "
                          "each (racing stops hopeless ones early, so usually more)")
+        return
+    room, need = plan.headroom(), plan.race_and_test(price, overhead)
+    short = {k: getattr(need, k) - v for k, v in room.items() if getattr(need, k) - v > 1e-9}
+    limits = {"calls": plan.budget.limits.max_calls, "tokens": plan.budget.limits.max_tokens,
+              "usd": plan.budget.limits.max_usd}
+    raise_to = " and ".join(f"{OPTIONS[k]} to at least {_amount(k, limits[k] + gap)}" for k, gap in short.items())
+    scoped = plan.scope == "all" and plan.n_test > 0
+    est.refusal = (f"the budget of {est.budget} cannot pay for one {what}: after the seed's validation"
+                   + (f" and the test reserve ({plan.reserved.describe()})" if scoped else "")
+                   + ", one raced validation" + (" and, should it win, its test evaluation" if scoped else "")
+                   + f" would take ≈{need.describe()} of the {_left(room)} left; raise {raise_to}"
+                   + (" or use --budget-scope search" if scoped else ""))
+
+
+def _left(room: dict[str, float]) -> str:
+    return ", ".join(f"{_amount(k, max(0.0, v))} {k}" if k != "usd" else _amount(k, max(0.0, v)) for k, v in room.items())
+
+
+def _amount(kind: str, value: float) -> str:
+    return f"${value:.4f}" if kind == "usd" else f"{math.ceil(value - 1e-9):,}"
 
 
 def _chars(example: dict[str, Any], fields: list[str]) -> int:
@@ -113,7 +162,11 @@ def _chars(example: dict[str, Any], fields: list[str]) -> int:
 
 
 def estimate_run(task: Any, seed: Workflow, config: Any, budget: Budget,
-                 task_price: tuple[float, float] | None, optimizer_price: tuple[float, float] | None) -> Estimate:
+                 task_price: tuple[float, float] | None, optimizer_price: tuple[float, float] | None, *,
+                 uncached: dict[str, int] | None = None, operators: OperatorContext | None = None) -> Estimate:
+    """``uncached``: how many of the seed's validation and test items (``val``, ``test``) the
+    run's cache does not answer (None: none is cached); ``operators``: the search's operator menu
+    (the first structural candidate is the cheapest child on it)."""
     cfg = config
     sample = task.examples("val", 20) or task.examples("train", 20)
     input_tokens = (sum(_chars(e, task.inputs) for e in sample) / max(1, len(sample))) / 4
@@ -142,7 +195,9 @@ def estimate_run(task: Any, seed: Workflow, config: Any, budget: Budget,
     mb, steps, cands = cfg.inner.minibatch_size, cfg.inner.steps, cfg.inner.candidates
     failing = FAIL_RATE * mb
 
-    phases: dict[str, PhaseEstimate] = {"seed evaluation": phase(V * T, examples=V)}
+    uv = min(V, uncached["val"]) if uncached else V
+    ut = min(test_n, uncached["test"]) if uncached else test_n
+    phases: dict[str, PhaseEstimate] = {"seed evaluation": phase(uv * T, examples=uv)}
     step = phase(mb * T, examples=mb)  # forward
     step.add(phase(opt_calls=failing * (1 + K) + 2 * K))  # loss, backward, aggregate, step
     cand_examples = K * cands * (mb + GATE_PASS_RATE * V)
@@ -168,8 +223,8 @@ def estimate_run(task: Any, seed: Workflow, config: Any, budget: Budget,
         search = PhaseEstimate()
         search.add(outer, rounds)
         phases["outer loop"] = search
-    n_test = 1 + int(cfg.compare_seed_on_test)
-    phases["test evaluation"] = phase(test_n * T * n_test, examples=test_n * n_test)
+    tested = test_n + (ut if cfg.compare_seed_on_test else 0)  # the best, and the seed's uncached items
+    phases["test evaluation"] = phase(tested * T, examples=tested)
 
     est = Estimate(phases, budget.limits.describe(), None)
     total = est.total
@@ -197,7 +252,15 @@ def estimate_run(task: Any, seed: Workflow, config: Any, budget: Budget,
         elif est.covers < 1.0:
             est.notes.append(f"the budget pays for about {est.covers:.0%} of the planned work; the search stops "
                              "when it is used up and keeps the best workflow so far")
-    _afford(est, phases, cfg, budget, V, T, test_n, n_test, step)
+    # the plan's arithmetic, on the seed's price: its calls per example as the search counts them
+    calls = structure_calls(seed)
+    seed_price = phase(calls, examples=1)
+    price = Price(seed_price.calls, seed_price.tokens, seed_price.usd or 0.0)
+    plan = _plan(cfg, budget, price, V, test_n, uv, ut)
+    _afford(est, plan, *_first_candidate(cfg, seed, price, operators))
+    if uncached:
+        est.notes.append(f"the run's cache answers the seed on {V - uv} of {V} validation and {test_n - ut} of "
+                         f"{test_n} test items: not counted")
     if task_price is None or optimizer_price is None:
         est.notes.append("a model's price is unknown: dollars are not projected for it")
     est.notes.append(f"assumes {FAIL_RATE:.0%} of each minibatch fails and {GATE_PASS_RATE:.0%} of candidates pass "

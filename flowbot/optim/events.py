@@ -61,7 +61,8 @@ class BudgetWarning(Event):
 
 @dataclass
 class ProposalMade(Event):
-    """One structural proposal: ``status`` is ``valid``, ``invalid`` or ``duplicate``."""
+    """One structural proposal: ``status`` is ``valid`` or ``invalid`` (``duplicate``, with
+    ``same_as``, only in runs recorded before proposals were built from new choices alone)."""
 
     type: ClassVar[str] = "proposal"
     parent: str

@@ -8,8 +8,10 @@ One step: forward on a minibatch (traces + scores) → a textual loss for each e
 score → backward pass, node by node in reverse topological order → gradients aggregated per node →
 the optimizer rewrites each blamed node's instruction → a candidate must gain on the minibatch it
 was made for, then is raced against the current workflow on validation (paired, stopped early when
-it cannot win; see :mod:`flowbot.optim.racing`) and kept only if it wins. The loop stops at
-``steps``, when the budget cannot pay for another step, or after ``patience`` steps without a gain.
+it cannot win; see :mod:`flowbot.optim.racing`) and kept only if it wins. Given the run's budget
+plan, a candidate is raced only when the plan holds its validation and, should it win, its test
+evaluation, and a winner's test is reserved at once. The loop stops at ``steps``, when the budget
+cannot pay for another step, or after ``patience`` steps without a gain.
 """
 
 from __future__ import annotations
@@ -26,11 +28,12 @@ from flowbot.lm.budget import RoleUsage, UsageMeter
 from flowbot.lm.client import LMClient
 from flowbot.optim import backward as bw
 from flowbot.optim import defaults as D
-from flowbot.optim.budgeting import Price
+from flowbot.optim.budgeting import OPTIMIZER_CALL_TOKENS, ZERO, BudgetPlan, Price, projected_price
 from flowbot.optim.evaluation import Evaluator
 from flowbot.optim.events import EventSink, InnerCandidate, InnerStep, Patience
 from flowbot.optim.policies import BlameOrder, MinibatchGate, MinibatchSampler, MinibatchSampling, NodeSelection
-from flowbot.optim.racing import PairedRacing, RaceResult, race
+from flowbot.optim.racing import Acceptance, PairedRacing, RaceResult
+from flowbot.optim.specificity import specific_terms
 from flowbot.runtime.batch import BatchResult, ExampleResult
 
 
@@ -41,6 +44,13 @@ class InnerConfig:
     candidates: int = D.CANDIDATES  # instruction rewrites proposed per node per step
     patience: int = 3  # steps without a validation gain before stopping
     feedback: Literal["backward", "global"] = D.FEEDBACK
+    #: how a blamed node's instruction changes: ``rewrite`` rewrites it whole (the paper's step);
+    #: ``rule`` adds one general rule to it (robust with small optimizer models, which rewrite an
+    #: instruction into the example they just read)
+    step: Literal["rewrite", "rule"] = D.STEP
+    max_rules: int = 8  # rules a node's instruction may gather before the rule step leaves it alone
+    #: drop, before it is paid for, a change naming things of the minibatch's examples (see specificity.py)
+    specificity_guard: bool = D.SPECIFICITY_GUARD
     demos: int = D.DEMOS  # few-shot demos to try per llm node (bootstrapped from successful traces); 0 = off
     minibatch_gate: bool = True
     full_score: float = 1.0
@@ -85,6 +95,15 @@ class InnerResult:
         return self.val.score
 
 
+def step_overhead(price: Price, minibatch: int, nodes: int) -> Price:
+    """What one inner step costs besides its raced validation: the forward pass and the candidate on
+    the minibatch at ``price``, and the optimizer's calls (a loss and a backward call per failing
+    example, an aggregation and a rewrite per node)."""
+    nodes = max(1, nodes)
+    opt_calls = minibatch * (1 + nodes) + 2 * nodes
+    return price.times(2 * minibatch).plus(Price(opt_calls, OPTIMIZER_CALL_TOKENS * opt_calls, 0.0))
+
+
 def _usage_delta(before: dict[str, RoleUsage], after: dict[str, RoleUsage]) -> dict[str, dict[str, Any]]:
     out = {}
     for role, a in after.items():
@@ -102,7 +121,8 @@ def _usage_delta(before: dict[str, RoleUsage], after: dict[str, RoleUsage]) -> d
 
 
 class InnerLoop:
-    """Tunes one workflow; see the module docstring. ``optimizer`` is the optimizer-role LM client."""
+    """Tunes one workflow; see the module docstring. ``optimizer`` is the optimizer-role LM client;
+    ``plan``: the run's budget plan (None: only the evaluator's and optimizer's budgets count)."""
 
     def __init__(
         self,
@@ -114,9 +134,10 @@ class InnerLoop:
         meter: UsageMeter | None = None,
         on_event: EventSink | None = None,
         tool_options: list[str] | None = None,
-        racing: PairedRacing | None = None,
+        racing: Acceptance | None = None,
         node_selection: NodeSelection | None = None,
         gate: MinibatchGate | None = None,
+        plan: BudgetPlan | None = None,
     ) -> None:
         self.evaluate = evaluator
         self.opt = optimizer
@@ -125,9 +146,10 @@ class InnerLoop:
         self.meter = meter or optimizer.meter
         self.emit = on_event or (lambda e: None)
         self.tool_options = tool_options
-        self.racing = racing or PairedRacing()
+        self.racing: Acceptance = racing or PairedRacing()
         self.gate = gate or MinibatchGate(self.cfg.minibatch_gate)
         self.node_order = node_selection or BlameOrder(self.cfg.max_nodes_per_step)
+        self.plan = plan
 
     async def optimize(self, workflow: Workflow, train: list[dict[str, Any]], val: list[dict[str, Any]],
                        label: str = "", *, val_result: BatchResult | None = None,
@@ -156,17 +178,15 @@ class InnerLoop:
         )
 
     def affords_step(self, state: "_State", val: list[dict[str, Any]]) -> bool:
-        """Whether the budget left can pay for one more step: a forward pass and a candidate on the
-        minibatch, one raced validation, and the optimizer's calls (loss, backward, rewrite)."""
+        """Whether the budget left can pay for one more step (see :func:`step_overhead`) with one
+        raced validation; and whether the run's plan holds that and, should the rewrite win, its test."""
+        price = Price.of(state.val)
+        overhead = step_overhead(price, self.cfg.minibatch_size, len(state.workflow.tunable_nodes()))
+        if self.plan is not None and not self.plan.affords_candidate(price, overhead):
+            return False
         budget = self.opt.budget
         left = budget.remaining_calls() if budget is not None else None
-        if left is None:
-            return True
-        price = Price.of(state.val)
-        mb = self.cfg.minibatch_size
-        nodes = max(1, len(state.workflow.tunable_nodes()))
-        need = price.calls * (2 * mb + len(val)) + mb * (1 + nodes) + 2 * nodes
-        return left >= need
+        return left is None or left >= price.calls * len(val) + overhead.calls
 
     async def _loop(self, state: "_State", sampler: MinibatchSampling, val: list[dict[str, Any]], label: str) -> None:
         no_gain = 0
@@ -193,9 +213,13 @@ class InnerLoop:
         stepped = 0
         for node_id in self.node_order.select(gradients):
             state.usage_mark = self.meter.snapshot()  # a record's cost runs from its aggregation on
-            gradient = await bw.aggregate(self.opt, node_id, state.workflow.params[node_id].instruction,
-                                          gradients[node_id], self.ctx)
-            forward = await self._try_instruction(state, step, node_id, gradient, batch, forward, val, label)
+            if self.cfg.step == "rule":
+                forward = await self._try_rule(state, step, node_id, bw.listed(gradients[node_id], self.ctx),
+                                               batch, forward, val, label)
+            else:
+                gradient = await bw.aggregate(self.opt, node_id, state.workflow.params[node_id].instruction,
+                                              gradients[node_id], self.ctx)
+                forward = await self._try_instruction(state, step, node_id, gradient, batch, forward, val, label)
             stepped += 1
         if self.cfg.demos:
             for node in state.workflow.llm_nodes():
@@ -238,6 +262,10 @@ class InnerLoop:
         proposals = await bw.propose_instructions(self.opt, wf, node, gradient, state.history.get(node_id, []),
                                                   self.ctx, k=self.cfg.candidates, tool_options=options)
         for p in proposals:
+            terms = self._specific(p.instruction, batch, wf, node_id)
+            if terms:
+                self._dropped(state, step, node_id, "instruction", p.instruction, gradient, forward, terms)
+                continue
             changes: dict[str, Any] = {"instruction": p.instruction}
             if p.tools is not None and p.tools != wf.params[node_id].tools:
                 changes["tools"] = p.tools
@@ -247,6 +275,49 @@ class InnerLoop:
             if done:
                 break
         return forward
+
+    async def _try_rule(self, state: "_State", step: int, node_id: str, gradient: str, batch: list[dict[str, Any]],
+                        forward: BatchResult, val: list[dict[str, Any]], label: str) -> BatchResult:
+        """Add one general rule to the node's instruction; a rule naming the minibatch's examples is
+        asked for once more (sampled), then dropped, before any evaluation is paid."""
+        wf = state.workflow
+        old = wf.params[node_id].instruction
+        if bw.rule_count(old) >= self.cfg.max_rules:
+            return forward
+        terms: list[str] | None = None
+        for attempt in range(2):
+            rule = await bw.propose_rule(self.opt, wf, wf.sketch.node(node_id), gradient,
+                                         state.history.get(node_id, []), self.ctx, retry_terms=terms,
+                                         seed=self.cfg.seed + step if terms else None)
+            if rule is None:
+                return forward
+            terms = self._specific(rule, batch, wf, node_id)
+            if not terms:
+                candidate = wf.with_params(node_id, instruction=bw.with_rule(old, rule))
+                forward, _ = await self._judge(state, step, node_id, "rule", old, candidate.params[node_id].instruction,
+                                               gradient, candidate, batch, forward, val, label, remembered=rule)
+                return forward
+            self._dropped(state, step, node_id, "rule", bw.with_rule(old, rule), gradient, forward, terms)
+        return forward
+
+    def _specific(self, text: str, batch: list[dict[str, Any]], wf: Workflow, node_id: str) -> list[str]:
+        if not self.cfg.specificity_guard:
+            return []
+        node = wf.sketch.node(node_id)
+        allowed = "\n".join([wf.params[node_id].instruction, self.ctx.task_description, getattr(node, "purpose", "")])
+        return specific_terms(text, batch, allowed)
+
+    def _dropped(self, state: "_State", step: int, node_id: str, change: str, new: str, gradient: str,
+                 forward: BatchResult, terms: list[str]) -> None:
+        """Record a change dropped as example-specific (it cost only the optimizer's proposal)."""
+        usage0 = state.usage_mark or self.meter.snapshot()
+        record = StepRecord(step, node_id, change, state.workflow.params[node_id].instruction, new, gradient,
+                            forward.score, None, state.val.score, None, False,
+                            "too specific: names " + ", ".join(f"'{t}'" for t in terms[:4]) + " from the minibatch")
+        record.cost = _usage_delta(usage0, self.meter.snapshot())
+        state.usage_mark = self.meter.snapshot()
+        state.records.append(record)
+        self.emit(record)
 
     async def _try_demos(self, state: "_State", step: int, node: LLMNode, forward: BatchResult,
                          batch: list[dict[str, Any]], val: list[dict[str, Any]], label: str) -> BatchResult:
@@ -272,18 +343,24 @@ class InnerLoop:
 
     async def _judge(self, state: "_State", step: int, node_id: str, change: str, old: str, new: str,
                      gradient: str, candidate: Workflow, batch: list[dict[str, Any]], forward: BatchResult,
-                     val: list[dict[str, Any]], label: str, gate: bool = True) -> tuple[BatchResult, bool]:
+                     val: list[dict[str, Any]], label: str, gate: bool = True,
+                     remembered: str | None = None) -> tuple[BatchResult, bool]:
         """Minibatch gate, then a validation race against the current workflow. Returns the forward
-        result of the kept workflow and whether the candidate was kept."""
+        result of the kept workflow and whether the candidate was kept; ``remembered``: what the
+        node's history keeps of the change (a rule rather than the whole instruction)."""
         usage0 = state.usage_mark or self.meter.snapshot()
         mb = await self.evaluate(candidate, batch, f"{label}step {step}: candidate on minibatch")
         record = StepRecord(step, node_id, change, old, new, gradient, forward.score, mb.score,
                             state.val.score, None, False, "")
         if gate and not self.gate.passes(mb.score, forward.score):
             record.reason = "no gain on the minibatch"
+        elif not self._affordable(state, candidate, mb):
+            record.reason = "its raced validation and, should it win, its test evaluation do not fit in the budget left"
         else:
-            result: RaceResult = await race(self.evaluate, candidate, state.val, val, self.racing,
-                                            f"{label}step {step}: racing the candidate")
+            result: RaceResult = await self.racing.race(self.evaluate, candidate, state.val, val,
+                                                        f"{label}step {step}: racing the candidate")
+            if self.plan is not None:
+                self.plan.check_winner(result)
             record.race = result.to_dict()
             record.val_after = result.batch.score if result.complete else None
             record.reason = result.reason
@@ -291,13 +368,25 @@ class InnerLoop:
             if result.accepted:
                 record.accepted = True
                 state.workflow, state.val, forward = candidate, result.batch, mb
-            if change == "instruction":
-                state.history.setdefault(node_id, []).append((new, result.batch.score))
+                if self.plan is not None:  # the winner is what the test evaluation now pays for
+                    self.plan.reserve_test(Price.of(result.batch), best_is_seed=False)
+            if change in ("instruction", "rule"):  # what the next proposal for this node is shown
+                state.history.setdefault(node_id, []).append((remembered or new, result.batch.score))
         record.cost = _usage_delta(usage0, self.meter.snapshot())
         state.usage_mark = None
         state.records.append(record)
         self.emit(record)
         return forward, record.accepted
+
+
+    def _affordable(self, state: "_State", candidate: Workflow, mb: BatchResult) -> bool:
+        """Whether the plan holds the candidate's raced validation and, should it win, its test.
+        Its price: projected from the current workflow's (a rewrite may give a node a tool: two
+        calls per example), and no less than it measured on the minibatch (demos lengthen prompts)."""
+        if self.plan is None:
+            return True
+        price = projected_price(state.workflow, Price.of(state.val), candidate).at_least(Price.of(mb))
+        return self.plan.affords_candidate(price, overhead=ZERO)
 
 
 class _State:

@@ -25,7 +25,7 @@ from flowbot.optim.events import EventSink
 from flowbot.optim.operators import OperatorContext
 from flowbot.optim.policies import UCBSelection
 from flowbot.optim.proposal import FixedOrderProposal, LLMProposal
-from flowbot.optim.racing import PairedRacing
+from flowbot.optim.racing import Acceptance
 from flowbot.optim.search import SearchConfig, StructureSearch, Tuner
 
 
@@ -48,7 +48,7 @@ class OuterConfig:
 
 
 def flowbot_search(*, evaluator_for: Callable[[Budget], Evaluator], optimizer: LMClient, ctx: OperatorContext,
-                   task_description: str, config: OuterConfig, racing: PairedRacing, plan: BudgetPlan,
+                   task_description: str, config: OuterConfig, racing: Acceptance, plan: BudgetPlan,
                    tuner: Tuner | None, objective: Objective | None = None,
                    on_event: EventSink | None = None, targets: tuple[str, ...] = ()) -> StructureSearch:
     """The outer loop, wired: ``tuner`` is the inner loop bound to its budget (None: no tuning)."""

@@ -109,6 +109,34 @@ Feedback on its mistakes:
 {history}{tool_options}
 Write the improved instruction between <instruction> and </instruction>."""
 
+# The rule step (``InnerConfig.step = "rule"``): instead of rewriting the whole instruction, the
+# optimizer adds one general rule to it. Small optimizer models rewrite an instruction into the one
+# example they were shown; a single bounded rule appended to the kept instruction cannot erase the task.
+RULE_SYSTEM = (
+    "You improve the instruction of one step of an AI workflow run by a small language model. From "
+    "feedback on its mistakes, write ONE new general rule to add to its instruction: one sentence that "
+    "helps on every input of the task. Never mention a name, number or fact of a particular example."
+)
+
+RULE_USER = """Task: {task_description}
+
+Step '{node_id}'{purpose}: reads {reads}; writes {writes}.
+
+Current instruction:
+<<<
+{instruction}
+>>>
+
+Feedback on its mistakes, from different examples:
+{gradient}
+{history}{retry}
+Write the rule on one line that starts with RULE:"""
+
+RULE_HISTORY_HEADER = "\nRules already tried for this step, with the validation score they reached (write a different one):\n"
+RULE_RETRY = "\nYour last rule mentioned {terms}, which belong to one example. Write a rule for every input.\n"
+#: the heading under which added rules are listed in an instruction
+RULES_HEADING = "Rules:"
+
 HISTORY_HEADER = "\nEarlier attempts for this step and their validation scores (higher is better):\n"
 
 TOOL_OPTIONS = (

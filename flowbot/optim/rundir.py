@@ -8,7 +8,7 @@
       summary.json    the final result
       sessions.json   when each session started and last logged (time budgets span sessions)
       STOP            create this file to stop the run cleanly
-      lock            held (``flock``) by the one process using the run; says which one
+      run.lock        held (``flock``) by the one process using the run; says which one (JSON)
 
 Resuming replays the run from its cache: the loops make the same calls and get the same answers,
 so they re-emit the same events; the log writer checks them against the log instead of appending
@@ -31,6 +31,7 @@ import datetime
 import fcntl
 import json
 import os
+import re
 import signal
 import socket
 import sys
@@ -38,6 +39,7 @@ import tempfile
 import time
 import uuid
 import weakref
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -46,7 +48,15 @@ from flowbot.graph.io import save_workflow
 from flowbot.graph.sketch import Workflow
 
 STOP_FILE = "STOP"
-LOCK_FILE = "lock"
+#: the lock file of a run directory: held (``flock``) by the one process using the run, and
+#: naming it as one JSON object, ``{"pid", "host", "command", "since"}``. A run is live exactly
+#: while the lock is held (:func:`lock_holder`); the file itself stays behind, harmlessly.
+LOCK_FILE = "run.lock"
+#: where runs made before the lock had its name kept it ("lock", holding a line such as
+#: "flowbot optimize (pid 123 on host, since 2025-01-01 10:00:00)"): still read, and still honoured
+LEGACY_LOCK_FILES = ("lock",)
+#: how long opening a run waits for a lock that is only being probed (``flowbot runs``)
+LOCK_WAIT_S = 0.5
 CRASH_ENV = "FLOWBOT_CRASH_AT"
 
 
@@ -151,19 +161,22 @@ class EventLog:
 LEGACY_SETTINGS: dict[str, Any] = {
     "optimize.outer.schedule": "tune-first",
     "optimize.outer.inner_steps_per_round": 1,
+    "optimize.inner.step": "rewrite",
+    "optimize.inner.max_rules": 8,
+    "optimize.inner.specificity_guard": False,
 }
 
 
 def changed_settings(saved: dict[str, Any], new: dict[str, Any], mutable: set[str], prefix: str = "") -> list[str]:
-    """Dotted paths of the settings in ``new`` that differ from ``saved``, at any depth. Names in
-    ``mutable`` may change; a setting only ``saved`` has is one this run no longer uses (for
+    """Dotted paths of the settings in ``new`` that differ from ``saved``, at any depth. The dotted
+    paths in ``mutable`` may change; a setting only ``saved`` has is one this run no longer uses (for
     example the outer loop's settings in an inner-only run) and does not count; a setting only
     ``new`` has counts unless it has its legacy value (:data:`LEGACY_SETTINGS`)."""
     changed = []
     for key, value in new.items():
-        if key in mutable:
-            continue
         path = f"{prefix}{key}"
+        if path in mutable:
+            continue
         old = saved.get(key, _MISSING)
         if isinstance(value, dict) and isinstance(old, dict):
             changed += changed_settings(old, value, mutable, f"{path}.")
@@ -178,8 +191,10 @@ _MISSING = object()
 
 
 class RunDir:
-    #: settings that may change between sessions of one run (budgets can be raised to extend it)
-    MUTABLE = {"budget", "concurrency", "progress", "report"}
+    #: settings (dotted paths) that may change between sessions of one run: the budget's limits can be
+    #: raised to extend it, and how wide it runs or shows progress does not change what it computes; how
+    #: the budget is divided (``optimize.budget.*``) does, and is compared
+    MUTABLE = {"budget", "optimize.concurrency", "optimize.inner.concurrency", "optimize.progress", "report"}
 
     def __init__(self, path: str | Path) -> None:
         """Open (or create) the run directory and lock it for this process; :class:`RunDirError`
@@ -188,7 +203,7 @@ class RunDir:
         if self.path.exists() and not self.path.is_dir():
             raise RunDirError(f"{self.path} is a file, not a run directory")
         self.path.mkdir(parents=True, exist_ok=True)
-        self._lock: IO[str] | None = _acquire(self.path / LOCK_FILE)
+        self._lock: IO[str] | None = _acquire(self.path)
         for stale in self.path.glob(".*.tmp"):  # left by a crash between write and rename
             stale.unlink(missing_ok=True)
         self.events = EventLog(self.path / "events.jsonl")
@@ -277,21 +292,151 @@ class RunDir:
         return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
 
 
-def _acquire(path: Path) -> IO[str]:
-    """An open lock file holding an exclusive ``flock``, with this process described in it."""
-    fh = open(path, "a+", encoding="utf-8")
+@dataclass
+class LockHolder:
+    """Who holds (or last held) a run directory's lock, as its lock file says."""
+
+    pid: int | None = None
+    host: str | None = None
+    command: str | None = None
+    since: str | None = None
+
+    def describe(self) -> str:
+        if self.pid is None:
+            return self.command or "another process"
+        where = f"pid {self.pid}" + (f" on {self.host}" if self.host else "")
+        return f"{self.command or 'flowbot'} ({where}" + (f", since {self.since})" if self.since else ")")
+
+
+def lock_record() -> dict[str, Any]:
+    """What this process writes into the lock file it holds."""
+    cli = bool(sys.argv) and (sys.argv[0].endswith("flowbot") or sys.argv[0].endswith(os.path.join("flowbot", "cli",
+                                                                                                    "main.py")))
+    command = " ".join(["flowbot", *sys.argv[1:2]]) if cli else "flowbot"
+    return {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
+            "since": datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def parse_lock(text: str) -> LockHolder | None:
+    """A lock file's text: the JSON record, or an older form (the legacy "flowbot optimize (pid N on
+    HOST, since ...)" line, or a bare pid); None when it names no one."""
+    text = text.strip()
+    if not text:
+        return None
     try:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        fh.seek(0)
-        holder = fh.read().strip() or "another process"
-        fh.close()
-        raise RunDirError(f"{path.parent} is in use by {holder}; wait for it to finish, or stop it by creating "
-                          f"{path.parent / STOP_FILE}") from None
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        pid = data.get("pid")
+        return LockHolder(pid=int(pid) if isinstance(pid, int) or (isinstance(pid, str) and pid.isdigit()) else None,
+                          host=_str_or_none(data.get("host") or data.get("hostname")),
+                          command=_str_or_none(data.get("command")), since=_str_or_none(data.get("since")))
+    if isinstance(data, int):
+        return LockHolder(pid=data)
+    m = re.fullmatch(r"(.*?)\s*\(pid (\d+)(?: on (\S+?))?(?:, since ([^)]*))?\)", text)
+    if m:
+        return LockHolder(pid=int(m.group(2)), host=m.group(3), command=m.group(1) or None, since=m.group(4))
+    return None
+
+
+def _str_or_none(value: Any) -> str | None:
+    return str(value) if value not in (None, "") else None
+
+
+def read_lock(run_dir: str | Path) -> LockHolder | None:
+    """What the run directory's lock file (or a legacy one) says, held or not."""
+    for name in (LOCK_FILE, *LEGACY_LOCK_FILES):
+        try:
+            holder = parse_lock((Path(run_dir) / name).read_text(encoding="utf-8", errors="replace"))
+        except OSError:
+            continue
+        if holder is not None:
+            return holder
+    return None
+
+
+def lock_holder(run_dir: str | Path) -> LockHolder | None:
+    """The process using the run directory now, or None when no process holds its lock.
+
+    The lock is the kernel's (``flock``), so a killed process leaves none behind, whatever its lock
+    file still says, and a reused pid cannot fool this. It is probed with a shared lock taken and
+    released at once, never blocking the run (which waits up to :data:`LOCK_WAIT_S` for a probe).
+    Only when a lock file cannot be opened is its recorded pid checked instead."""
+    for name in (LOCK_FILE, *LEGACY_LOCK_FILES):
+        path = Path(run_dir) / name
+        if not path.is_file():
+            continue
+        try:
+            holder = _holder_of(path)
+        except OSError:  # unreadable here: trust what it records
+            try:
+                holder = parse_lock(path.read_text(encoding="utf-8", errors="replace"))
+            except OSError:
+                holder = None
+            if holder is None or holder.pid is None or not (
+                    (holder.host is not None and holder.host != socket.gethostname()) or _pid_alive(holder.pid)):
+                holder = None
+        if holder is not None:
+            return holder
+    return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, as another user
+    except OSError:
+        return False
+    return True
+
+
+def _acquire(run_dir: Path) -> IO[str]:
+    """An open lock file holding an exclusive ``flock``, with this process described in it. A run
+    made before the lock file had its name is also refused while an older FlowBot holds its lock."""
+    for name in LEGACY_LOCK_FILES:
+        try:
+            old = _holder_of(run_dir / name) if (run_dir / name).is_file() else None
+        except OSError:
+            old = None
+        if old is not None:
+            raise _busy(run_dir, old)
+    path = run_dir / LOCK_FILE
+    fh = open(path, "a+", encoding="utf-8")
+    end = time.monotonic() + LOCK_WAIT_S
+    while True:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() < end:  # perhaps only a probe (flowbot runs): it lets go at once
+                time.sleep(0.01)
+                continue
+            fh.seek(0)
+            holder = parse_lock(fh.read()) or LockHolder()
+            fh.close()
+            raise _busy(run_dir, holder) from None
     fh.seek(0)
     fh.truncate()
-    started = datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
-    command = " ".join(["flowbot", *sys.argv[1:3]]) if sys.argv and sys.argv[0].endswith("flowbot") else "flowbot"
-    fh.write(f"{command} (pid {os.getpid()} on {socket.gethostname()}, since {started})\n")
+    fh.write(json.dumps(lock_record()) + "\n")
     fh.flush()
     return fh
+
+
+def _holder_of(path: Path) -> LockHolder | None:
+    """The holder of one lock file, or None when it is free."""
+    with open(path, "rb") as fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return parse_lock(fh.read().decode("utf-8", "replace")) or LockHolder()
+        fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    return None
+
+
+def _busy(run_dir: Path, holder: LockHolder) -> RunDirError:
+    return RunDirError(f"{run_dir} is in use by {holder.describe()}; wait for it to finish, or stop it by creating "
+                       f"{run_dir / STOP_FILE}")

@@ -4,10 +4,11 @@ accepted structure is tuned), never in how candidates are judged or paid for.
 
 Round: select a parent among the complete candidates → the expander proposes one child (an edit
 that is valid by construction) → if the budget affords a full raced validation at the child's
-projected price, race it against the incumbent → a winner becomes the incumbent and, when a tuner
-is given (FlowBot), is tuned by the inner loop, whose rewrites are raced the same way. Stops at
-``rounds``, at ``patience`` rounds without an acceptance, or when the budget cannot pay for another
-candidate.
+projected price and, should the child win, its test evaluation (see
+:meth:`~flowbot.optim.budgeting.BudgetPlan.race_and_test`), race it against the incumbent → a
+winner becomes the incumbent and, when a tuner is given (FlowBot), is tuned by the inner loop,
+whose rewrites are raced (and paid for) the same way. Stops at ``rounds``, at ``patience`` rounds
+without an acceptance, or when the budget cannot pay for another candidate.
 """
 
 from __future__ import annotations
@@ -20,13 +21,13 @@ from flowbot.graph.sketch import Workflow
 from flowbot.lm.base import BudgetExceeded
 from flowbot.lm.budget import Budget
 from flowbot.optim.archive import Archive, ArchiveEntry, Objective
-from flowbot.optim.budgeting import BudgetPlan, Price, projected_price
+from flowbot.optim.budgeting import ZERO, BudgetPlan, Price, projected_price
 from flowbot.optim.evaluation import Evaluator
 from flowbot.optim.events import (BudgetWarning, CandidateAccepted, CandidateEvaluated, CandidateRejected, EventSink,
                                   Patience)
 from flowbot.optim.backward import brief_fields, clip
 from flowbot.optim.policies import ParentSelection
-from flowbot.optim.racing import PairedRacing, RaceLedger, RaceResult, race
+from flowbot.optim.racing import Acceptance, RaceLedger, RaceResult
 from flowbot.runtime.batch import BatchResult
 
 
@@ -44,8 +45,11 @@ class Proposed:
 @dataclass
 class ProposalCounts:
     """Proposals made, valid (applied to a workflow that passes validation), invalid, duplicate
-    (the child was already raced) and applied (raced as a candidate); ``repaired``: of the valid
-    ones, those that needed a repair turn."""
+    and applied (raced as a candidate); ``repaired``: of the valid ones, those that needed a repair
+    turn. ``duplicate`` (the child was already raced) stays 0 by construction: the expanders offer
+    only children whose structure is not in the archive (:func:`~flowbot.optim.proposal.new_choices`),
+    so an edit that would rebuild one is not on the menu and counts as invalid. The key is kept for
+    the reports and results scripts that read it."""
 
     made: int = 0
     valid: int = 0
@@ -116,7 +120,7 @@ class SearchConfig:
 
 class StructureSearch:
     def __init__(self, *, evaluator_for: Callable[[Budget], Evaluator], expander: Expander,
-                 selection: ParentSelection, racing: PairedRacing, plan: BudgetPlan, config: SearchConfig,
+                 selection: ParentSelection, racing: Acceptance, plan: BudgetPlan, config: SearchConfig,
                  objective: Objective | None = None, tuner: Tuner | None = None,
                  on_event: EventSink | None = None) -> None:
         self.evaluator_for = evaluator_for
@@ -184,12 +188,12 @@ class StructureSearch:
             return NOTHING
         parent = self.selection.select(parents, self.objective)
         parent_price = Price.of(parent.val) if parent.val is not None else Price(1.0, 0.0, 0.0)
-        if not self.plan.affords(self.plan.full_validation(parent_price)):
+        if not self.plan.affords_candidate(parent_price):
             return None
         parent.expansions += 1
 
-        def fits(child: Workflow) -> bool:  # only children whose raced validation the budget can pay
-            return self.plan.affords(self.plan.full_validation(projected_price(parent.workflow, parent_price, child)))
+        def fits(child: Workflow) -> bool:  # only children the budget can race and, should they win, test
+            return self.plan.affords_candidate(projected_price(parent.workflow, parent_price, child))
 
         invalid_before = counts.invalid
         proposed = await self.expander.propose(parent, archive, self.plan.for_proposal(f"proposal from {parent.id}"),
@@ -201,21 +205,22 @@ class StructureSearch:
             return NOTHING
         price = projected_price(parent.workflow, parent_price, proposed.workflow)
         entry_id = f"c{len(archive.entries)}"
-        if not self.plan.affords(self.plan.full_validation(price)):
+        if not self.plan.affords_candidate(price, overhead=ZERO):  # the proposal is paid by now
             self._reject(parent, proposed, f"its raced validation (≈{price.times(self.plan.n_val).describe()}) "
-                                           "does not fit in the budget left")
+                                           "and, should it win, its test evaluation do not fit in the budget left")
             return False
         budget = self.plan.for_child(f"candidate {entry_id}", price)
         incumbent = archive.incumbent
         assert incumbent is not None and incumbent.val is not None
         try:
-            result = await race(self.evaluator_for(budget), proposed.workflow, incumbent.val, val, self.racing,
-                                f"[{entry_id}] racing {proposed.text}")
+            result = await self.racing.race(self.evaluator_for(budget), proposed.workflow, incumbent.val, val,
+                                            f"[{entry_id}] racing {proposed.text}")
         except BudgetExceeded as exc:
             if self.plan.budget.exhausted:
                 raise
             self._reject(parent, proposed, f"not scored within its budget ({exc})")
             return False
+        self.plan.check_winner(result)  # it may have cost more than projected
         counts.applied += 1
         ledger.record(entry_id, result)
         entry = self._entry(entry_id, proposed.workflow, result.batch, parent, proposed.text, proposed.edit,

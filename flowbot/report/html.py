@@ -301,8 +301,8 @@ def _inner_table(run: RunData) -> str:
         gradient = str(r.get("gradient") or "")
         short = gradient if len(gradient) <= GRADIENT_CHARS else gradient[:GRADIENT_CHARS] + "…"
         grad_html = esc(short) + (details("full text", f"<pre>{esc(gradient)}</pre>") if short != gradient else "")
-        if r.get("change") == "instruction":
-            change = esc("instruction") + details("proposed rewrite", f'<div class="diff">{word_diff(str(r.get("old", "")), str(r.get("new", "")))}</div>')
+        if r.get("change") in ("instruction", "rule"):
+            change = esc(str(r.get("change"))) + details("proposed rewrite", f'<div class="diff">{word_diff(str(r.get("old", "")), str(r.get("new", "")))}</div>')
         else:
             change = esc(f"{r.get('change')}: {r.get('old')} → {r.get('new')}")
         rows.append([esc(r.get("candidate")), num_td(esc(r.get("step"))), esc(r.get("node_id")), change, grad_html,
@@ -313,8 +313,8 @@ def _inner_table(run: RunData) -> str:
     note = (f'<p class="muted small">The inner loop stopped early for lack of progress {len(patience)} time(s).</p>'
             if patience else "")
     accepted = sum(bool(r.get("accepted")) for r in records)
-    return (f"<p>{len(records)} proposals, {accepted} accepted. A proposal must gain on its minibatch and not "
-            "lower the validation score.</p>" + note
+    return (f"<p>{len(records)} proposals, {accepted} accepted. A proposal must gain on its minibatch, then win "
+            "its validation race against the current workflow.</p>" + note
             + table(["candidate", "step", "node", "change", "gradient", "minibatch", "validation", "accepted",
                       "reason", "cost"], rows, row_class=lambda i: "best" if records[i].get("accepted") else ""))
 

@@ -6,27 +6,35 @@
 Only the run directory's files are read (config.json, events.jsonl, summary.json, run.lock), and
 each defensively: a torn log, an unknown event type or a missing key never hides a run.
 
-Status: ``running`` when ``run.lock`` names a live process (or, for runs without a lock, a file
-of the run changed in the last two minutes and it has not finished); ``finished`` or ``stopped``
-(by a budget or a STOP file) when the log ends with ``run_finished``; otherwise ``interrupted``.
+A run this version would refuse to resume (its saved settings differ from those its resume
+command makes now, compared as a resume compares them) gets ``not_resumable`` instead of a usable
+command (:func:`resume_refusal`; a command line is read by the CLI, which ``flowbot runs`` passes
+in as ``command_settings``).
+
+Status: ``running`` while a process holds the run's lock (the kernel lock ``flowbot optimize``
+takes on ``run.lock``, see :func:`flowbot.optim.rundir.lock_holder`; runs made before it had that
+name hold ``lock``), or, for runs without a lock file, while a file of the run changed in the last
+two minutes and it has not finished; ``finished`` or ``stopped`` (by a budget or a STOP file) when
+the log ends with ``run_finished``; otherwise ``interrupted``.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
-import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from flowbot.errors import FlowBotError
-from flowbot.optim.rundir import read_event_log
+from flowbot.optim.rundir import LEGACY_LOCK_FILES, LOCK_FILE, lock_holder, read_event_log
 
-LOCK_FILE = "run.lock"
+#: the optimizer settings a resume command line makes with this version, or None for a command other
+#: than ``flowbot optimize``; raises ValueError for one that no longer parses (the CLI's reading:
+#: :func:`flowbot.cli.main.command_settings`, which this module cannot import: it is below the CLI)
+CommandSettings = Callable[[str], "dict[str, Any] | None"]
 RECENT_S = 120.0  # a run without a lock whose files changed this recently is taken as running
 MAX_DEPTH = 3  # how deep under DIR run directories are looked for (results/<task>/<method>/...)
 
@@ -52,6 +60,8 @@ class RunInfo:
     last_activity: float | None = None
     command: str | None = None  # how to resume it (recorded, or rebuilt from the settings)
     command_rebuilt: bool = False
+    not_resumable: str | None = None  # why this version would refuse to resume it (None: it would not)
+    holder: str | None = None  # who holds the run's lock, while it runs ("flowbot optimize (pid 12 on host, ...)")
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -88,12 +98,13 @@ class NoSuchRunsDirectory(FlowBotError, FileNotFoundError):
     """The folder to list runs from does not exist."""
 
 
-def list_runs(root: str | Path = "runs") -> list[RunInfo]:
-    """Every run under ``root`` (raises FileNotFoundError when ``root`` does not exist)."""
+def list_runs(root: str | Path = "runs", command_settings: CommandSettings | None = None) -> list[RunInfo]:
+    """Every run under ``root`` (raises FileNotFoundError when ``root`` does not exist);
+    ``command_settings``: see :func:`resume_refusal`."""
     root = Path(root)
     if not root.exists():
         raise NoSuchRunsDirectory(f"{root}: no such directory (runs are kept in runs/ by default)")
-    return [run_info(p) for p in find_runs(root)]
+    return [run_info(p, command_settings) for p in find_runs(root)]
 
 
 # -- one run ----------------------------------------------------------------------------------
@@ -129,7 +140,8 @@ def _dig(data: Any, *keys: str) -> Any:
     return data
 
 
-def run_info(path: str | Path) -> RunInfo:
+def run_info(path: str | Path, command_settings: CommandSettings | None = None) -> RunInfo:
+    """What the run directory ``path`` holds; ``command_settings``: see :func:`resume_refusal`."""
     path = Path(path)
     info = RunInfo(path=path)
     config = _read_json(path / "config.json", info.warnings) or {}
@@ -148,6 +160,8 @@ def run_info(path: str | Path) -> RunInfo:
     _spend(info, summary, events)
     _status(info, path, events)
     info.command, info.command_rebuilt = resume_command(path, config, settings)
+    if info.status != "running":
+        info.not_resumable = resume_refusal(settings, info.command, command_settings)
     return info
 
 
@@ -192,51 +206,18 @@ def _spend(info: RunInfo, summary: dict[str, Any], events: list[dict[str, Any]])
     info.usd = float(sum(_num(c) or 0 for c in costs)) if roles and all(c is not None for c in costs) else None
 
 
-def lock_pid(path: Path) -> tuple[int | None, str | None]:
-    """(pid, host) recorded in a run's lock file: JSON with "pid" (and "host"), or a bare number."""
-    try:
-        text = (path / LOCK_FILE).read_text(encoding="utf-8").strip()
-    except OSError:
-        return None, None
-    try:
-        data = json.loads(text)
-    except ValueError:
-        data = text.split()[0] if text else None
-    if isinstance(data, dict):
-        pid, host = data.get("pid"), data.get("host") or data.get("hostname")
-    else:
-        pid, host = data, None
-    try:
-        return int(pid), (str(host) if host else None)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None, None
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # it exists, as another user
-    except OSError:
-        return False
-    return True
-
-
 def _status(info: RunInfo, path: Path, events: list[dict[str, Any]]) -> None:
     times = [f.stat().st_mtime for f in path.iterdir() if f.is_file()] if path.is_dir() else []
     info.last_activity = max(times) if times else None
     finished = next((e for e in reversed(events) if e.get("type") == "run_finished"), None)
     last_start = max((i for i, e in enumerate(events) if e.get("type") == "run_started"), default=-1)
     done = finished is not None and events.index(finished) > last_start
-    pid, host = lock_pid(path)
-    if pid is not None:
-        elsewhere = host is not None and host != socket.gethostname()
-        if elsewhere or pid_alive(pid):
-            info.status = "running"
-            return
-    elif not done and info.last_activity is not None and time.time() - info.last_activity < RECENT_S:
+    holder = lock_holder(path)
+    if holder is not None:
+        info.status, info.holder = "running", holder.describe()
+        return
+    has_lock = any((path / name).exists() for name in (LOCK_FILE, *LEGACY_LOCK_FILES))
+    if not has_lock and not done and info.last_activity is not None and time.time() - info.last_activity < RECENT_S:
         info.status = "running"
         return
     if done:
@@ -265,6 +246,55 @@ def resume_command(path: Path, config: dict[str, Any], settings: dict[str, Any])
         return line, False
     rebuilt = rebuild_command(settings, path)
     return rebuilt, rebuilt is not None
+
+
+def resume_refusal(settings: dict[str, Any], command: str | None,
+                   command_settings: CommandSettings | None = None) -> str | None:
+    """Why this version of FlowBot would refuse to resume a run with these saved settings, or None.
+
+    The optimizer settings the resume would make — from ``command`` (a ``flowbot optimize`` line,
+    read by ``command_settings``: the command line's own reading, which ``flowbot runs`` passes, see
+    :func:`flowbot.cli.main.command_settings`), or for a run started from Python from the saved
+    values, with today's defaults for settings the run predates — are compared with the saved ones
+    the way the run directory compares them on resume (:func:`flowbot.optim.rundir.changed_settings`,
+    legacy values allowed). Only the optimizer settings are checked: the task and the seed are not
+    loaded. Without ``command_settings``, a run with a command is not judged (None)."""
+    from flowbot.optim.rundir import RunDir, changed_settings
+
+    saved = settings.get("optimize")
+    if not isinstance(saved, dict) or (command and command_settings is None):
+        return None
+    try:
+        new = command_settings(command) if command and command_settings else _settings_from_python(saved)
+    except (FlowBotError, ValueError, TypeError) as exc:
+        return f"not resumable with this version ({exc})"
+    if new is None:
+        return None
+    changed = changed_settings(settings, {**settings, "optimize": new}, RunDir.MUTABLE)
+    if not changed:
+        return None
+    return f"not resumable with this version (settings changed: {', '.join(changed)})"
+
+
+def _settings_from_python(saved: dict[str, Any]) -> dict[str, Any]:
+    """The optimizer settings of a run started from Python, given its saved values again: each saved
+    value this version still has, today's defaults for the rest."""
+    from flowbot.optim.driver import OptimizeConfig
+
+    method = saved.get("method") if saved.get("method") in ("flowbot", "inner-only", "aflow") else "flowbot"
+    return _overlay(_plain(OptimizeConfig(method=method).to_dict()), saved)
+
+
+def _overlay(defaults: dict[str, Any], saved: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, value in defaults.items():
+        old = saved.get(key, value)
+        out[key] = _overlay(value, old) if isinstance(value, dict) and isinstance(old, dict) else old
+    return out
+
+
+def _plain(data: Any) -> Any:
+    return json.loads(json.dumps(data, default=str))
 
 
 def _without_option(args: list[str], name: str) -> list[str]:
@@ -322,11 +352,42 @@ def rebuild_command(settings: dict[str, Any], path: Path) -> str | None:
     objective = opt.get("objective") if isinstance(opt.get("objective"), dict) else {}
     if objective.get("kind") == "cost":
         args += ["--objective", "cost", "--cost-weight", str(objective.get("cost_weight"))]
+    args += _search_options(opt, method)
     if opt.get("evaluate_test") is False:
         args.append("--no-test")
     args += _budget_options(str(settings.get("budget") or ""))
     args += ["--run-dir", str(path)]
     return shlex.join(args)
+
+
+def _search_options(opt: dict[str, Any], method: Any) -> list[str]:
+    """The options for the settings of the search that differ from their defaults (budget scope,
+    proposal policy and schedule, the inner step and its guard, racing margin and level)."""
+    from flowbot.optim.driver import BudgetConfig, RacingConfig
+    from flowbot.optim.outer import OuterConfig
+
+    out: list[str] = []
+    scope = _dig(opt, "budget", "scope")
+    if scope is not None and scope != BudgetConfig.scope:
+        out += ["--budget-scope", str(scope)]
+    if method not in ("inner-only", "aflow"):
+        for option, key in (("--proposal", "proposal"), ("--schedule", "schedule")):
+            value = _dig(opt, "outer", key)
+            if value is not None and value != getattr(OuterConfig, key):
+                out += [option, str(value)]
+    if method != "aflow":
+        from flowbot.optim.inner import InnerConfig
+
+        value = _dig(opt, "inner", "step")
+        if value is not None and value != InnerConfig.step:
+            out += ["--step", str(value)]
+        if _dig(opt, "inner", "specificity_guard") is False:
+            out.append("--no-specificity-guard")
+    for option, key in (("--margin", "margin"), ("--alpha", "alpha")):
+        value = _dig(opt, "racing", key)
+        if value is not None and value != getattr(RacingConfig, key):
+            out += [option, str(value)]
+    return out
 
 
 def _budget_options(text: str) -> list[str]:

@@ -100,9 +100,12 @@ class Backend(Protocol):
 
     async def evaluate(self, executor: Executor, workflow: Workflow, examples: list[dict[str, Any]],
                        metric: Metric, *, concurrency: int, progress: Any, description: str,
-                       on_result: Callable[[ExampleResult], None] | None) -> BatchResult:
+                       on_result: Callable[[ExampleResult], None] | None,
+                       guard_metric: bool = True) -> BatchResult:
         """Run and score every example, with the semantics of the local path: the executor's
-        cache, meter and budget see every call; a used-up budget stops launching examples."""
+        cache, meter and budget see every call; a used-up budget stops launching examples; the
+        first permanent LM error is raised and stops the rest, and so is a broken metric's
+        ``MetricFailure`` (unless ``guard_metric`` is False)."""
 
 
 _ACTIVE: contextvars.ContextVar[Backend | None] = contextvars.ContextVar("flowbot_backend", default=None)
@@ -145,7 +148,8 @@ async def evaluate_examples(
     backend = backend or active_backend()
     if backend is not None:
         return await backend.evaluate(executor, workflow, examples, metric, concurrency=concurrency,
-                                      progress=progress, description=description, on_result=on_result)
+                                      progress=progress, description=description, on_result=on_result,
+                                      guard_metric=guard_metric)
     start = time.perf_counter()
     results: list[ExampleResult | None] = [None] * len(examples)
     semaphore = asyncio.Semaphore(max(1, concurrency))

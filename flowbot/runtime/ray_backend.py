@@ -13,7 +13,11 @@ local path guarantees still holds across workers:
   the parents' limits) and every paid call of every worker is checked against it *before* it is
   made; stop conditions (a STOP file, Ctrl-C) are relayed to it while the evaluation runs;
 - **one meter**: each example's usage comes back with its trace and is added to the executor's
-  meter and budget here, so spend per role is the same as on the local path.
+  meter and budget here, so spend per role is the same as on the local path;
+- **the same stops**: a permanent LM error on any worker (bad key, unknown model, an unreachable
+  server) comes back to this side, which stops the evaluation and raises it; the metric guard
+  (:mod:`flowbot.runtime.metric_guard`) judges the scores here; either way the budget actor is
+  told to stop, so the examples still running on workers make no further call.
 
 Scoring (the metric) runs here, on the traces the workers return. Tracing spans are not recorded
 for remote runs. Connect to a cluster with ``address`` (or ``RAY_ADDRESS``); without one, a local
@@ -34,13 +38,14 @@ from typing import Any, Callable
 
 from flowbot.errors import FlowBotError
 from flowbot.graph.sketch import Workflow
-from flowbot.lm.base import BudgetExceeded, Provider, Usage
+from flowbot.lm.base import BudgetExceeded, LMPermanentError, Provider, Usage
 from flowbot.lm.budget import Budget, RoleUsage, UsageMeter
 from flowbot.lm.cache import CacheEntry, ResponseCache
 from flowbot.lm.client import LMClient
 from flowbot.lm.retry import RetryPolicy
 from flowbot.runtime.batch import BatchResult, ExampleResult, collect, progress_bar, score_trace, workflow_inputs
 from flowbot.runtime.executor import Executor
+from flowbot.runtime.metric_guard import MetricGuard, metric_name
 from flowbot.runtime.trace import Trace
 from flowbot.scoring.result import Metric
 from flowbot.tools.base import ToolRegistry
@@ -183,14 +188,27 @@ class Worker:
                    for name, p in spec.providers.items()}
         default = clients[spec.default]
         executor = Executor(default, tools=spec.tools, models=lambda name: clients.get(name, default))
-        trace, stopped = None, None
+        trace, stopped, fatal = None, None, None
         try:
             trace = asyncio.run(executor.run(Workflow.model_validate(workflow), inputs))
         except BudgetExceeded as exc:
             stopped = str(exc)
+        except LMPermanentError as exc:  # a bad key, an unknown model, no server: the driver stops the batch
+            fatal = _shippable(exc)
         except Exception as exc:  # an executor bug must not sink the batch (as on the local path)
             trace = Trace(inputs=inputs, error=f"{type(exc).__name__}: {exc}")
-        return {"trace": trace, "usage": meter.snapshot(), "stopped": stopped}
+        return {"trace": trace, "usage": meter.snapshot(), "stopped": stopped, "fatal": fatal}
+
+
+def _shippable(exc: LMPermanentError) -> LMPermanentError:
+    """``exc`` if it survives the trip back to the driver, else a plain LMPermanentError with its message."""
+    import pickle
+
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:
+        return LMPermanentError(str(exc))
 
 
 # -- the driver side ---------------------------------------------------------------------------
@@ -215,6 +233,8 @@ class RayBackend:
         if address and address.startswith("ray://"):
             raise BackendError(f"--ray-address {address}: Ray Client is not supported (the cache is shared by "
                                "file on this node); run flowbot on a cluster node, e.g. through `ray job submit`")
+        if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 1):
+            raise BackendError(f"workers must be a whole number of at least 1, got {workers!r}")
         import_ray()  # fail now, with the install line, rather than after the run has started
         self.address = address
         self.workers = workers
@@ -279,25 +299,44 @@ class RayBackend:
     async def evaluate(self, executor: Executor, workflow: Workflow, examples: list[dict[str, Any]],
                        metric: Metric, *, concurrency: int = 8, progress: Any = False,
                        description: str = "evaluating",
-                       on_result: Callable[[ExampleResult], None] | None = None) -> BatchResult:
+                       on_result: Callable[[ExampleResult], None] | None = None,
+                       guard_metric: bool = True) -> BatchResult:
+        """The local path's semantics (see :func:`flowbot.runtime.batch.evaluate_examples`): the
+        first permanent LM error on any worker stops the batch and is raised here, and so is a
+        :class:`flowbot.errors.MetricFailure` when the metric fails on most of the first examples;
+        the workers' examples still running stop at their next call (the budget actor says stop)."""
         ray = self._ray()
         concurrency = max(1, concurrency)
         box = [self._spec_ref(ray, executor, workflow)]
         pool = self._workers(ray, concurrency)
         budget = executor.lm.budget
-        budget_actor = ray.remote(num_cpus=0)(BudgetService).remote(budget.mirror()) if budget is not None else None
+        # always a budget actor, even without a budget: it is how a stop reaches the workers
+        chain = budget.mirror() if budget is not None else Budget().mirror()
+        budget_actor = ray.remote(num_cpus=0)(BudgetService).remote(chain)
         data = Workflow.model_validate(workflow.model_dump()).model_dump(mode="json")
         start = time.perf_counter()
         results: list[ExampleResult | None] = [None] * len(examples)
         stop_reason: list[str] = []
+        fatal: list[BaseException] = []  # the first error that stops the batch
+        guard = MetricGuard(metric_name(metric), len(examples)) if guard_metric else None
         semaphore = asyncio.Semaphore(concurrency)
         bar, task_id, owns_bar = progress_bar(progress, description, len(examples))
+        tasks: list[asyncio.Future[None]] = []
+
+        def stop_all(exc: BaseException) -> None:
+            if not fatal:
+                fatal.append(exc)
+                budget_actor.stop.remote(f"the evaluation stopped: {exc}")  # no worker starts another call
+            me = asyncio.current_task()
+            for t in tasks:
+                if t is not me:
+                    t.cancel()
 
         async def one(i: int, ex: dict[str, Any]) -> None:
-            if stop_reason:
+            if stop_reason or fatal:
                 return
             async with semaphore:
-                if stop_reason:
+                if stop_reason or fatal:
                     return
                 inputs = workflow_inputs(workflow, ex)
                 w = pool.pick()
@@ -310,26 +349,44 @@ class RayBackend:
                 finally:
                     pool.in_flight[w] -= 1
                 _account(executor.lm, out["usage"])
-                if out["stopped"]:
-                    stop_reason.append(out["stopped"])
+                if out.get("fatal") is not None:
+                    stop_all(out["fatal"])
                     return
-                res = results[i] = await score_trace(metric, i, ex, out["trace"])
+                if out["stopped"]:
+                    if not fatal:
+                        stop_reason.append(out["stopped"])
+                    return
+                res = await score_trace(metric, i, ex, out["trace"])
+                if guard is not None and out["trace"].error is None:
+                    try:
+                        guard.observe(res.example_id, res.error)  # the run succeeded: any error is the metric's
+                    except Exception as exc:  # MetricFailure: the metric, not the workflow, is broken
+                        stop_all(exc)
+                        return
+                results[i] = res
                 if on_result is not None:
                     on_result(res)
                 if bar is not None:
                     bar.advance(task_id)
 
-        relay = asyncio.ensure_future(_relay_stops(budget, budget_actor)) if budget_actor is not None else None
+        relay = asyncio.ensure_future(_relay_stops(budget, budget_actor)) if budget is not None else None
+        tasks.extend(asyncio.ensure_future(one(i, ex)) for i, ex in enumerate(examples))
         try:
-            await asyncio.gather(*(one(i, ex) for i, ex in enumerate(examples)))
+            outcomes = await asyncio.gather(*tasks, return_exceptions=True)
         finally:
+            for t in tasks:
+                t.cancel()  # only matters when this evaluation itself is cancelled
             if relay is not None:
                 relay.cancel()
             if owns_bar and bar is not None:
                 bar.refresh()  # the final count (Jupyter shows only what was last refreshed)
                 bar.stop()
-            if budget_actor is not None:
-                ray.kill(budget_actor)
+            ray.kill(budget_actor)
+        if fatal:
+            raise fatal[0]
+        for outcome in outcomes:  # anything else one() raised (e.g. an on_result callback's bug)
+            if isinstance(outcome, BaseException) and not isinstance(outcome, asyncio.CancelledError):
+                raise outcome
         return collect(results, len(examples), stop_reason, start)
 
     def shutdown(self) -> None:

@@ -10,7 +10,9 @@ With ``reaper`` set (the "process" level, which has no PID namespace), it first 
 half never runs the code; it is a *child subreaper* (``PR_SET_CHILD_SUBREAPER``), so a process the
 code detaches (``fork`` + ``setsid`` + exit) is re-parented to it instead of to init, and when the
 code's process ends, or the run's deadline passes, or FlowBot goes away, it kills every process
-left below it before exiting with the code's status (a signal S as 128+S, like a shell).
+left below it before exiting with the code's status (a signal S as 128+S, like a shell). The code
+runs in a process group of its own, and the guard refuses to signal the reaper; should the code
+kill it anyway (guard switched off), FlowBot finds the run's processes by their environment.
 
 The audit guard is a tripwire against accidents and naive code, not a security boundary; see
 the module docstring of ``flowbot.tools.sandbox`` for what it can and cannot stop.
@@ -64,17 +66,18 @@ def start_watchdog(fd, seconds):
     threading.Thread(target=watch, name="flowbot-watchdog", daemon=True).start()
 
 
-def install_guard(cfg, main_pid):
+def install_guard(cfg, main_pid, protected=()):
     import _posixsubprocess
 
     def no_fork_exec(*args, **kwargs):
         raise PermissionError("starting programs is not allowed in the sandbox")
 
     _posixsubprocess.fork_exec = no_fork_exec  # it raises no audit event of its own
-    sys.addaudithook(make_hook(cfg["work"], cfg["read_roots"], cfg["read_files"], cfg["max_forks"], main_pid))
+    sys.addaudithook(make_hook(cfg["work"], cfg["read_roots"], cfg["read_files"], cfg["max_forks"], main_pid,
+                               protected))
 
 
-def make_hook(work, read_roots, read_files, max_forks, main_pid):
+def make_hook(work, read_roots, read_files, max_forks, main_pid, protected=()):
     # Everything the hook uses is bound here, so later monkeypatching of modules or builtins by
     # the sandboxed code does not swap these references (their internals can still be patched).
     realpath, isabs, join, getcwd = os.path.realpath, os.path.isabs, os.path.join, os.getcwd
@@ -88,6 +91,7 @@ def make_hook(work, read_roots, read_files, max_forks, main_pid):
     write_files = frozenset((work, "/dev/null"))
     os_open_files = frozenset((work, "/dev/null", "/dev/urandom"))
     forks = [0]
+    protected = frozenset(protected)  # the launcher (subreaper) of the run: never signalled by the code
     denied = frozenset((
         "os.exec", "os.posix_spawn", "os.spawn", "os.system", "os.startfile", "subprocess.Popen",
         "pty.spawn", "os.symlink", "os.link", "gc.get_objects", "gc.get_referrers",
@@ -171,9 +175,13 @@ def make_hook(work, read_roots, read_files, max_forks, main_pid):
                 deny("more than %d forks" % max_forks)
         elif event == "os.kill":
             pid = args[0]
+            if _abs(pid) in protected:
+                deny("signalling the sandbox's launcher")
             if pid != 0 and pid != getpid() and (pid == -1 or getpgid(_abs(pid)) != getpgid(0)):
                 deny("signalling a process outside the sandbox")
         elif event == "os.killpg":
+            if args[0] in protected or (args[0] == 0 and getpgid(0) in protected):
+                deny("signalling the sandbox's launcher")
             if args[0] != 0 and args[0] != getpgid(0):
                 deny("signalling a process group outside the sandbox")
         elif event == "ctypes.dlopen":
@@ -252,7 +260,8 @@ def kill_descendants():
 
 
 def become_reaper(status_fd, deadline_s):
-    """Fork; the child returns to run the code, this process reaps the run and never returns."""
+    """Fork; the child returns (the reaper's pid) to run the code, in a process group of its own;
+    this process reaps the run and never returns. The guard protects it from the code's signals."""
     _prctl(PR_SET_CHILD_SUBREAPER, 1)
     parent = os.getpid()
     child = os.fork()
@@ -260,7 +269,8 @@ def become_reaper(status_fd, deadline_s):
         _prctl(PR_SET_PDEATHSIG, 9)  # dies with the reaper
         if os.getppid() != parent:
             os._exit(125)
-        return
+        os.setpgid(0, 0)  # a group of its own: signalling "its group" never reaches the reaper
+        return parent
     import select
     import time
 
@@ -302,8 +312,7 @@ def become_reaper(status_fd, deadline_s):
 def main():
     cfg = marshal.loads(bytes.fromhex(sys.argv[2]))
     status_fd = cfg["status_fd"]
-    if cfg.get("reaper"):
-        become_reaper(status_fd, cfg["deadline_s"])
+    reaper = become_reaper(status_fd, cfg["deadline_s"]) if cfg.get("reaper") else None
     main_pid = os.getpid()
     sys.argv = ["main.py"]
     sys.dont_write_bytecode = True
@@ -314,7 +323,7 @@ def main():
         start_watchdog(status_fd, cfg["deadline_s"])
     set_limits(cfg["rlimits"])
     if cfg["guard"]:
-        install_guard(cfg, main_pid)
+        install_guard(cfg, main_pid, () if reaper is None else (reaper,))
     # The code runs in a fresh module registered as sys.modules[run_name] (so pickle and
     # `import __main__` work), never in this bootstrap's globals.
     mod = type(sys)(cfg["run_name"])

@@ -117,6 +117,34 @@ def _signal(pid: int, sig: int) -> int:
         return 0
 
 
+def with_environ(entry: bytes, skip: int | None = None) -> list[int]:
+    """Pids (but ``skip``) of processes whose environment holds ``entry`` (``b"NAME=value"``), as
+    ``/proc/<pid>/environ`` shows it; processes this user cannot read are left out."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == skip:
+            continue
+        try:
+            block = _read(f"/proc/{name}/environ", 1 << 16)
+        except OSError:
+            continue
+        if entry in block.split(b"\0"):
+            found.append(int(name))
+    return found
+
+
+def kill_with_environ(entry: bytes, rounds: int = 50) -> int:
+    """SIGKILL every process whose environment holds ``entry``, until a scan finds none (a forking
+    process cannot outrun it for long: each round kills what the last scan saw); returns how many."""
+    killed = 0
+    for _ in range(rounds):
+        pids = with_environ(entry, skip=os.getpid())
+        if not pids:
+            break
+        killed += sum(_signal(pid, signal.SIGKILL) for pid in pids)
+    return killed
+
+
 def dir_bytes(path: str, max_entries: int = 20_000) -> tuple[int, int]:
     """(bytes allocated, entries seen) under ``path``, stopping after ``max_entries``."""
     total, seen, stack = 0, 0, [path]

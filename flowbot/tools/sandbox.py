@@ -43,20 +43,25 @@ in a host temp dir, with the same rlimits (``RLIMIT_NPROC`` only for a non-root 
 user's current count plus ``max_processes``). File, network and program rules come only from the
 audit guard below, which code can switch off. FlowBot says so in a warning the first time it uses
 this level. Its launcher is a *child subreaper*, so a ``fork`` + ``setsid`` child cannot outlive
-the run (unless the code kills its launcher first).
+the run; the code runs in a process group of its own and the guard refuses to signal the launcher,
+and should the code (guard switched off) kill it anyway, the run's processes are still found and
+killed by their environment (each holds the run's unique ``HOME``) -- unless the code also
+replaced its environment, which only a process that starts a program with a new one can do.
 
 Both levels add, inside the child interpreter, an *audit guard* (``sys.addaudithook``, on by
 default, ``_sandbox_boot.py``): reading outside the working dir and the Python install, writing
 outside the working dir, sockets other than local ``socketpair``s, ``subprocess``/``os.system``/
 ``exec*``/``posix_spawn``, forks beyond ``max_processes`` (and any fork from a forked child),
-symlinks/hard links, signals to processes outside the run, ``setrlimit``, ``gc`` referrer/object
-walks, ``ctypes`` library loading, symbol lookup, foreign calls and raw-address reads, and
-imports of sub-interpreter and test modules all raise ``PermissionError``/``ImportError``. The
-guard is a tripwire for accidents and naive code, **not a security boundary**: code in the same
-interpreter can defeat it on purpose (raw memory access through ``ctypes`` pointer objects --
-``ctypes`` stays importable because sympy needs it; malformed bytecode; monkeypatching stdlib
-internals the guard calls; C extensions that open files without audit events; racing a path
-check from a thread). On ``"namespaces"`` that leaves the kernel limits above intact; on
+symlinks/hard links, signals to processes outside the run (and to the "process" level's launcher),
+``setrlimit``, ``gc`` referrer/object walks, ``ctypes`` library loading, symbol lookup, foreign
+calls and raw-address reads, and imports of sub-interpreter and test modules all raise
+``PermissionError``/``ImportError``. The guard is a tripwire for accidents and naive code, **not a
+security boundary**: code in the same interpreter can defeat it on purpose (the reliability
+battery does, six ways: the hook's own functions reached through a traceback's frames or a
+``__fspath__`` it calls, then rewritten or their closure cells replaced; raw memory access through
+``ctypes`` pointer objects -- ``ctypes`` stays importable because sympy needs it; monkeypatching
+stdlib internals the guard calls, such as ``os.fspath`` or ``posixpath``; also malformed bytecode,
+C extensions that open files without audit events, racing a path check from a thread). On ``"namespaces"`` that leaves the kernel limits above intact; on
 ``"process"`` nothing else stands behind it.
 
 Always, whatever the level: a minimal environment built from scratch (no variable of the parent
@@ -94,7 +99,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from flowbot.errors import FlowBotError
-from flowbot.tools.proctree import RunWatch, kill_tree
+from flowbot.tools.proctree import RunWatch, kill_tree, kill_with_environ
 
 log = logging.getLogger(__name__)
 
@@ -262,6 +267,9 @@ def _choose_level(isolation: Isolation, host: _Host) -> str:
     if policy == "bwrap" and not host.bwrap:
         raise SandboxUnavailable(f"bwrap isolation is unavailable: {host.bwrap_reason}")
     if policy in LEVELS:
+        if policy == "process" and _claim_warning():  # chosen on purpose, and still said (once)
+            how = "requested" if isolation == "process" else f"--sandbox process / ${POLICY_ENV}=process"
+            log.warning("%s", _no_boundary_message(host, how))
         return policy
     best = _strongest(host)
     if best is not None:
@@ -269,13 +277,38 @@ def _choose_level(isolation: Isolation, host: _Host) -> str:
     if policy == "strict":
         raise SandboxUnavailable("sandbox policy 'strict': this host has no isolation boundary for generated "
                                  f"code ({_no_boundary_reason(host)}); refusing to run it")
-    if "process" not in _WARNED:
-        _WARNED.add("process")
-        log.warning("sandbox: NO ISOLATION BOUNDARY on this host (%s). LLM-written code runs as your user, "
-                    "stopped only by an audit guard that code can switch off: it could read your files and "
-                    "reach the network. Install bubblewrap (apt install bubblewrap), run as root, or use "
-                    "--sandbox strict to refuse.", _no_boundary_reason(host))
+    if _claim_warning():
+        log.warning("%s", _no_boundary_message(host, "auto"))
     return "process"
+
+
+def _claim_warning() -> bool:
+    """True the first time in this process: the no-boundary warning is said once."""
+    if "process" in _WARNED:
+        return False
+    _WARNED.add("process")
+    return True
+
+
+def _no_boundary_message(host: _Host, how: str) -> str:
+    """The warning for the "process" level, picked by "auto" or chosen ``how``."""
+    risk = ("LLM-written code runs as your user, stopped only by an audit guard that code can switch off: it could "
+            "read your files and reach the network.")
+    if how == "auto":
+        return (f"sandbox: NO ISOLATION BOUNDARY on this host ({_no_boundary_reason(host)}). {risk} Install "
+                "bubblewrap (apt install bubblewrap), run as root, or use --sandbox strict to refuse.")
+    best = _strongest(host)
+    fix = (f"This host has the '{best}' level: leave the sandbox at auto to use it." if best else
+           f"This host has no boundary ({_no_boundary_reason(host)}): install bubblewrap (apt install bubblewrap) "
+           "or run as root.")
+    return f"sandbox: NO ISOLATION BOUNDARY: the 'process' level was chosen ({how}). {risk} {fix}"
+
+
+async def no_boundary_warning(how: str) -> str | None:
+    """The warning for code run at the "process" level chosen ``how`` (e.g. "--sandbox process"),
+    the first time it is asked for or due in this process; None once it has been said."""
+    host = await _host()
+    return _no_boundary_message(host, how) if _claim_warning() else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -468,6 +501,7 @@ async def _execute(code: str, spec: _Spec, host: _Host, level: str) -> SandboxRe
     start = time.monotonic()
     collector = _Collector(spec.max_output_bytes)
     transport: asyncio.SubprocessTransport | None = None
+    marker: bytes | None = None  # "process" level: the environment entry every process of the run has
     try:
         code_path = os.path.join(run_dir, "main.py")
         with open(code_path, "w", encoding="utf-8") as f:
@@ -475,6 +509,8 @@ async def _execute(code: str, spec: _Spec, host: _Host, level: str) -> SandboxRe
         _scrub_once()
         try:
             argv, cwd, work, uid = _command(spec, host, level, run_dir, code_path, status_w)
+            if level == "process":  # (no namespace holds the run: its unique HOME names its processes)
+                marker = b"HOME=" + os.fsencode(work)
             transport, _ = await asyncio.get_running_loop().subprocess_exec(
                 lambda: collector, *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE, env=_child_env(work), cwd=cwd,
@@ -482,7 +518,7 @@ async def _execute(code: str, spec: _Spec, host: _Host, level: str) -> SandboxRe
         finally:
             os.close(status_w)
         watch = RunWatch(transport.get_pid(), uid=uid, work_dir=work if level == "process" else None)
-        result = await _supervise(transport, collector, spec, shell_codes=True, watch=watch)
+        result = await _supervise(transport, collector, spec, shell_codes=True, watch=watch, marker=marker)
         result.completed = _read_status(status_r) and not result.timed_out
         result.isolation = level
         result.duration_s = time.monotonic() - start
@@ -490,9 +526,11 @@ async def _execute(code: str, spec: _Spec, host: _Host, level: str) -> SandboxRe
     finally:
         if transport is not None:
             if not collector.exited.is_set():  # cancelled, or no exit seen: leave nothing running
-                _kill_run(transport.get_pid())
+                _kill_run(transport.get_pid(), marker)
             else:
                 _kill_group(transport.get_pid())  # whatever of its group is left
+                if marker is not None:  # and a process whose launcher was killed under it
+                    kill_with_environ(marker)
             transport.close()  # closes the pipes (and reaps an exited child asyncio did not report)
         os.close(status_r)
         await asyncio.to_thread(shutil.rmtree, run_dir, True)
@@ -594,9 +632,9 @@ class _Collector(asyncio.SubprocessProtocol):
 
 
 async def _supervise(transport: asyncio.SubprocessTransport, out: _Collector, spec: _Spec,
-                     shell_codes: bool, watch: RunWatch | None = None) -> SandboxResult:
+                     shell_codes: bool, watch: RunWatch | None = None, marker: bytes | None = None) -> SandboxResult:
     """Feed stdin, enforce the clock, the output cap and the run's totals, and collect the result;
-    every wait is bounded."""
+    every wait is bounded. ``marker``: an environment entry naming the run's processes (see _kill_run)."""
     pid = transport.get_pid()
     _feed(transport, spec.stdin.encode("utf-8"))
     reason: str | None = None
@@ -610,11 +648,11 @@ async def _supervise(transport: asyncio.SubprocessTransport, out: _Collector, sp
             monitor.cancel()
     if not out.exited.is_set():
         reason = why[0] if why else "output_limit" if out.overflow.is_set() else "timeout"
-        _kill_run(pid)
+        _kill_run(pid, marker)
     returncode, note = await _wait_exit(transport, out, pid)
     # The pipes reach EOF once every process holding them is gone; stragglers are killed.
     if not await _first_set((out.pipes_closed,), _PIPE_GRACE_S):
-        _kill_run(pid)
+        _kill_run(pid, marker)
         if not await _first_set((out.pipes_closed,), _PIPE_GRACE_S):
             note = _join(note, "output pipes still open after the run; closed them")
     if note:
@@ -697,11 +735,15 @@ def _kill_group(pid: int) -> None:
         pass
 
 
-def _kill_run(pid: int) -> None:
+def _kill_run(pid: int, marker: bytes | None = None) -> None:
     """Every process of the run: the tree below the child (a detached one is re-parented to the
-    run's subreaper, so it is still in the tree), then the child's process group."""
+    run's subreaper, so it is still in the tree), then the child's process group, then (``marker``,
+    on "process") any process still holding the run's environment entry: one detached after its
+    subreaper was killed is outside the tree."""
     kill_tree(pid)
     _kill_group(pid)
+    if marker is not None:
+        kill_with_environ(marker)
 
 
 async def _watch_totals(watch: RunWatch, spec: _Spec, over: asyncio.Event, why: list[str]) -> None:

@@ -3,7 +3,7 @@
 # Qwen2.5-Coder-1.5B in every role, each from the CoT seed with the same search budget (500 calls of
 # all roles together; the test evaluation is outside it and reported apart: --budget-scope search).
 # Resumable: run it again and nothing already paid for is paid again.
-#   results/drop-1.5b/methods.sh [flowbot|aflow|inner-only|feedback-global]...   (default: all four, in this order)
+#   results/drop-1.5b/methods.sh [flowbot|aflow|flowbot-v2|inner-only|feedback-global]...   (default: all, in this order)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=results/drop-1.5b
@@ -28,13 +28,20 @@ run() {  # name, extra options
   flowbot optimize $COMMON "$@" --run-dir "$OUT/$name"
 }
 
-for method in "${@:-flowbot aflow inner-only feedback-global}"; do
+for method in "${@:-flowbot aflow flowbot-v2 inner-only feedback-global}"; do
   for m in $method; do
     case $m in
-      inner-only)      run inner-only --inner-only ;;
+      # run 1 of FlowBot (code 4c02472): tune the seed first, whole-instruction rewrites, no guard
+      flowbot)         run flowbot --rounds 8 --no-specificity-guard ;;
       aflow)           run aflow --method aflow --rounds 8 ;;
-      flowbot)         run flowbot --rounds 8 ;;
-      feedback-global) run feedback-global --rounds 8 --feedback global ;;
+      # run 2 of FlowBot, after reading run 1's traces (reported apart, run 1 kept as it was): the
+      # paper's schedule (each round one structural step, then an inner step on the incumbent), and
+      # the rule step (one general rule added to a blamed node's instruction; a change naming the
+      # minibatch's examples is dropped before it is paid for)
+      flowbot-v2)      run flowbot-v2 --rounds 8 --schedule alternate --step rule ;;
+      # prompt-only and the backward-pass ablation use the same inner loop as FlowBot run 2
+      inner-only)      run inner-only --inner-only --step rule ;;
+      feedback-global) run feedback-global --rounds 8 --schedule alternate --step rule --feedback global ;;
       *) echo "unknown method $m" >&2; exit 2 ;;
     esac
   done

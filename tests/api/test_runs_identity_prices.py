@@ -6,22 +6,23 @@ import json
 import os
 import re
 import shlex
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 import flowbot
 from flowbot.api import default_run_dir, prepare_run
-from flowbot.cli.main import app
+from flowbot.cli.main import app, command_settings
 from flowbot.lm import LMRequest
 from flowbot.lm.pricing import PER_MILLION, UnknownPrice, parse_price, per_token_prices, require_prices
 from flowbot.lm.resolve import EMBEDDED_DEFAULT, HOSTED_DEFAULTS
 from flowbot.report.runs import list_runs, run_info
 from flowbot.tasks import Task
-from flowbot.testing import ScriptedLM
-from flowbot.testing import OpenAITestServer
+from flowbot.testing import OpenAITestServer, ScriptedLM
 
 
 def products(n: int, start: int) -> list[dict]:
@@ -92,6 +93,8 @@ def test_best_json_records_model_scores_and_version_and_export_shows_them(tmp_pa
     assert res.exit_code == 0, res.output
     module = (tmp_path / "m.py").read_text()
     assert "Tuned on model task" in module and "validation 0.500" in module and flowbot.__version__ in module
+    assert tuned["test_score"] == result.test_score == 0.5 and tuned["test_n"] == 4
+    assert "test 0.500 (seed 0.500, n=4)" in module  # the test score the run measured, in the module
     rows = [json.loads(line) for line in (tmp_path / "run" / "test_examples.jsonl").read_text().splitlines()]
     assert [r["id"] for r in rows] == [e["id"] for e in mult_task().examples("test")]
     assert all(r["best"]["trace"]["nodes"] and r["seed"]["score"] == r["best"]["score"] for r in rows)
@@ -174,16 +177,32 @@ def test_runs_lists_status_models_scores_spend_and_how_to_resume(tmp_path, monke
     for f in (root / "nested" / "interrupted").iterdir():
         os.utime(f, (old, old))
     make_run(root / "running")
-    (root / "running" / "run.lock").write_text(json.dumps({"pid": os.getpid()}))
     make_run(root / "crashed")
     (root / "crashed" / "run.lock").write_text("999999999")
+    make_run(root / "stale")  # a lock file naming a live pid (ours), held by no one: not running
+    (root / "stale" / "run.lock").write_text(json.dumps({"pid": os.getpid()}))
     (root / "not-a-run").mkdir()
-
-    found = {r.path.name: r for r in list_runs(root)}
-    assert set(found) == {"finished", "stopped", "interrupted", "running", "crashed"}
+    holder = subprocess.Popen(  # a real live lock, held by another process
+        [sys.executable, "-c", "import sys\nfrom flowbot.optim.rundir import RunDir\n"
+         f"rd = RunDir({str(root / 'running')!r})\nprint('ready', flush=True)\nsys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(flowbot.__file__).parents[1])})
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        found = {r.path.name: r for r in list_runs(root)}
+        listed = CliRunner().invoke(app, ["runs", str(root)])
+        as_json = json.loads(CliRunner().invoke(app, ["runs", str(root), "--json"]).output)
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    assert f"running: flowbot (pid {holder.pid} on " in listed.output
+    assert found["running"].holder.startswith(f"flowbot (pid {holder.pid} on ")
+    assert {r["status"] for r in as_json} == {"finished", "stopped", "interrupted", "running"}
+    assert run_info(root / "running").status == "finished"  # the lock went with its process
+    assert set(found) == {"finished", "stopped", "interrupted", "running", "crashed", "stale"}
     assert {k: r.status for k, r in found.items()} == {
         "finished": "finished", "stopped": "stopped", "interrupted": "interrupted", "running": "running",
-        "crashed": "finished"}
+        "crashed": "finished", "stale": "finished"}
     fin = found["finished"]
     assert (fin.task, fin.method, fin.task_model, fin.optimizer_model) == ("mult", "flowbot", "task", "task")
     assert (fin.seed_val, fin.best_val, fin.best_id, fin.seed_test, fin.test) == (0.5, 0.5, "c0", 0.5, 0.5)
@@ -197,8 +216,6 @@ def test_runs_lists_status_models_scores_spend_and_how_to_resume(tmp_path, monke
     out = CliRunner().invoke(app, ["runs", str(root)])
     assert out.exit_code == 0, out.output
     assert "interrupted" in out.output and "flowbot.optimize(..., run_dir=" in out.output
-    as_json = json.loads(CliRunner().invoke(app, ["runs", str(root), "--json"]).output)
-    assert {r["status"] for r in as_json} == {"finished", "stopped", "interrupted", "running"}
 
 
 def test_a_cli_run_records_its_command_and_a_benchmark_run_gets_a_rebuilt_one(tmp_path, monkeypatch):
@@ -239,3 +256,117 @@ def test_a_cli_run_records_its_command_and_a_benchmark_run_gets_a_rebuilt_one(tm
         payload = json.loads((tmp_path / "e.json").read_text())["results"][0]
         assert payload["task"] == "gsm8k" and payload["model"] == "served" and payload["n"] == 2
         assert payload["usage"]["task"]["calls"] == 0 and srv.request_count == before
+
+
+def test_the_resume_command_of_a_no_test_run_resumes_it(tmp_path, monkeypatch):
+    """A run without a test evaluation, with no test items and the search-only budget scope (as
+    results/smoke was made): its rebuilt command says so, and running it resumes the run."""
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    with OpenAITestServer(reply="Answer: 42") as srv:
+        flowbot.optimize("gsm8k", model="served", base_url=srv.base_url, run_dir=tmp_path / "run", train_size=3,
+                         val_size=2, test_size=0, evaluate_test=False, budget_scope="search", inner={"steps": 0},
+                         outer={"rounds": 0}, budget={"calls": 40})
+        info = run_info(tmp_path / "run")
+        args = shlex.split(info.command)
+        assert info.command_rebuilt and "--no-test" in args and "--budget-scope" in args
+        assert args[args.index("--test-size") + 1] == "0"
+        before = srv.request_count
+        again = runner.invoke(app, args[1:] + ["--no-report"])
+        assert again.exit_code == 0, again.output
+        assert "resuming" in again.output and srv.request_count == before
+        # a test split of 0 items is refused when the test is evaluated
+        refused = runner.invoke(app, [a for a in args[1:] if a != "--no-test"] + ["--no-report"])
+        assert refused.exit_code == 2 and "--test-size" in refused.output
+
+
+def test_the_rebuilt_command_keeps_the_inner_step_its_guard_and_the_schedule(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with OpenAITestServer(reply="Answer: 42") as srv:
+        flowbot.optimize("gsm8k", model="served", base_url=srv.base_url, run_dir=tmp_path / "run", train_size=3,
+                         val_size=2, test_size=2, inner={"steps": 0, "step": "rule", "specificity_guard": False},
+                         outer={"rounds": 0, "schedule": "alternate"}, budget={"calls": 40})
+        info = run_info(tmp_path / "run", command_settings)
+        args = shlex.split(info.command)
+        assert args[args.index("--step") + 1] == "rule" and "--no-specificity-guard" in args
+        assert args[args.index("--schedule") + 1] == "alternate" and info.not_resumable is None
+        before = srv.request_count
+        again = CliRunner().invoke(app, args[1:] + ["--no-report"])
+        assert again.exit_code == 0 and "resuming" in again.output, again.output
+        assert srv.request_count == before
+
+
+def _age_settings(run, edit):
+    """Rewrite a run's saved settings as an older FlowBot left them."""
+    config = json.loads((run / "config.json").read_text())
+    edit(config["config"]["optimize"])
+    (run / "config.json").write_text(json.dumps(config))
+
+
+def _before_racing(opt):
+    del opt["racing"]
+    opt["outer"].update(edit_max_tokens=600, patience=3)
+
+
+def test_runs_says_which_runs_this_version_cannot_resume(tmp_path, monkeypatch):
+    """A run whose saved settings today's code would refuse on resume (here: made before racing
+    existed, with other defaults, as results/gsm8k was) gets no resume command but the settings
+    that changed; the command it would have printed is indeed refused, naming the same settings."""
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    with OpenAITestServer(reply="Answer: 42") as srv:
+        args = ["optimize", "--task", "gsm8k", "--model", "served", "--base-url", srv.base_url, "--train-size", "3",
+                "--val-size", "2", "--test-size", "2", "--steps", "0", "--rounds", "0", "--budget-calls", "40",
+                "--no-report", "--run-dir", "runs/cli"]
+        monkeypatch.setattr(sys, "argv", ["flowbot", *args])
+        assert runner.invoke(app, args).exit_code == 0
+        flowbot.optimize("gsm8k", model="served", base_url=srv.base_url, run_dir="runs/rebuilt", train_size=3,
+                         val_size=2, test_size=2, inner={"steps": 0}, outer={"rounds": 0}, budget={"calls": 40})
+        make_run(tmp_path / "runs" / "python")
+        make_run(tmp_path / "runs" / "python-legacy")
+        assert all(r.not_resumable is None for r in list_runs("runs", command_settings))  # today's runs resume
+
+        for name in ("cli", "rebuilt", "python"):
+            _age_settings(tmp_path / "runs" / name, _before_racing)
+        # a setting added since, whose legacy value reproduces the old behaviour, does not count
+        _age_settings(tmp_path / "runs" / "python-legacy", lambda opt: opt["outer"].pop("schedule"))
+        found = {r.path.name: r for r in list_runs("runs", command_settings)}
+        changed = "settings changed: optimize.outer.edit_max_tokens, optimize.outer.patience, optimize.racing"
+        for name in ("cli", "rebuilt"):
+            assert found[name].not_resumable == f"not resumable with this version ({changed})", name
+        # from Python the old values can be given again; a section this version adds cannot be left out
+        assert found["python"].not_resumable == "not resumable with this version (settings changed: optimize.racing)"
+        assert found["python-legacy"].not_resumable is None
+
+        out = runner.invoke(app, ["runs", "runs"]).output
+        lines = [line for line in out.splitlines() if line.startswith("#")]
+        assert sum(f"not resumable with this version ({changed})" in line for line in lines) == 2
+        assert sum("not resumable with this version" in line for line in lines) == 3
+        assert len([line for line in lines if "resume:" in line]) == 1  # python-legacy only
+        assert json.loads(runner.invoke(app, ["runs", "runs", "--json"]).output)[0]["not_resumable"]
+
+        before = srv.request_count
+        for name in ("cli", "rebuilt"):
+            refused = runner.invoke(app, shlex.split(found[name].command)[1:])
+            assert refused.exit_code != 0 and "other settings (optimize.outer.edit_max_tokens, optimize.outer." \
+                "patience, optimize.racing)" in refused.output, refused.output
+        assert srv.request_count == before
+
+
+def test_a_resume_command_that_no_longer_parses_is_not_offered(tmp_path):
+    make_run(tmp_path / "run")
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    config["command"] = "flowbot optimize --task gsm8k --option-of-long-ago 3"
+    (tmp_path / "run" / "config.json").write_text(json.dumps(config))
+    info = run_info(tmp_path / "run", command_settings)
+    assert info.not_resumable.startswith("not resumable with this version (its command line does not parse: ")
+    assert "--option-of-long-ago" in info.not_resumable
+
+
+def test_the_committed_runs_made_before_racing_are_flagged():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "results" / "gsm8k"
+    found = list_runs(root, command_settings)
+    assert {r.path.name for r in found} == {"flowbot", "aflow", "inner-only"}
+    assert all(r.not_resumable and "optimize.racing" in r.not_resumable for r in found)

@@ -124,7 +124,72 @@ def test_a_resumed_run_continues_its_mlflow_run_and_logs_nothing_twice(tmp_path)
     assert len(client.get_metric_history(first.info.run_id, "val_score")) == n_val
 
 
+def test_a_run_stopped_early_and_resumed_with_more_budget_adds_to_its_mlflow_run(tmp_path):
+    """Stopped (a STOP file) after its first structural proposal, then resumed with a larger budget:
+    the same MLflow run gains the new candidates' scores, the test scores and the new spend, at
+    later steps, and what the first session logged is not logged again."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    path = tmp_path / "run"
+
+    def stop_after_proposal(event):
+        if event["type"] == "proposal":
+            (path / "STOP").write_text("")
+
+    first = run(path, uri, budget={"calls": 200}, callbacks=[stop_after_proposal])
+    assert first.stopped and "stop file" in first.stopped and first.test_score is None
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("flowbot")
+    (mrun,) = client.search_runs([exp.experiment_id])
+    run_id = mrun.info.run_id
+    assert "test_score" not in mrun.data.metrics and mrun.data.tags["flowbot.stopped"].startswith("stop file")
+
+    def history(key):
+        return [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
+
+    val_before, calls_before = history("val_score"), history("spend.task.calls")
+    last_step = max(step for step, _ in calls_before)
+
+    second = run(path, uri, budget={"calls": 400})
+    assert second.resumed and second.stopped is None and second.test_score == 1.0
+    (again,) = client.search_runs([exp.experiment_id])
+    assert again.info.run_id == run_id and again.info.status == "FINISHED"
+    assert again.data.tags["flowbot.stopped"] == "no" and again.data.metrics["test_score"] == 1.0
+    val_after, calls_after = history("val_score"), history("spend.task.calls")
+    assert val_after[:len(val_before)] == val_before  # nothing logged twice ...
+    new = val_after[len(val_before):]
+    assert new and all(step > last_step for step, _ in new)  # ... and the new candidates at later steps
+    summary = json.loads((path / "summary.json").read_text())
+    assert [v for _, v in val_after] == [c["val_score"] for c in summary["candidates"]]
+    assert calls_after[-1] == (max(s for s, _ in calls_after), summary["usage_by_role"]["task"]["calls"])
+    assert len(calls_after) > len(calls_before)
+
+
+def test_the_state_file_is_written_atomically(tmp_path, monkeypatch):
+    """A reader (or a kill) never sees half of mlflow.json: it is renamed over the old one."""
+    import os
+
+    from flowbot.integrations.mlflow import STATE_FILE, MlflowRun
+
+    renamed = []
+    real_replace = os.replace
+
+    def replace(src, dst, *a, **kw):
+        renamed.append((str(src), str(dst)))
+        return real_replace(src, dst, *a, **kw)
+
+    monkeypatch.setattr(os, "replace", replace)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    mrun = MlflowRun.open(run_dir, {"task": "mult", "method": "flowbot"}, tracking_uri=f"sqlite:///{tmp_path / 'm.db'}")
+    mrun.finish()
+    state = run_dir / STATE_FILE
+    assert json.loads(state.read_text())["run_id"] == mrun.run_id
+    assert any(dst == str(state) and src != dst and os.path.dirname(src) == str(run_dir) for src, dst in renamed)
+    assert not list(run_dir.glob(".*.tmp"))
+
+
 def test_mlflow_turns_on_with_the_tracking_uri_and_off_when_told(monkeypatch, tmp_path):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # off by default: whatever the machine has set
     assert not mlflow_enabled(None) and not mlflow_enabled(False)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'env.db'}")
     assert mlflow_enabled(None) and not mlflow_enabled(False) and mlflow_enabled(True)

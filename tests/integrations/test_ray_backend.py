@@ -178,3 +178,74 @@ def test_cli_eval_on_ray_over_http_matches_asyncio(cluster, tmp_path):
     a, b = (json.loads((tmp_path / f"{n}.json").read_text())["results"][0] for n in ("a", "b"))
     assert [e["prediction"] for e in a["examples"]] == [e["prediction"] for e in b["examples"]]
     assert a["score"] == b["score"] and a["usage"] == b["usage"]
+
+
+def test_a_dollar_budget_across_workers_on_a_priced_server(cluster, tmp_path):
+    """A served model priced with ``prices=`` (an unpriced server is refused under a dollar cap, on
+    Ray as here): the workers' calls are priced, the one budget stops them all once the dollars are
+    used up, and the overshoot is at most the calls in flight, as on the asyncio backend."""
+    from flowbot.lm.pricing import UnknownPrice
+    from flowbot.testing import OpenAITestServer
+
+    cap, concurrency = 0.01, 4
+    with OpenAITestServer(reply="Answer: 7", latency_s=0.05) as srv:
+        kw = dict(split="test", model="served", base_url=srv.base_url, budget={"usd": cap}, concurrency=concurrency)
+        with pytest.raises(UnknownPrice, match="model 'served'"):
+            flowbot.evaluate("cot", task(), cache=tmp_path / "u.sqlite", backend=cluster, **kw)
+        assert srv.request_count == 0
+        priced = {"served": (100.0, 100.0)}  # dollars per million tokens
+        local = flowbot.evaluate("cot", task(), cache=tmp_path / "a.sqlite", prices=priced, **kw)
+        remote = flowbot.evaluate("cot", task(), cache=tmp_path / "b.sqlite", backend=cluster, prices=priced, **kw)
+        assert srv.max_in_flight > 1  # the workers' calls overlapped
+    for ev in (local, remote):
+        u = ev.usage["task"]
+        assert u["cost_usd"] == pytest.approx((u["prompt_tokens"] + u["completion_tokens"]) * 100e-6)
+        per_call = u["cost_usd"] / u["calls"]
+        assert cap <= u["cost_usd"] < cap + concurrency * per_call  # used up; over by the calls in flight only
+        assert ev.batch.stopped and f"${cap:g}" in ev.batch.stopped and ev.n < 10
+    assert local.usage["task"]["calls"] + remote.usage["task"]["calls"] == srv.request_count
+
+
+def test_a_permanent_error_on_a_worker_stops_eval_with_one_line(cluster, tmp_path):
+    """`flowbot eval --backend ray` with a bad key: the first 401 on any worker stops the
+    evaluation (no table of zeros), exit non-zero, one line; only calls in flight were made."""
+    from typer.testing import CliRunner
+
+    from flowbot.cli.main import app
+    from flowbot.testing import Fault, OpenAITestServer
+
+    rows = tmp_path / "d.jsonl"
+    rows.write_text("".join(json.dumps(r) + "\n" for r in products(24, 0)))
+    with OpenAITestServer(reply="Answer: 1", latency_s=0.05, fault_rule=lambda body: Fault.bad_key()) as srv:
+        res = CliRunner().invoke(app, ["eval", "--data", str(rows), "--input", "question", "--target", "answer",
+                                       "--metric", "numeric", "--model", "served", "--base-url", srv.base_url,
+                                       "--split", "train", "--concurrency", "2", "--backend", "ray",
+                                       "--cache", str(tmp_path / "c.sqlite"), "--out", str(tmp_path / "e.json")])
+        assert srv.request_count <= 2  # the calls in flight, not one per example
+    assert res.exit_code != 0
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "authentication failed" in lines[0], res.stderr
+    assert "Traceback" not in res.output and not (tmp_path / "e.json").exists()
+
+
+def test_a_permanent_error_raised_on_ray_is_the_workers_error(cluster, tmp_path):
+    from flowbot.lm import LMPermanentError
+
+    with pytest.raises(LMPermanentError, match="ScriptedLM has no reply"):
+        flowbot.evaluate("cot", task(), split="test", model="task", providers={"task": ScriptedLM(model="task")},
+                         cache=tmp_path / "p.sqlite", backend=cluster, concurrency=2)
+
+
+def test_a_broken_metric_stops_an_evaluation_on_ray(cluster, tmp_path):
+    from flowbot.errors import MetricFailure
+
+    def two(example, prediction):
+        return 2.0
+
+    broken = Task("mult", train=products(6, 0), val=products(4, 100), test=products(10, 200), inputs=["question"],
+                  targets=["answer"], metric=two)
+    with pytest.raises(MetricFailure) as info:
+        flowbot.evaluate("cot", broken, split="test", model="task", providers={"task": task_lm()},
+                         cache=tmp_path / "m.sqlite", backend=cluster, concurrency=2)
+    text = str(info.value)
+    assert "metric two failed" in text and "example 'p2" in text and "between 0 and 1" in text

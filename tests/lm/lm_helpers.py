@@ -26,7 +26,8 @@ class RecordingPolicy(RetryPolicy):
 
 
 def fast_policy(**kw) -> RecordingPolicy:
-    args = dict(max_attempts=4, base_delay=0.01, max_delay=1.0, attempt_timeout=2.0,
+    # a generous attempt timeout: a loaded CI machine is slow, and only the timeout tests mean to time out
+    args = dict(max_attempts=4, base_delay=0.01, max_delay=1.0, attempt_timeout=30.0,
                 rng=random.Random(0))
     args.update(kw)
     return RecordingPolicy(**args)

@@ -186,27 +186,65 @@ async def test_a_json_schema_constrains_decoding_and_combines_with_prefix_reuse(
     assert warm.texts == cold.texts
 
 
-async def test_a_proposal_decoded_under_the_parents_schema_applies(provider):
-    """The 0.5B, constrained by the proposal schema of the DROP CoT seed, writes an edit that applies."""
-    from flowbot.lm.structured import complete_json
-    from flowbot.optim.operators import apply_operator, context_for_task
-    from flowbot.optim.proposal import match_choice, new_choices, proposal_schema
+DROP_FAILURES = [  # (passage, question, gold, the seed's answer): what the search shows the optimizer
+    ("The Bears scored twice in the first quarter: a 12-yard run and a 35-yard field goal. In the third "
+     "quarter they added a 20-yard pass.", "How many yards did the Bears score from in total?", "67", "47"),
+    ("In 1990 the town had 4,210 residents; by 2000 it had 5,035.", "How many more residents were there in "
+     "2000 than in 1990?", "825", "835"),
+    ("Smith caught passes of 8, 14 and 31 yards.", "Which was Smith's longest catch?", "31", "14 yards and 31"),
+]
+
+
+async def propose_on_drop(optimizer: LMClient, events: list) -> tuple:
+    """FlowBot's proposal step exactly as a run wires it: ``flowbot_search`` with the default
+    :class:`OuterConfig` (the production prompt, the parent's proposal schema, the critique bound and
+    ``max_tokens``), the DROP CoT seed as the parent, its failures formatted by the search itself."""
+    from flowbot.lm import Budget
+    from flowbot.optim.archive import Archive
+    from flowbot.optim.budgeting import BudgetPlan
+    from flowbot.optim.operators import context_for_task
+    from flowbot.optim.outer import OuterConfig, flowbot_search
+    from flowbot.optim.racing import PairedRacing
+    from flowbot.optim.search import ProposalCounts
+    from flowbot.runtime.batch import BatchResult, ExampleResult
     from flowbot.tasks.benchmarks import BENCHMARKS
     from flowbot.tasks.seeds import benchmark_baseline
     from flowbot.tools import default_registry
 
-    ctx = context_for_task(BENCHMARKS["drop"], default_registry().signatures())
-    parent = benchmark_baseline("drop", "cot")
-    choices = new_choices(parent, ctx, set())
-    schema = proposal_schema(choices, critique_chars=120)
-    messages = [{"role": "system", "content": "You improve the structure of AI workflows."},
-                {"role": "user", "content": "The workflow answers reading-comprehension questions with arithmetic "
-                 "in one step and often miscounts. Pick one edit. Reply with JSON: a short critique, then the edit."}]
-    reply = await complete_json(LMClient(provider, role="optimizer"), messages, schema, max_tokens=120)
-    assert reply.status == "valid" and reply.constrained
-    choice = match_choice(choices, reply.value["edit"])
-    assert choice is not None
-    edit = reply.value["edit"]
-    child = apply_operator(parent, edit["op"], edit["target"], ctx,
-                           **{k: v for k, v in edit.items() if k not in ("op", "target")})
-    child.check(ctx.tools)
+    drop = BENCHMARKS["drop"]
+    ctx = context_for_task(drop, default_registry().signatures())
+    search = flowbot_search(evaluator_for=lambda budget: None, optimizer=optimizer, ctx=ctx,  # type: ignore
+                            task_description=drop.description, config=OuterConfig(), racing=PairedRacing(),
+                            plan=BudgetPlan(Budget(), n_val=4, n_test=0), tuner=None, on_event=events.append,
+                            targets=tuple(drop.targets))
+    rows = [ExampleResult(f"d{i}", {"id": f"d{i}", "passage": p, "question": q, "answers": [gold]},
+                          {"answer": said}, 0.0) for i, (p, q, gold, said) in enumerate(DROP_FAILURES)]
+    rows.append(ExampleResult("d3", {"id": "d3", "passage": "It rained twice.", "question": "How many times did "
+                              "it rain?", "answers": ["2"]}, {"answer": "2"}, 1.0))
+    parent = search._entry("c0", benchmark_baseline("drop", "cot"), BatchResult(rows, len(rows)), None, "seed", None)
+    parent.blame, parent.tokens_per_example = {"solve": 3}, 450.0
+    archive = Archive()
+    archive.add(parent)
+    archive.accept(parent)
+    counts = ProposalCounts()
+    proposed = await search.expander.propose(parent, archive, Budget(), counts)
+    return proposed, counts, ctx, parent, search.expander
+
+
+async def test_a_proposal_decoded_under_the_parents_schema_applies(provider):
+    """The 0.5B as the search's optimizer, through the production proposal step (see
+    :func:`propose_on_drop`): its first reply, decoded under the DROP CoT seed's proposal schema,
+    is a valid edit whose child applies, passes validation and is new."""
+    from flowbot.optim.outer import OuterConfig
+    from flowbot.optim.proposal import LLMProposal
+
+    events: list = []
+    proposed, counts, ctx, parent, expander = await propose_on_drop(LMClient(provider, role="optimizer"), events)
+    assert isinstance(expander, LLMProposal)
+    assert (expander.max_tokens, expander.critique_chars) == (OuterConfig.edit_max_tokens, OuterConfig.critique_chars)
+    assert proposed is not None and (counts.made, counts.valid, counts.invalid) == (1, 1, 0), events
+    made = [e for e in events if e.type == "proposal"]
+    assert made[0].status == "valid" and not made[0].repaired  # constrained: right the first time
+    proposed.workflow.check(ctx.tools)
+    assert proposed.workflow.sketch.signature() != parent.workflow.sketch.signature()
+    assert len(proposed.critique) <= OuterConfig.critique_chars

@@ -117,3 +117,60 @@ def test_events_round_trip_and_unknown_ones_stay_dicts():
     assert isinstance(partial, dict)  # missing fields: left as the dict it was
     assert CandidateEvaluated.type == "candidate_evaluated"
 
+
+
+def spend(budget: Budget, calls: int) -> None:
+    for _ in range(calls):
+        budget.start_call()
+        budget.finish_call(Usage(1, 1))
+
+
+def test_a_candidate_is_raced_only_when_its_test_would_fit_too():
+    """A winner grows the test reserve to its own test evaluation: a three-call child of a one-call
+    seed whose test answers are cached needs 3 × 60 test calls once it wins, not only 62 to race."""
+    budget = Budget(max_calls=150)
+    plan = BudgetPlan(budget, n_val=20, n_test=60)
+    plan.set_seed(Price(1.0, 0.0, 0.0), uncached_test_items=0)
+    spend(budget, 20)  # the seed's validation
+    child = Price(3.0, 0.0, 0.0)
+    assert plan.affords(plan.full_validation(child))  # its validation alone fits, but...
+    assert plan.race_and_test(child).calls == 3 * 20 + 2 + 3 * 60
+    assert not plan.affords_candidate(child) and plan.candidates_afforded(child) == 0
+    assert plan.affords_candidate(Price(1.0, 0.0, 0.0)) and plan.candidates_afforded(Price(1.0, 0.0, 0.0)) == (130 - 60) // 22
+
+
+@pytest.mark.parametrize("calls", [1.0, 1.5, 2.0, 3.0, 5.0])
+@pytest.mark.parametrize("uncached", [0, 30, 60])
+def test_whatever_wins_its_test_stays_paid_for(calls, uncached):
+    """The invariant: race a candidate the plan affords, let it win, reserve its test: the headroom
+    never goes negative (so the final test evaluation is complete)."""
+    for limit in range(100, 700, 25):
+        budget = Budget(max_calls=limit, max_tokens=400 * limit)
+        plan = BudgetPlan(budget, n_val=20, n_test=60)
+        plan.set_seed(Price(1.0, 400.0, 0.0), uncached_test_items=uncached)
+        spend(budget, 20)
+        child = Price(calls, 400.0 * calls, 0.0)
+        if not plan.affords_candidate(child):
+            continue
+        spend(budget, int(child.calls * 20) + 2)  # its full raced validation and the proposal
+        plan.reserve_test(child, best_is_seed=False)
+        assert all(room >= 0 for room in plan.headroom().values()), (limit, plan.headroom())
+
+
+def test_a_winner_that_cost_more_than_projected_is_not_kept_when_its_test_cannot_be_paid():
+    from flowbot.optim.racing import RaceResult
+    from flowbot.runtime.batch import BatchResult, ExampleResult
+
+    def scored(calls: int) -> BatchResult:  # 20 items, ``calls`` in all
+        return BatchResult([ExampleResult(f"e{i}", {}, {}, 1.0) for i in range(20)], 20, calls=calls)
+
+    budget = Budget(max_calls=150)
+    plan = BudgetPlan(budget, n_val=20, n_test=60)
+    plan.set_seed(Price(1.0, 0.0, 0.0), uncached_test_items=0)
+    spend(budget, 20 + 62)
+    won = RaceResult(True, "5 wins, 0 losses", 5, 0, 15, 20, 20, 0.03, scored(60))
+    plan.check_winner(won)  # measured at three calls an example: 180 test calls do not fit in 68
+    assert not won.accepted and "test evaluation does not fit" in won.reason
+    cheap = RaceResult(True, "5 wins, 0 losses", 5, 0, 15, 20, 20, 0.03, scored(20))
+    plan.check_winner(cheap)
+    assert cheap.accepted

@@ -177,17 +177,45 @@ async def test_resume_after_stop_repays_nothing_and_matches_a_full_run(tmp_path)
     assert second.summary["racing"] == ref.summary["racing"]
 
 
-async def test_a_small_budget_keeps_the_seed_and_never_overspends(tmp_path):
-    # 8 calls score the seed; every child makes 2+ calls on each of the 8 items (16+ calls), more than
-    # is left after the seed's tuning share, so no child is offered to the optimizer at all
-    events = []
+async def test_a_resumed_run_counts_the_time_its_earlier_session_spent(tmp_path, monkeypatch):
+    """A 60 s time budget stops the first session after 61 s; the resumed session starts with that
+    time spent (sessions.json), so it stops at once and pays nothing, instead of a fresh 60 s."""
+    from types import SimpleNamespace
+
+    import flowbot.optim.rundir as rundir
+    from flowbot.lm import Budget
+    now = [1000.0]
+    clock = lambda: now[0]  # noqa: E731 -- one fake clock for the budget and the run directory
+    import time as real_time
+    # the run directory's wall clock is fake; its lock's waits (monotonic, sleep) stay real
+    monkeypatch.setattr(rundir, "time", SimpleNamespace(time=clock, monotonic=real_time.monotonic,
+                                                        sleep=real_time.sleep))
+
+    def slow_seed(event):  # the seed's validation took 61 s
+        if event["type"] == "seed_evaluated" and not event["replayed"]:
+            now[0] += 61.0
+
+    t1, o1 = task_lm(), optimizer_lm()
+    first = await prepare(tmp_path, t1, o1, budget=Budget(max_seconds=60, clock=clock)).arun([slow_seed])
+    assert first.stopped and "time budget of 60 s is used up" in first.stopped
+    assert len(t1.calls) == 8 and not o1.calls  # the seed's validation, then nothing
+    t2, o2 = task_lm(), optimizer_lm()
+    second = await prepare(tmp_path, t2, o2, budget=Budget(max_seconds=60, clock=clock)).arun()
+    assert second.resumed and "time budget of 60 s is used up" in second.stopped
+    assert not t2.calls and not o2.calls
+    assert second.summary["budget"]["spent"]["seconds"] >= 61.0
+
+
+async def test_a_small_budget_is_refused_and_the_least_it_names_is_kept_within(tmp_path):
+    # 8 calls score the seed; the cheapest child makes 2 calls on each of the 8 items after a 2-call
+    # proposal (18 calls): 25 calls cannot pay for one, and the refusal names the least that can
     t, o = task_lm(), optimizer_lm()
-    result = await prepare(tmp_path, t, o, budget={"calls": 25}, budget_scope="search",
-                           outer={"rounds": 3}).arun([events.append])
-    assert result.best_id == "c0" and result.best.sketch.node_ids() == ["solve"]
-    assert not proposals(o) and result.stopped == "no new candidate the budget can pay for"
-    assert result.summary["budget"]["spent"]["calls"] <= 25
-    assert json.loads((tmp_path / "run" / "best.json").read_text())["sketch"]["nodes"][0]["id"] == "solve"
+    with pytest.raises(ValueError, match="cannot pay for one structural candidate.*--budget-calls to at least 26"):
+        await prepare(tmp_path, t, o, budget={"calls": 25}, budget_scope="search", outer={"rounds": 3}).arun()
+    assert not t.calls and not o.calls and not (tmp_path / "run").exists()
+    result = await prepare(tmp_path, t, o, budget={"calls": 26}, budget_scope="search", outer={"rounds": 3}).arun()
+    assert proposals(o) and result.summary["budget"]["spent"]["calls"] <= 26
+    assert json.loads((tmp_path / "run" / "best.json").read_text())["sketch"]["nodes"]
 
 
 async def test_a_budget_that_affords_one_child_keeps_what_it_won(tmp_path):
@@ -222,6 +250,54 @@ async def test_the_test_reserve_counts_only_uncached_seed_items(tmp_path):
     assert plan["reserved_for_test"].startswith("0 calls") and "0 of 6 seed test items uncached" in plan["reserved_for_test"]
 
 
+def case_task(n_test: int = 30) -> Task:
+    def rows(prefix: str, n: int) -> list[dict]:
+        return [{"id": f"{prefix}{i}", "question": f"{prefix}word{i}", "answer": f"{prefix}word{i}".upper()}
+                for i in range(n)]
+    return Task("case", train=rows("t", 10), val=rows("v", 6), test=rows("x", n_test), inputs=["question"],
+                targets=["answer"], description="copy the question in the right case", metric=same_case)
+
+
+def same_case(example: dict, prediction: dict) -> float:
+    return float(prediction.get("answer") == example["answer"])
+
+
+def case_task_lm() -> ScriptedLM:
+    """Copies the question; in capitals once its instruction says UPPERCASE."""
+    def reply(req: LMRequest, i: int) -> str:
+        q = re.search(r"Question:\n(\S+)", req.messages[-1][1]).group(1)
+        return "Answer: " + (q.upper() if "UPPERCASE" in req.messages[0][1] else q)
+    return ScriptedLM(default=reply, model="task")
+
+
+def case_optimizer() -> ScriptedLM:
+    return ScriptedLM([
+        (r"What is wrong with the output\?", "The output is lowercase; the correct answer is uppercase."),
+        (r"Reply with exactly these lines", "GRADIENT: require UPPERCASE output."),
+        (r"<instruction>", "<instruction>Repeat the question in UPPERCASE letters.</instruction>"),
+    ], model="optimizer")
+
+
+async def test_a_tuned_seed_keeps_its_test_evaluation_paid_for(tmp_path):
+    """The seed's test answers are cached, so nothing is reserved for them; the inner loop's rewrite
+    wins, and the tuned workflow's 30 test items must then be paid from the 65 calls. The inner loop
+    reserves them as soon as it wins, so it takes no step it could not pay for beside them."""
+    import flowbot
+    run = tmp_path / "run"
+    run.mkdir()
+    cache = ResponseCache(run / "cache.sqlite")
+    await flowbot.aevaluate("cot", case_task(), split="test", cache=cache, providers={"task": case_task_lm()},
+                            model="task")
+    cache.close()
+    events = []
+    result = await prepare(tmp_path, case_task_lm(), case_optimizer(), task=case_task(), method="inner-only",
+                           budget={"calls": 65}, inner={"steps": 3, "demos": 0}).arun([events.append])
+    assert result.val_score == 1.0 and "UPPERCASE" in result.best.params["solve"].instruction
+    assert len(result.test.results) == 30 and result.test_score == 1.0
+    assert not any(e["type"] == "budget_warning" and "test evaluation incomplete" in e["message"] for e in events)
+    assert result.summary["budget"]["spent"]["calls"] <= 65
+
+
 def test_a_budget_too_small_for_one_candidate_is_refused_before_paying(tmp_path):
     t, o = task_lm(), optimizer_lm()
     prepared = prepare(tmp_path, t, o, budget={"calls": 20})
@@ -233,6 +309,50 @@ def test_a_budget_too_small_for_one_candidate_is_refused_before_paying(tmp_path)
     assert not t.calls and not o.calls and not (tmp_path / "run").exists()
     roomy = prepare(tmp_path, t, o, budget={"calls": 400}).estimate()
     assert roomy.refusal is None and roomy.candidates >= 1
+
+
+def test_a_tokens_or_dollars_budget_too_small_for_one_candidate_is_refused_before_paying(tmp_path):
+    import asyncio
+    t, o = task_lm(), optimizer_lm()
+    tokens = prepare(tmp_path, t, o, budget={"tokens": 2000})
+    est = tokens.estimate()
+    assert est.candidates == 0 and "cannot pay for one structural candidate" in est.refusal
+    assert "--budget-tokens to at least" in est.refusal
+    with pytest.raises(ValueError, match="--budget-tokens to at least"):
+        asyncio.run(tokens.arun())
+    assert not t.calls and not o.calls and not (tmp_path / "run").exists()
+    priced = {"task": (1.0, 2.0), "optimizer": (1.0, 2.0)}  # dollars per million tokens
+    usd = prepare(tmp_path, t, o, budget={"usd": 0.001}, prices=priced).estimate()
+    assert usd.candidates == 0 and "--budget-usd to at least $" in usd.refusal
+    assert prepare(tmp_path, t, o, budget={"usd": 5.0}, prices=priced).estimate().candidates >= 1
+    assert prepare(tmp_path, t, o, budget={"tokens": 10**6}).estimate().candidates >= 1
+    tuning_only = prepare(tmp_path, t, o, budget={"tokens": 2000}, outer={"rounds": 0}).estimate()
+    assert "cannot pay for one inner-loop rewrite" in tuning_only.refusal  # no structural step to price
+
+
+async def test_the_estimate_counts_cached_seed_answers_as_the_run_does(tmp_path):
+    """With the seed's validation and test answers in the run's cache, only a child's race (8 items
+    × 2 calls, a 2-call proposal) and, should it win, its 6 test items × 2 calls are left to pay."""
+    import flowbot
+    run = tmp_path / "run"
+    run.mkdir()
+    cache = ResponseCache(run / "cache.sqlite")
+    for split in ("val", "test"):
+        await flowbot.aevaluate("cot", mult_task(), split=split, cache=cache, providers={"task": task_lm()},
+                                model="task")
+    cache.close()
+    t, o = task_lm(), optimizer_lm()
+    short = await prepare(tmp_path, t, o, budget={"calls": 29}, outer={"rounds": 1}).aestimate()
+    assert short.candidates == 0 and "--budget-calls to at least 30" in short.refusal
+    assert not t.calls and not o.calls
+    enough = prepare(tmp_path, t, o, budget={"calls": 30}, outer={"rounds": 1})
+    assert (await enough.aestimate()).candidates == 1
+    result = await enough.arun()
+    assert result.best.sketch.node_ids()[0] == "write_program" and len(result.test.results) == 6
+    assert result.summary["budget"]["spent"]["calls"] <= 30
+    # without the cache the seed's validation (8) and test items (6) are paid too
+    fresh = prepare(tmp_path / "fresh", t, o, budget={"calls": 43}).estimate()
+    assert "--budget-calls to at least 44" in fresh.refusal
 
 
 async def test_changed_settings_refuse_to_reuse_a_run_dir(tmp_path):
@@ -255,11 +375,40 @@ def test_resume_ignores_settings_the_method_does_not_use(tmp_path):
     assert changed_settings({"a": {"x": 1}}, {"a": {"x": 1, "new": 3}}, set()) == ["a.new"]
 
 
+def test_a_resume_may_raise_the_budget_but_not_change_how_it_is_divided(tmp_path):
+    from flowbot.optim.rundir import RunDir
+    first = prepare(tmp_path, task_lm(), optimizer_lm(), budget={"calls": 50})
+    with RunDir(first.run_dir) as rd:
+        rd.start(first.settings)
+    with RunDir(first.run_dir) as rd:  # more calls, wider: the same run
+        assert rd.start(prepare(tmp_path, task_lm(), optimizer_lm(), budget={"calls": 90}, concurrency=8).settings)[1]
+    other_scope = prepare(tmp_path, task_lm(), optimizer_lm(), budget={"calls": 50}, budget_scope="search")
+    with pytest.raises(ValueError, match=r"optimize\.budget\.scope"), RunDir(first.run_dir) as rd:
+        rd.start(other_scope.settings)
+
+
 def test_bad_policy_names_are_refused(tmp_path):
     with pytest.raises(ValueError, match="proposal policy"):
         prepare(tmp_path, task_lm(), optimizer_lm(), outer={"proposal": "random"})
     with pytest.raises(ValueError, match="budget scope"):
         prepare(tmp_path, task_lm(), optimizer_lm(), budget_scope="everything")
+    with pytest.raises(ValueError, match="rule or rewrite"):
+        prepare(tmp_path, task_lm(), optimizer_lm(), inner={"step": "append"})
+
+
+def test_a_run_made_before_the_rule_step_and_the_guard_resumes_only_without_the_guard(tmp_path):
+    from flowbot.optim.rundir import RunDir
+    first = prepare(tmp_path, task_lm(), optimizer_lm(), inner={"specificity_guard": False})
+    old = json.loads(json.dumps(first.settings))
+    for key in ("step", "max_rules", "specificity_guard"):  # as a run made before these settings existed
+        del old["optimize"]["inner"][key]
+    with RunDir(first.run_dir) as rd:
+        rd.start(old)
+    with RunDir(first.run_dir) as rd:  # the guard off, rewrite steps: how that run behaved
+        assert rd.start(first.settings)[1]
+    guarded = prepare(tmp_path, task_lm(), optimizer_lm())
+    with pytest.raises(ValueError, match=r"optimize\.inner\.specificity_guard"), RunDir(first.run_dir) as rd:
+        rd.start(guarded.settings)
 
 
 def test_a_run_made_before_a_setting_existed_resumes_with_its_legacy_value(tmp_path):

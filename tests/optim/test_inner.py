@@ -5,6 +5,7 @@ import re
 from flowbot.graph import LLMNode, NodeParams, OutputFormat, Sketch, Workflow
 from flowbot.lm import Budget, LMClient, LMRequest, UsageMeter
 from flowbot.optim.backward import GradContext, parse_backward, parse_step
+from flowbot.optim.budgeting import BudgetPlan, Price
 from flowbot.optim.evaluation import Evaluator
 from flowbot.optim.inner import InnerConfig, InnerLoop
 from flowbot.runtime import Executor
@@ -28,7 +29,7 @@ def exact(example, prediction):
     return float(str(prediction.get("answer")) == example["gold"])
 
 
-def build(task_provider, opt_provider, config=None, budget=None, metric=exact, events=None):
+def build(task_provider, opt_provider, config=None, budget=None, metric=exact, events=None, racing=None):
     meter = UsageMeter()
     task_lm = LMClient(task_provider, role="task", meter=meter, budget=budget)
     opt_lm = LMClient(opt_provider, role="optimizer", meter=meter, budget=budget)
@@ -36,7 +37,7 @@ def build(task_provider, opt_provider, config=None, budget=None, metric=exact, e
     ctx = GradContext(task_description="copy the question in the right case", output_field="answer",
                       target_fields=["gold"])
     return InnerLoop(evaluator, opt_lm, ctx, config or InnerConfig(steps=3, demos=0), meter=meter,
-                     on_event=(events.append if events is not None else None))
+                     on_event=(events.append if events is not None else None), racing=racing)
 
 
 def one_node() -> Workflow:
@@ -189,6 +190,75 @@ async def test_budget_for_one_step_keeps_what_that_step_won():
     assert "cannot pay for another inner step" in result.stopped and budget.spent.calls <= 36
 
 
+async def tune_with_plan(limit: int, with_plan: bool = True, step_text: str | None = None, tools=None):
+    """The seed scored on 6 validation items; its 30 test answers cached, so nothing is reserved."""
+    budget = Budget(max_calls=limit)
+    meter = UsageMeter()
+    task_lm = LMClient(case_task_lm(), role="task", meter=meter, budget=budget)
+    opt = case_optimizer(step_text) if step_text else case_optimizer()
+    opt_lm = LMClient(opt, role="optimizer", meter=meter, budget=budget)
+    ev = Evaluator(Executor(task_lm), exact, concurrency=4)
+    val = examples("v", 6)
+    seed_val = await ev(one_node(), val)
+    plan = BudgetPlan(budget, n_val=6, n_test=30)
+    plan.set_seed(Price.of(seed_val), uncached_test_items=0)
+    ctx = GradContext(task_description="copy the question", output_field="answer", target_fields=["gold"])
+    loop = InnerLoop(ev, opt_lm, ctx, InnerConfig(steps=3, demos=0), meter=meter, tool_options=tools,
+                     plan=plan if with_plan else None)
+    return await loop.optimize(one_node(), examples("t", 10), val, val_result=seed_val), plan
+
+
+async def test_a_rewrite_is_raced_only_when_its_test_would_fit_once_it_won():
+    """A rewrite that wins is the result, whose 30 test items must then be paid. With 50 calls, after
+    the seed (6) and a step (about 22 calls with its race), they could not be."""
+    unchecked, plan = await tune_with_plan(50, with_plan=False)
+    assert unchecked.steps[0].accepted  # the rewrite would win its race...
+    plan.reserve_test(Price.of(unchecked.val), best_is_seed=False)
+    assert plan.headroom()["calls"] < 0  # ...and leave its test evaluation unpaid
+    checked, plan = await tune_with_plan(50)
+    assert not checked.steps and "cannot pay for another inner step" in checked.stopped
+    assert plan.headroom()["calls"] >= 0
+
+
+async def test_a_rewrite_that_gives_a_node_a_tool_is_priced_at_two_calls_an_example():
+    # 80 calls: a one-call rewrite can be raced (6) and tested (30) after the step; the same rewrite
+    # with a tool (act, then answer) would need 12 and 60
+    plain, plan = await tune_with_plan(80, tools=["calculator"])
+    assert plain.steps[0].accepted and plan.reserved.calls == 30
+    tool_text = "<instruction>Repeat the question in UPPERCASE letters.</instruction>\n<tools>calculator</tools>"
+    tooled, plan = await tune_with_plan(80, step_text=tool_text, tools=["calculator"])
+    assert [s.accepted for s in tooled.steps] == [False] and tooled.steps[0].race is None
+    assert "its test evaluation do not fit" in tooled.steps[0].reason
+    assert plan.headroom()["calls"] >= 0
+
+
+async def test_a_winning_rewrite_has_its_test_reserved_at_once():
+    budget = Budget(max_calls=200)
+    loop = build(case_task_lm(), case_optimizer(), InnerConfig(steps=1, demos=0), budget=budget)
+    val = examples("v", 6)
+    seed_val = await loop.evaluate(one_node(), val)
+    loop.plan = plan = BudgetPlan(budget, n_val=6, n_test=30)
+    plan.set_seed(Price.of(seed_val), uncached_test_items=0)
+    result = await loop.optimize(one_node(), examples("t", 10), val, val_result=seed_val)
+    assert result.steps[0].accepted and plan.reserved.calls == 30
+
+
+async def test_another_acceptance_policy_decides_the_inner_loop(strict_gain):
+    # the rewrite puts one of the six validation answers right: 1 win, 0 losses
+    def task(req: LMRequest, i: int) -> str:
+        q = field_value(last_user(req), "Question")
+        return "Answer: " + (q.upper() if "UPPERCASE" in system_of(req) and q.endswith("0") else q)
+
+    config = InnerConfig(steps=1, demos=0, minibatch_gate=False)
+    paired = await build(ScriptedLM(default=task), case_optimizer(), config).optimize(
+        one_node(), examples("t", 5), examples("v", 6))
+    assert not paired.steps[0].accepted and "below the margin" in paired.steps[0].reason
+    loop = build(ScriptedLM(default=task), case_optimizer(), config, racing=strict_gain)
+    result = await loop.optimize(one_node(), examples("t", 5), examples("v", 6))
+    assert strict_gain.decisions == [(1, 0, True)] and result.steps[0].accepted
+    assert result.steps[0].reason == "a strict gain" and "UPPERCASE" in result.workflow.params["answer"].instruction
+
+
 async def test_global_feedback_variant_skips_backward():
     opt = case_optimizer()
     loop = build(case_task_lm(), opt, InnerConfig(steps=1, demos=0, feedback="global"))
@@ -250,3 +320,79 @@ def test_parsers_are_forgiving():
     assert parse_step("```\nFenced\n```").instruction == "Fenced"
     p = parse_step("<instruction>Use tools</instruction><tools>python, calculator</tools>")
     assert p.tools == ["python", "calculator"]
+
+
+# -- the rule step and the specificity guard ----------------------------------------------------
+def rule_optimizer(*rules: str) -> ScriptedLM:
+    """An optimizer whose rule proposals come in order (the last one repeats)."""
+    replies = list(rules)
+
+    def rule(req: LMRequest, i: int) -> str:
+        return replies.pop(0) if len(replies) > 1 else replies[0]
+
+    return ScriptedLM([
+        (r"What is wrong with the output\?", "The output is lowercase; the correct answer is uppercase."),
+        (r"Reply with exactly these lines", "GRADIENT: require UPPERCASE output."),
+        (r"starts with RULE:", rule),
+    ], model="optimizer")
+
+
+async def test_the_rule_step_adds_one_general_rule_and_keeps_the_instruction():
+    opt = rule_optimizer("RULE: Write the answer in UPPERCASE letters.")
+    loop = build(case_task_lm(), opt, InnerConfig(steps=1, demos=0, step="rule"))
+    result = await loop.optimize(one_node(), examples("t", 5), examples("v", 4))
+    assert result.workflow.params["answer"].instruction == (
+        "Repeat the question.\n\nRules:\n- Write the answer in UPPERCASE letters.")
+    assert result.val_score == 1.0 and result.steps[0].change == "rule" and result.steps[0].accepted
+    # the rule step reads the per-example gradients as they are: no aggregation call
+    assert not any("Feedback from" in last_user(r) for r in opt.calls)
+
+
+async def test_a_rule_naming_the_minibatch_is_asked_again_then_dropped_before_any_evaluation():
+    # "TWORD0" is a minibatch question: the rule memorises it; asked again (sampled, told why), the
+    # optimizer does it again, and the change is dropped without a single task call
+    opt = rule_optimizer("RULE: When asked about TWORD0, answer TWORD0.")
+    task = case_task_lm()
+    loop = build(task, opt, InnerConfig(steps=1, demos=0, step="rule", minibatch_size=5))
+    result = await loop.optimize(one_node(), examples("t", 5), examples("v", 4))
+    rule_calls = [r for r in opt.calls if "starts with RULE:" in last_user(r)]
+    assert len(rule_calls) == 2 and "'TWORD0'" in last_user(rule_calls[1]) and rule_calls[1].temperature > 0
+    dropped = [s for s in result.steps if s.reason.startswith("too specific")]
+    assert len(dropped) == 2 and all(s.minibatch_after is None and not s.accepted for s in dropped)
+    assert result.workflow.params["answer"].instruction == "Repeat the question."
+    assert len(task.calls) == 4 + 5  # the seed's validation and the minibatch forward, nothing else
+
+
+async def test_a_second_rule_that_generalises_is_judged():
+    opt = rule_optimizer("RULE: Answer TWORD3 in capitals.", "RULE: Write the answer in UPPERCASE letters.")
+    loop = build(case_task_lm(), opt, InnerConfig(steps=1, demos=0, step="rule"))
+    result = await loop.optimize(one_node(), examples("t", 5), examples("v", 4))
+    assert [s.reason.startswith("too specific") for s in result.steps] == [True, False]
+    assert result.val_score == 1.0 and "UPPERCASE" in result.workflow.params["answer"].instruction
+
+
+async def test_the_guard_drops_a_rewrite_that_names_the_minibatch_unless_turned_off():
+    memorised = "<instruction>Answer TWORD1 and TWORD2 in UPPERCASE.</instruction>"
+    guarded = build(case_task_lm(), case_optimizer(memorised), InnerConfig(steps=1, demos=0))
+    result = await guarded.optimize(one_node(), examples("t", 5), examples("v", 4))
+    assert result.steps[0].reason.startswith("too specific") and result.val_score == 0.0
+    unguarded = build(case_task_lm(), case_optimizer(memorised), InnerConfig(steps=1, demos=0,
+                                                                             specificity_guard=False))
+    result = await unguarded.optimize(one_node(), examples("t", 5), examples("v", 4))
+    assert result.val_score == 1.0  # the same rewrite, judged: it happens to work here
+
+
+async def test_a_node_with_max_rules_is_left_alone():
+    wf = one_node().with_params("answer", instruction="Repeat.\n\nRules:\n- one\n- two")
+    opt = rule_optimizer("RULE: Write the answer in UPPERCASE letters.")
+    loop = build(case_task_lm(), opt, InnerConfig(steps=1, demos=0, step="rule", max_rules=2))
+    result = await loop.optimize(wf, examples("t", 5), examples("v", 4))
+    assert not result.steps and not any("starts with RULE:" in last_user(r) for r in opt.calls)
+
+
+def test_rule_replies_are_parsed_forgivingly():
+    from flowbot.optim.backward import parse_rule
+    assert parse_rule("Sure!\n**RULE:** Use digits only.") == "Use digits only."
+    assert parse_rule("Use digits only.") == "Use digits only."
+    assert parse_rule("RULE: none") is None and parse_rule("") is None
+    assert len(parse_rule("RULE: " + "word " * 200)) <= 300

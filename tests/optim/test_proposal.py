@@ -89,3 +89,28 @@ def test_benchmark_tasks_load_declared_tools():
     assert set(BENCHMARKS["drop"].tools) == {"python", "retrieve"}
     task = get_task("gsm8k")
     assert set(task.tools) == {"python", "calculator"}
+
+
+async def test_an_edit_that_would_rebuild_a_raced_child_is_invalid_never_a_duplicate():
+    """Duplicates are excluded by construction: the schema never offers a raced child, so an
+    optimizer that names one anyway (a provider that cannot constrain) makes an invalid proposal."""
+    from flowbot.lm import Budget, LMClient
+    from flowbot.optim.archive import Archive, ArchiveEntry
+    from flowbot.optim.proposal import LLMProposal
+    from flowbot.optim.search import ProposalCounts
+    from flowbot.testing import ScriptedLM
+
+    ctx, parent = ctx_for("gsm8k"), benchmark_baseline("gsm8k", "cot")
+    pot = next(c for c in new_choices(parent, ctx, set()) if c.op == "program_of_thought")
+    archive = Archive()
+    for i, wf in enumerate([parent, pot.child]):
+        archive.add(ArchiveEntry(id=f"c{i}", workflow=wf, val_score=0.5, cost_per_example=0.0,
+                                 tokens_per_example=10.0))
+    offered = new_choices(parent, ctx, set(archive.signatures))
+    assert all(c.child.sketch.signature() not in archive.signatures for c in offered)
+    assert pot.edit not in list(instances(proposal_schema(offered)))
+    reply = json.dumps({"critique": "compute in code", "edit": pot.edit})
+    expander = LLMProposal(LMClient(ScriptedLM(default=reply)), ctx, task_description="math", attempts=1)
+    counts = ProposalCounts()
+    assert await expander.propose(archive.entries[0], archive, Budget(), counts) is None
+    assert (counts.made, counts.invalid, counts.valid, counts.duplicate) == (1, 1, 0, 0)

@@ -27,17 +27,19 @@ def exact(example, prediction):
     return float(prediction.get("answer") == example["gold"])
 
 
-def solver(right: dict[str, set[int]]):
-    """Instruction → the item numbers it answers right; the rest get a wrong answer."""
+def solver(right: dict[str, set[int]], words: dict[str, dict[int, int]] | None = None):
+    """Instruction → the item numbers it answers right; the rest get a wrong answer. ``words``:
+    instruction → item → words of reasoning before the answer (tokens it costs)."""
     def reply(req: LMRequest, i: int) -> str:
         instruction, user = req.messages[0][1].split("\n")[0], req.messages[-1][1]
         k = int(user.split("q")[-1])
-        return f"Answer: {k if k in right[instruction] else 'wrong'}"
+        reasoning = "so " * (words or {}).get(instruction, {}).get(k, 0)
+        return f"{reasoning}\nAnswer: {k if k in right[instruction] else 'wrong'}"
     return ScriptedLM(default=reply)
 
 
-async def setup(right: dict[str, set[int]], n: int, concurrency: int = 1):
-    lm = solver(right)
+async def setup(right: dict[str, set[int]], n: int, concurrency: int = 1, words=None):
+    lm = solver(right, words)
     ev = Evaluator(Executor(LMClient(lm)), exact, concurrency=concurrency)
     items = data(n)
     incumbent = await ev(wf("inc"), items)
@@ -71,12 +73,15 @@ async def test_hopeless_candidate_stops_early_and_saves_calls():
     right = {"inc": set(range(4, 20)), "bad": set(range(4, 9)) | set(range(10, 20))}
     lm, ev, items, inc = await setup(right, 20)
     before = len(lm.calls)
-    res = await race(ev, wf("bad"), inc, items, PairedRacing(margin=2, alpha=0.15))
+    res = await race(ev, wf("bad"), inc, items, PairedRacing(margin=2, alpha=0.15, cheaper_by=None))
     assert not res.accepted and res.stopped_early
     # after 2 of its 4 possible wins are lost, winning the other 2 would not be significant (2-0, p=0.25)
     assert res.evaluated == 2 and len(lm.calls) - before == 2
     assert res.calls_saved == pytest.approx(18.0)
     assert "stopped after 2 of 20" in res.reason
+    # with the tie rule on, a candidate no cheaper than the incumbent stops just as early
+    tied = await race(ev, wf("bad"), inc, items, PairedRacing(margin=2, alpha=0.15))
+    assert tied.stopped_early and tied.evaluated == 2 and not tied.accepted
 
 
 async def test_clear_win_is_accepted_after_a_full_evaluation():
@@ -111,6 +116,38 @@ async def test_racing_decision_equals_the_full_evaluation_decision():
         full = await ev(wf(f"c{trial}"), items)
         w, l, _ = count_pairs(full.scores(), inc.scores())
         assert raced.accepted == rule.decide(w, l, cheaper=False)[0]
+
+
+async def test_on_the_cheaper_path_a_tie_is_judged_on_the_items_raced():
+    """A tie (wins ≥ losses) is accepted when the candidate is cheaper on the items raced. Where its
+    cost is even, that is the full evaluation's decision; where it is cheap only on the items raced
+    last, a stopped race does not wait for them (documented: racing would otherwise run a
+    same-priced loser on most items)."""
+    import random
+    from flowbot.optim.racing import is_cheaper
+    rng = random.Random(5)
+    rule = PairedRacing(margin=2, alpha=0.15, cheaper_by=0.2)
+    accepted_ties = 0
+    for trial in range(25):
+        inc_right = {i for i in range(16) if rng.random() < 0.6}
+        cand_right = {i for i in range(16) if (i in inc_right) != (rng.random() < 0.25)}
+        name = f"c{trial}"
+        cost = rng.choice([5, 30])  # the candidate is cheap everywhere, or as dear as the incumbent
+        words = {"inc": {i: 30 for i in range(16)}, name: {i: cost for i in range(16)}}
+        _, ev, items, inc = await setup({"inc": inc_right, name: cand_right}, 16, words=words)
+        raced = await race(ev, wf(name), inc, items, rule)
+        full = await ev(wf(name), items)
+        w, l, _ = count_pairs(full.scores(), inc.scores())
+        assert raced.accepted == rule.decide(w, l, cheaper=is_cheaper(full.results, inc, 0.2))[0], trial
+        accepted_ties += int(raced.accepted and not rule.passes(raced.wins, raced.losses))
+    assert accepted_ties >= 2  # the path is exercised
+    # cheap only on the items the incumbent got right (raced last): a tie stopped early is refused
+    inc_right = set(range(4, 16))
+    right = {"inc": inc_right, "late": (inc_right - {15}) | {0}}
+    words = {"inc": {i: 30 for i in range(16)}, "late": {i: (0 if i in inc_right else 30) for i in range(16)}}
+    _, ev, items, inc = await setup(right, 16, words=words)
+    raced = await race(ev, wf("late"), inc, items, rule)
+    assert raced.stopped_early and not raced.accepted
 
 
 def test_ledger_counts():

@@ -31,7 +31,7 @@ def exact(example, prediction):
 
 
 RIGHT = {"seed": set(range(0, 12)), "better": set(range(0, 20)), "worse": set(range(0, 6)), "worse2": set(range(0, 6)),
-         "tuned": set(range(20))}
+         "tuned": set(range(20)), "one_more": set(range(0, 13))}
 
 
 def task_lm():
@@ -65,7 +65,8 @@ class Script:
         return Proposed({"op": name}, f"use {name}", "because", child)
 
 
-async def run(names, budget=None, tuner=None, copies=1, n_val=20, rounds=4, schedule="tune-first"):
+async def run(names, budget=None, tuner=None, copies=1, n_val=20, rounds=4, schedule="tune-first", n_test=0,
+              racing=None):
     events = []
     meter = UsageMeter()
     lm = task_lm()
@@ -73,13 +74,14 @@ async def run(names, budget=None, tuner=None, copies=1, n_val=20, rounds=4, sche
     ev = Evaluator(Executor(client), exact, concurrency=1)
     val = data(n_val)
     seed_val = await ev(wf("seed"), val)
-    plan = BudgetPlan(budget or Budget(), n_val=n_val, n_test=0)
-    plan.set_seed(Price.of(seed_val), 0)
+    plan = BudgetPlan(budget or Budget(), n_val=n_val, n_test=n_test)
+    plan.set_seed(Price.of(seed_val), 0)  # the seed's test answers are cached
     search = StructureSearch(
         evaluator_for=lambda b: ev.with_executor(Executor(client.with_budget(b))), expander=Script(names, copies),
-        selection=UCBSelection(0.3), racing=PairedRacing(chunk=1), plan=plan,
+        selection=UCBSelection(0.3), racing=racing or PairedRacing(chunk=1), plan=plan,
         config=SearchConfig(rounds=rounds, schedule=schedule), tuner=tuner, on_event=events.append)
     result = await search.search(wf("seed"), seed_val, val)
+    result.plan = plan
     return result, events, lm
 
 
@@ -92,6 +94,15 @@ async def test_a_clear_win_becomes_the_incumbent_and_a_loser_is_raced_out():
     accepted = [e for e in events if e.type == "candidate_accepted"]
     assert [e.id for e in accepted] == ["c0", "c2"]
     assert result.proposals.applied == 2
+
+
+async def test_another_acceptance_policy_decides_the_search(strict_gain):
+    # one more item right (1 win, 0 losses): below paired racing's margin, a strict gain for the other
+    result, _, _ = await run(["one_more"])
+    assert result.best.id == "c0"
+    result, events, _ = await run(["one_more"], racing=strict_gain)
+    assert strict_gain.decisions == [(1, 0, True)] and result.best.id == "c1"
+    assert [e.reason for e in events if e.type == "candidate_accepted"][-1] == "a strict gain"
 
 
 async def test_only_structures_that_win_are_tuned():
@@ -124,6 +135,18 @@ async def test_a_child_the_budget_cannot_pay_for_is_never_offered_or_raced():
     assert result.proposals.made == 0 and result.archive.entries[0].exhausted
     assert result.stopped == "no new candidate the budget can pay for"
     assert result.best.id == "c0" and len(lm.calls) == 20 and budget.spent.calls == 20
+
+
+async def test_a_child_whose_test_would_not_fit_once_it_won_is_never_offered():
+    # 20 calls score the seed; a three-call child races for 62 of the 130 left, but once it won,
+    # its 60 test items would take 180: it is not offered. A one-call child (20 + 60) still is.
+    budget = Budget(max_calls=150)
+    result, _, lm = await run(["better"], budget=budget, copies=3, n_test=60)
+    assert result.proposals.made == 0 and result.best.id == "c0" and len(lm.calls) == 20
+    budget = Budget(max_calls=150)
+    result, _, _ = await run(["better"], budget=budget, copies=1, n_test=60)
+    assert result.best.workflow.params["better"].instruction == "better"
+    assert result.plan.reserved.calls == 60 and result.plan.headroom()["calls"] >= 0
 
 
 async def test_rounds_count_raced_candidates_not_fruitless_proposals():

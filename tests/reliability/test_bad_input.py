@@ -62,6 +62,14 @@ CASES = {
     "typo in --method": (["optimize", *data("d.jsonl"), "--method", "aflw", "--run-dir", "run"], "aflw"),
     "unknown split": (["eval", *data("d.jsonl"), "--split", "tst"], "'tst'"),
     "run without an input field": (["run", "wf.json", "--input", '{"x": 1}'], "--input: missing field(s) 'q'"),
+    "negative --workers (eval)": (["eval", *data("d.jsonl"), "--workers", "-1"], "--workers: must be at least 1"),
+    "zero --workers (optimize)": (["optimize", *data("d.jsonl"), "--workers", "0", "--backend", "ray", "--run-dir",
+                                   "run"], "--workers: must be at least 1, got 0"),
+    "zero --margin": (["optimize", *data("d.jsonl"), "--margin", "0", "--run-dir", "run"],
+                      "--margin: must be at least 1, got 0"),
+    "zero --alpha": (["optimize", *data("d.jsonl"), "--alpha", "0", "--run-dir", "run"], "--alpha: must be more than 0"),
+    "--alpha above 1": (["optimize", *data("d.jsonl"), "--alpha", "1.5", "--run-dir", "run"],
+                        "--alpha: must be more than 0 and at most 1, got 1.5"),
 }
 
 
@@ -96,12 +104,17 @@ def test_the_python_api_names_the_setting(tmp_path):
     lm = {"m": ScriptedLM(default="Answer: 1")}
     for bad, where in [({"budget": {"calls": -5}}, "budget calls"), ({"inner": {"steps": -2}}, "inner.steps"),
                        ({"inner": {"feedback": "local"}}, "inner.feedback"), ({"val_size": 0}, "val_size"),
-                       ({"budget": {"cals": 5}}, "cals")]:
+                       ({"budget": {"cals": 5}}, "cals"), ({"racing": {"margin": 0}}, "racing.margin"),
+                       ({"racing": {"alpha": 1.5}}, "racing.alpha")]:
         with pytest.raises(FlowBotError, match=where):
             flowbot.optimize(task, model="m", providers=lm, run_dir=tmp_path / "run", **bad)
         assert not (tmp_path / "run").exists()
     with pytest.raises(FlowBotError, match="limit"):
         flowbot.evaluate("io", task, limit=0, model="m", providers=lm, cache=False)
+    from flowbot.runtime.backends import make_backend
+
+    with pytest.raises(ValueError, match="workers"):
+        make_backend("ray", workers=-1)
     with pytest.raises(TypeError, match="missing input field"):  # still a TypeError for Python callers
         flowbot.RunnableWorkflow.from_ir(resolve_seed("io", task)).bind(lm=None)(x=1)
 

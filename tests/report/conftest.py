@@ -90,9 +90,18 @@ def full_run(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def stopped_run(tmp_path_factory) -> Path:
-    """A budget so small that only the seed is scored (no child fits); prices unknown."""
-    return make_run(tmp_path_factory.mktemp("stopped") / "run", task_lm(), optimizer_lm(), budget={"calls": 17},
-                    budget_scope="search", outer={"rounds": 3})
+    """A budget used up once the seed is scored, so no child is proposed: a 60 s time budget, and
+    the seed's validation took 61 s (a call budget too small for any child is refused before the
+    run starts); prices unknown."""
+    from flowbot.lm import Budget
+    now = [0.0]
+
+    def slow_seed(event):
+        if event["type"] == "seed_evaluated":
+            now[0] += 61.0
+
+    return make_run(tmp_path_factory.mktemp("stopped") / "run", task_lm(), optimizer_lm(), callbacks=[slow_seed],
+                    budget=Budget(max_seconds=60, clock=lambda: now[0]), budget_scope="search", outer={"rounds": 3})
 
 
 @pytest.fixture(scope="session")

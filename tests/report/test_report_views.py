@@ -78,7 +78,7 @@ def test_pareto_label_only_on_the_plotted_front(full_run, tmp_path):
 
 def test_usage_by_phase_covers_every_session_and_plots_are_over_paid_calls(tmp_path):
     run = tmp_path / "run"
-    make_run(run, task_lm((1e-6, 4e-6)), optimizer_lm((1e-6, 4e-6)), budget={"calls": 30})  # stopped
+    make_run(run, task_lm((1e-6, 4e-6)), optimizer_lm((1e-6, 4e-6)), budget={"calls": 40})  # a small first session
     make_run(run, task_lm((1e-6, 4e-6)), optimizer_lm((1e-6, 4e-6)), budget={"calls": 500})  # resumed
     data = load_run(run)
     assert data.sessions == 2

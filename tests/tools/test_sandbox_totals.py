@@ -89,6 +89,40 @@ async def test_a_detached_child_does_not_outlive_the_run(isolation: str, ending:
     assert processes_with(f"sleep {token}") == []
 
 
+KILL_LAUNCHER = """
+import os, signal, time
+if os.fork() == 0:
+    os.setsid()
+    time.sleep(0.2)
+    os.execv("/bin/sleep", ["sleep", {token!r}])
+time.sleep(0.05)
+launcher = os.getppid()
+try:
+    os.setpgid(0, launcher)  # back into the launcher's group first: no way around the guard's rule
+except OSError:
+    pass
+for kill in (lambda: os.kill(launcher, signal.SIGKILL), lambda: os.killpg(os.getpgid(launcher), signal.SIGKILL)):
+    try:
+        kill()
+    except OSError as exc:
+        print(type(exc).__name__)
+time.sleep(0.5)
+"""
+
+
+@pytest.mark.parametrize("guard", [True, False])
+async def test_killing_its_launcher_leaves_no_process_behind(isolation: str, guard: bool) -> None:
+    """On "process" the launcher is the subreaper that keeps a detached child in the run's tree:
+    the guard does not let the code signal it (or its group), and when the guard is off and the
+    launcher dies anyway, FlowBot still finds the run's processes by their environment."""
+    token = sleep_token()
+    res = await run_python(KILL_LAUNCHER.format(token=token), isolation=isolation, audit_guard=guard, timeout_s=3)
+    if guard and isolation == "process":
+        assert res.stdout.count("PermissionError") == 2, (res.stdout, res.stderr)
+    await asyncio.sleep(0.4)  # past the child's exec
+    assert processes_with(f"sleep {token}") == []
+
+
 async def test_too_many_processes_are_stopped_without_the_guard(isolation: str) -> None:
     # a bounded bomb: asks for 40 live processes when 8 are allowed
     code = textwrap.dedent("""
@@ -254,3 +288,51 @@ def test_cli_sandbox_strict_refuses_a_host_without_a_boundary(monkeypatch, tmp_p
         lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
         assert res.exit_code != 0 and len(lines) == 1 and said in lines[0], res.stderr
     assert not (tmp_path / "e.json").exists()
+
+
+@pytest.mark.parametrize("how", ["--sandbox process", "FLOWBOT_SANDBOX=process"])
+def test_choosing_the_process_level_is_warned_once_where_a_cli_user_sees_it(how: str, tmp_path) -> None:
+    """The weak level picked on purpose still warns: once, on the command's stderr, however many
+    sandboxed runs follow (here the pass_at_1 metric runs each example's tests in the sandbox)."""
+    import json
+    import re
+    from pathlib import Path
+
+    import flowbot
+    from flowbot.testing import OpenAITestServer
+
+    rows = [{"id": f"t{i}", "prompt": f"return {i}", "test": f"assert f() == {i}", "entry_point": "f"}
+            for i in range(10)]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def brain(body: dict) -> str:
+        n = re.findall(r"return (\d+)", body["messages"][-1]["content"])[-1]
+        return f"```python\ndef f():\n    return {n}\n```"
+
+    env = {k: v for k, v in os.environ.items() if k != "FLOWBOT_SANDBOX" and not k.endswith("_API_KEY")}
+    env.update(PYTHONPATH=str(Path(flowbot.__file__).parents[1]), FLOWBOT_HOME=str(tmp_path / "home"),
+               FLOWBOT_CACHE="off", NO_COLOR="1")
+    extra = ["--sandbox", "process"] if how.startswith("--") else []
+    if not extra:
+        env["FLOWBOT_SANDBOX"] = "process"
+    with OpenAITestServer(reply=brain) as srv:
+        proc = subprocess.run(
+            [sys.executable, "-m", "flowbot.cli.main", "eval", "--data", "d.jsonl", "--input", "prompt", "--target",
+             "test", "--metric", "pass_at_1", "--split", "train", "--limit", "3", "--model", "m", "--base-url",
+             srv.base_url, "--out", "e.json", *extra], cwd=tmp_path, env=env, capture_output=True, text=True,
+            timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((tmp_path / "e.json").read_text())["results"][0]
+    assert result["score"] == 1.0 and len(result["examples"]) == 3  # the code did run, three times
+    said = [ln for ln in proc.stderr.splitlines() if "NO ISOLATION BOUNDARY" in ln]
+    assert len(said) == 1, proc.stderr
+    assert "'process' level was chosen" in said[0] and "could read your files" in said[0]
+    assert "namespaces" in said[0] or "bubblewrap" in said[0]  # what to do instead, on this host
+
+
+async def test_the_process_level_asked_for_in_python_warns_once(monkeypatch, caplog) -> None:
+    monkeypatch.setattr(sandbox, "_WARNED", set())
+    caplog.set_level(logging.WARNING, logger="flowbot.tools.sandbox")
+    for _ in range(2):
+        assert (await run_python("print(1)", isolation="process")).ok
+    assert caplog.text.count("NO ISOLATION BOUNDARY") == 1 and "'process' level was chosen (requested)" in caplog.text
