@@ -13,6 +13,10 @@ numbers taken while it is high are not representative.
     python benchmarks/local_model.py --models qwen2.5-coder-0.5b --engines \\
         --xllamacpp-path /tmp/xl --questions 8                     # + the engine comparison
     python benchmarks/local_model.py --models qwen2.5-coder-1.5b --grammar-only --grammar 4
+
+GSM8K questions come from ``<data-dir>/gsm8k/official/{train,test}.jsonl``, the benchmark layout of
+``flowbot --data-dir`` (``--data-dir DIR``, else ``$FLOWBOT_DATA_DIR``); without them every
+measurement uses one built-in question.
 """
 
 from __future__ import annotations
@@ -32,11 +36,14 @@ from typing import Any, Callable
 
 from flowbot.lm import LMClient
 from flowbot.lm.base import LMRequest
-from flowbot.lm.local import LlamaCppProvider, compile_grammar, physical_cores, pull, unload_all
+from flowbot.lm.local import LlamaCppProvider, pull, unload_all
+from flowbot.lm.local.engine import compile_grammar, physical_cores
 from flowbot.lm.schema import schema_text
 from flowbot.lm.structured import parse_reply
+from flowbot.tasks.benchmarks import find_data_root
 
-GSM8K = Path("/work/shared/datasets/gsm8k/official")
+#: the benchmark data root (``--data-dir``; None: $FLOWBOT_DATA_DIR or the bundled sample)
+DATA_DIR: Path | None = None
 _FALLBACK_QUESTION = {
     "question": "A baker makes 24 muffins. She sells 3 boxes of 5 muffins and gives 4 muffins to a "
     "neighbour. How many muffins does she have left?",
@@ -109,8 +116,9 @@ def wait_for_quiet(max_wait: float) -> None:
 
 
 def gsm8k(split: str, n: int) -> list[dict[str, str]]:
-    path = GSM8K / f"{split}.jsonl"
-    if not path.exists():
+    root = find_data_root("gsm8k", DATA_DIR)
+    path = root / "gsm8k" / "official" / f"{split}.jsonl" if root else None
+    if path is None or not path.exists():
         return [_FALLBACK_QUESTION] * n
     rows = []
     with open(path) as f:
@@ -181,8 +189,8 @@ def bench_llama(model: str, questions: int) -> dict[str, Any]:
         t = time.perf_counter()
         provider = LlamaCppProvider(model).load()
         out["load_s"] = time.perf_counter() - t
-        out["settings"] = {"n_threads": provider.n_threads, "n_ctx": provider.n_ctx, "n_batch": provider.n_batch,
-                           "flash_attn": provider.flash_attn}  # fmt: skip
+        s = provider.settings()
+        out["settings"] = {"n_threads": s.n_threads, "n_ctx": s.n_ctx, "n_batch": s.n_batch, "flash_attn": s.flash_attn}
 
         # prompt speed: a long prompt sharing nothing with earlier ones
         words = " ".join(f"w{i}x{(i * 7919) % 1000}" for i in range(130))
@@ -467,7 +475,11 @@ def main() -> None:
                     help="also compare grammar-constrained with free decoding on N GSM8K questions (0 = skip)")
     ap.add_argument("--grammar-only", action="store_true", help="only the grammar comparison (default N: 4)")
     ap.add_argument("--json", help="also write the raw results here")
+    ap.add_argument("--data-dir", type=Path, help="benchmark data root laid out as DIR/gsm8k/official/*.jsonl, "
+                    "as for flowbot --data-dir (default: $FLOWBOT_DATA_DIR)")
     args = ap.parse_args()
+    global DATA_DIR
+    DATA_DIR = args.data_dir
     if args.grammar_only and not args.grammar:
         args.grammar = 4
     print(f"CPU: {cpu_model()} | {physical_cores()} physical cores | {' '.join(cpu_flags())} | "

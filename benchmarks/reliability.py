@@ -65,7 +65,7 @@ from typing import Any, Callable, Iterator
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from flowbot.lm.testing import Fault, OpenAITestServer  # noqa: E402
+from flowbot.testing import Fault, OpenAITestServer  # noqa: E402
 
 
 # -- figures -------------------------------------------------------------------------------------
@@ -701,7 +701,7 @@ def bad_input(b: Battery) -> None:
     clean = left = 0
     try:
         task = flowbot.Task("t", data="d.jsonl", inputs=["q"], targets=["a"])
-        flowbot.Workflow.from_ir(resolve_seed("io", task)).save("wf.json")
+        flowbot.RunnableWorkflow.from_ir(resolve_seed("io", task)).save("wf.json")
         with OpenAITestServer(reply="Answer: 2") as srv:
             for name, args in cases.items():
                 args = [*args, "--model", "m", "--base-url", srv.base_url] if args[0] in ("eval", "optimize", "run") \

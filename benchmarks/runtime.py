@@ -23,11 +23,12 @@ import statistics
 import time
 
 from flowbot.graph import LLMNode, MergeNode, Sketch, Workflow
-from flowbot.lm import LMClient, LMRequest, RetryPolicy, ScriptedLM
+from flowbot.lm import LMClient, LMRequest, RetryPolicy
 from flowbot.lm.base import Completion, Provider, Usage
 from flowbot.lm.openai_compat import OpenAICompatProvider
-from flowbot.lm.testing import subprocess_server
 from flowbot.runtime import Executor, evaluate_examples
+from flowbot.testing import ScriptedLM
+from flowbot.testing import subprocess_server
 
 
 def chain(n: int) -> Workflow:

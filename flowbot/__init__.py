@@ -19,7 +19,7 @@ from flowbot.version import __version__
 
 _EXPORTS = {
     "Task": "flowbot.tasks.task",
-    "Workflow": "flowbot.runtime.runnable",
+    "RunnableWorkflow": "flowbot.runtime.runnable",
     "load": "flowbot.api",
     "evaluate": "flowbot.api",
     "aevaluate": "flowbot.api",
@@ -29,7 +29,7 @@ _EXPORTS = {
     "EvalResult": "flowbot.api",
     "OptimizationResult": "flowbot.optim.driver",
     "Budget": "flowbot.lm.budget",
-    "MetricResult": "flowbot.runtime.scoring",
+    "MetricResult": "flowbot.scoring.result",
     "LLMJudge": "flowbot.tasks.judge",
     "load_benchmark": "flowbot.tasks.benchmarks",
 }

@@ -23,12 +23,13 @@ from typing import Any, Callable, Iterable
 
 from flowbot.errors import FlowBotError
 from flowbot.graph.io import load_workflow
-from flowbot.graph.sketch import Workflow as IRWorkflow
+from flowbot.graph.sketch import Workflow
 from flowbot.lm.base import Provider
 from flowbot.lm.budget import Budget, UsageMeter
 from flowbot.lm.cache import ResponseCache
 from flowbot.lm.pricing import per_token_prices, require_prices
 from flowbot.lm.resolve import default_model
+from flowbot.optim import defaults as D
 from flowbot.optim.aflow import AFlowConfig
 from flowbot.optim.archive import Objective
 from flowbot.optim.driver import (BudgetConfig, OptimizationResult, OptimizeConfig, RacingConfig, TaskData,
@@ -37,28 +38,28 @@ from flowbot.optim.estimate import Estimate, estimate_run
 from flowbot.optim.inner import InnerConfig
 from flowbot.optim.outer import OuterConfig
 from flowbot.optim.rundir import RunDir
-from flowbot.runtime.backends import Backend, make_backend, use_backend
-from flowbot.runtime.batch import BatchResult, evaluate_examples
+from flowbot.runtime.backends import make_backend
+from flowbot.runtime.batch import Backend, BatchResult, evaluate_examples, use_backend
 from flowbot.runtime.executor import Executor
 from flowbot.runtime.models import ModelPool, default_cache_path
-from flowbot.runtime.runnable import Workflow, default_tools
+from flowbot.runtime.runnable import RunnableWorkflow, default_tools
 from flowbot.runtime.sync import run_sync
-from flowbot.tasks.baselines import parse_kind, self_consistency, task_baseline
 from flowbot.tasks.benchmarks import BENCHMARKS, load_benchmark
 from flowbot.tasks.judge import LLMJudge
+from flowbot.tasks.seeds import parse_kind, self_consistency, task_baseline
 from flowbot.tasks.task import Task
 from flowbot.version import __version__
 
 
 # -- loading -------------------------------------------------------------------------------------
-def load(path: str | Path, *, model: str | None = None, base_url: str | None = None) -> Workflow:
+def load(path: str | Path, *, model: str | None = None, base_url: str | None = None) -> RunnableWorkflow:
     """Load a saved workflow, optionally bound to a model.
 
     >>> wf = load("best.json", model="gpt-4o-mini")            # doctest: +SKIP
     >>> wf(question="How many legs do 3 spiders have?")         # doctest: +SKIP
     {'answer': '24'}
     """
-    return Workflow.load(path, model=model, base_url=base_url)
+    return RunnableWorkflow.load(path, model=model, base_url=base_url)
 
 
 def get_task(spec: Task | str, data_dir: str | Path | None = None) -> Task:
@@ -70,12 +71,12 @@ def get_task(spec: Task | str, data_dir: str | Path | None = None) -> Task:
     return load_benchmark(str(spec), data_dir)
 
 
-def resolve_seed(seed: Any, task: Task) -> IRWorkflow:
+def resolve_seed(seed: Any, task: Task) -> Workflow:
     """A workflow object, a baseline name (io/cot/sc/react, or sc<k> for k samples), or a workflow file."""
-    if isinstance(seed, IRWorkflow):
+    if isinstance(seed, Workflow):
         return seed
     if seed is None:
-        seed = "cot"
+        seed = D.SEED_WORKFLOW
     kind = parse_kind(seed) if isinstance(seed, str) else None
     if kind is not None and kind[1] is not None:
         return self_consistency(task_baseline(task, "cot"), kind[1])
@@ -84,13 +85,13 @@ def resolve_seed(seed: Any, task: Task) -> IRWorkflow:
     return load_workflow(seed, known_tools=default_tools().signatures())
 
 
-def _check_fields(workflow: IRWorkflow, task: Task) -> None:
+def _check_fields(workflow: Workflow, task: Task) -> None:
     missing = [f for f in workflow.sketch.inputs if f not in task.inputs]
     if missing:
-        raise ValueError(f"the workflow reads {', '.join(missing)}, which task {task.name!r} does not provide "
+        raise FlowBotError(f"the workflow reads {', '.join(missing)}, which task {task.name!r} does not provide "
                          f"(its inputs: {', '.join(task.inputs)})")
     if task.output not in workflow.sketch.outputs:
-        raise ValueError(f"the workflow writes {', '.join(workflow.sketch.outputs)} but task {task.name!r} "
+        raise FlowBotError(f"the workflow writes {', '.join(workflow.sketch.outputs)} but task {task.name!r} "
                          f"scores the field {task.output!r}")
 
 
@@ -158,7 +159,7 @@ async def aevaluate(
     model: str | None = None,
     base_url: str | None = None,
     judge_model: str | None = None,
-    concurrency: int = 4,
+    concurrency: int = D.CONCURRENCY,
     progress: bool = False,
     budget: Any = None,
     data_dir: str | Path | None = None,
@@ -218,7 +219,7 @@ def evaluate(workflow: Any, task: Task | str, **kwargs: Any) -> EvalResult:
     return run_sync(aevaluate(workflow, task, **kwargs))
 
 
-def _node_models(workflow: IRWorkflow, pool: ModelPool) -> dict[str, tuple[str, Any]]:
+def _node_models(workflow: Workflow, pool: ModelPool) -> dict[str, tuple[str, Any]]:
     """Nodes that name their own model, with its price (for the dollar-budget check)."""
     return {f"node {node_id}": (p.model, pool.provider(p.model).price_per_token())
             for node_id, p in workflow.params.items() if p.model and p.model != pool.default}
@@ -246,12 +247,12 @@ def _make_config(method: str, objective: str, cost_weight: float, inner: Any, ou
         return kind(**value)
 
     if method not in ("flowbot", "inner-only", "aflow"):
-        raise ValueError(f"unknown method {method!r}; use flowbot, inner-only or aflow")
+        raise FlowBotError(f"unknown method {method!r}; use flowbot, inner-only or aflow")
     if objective not in ("score", "cost"):
-        raise ValueError(f"unknown objective {objective!r}; use 'score' or 'cost'")
+        raise FlowBotError(f"unknown objective {objective!r}; use 'score' or 'cost'")
     plan = build(BudgetConfig, budget_plan)
     if plan.scope not in ("all", "search"):
-        raise ValueError(f"unknown budget scope {plan.scope!r}; use 'all' or 'search'")
+        raise FlowBotError(f"unknown budget scope {plan.scope!r}; use 'all' or 'search'")
     try:
         outer_cfg, race_cfg = build(OuterConfig, outer), build(RacingConfig, racing)
         inner_cfg, aflow_cfg = build(InnerConfig, inner), build(AFlowConfig, aflow)
@@ -260,9 +261,9 @@ def _make_config(method: str, objective: str, cost_weight: float, inner: Any, ou
     except TypeError as exc:  # an unknown setting name
         raise FlowBotError(str(exc).replace("__init__() ", "")) from None
     if outer_cfg.proposal not in ("llm", "fixed"):
-        raise ValueError(f"unknown proposal policy {outer_cfg.proposal!r}; use 'llm' or 'fixed'")
+        raise FlowBotError(f"unknown proposal policy {outer_cfg.proposal!r}; use 'llm' or 'fixed'")
     if outer_cfg.schedule not in ("tune-first", "alternate"):
-        raise ValueError(f"unknown schedule {outer_cfg.schedule!r}; use 'tune-first' or 'alternate'")
+        raise FlowBotError(f"unknown schedule {outer_cfg.schedule!r}; use 'tune-first' or 'alternate'")
     margin, alpha = race_cfg.margin, race_cfg.alpha
     if not isinstance(margin, int) or isinstance(margin, bool) or margin < 1:
         raise FlowBotError(f"must be a whole number of at least 1, got {margin!r}", where="racing.margin")
@@ -362,10 +363,11 @@ def _is_legacy_run(path: Path, legacy: dict[str, Any], settings: dict[str, Any])
         _same_model(first.get("optimizer_model"), settings["optimizer_model"])
 
 
-def run_config(*, method: str = "flowbot", objective: str = "score", cost_weight: float = 0.05, inner: Any = None,
-               outer: Any = None, aflow: Any = None, racing: Any = None, budget_scope: str = "all",
-               budget_shares: dict[str, float] | None = None, train_size: int | None = 40, val_size: int | None = 20,
-               test_size: int | None = None, concurrency: int = 4, random_seed: int = 0, progress: bool = False,
+def run_config(*, method: str = D.METHOD, objective: str = D.OBJECTIVE, cost_weight: float = D.COST_WEIGHT,
+               inner: Any = None, outer: Any = None, aflow: Any = None, racing: Any = None,
+               budget_scope: str = D.BUDGET_SCOPE, budget_shares: dict[str, float] | None = None,
+               train_size: int | None = D.TRAIN_SIZE, val_size: int | None = D.VAL_SIZE, test_size: int | None = None,
+               concurrency: int = D.CONCURRENCY, random_seed: int = D.RANDOM_SEED, progress: bool = False,
                evaluate_test: bool = True) -> OptimizeConfig:
     """The optimizer settings :func:`prepare_run` makes of these arguments (checked as it checks
     them); ``flowbot runs`` uses it to see whether a run's resume command still matches the run."""
@@ -375,15 +377,15 @@ def run_config(*, method: str = "flowbot", objective: str = "score", cost_weight
                         evaluate_test=evaluate_test)
 
 
-def prepare_run(task: Task | str, *, seed: Any = "cot", model: str | None = None,
+def prepare_run(task: Task | str, *, seed: Any = D.SEED_WORKFLOW, model: str | None = None,
                 optimizer_model: str | None = None, base_url: str | None = None,
-                optimizer_base_url: str | None = None, budget: Any = None, objective: str = "score",
-                cost_weight: float = 0.05, method: str = "flowbot", run_dir: str | Path | None = None,
+                optimizer_base_url: str | None = None, budget: Any = None, objective: str = D.OBJECTIVE,
+                cost_weight: float = D.COST_WEIGHT, method: str = D.METHOD, run_dir: str | Path | None = None,
                 inner: Any = None, outer: Any = None, aflow: Any = None, racing: Any = None,
-                budget_scope: str = "all", budget_shares: dict[str, float] | None = None,
-                train_size: int | None = 40,
-                val_size: int | None = 20, test_size: int | None = None, concurrency: int = 4,
-                random_seed: int = 0, data_dir: str | Path | None = None, progress: bool = False,
+                budget_scope: str = D.BUDGET_SCOPE, budget_shares: dict[str, float] | None = None,
+                train_size: int | None = D.TRAIN_SIZE,
+                val_size: int | None = D.VAL_SIZE, test_size: int | None = None, concurrency: int = D.CONCURRENCY,
+                random_seed: int = D.RANDOM_SEED, data_dir: str | Path | None = None, progress: bool = False,
                 evaluate_test: bool = True, providers: dict[str, Provider] | None = None,
                 prices: dict[str, Any] | None = None, backend: str | Backend | None = None,
                 mlflow: bool | str | None = None) -> "PreparedRun":
@@ -428,7 +430,7 @@ def _first_missing(path: Path) -> Path | None:
 @dataclass
 class PreparedRun:
     task: Task
-    seed: IRWorkflow
+    seed: Workflow
     config: OptimizeConfig
     budget: Budget
     run_dir: Path
@@ -516,7 +518,7 @@ class PreparedRun:
         if not (Path(self.run_dir) / "config.json").exists():  # a new run: refused before anything is paid
             refusal = (await self.aestimate()).refusal
             if refusal is not None:
-                raise ValueError(refusal)
+                raise FlowBotError(refusal)
         created = _first_missing(self.run_dir)  # what to remove if this session leaves nothing worth keeping
         rd = RunDir(self.run_dir)  # locked for this process until closed
         cache: ResponseCache | None = None
@@ -624,20 +626,21 @@ def _example_row(r: Any) -> dict[str, Any]:
     return {k: d.get(k) for k in ("prediction", "score", "feedback", "error", "trace")}
 
 
-async def aoptimize(task: Task | str, *, seed: Any = "cot", model: str | None = None,
-                    optimizer_model: str | None = None, budget: Any = None, objective: str = "score",
+async def aoptimize(task: Task | str, *, seed: Any = D.SEED_WORKFLOW, model: str | None = None,
+                    optimizer_model: str | None = None, budget: Any = None, objective: str = D.OBJECTIVE,
                     run_dir: str | Path | None = None, callbacks: Iterable[Callable[[dict[str, Any]], None]] = (),
                     **options: Any) -> OptimizationResult:
     """Async :func:`optimize` (``await flowbot.aoptimize(...)`` in a notebook)."""
     prepared = prepare_run(task, seed=seed, model=model, optimizer_model=optimizer_model, budget=budget,
                            objective=objective, run_dir=run_dir, **options)
     result = await prepared.arun(callbacks)
-    result.best = Workflow.from_ir(result.best)
+    result.best = RunnableWorkflow.from_ir(result.best)
     return result
 
 
-def optimize(task: Task | str, *, seed: Any = "cot", model: str | None = None, optimizer_model: str | None = None,
-             budget: Any = None, objective: str = "score", run_dir: str | Path | None = None,
+def optimize(task: Task | str, *, seed: Any = D.SEED_WORKFLOW, model: str | None = None,
+             optimizer_model: str | None = None, budget: Any = None, objective: str = D.OBJECTIVE,
+             run_dir: str | Path | None = None,
              callbacks: Iterable[Callable[[dict[str, Any]], None]] = (), **options: Any) -> OptimizationResult:
     """Optimize a workflow for a task; resumable through its run directory.
 

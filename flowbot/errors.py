@@ -5,13 +5,17 @@
     ...
     flowbot.errors.FlowBotError: --budget-calls: budget must be positive, got -5
 
-The command line shows any :class:`FlowBotError` as one line (no traceback) and exits non-zero.
-``where`` names the place (a file and line, an option, a field) when the message does not start
-with it already. This module imports nothing of flowbot, so every layer may use it.
+Every user error of every layer derives from :class:`FlowBotError` (``DataError``,
+``WorkflowFileError``, ``WorkflowValidationError``, ``EditError``, ``RunDirError``, ...). The
+command line shows one as one line (no traceback) and exits non-zero; any other exception is a bug
+and keeps its traceback. ``where`` names the place (a file and line, an option, a field) when the
+message does not start with it already. This module imports nothing of flowbot, so every layer
+may use it.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
 
 
@@ -30,6 +34,26 @@ class MetricFailure(FlowBotError):
 
 class InputError(FlowBotError, TypeError):
     """A workflow was called without a field it reads (also a TypeError, like a missing argument)."""
+
+
+def read_text_file(path: Path, what: str, error: Callable[[str], Exception] = FlowBotError) -> str:
+    """The UTF-8 text of the file a user named (see :func:`utf8_text`); otherwise ``error`` with one
+    line saying what is wrong: a directory (``what`` names the file expected), no such file, unreadable.
+
+    >>> read_text_file(Path("nowhere.json"), "workflow file")
+    Traceback (most recent call last):
+    ...
+    flowbot.errors.FlowBotError: nowhere.json: no such file
+    """
+    if path.is_dir():
+        raise error(f"{path}: is a directory, not a {what}")
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise error(f"{path}: no such file") from None
+    except OSError as exc:
+        raise error(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    return utf8_text(data, str(path), error)
 
 
 def utf8_text(data: bytes, source: str, error: Callable[[str], Exception] = FlowBotError) -> str:

@@ -1,5 +1,8 @@
-"""Turning known errors into one clear line (and exit code 2) instead of a traceback.
-Set FLOWBOT_DEBUG=1 to see the traceback anyway."""
+"""Turning user errors into one clear line (and exit code 2) instead of a traceback: a
+:class:`~flowbot.errors.FlowBotError` (bad input or a bad setting; the message names the file, line,
+field or option) and an :class:`~flowbot.lm.base.LMError` that reaches the command (a bad key, an
+unknown model, a server that stays down: the message says what to do). Anything else is a bug and
+keeps its traceback. Set FLOWBOT_DEBUG=1 to see the traceback of a user error too."""
 
 from __future__ import annotations
 
@@ -12,19 +15,13 @@ from rich.console import Console
 from rich.text import Text
 
 from flowbot.errors import FlowBotError
-from flowbot.graph.edits import EditError
-from flowbot.graph.io import WorkflowFileError
-from flowbot.graph.sketch import WorkflowValidationError
 from flowbot.lm.base import LMError
-from flowbot.optim.rundir import RunDirError
-from flowbot.tasks.loaders import DataError
 
 #: a bad option value a command finds itself (typer's own usage errors keep typer's format)
 _USAGE_ERRORS = (typer.BadParameter,)
 
-#: errors that describe bad input or a bad setting: shown as one message, no traceback
-USER_ERRORS = (FlowBotError, DataError, WorkflowFileError, WorkflowValidationError, EditError, LMError, RunDirError,
-               FileNotFoundError, ValueError)
+#: errors that describe bad input, a bad setting or an LM the user must fix: one message, no traceback
+USER_ERRORS = (FlowBotError, LMError)
 
 
 def handled(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -11,7 +11,9 @@ API keys are read from the environment only (e.g. OPENAI_API_KEY), never from op
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -24,6 +26,7 @@ from rich.text import Text
 
 from flowbot.cli.errors import handled
 from flowbot.errors import FlowBotError
+from flowbot.optim import defaults as D
 from flowbot.version import __version__
 
 app = typer.Typer(name="flowbot", help="Induce LLM workflows from data: optimize structure and prompts together.",
@@ -73,11 +76,11 @@ def run(
     sandbox: str = SandboxOpt,
 ) -> None:
     """Run a workflow on one input and print its output fields."""
-    from flowbot.runtime.runnable import Workflow
+    from flowbot.runtime.runnable import RunnableWorkflow
 
     _sandbox_policy(sandbox)
     values = _json_arg(input, "--input")
-    wf = Workflow.load(workflow, model=model, base_url=base_url)
+    wf = RunnableWorkflow.load(workflow, model=model, base_url=base_url)
     missing = [f for f in wf.sketch.inputs if f not in values]
     if missing:
         raise FlowBotError(f"missing field(s) {', '.join(map(repr, missing))}; {workflow} reads "
@@ -142,7 +145,7 @@ def eval_cmd(
                                                  "(default: cot, or the run's best.json with --run-dir)."),
     split: str = typer.Option("test", "--split", help="train, val or test"),
     limit: Optional[int] = typer.Option(None, "--limit", "-n", help="Only the first N examples of the split."),
-    concurrency: int = typer.Option(4, "--concurrency", "-c"),
+    concurrency: int = typer.Option(D.CONCURRENCY, "--concurrency", "-c"),
     model: Optional[str] = ModelOpt,
     base_url: Optional[str] = BaseUrlOpt,
     out_path: Optional[Path] = typer.Option(None, "--out", "-o", help="Where to write the JSON result "
@@ -190,7 +193,7 @@ def eval_cmd(
     seed = int((run_settings.get("optimize") or {}).get("seed", 0) or 0)
     the_backend = make_backend(backend, address=ray_address, workers=workers)
     results = []
-    for wf in workflow or ["cot"]:
+    for wf in workflow or [D.SEED_WORKFLOW]:
         results.append(asyncio.run(aevaluate(wf, the_task, split=split, limit=limit, model=model, base_url=base_url,
                                              concurrency=concurrency, progress=True, seed=seed,
                                              cache=True if cache_path is None else cache_path,
@@ -240,8 +243,6 @@ def _prices(options: list[str] | None) -> dict[str, str] | None:
 
 def _command_line() -> str:
     """This invocation as a shell line (recorded in config.json so ``flowbot runs`` can print it)."""
-    import shlex
-
     return shlex.join(["flowbot", *sys.argv[1:]])
 
 
@@ -262,7 +263,8 @@ def _eval_cache(cache: Path | None, run_dir: Path | None) -> Path | None:
 @handled
 def optimize(
     task: Optional[str] = typer.Option(None, "--task", "-t", help="A benchmark name or a task file."),
-    seed_workflow: str = typer.Option("cot", "--from", help="Seed workflow: io, cot, sc, react or a workflow file."),
+    seed_workflow: str = typer.Option(D.SEED_WORKFLOW, "--from", help="Seed workflow: io, cot, sc, react or a "
+                                      "workflow file."),
     model: Optional[str] = ModelOpt,
     optimizer_model: Optional[str] = typer.Option(None, "--optimizer-model", help="The model that writes "
                                                   "losses, gradients, prompts and edits (default: --model)."),
@@ -272,43 +274,43 @@ def optimize(
     budget_calls: Optional[int] = typer.Option(None, "--budget-calls", help="Cap on paid LM calls over all roles."),
     budget_tokens: Optional[int] = typer.Option(None, "--budget-tokens"),
     budget_seconds: Optional[float] = typer.Option(None, "--budget-seconds", help="Wall-time cap."),
-    objective: str = typer.Option("score", "--objective", help="score, or cost (score minus --cost-weight × cost "
+    objective: str = typer.Option(D.OBJECTIVE, "--objective", help="score, or cost (score minus --cost-weight × cost "
                                   "per example)"),
-    cost_weight: float = typer.Option(0.05, "--cost-weight", help="Per dollar per example (or per 1k tokens for "
-                                      "free local models)."),
+    cost_weight: float = typer.Option(D.COST_WEIGHT, "--cost-weight", help="Per dollar per example (or per 1k "
+                                      "tokens for free local models)."),
     inner_only: bool = typer.Option(False, "--inner-only", help="Prompt-only ablation: no structural search."),
-    method: str = typer.Option("flowbot", "--method", help="flowbot, inner-only or aflow (the AFlow-style baseline)"),
-    feedback: str = typer.Option("backward", "--feedback", help="backward (layer by layer) or global (ablation)"),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Inner-loop steps (minibatches) per tuned "
-                                        "workflow (default 5)."),
-    rounds: Optional[int] = typer.Option(None, "--rounds", help="Structural candidates tried (default 4)."),
-    minibatch: Optional[int] = typer.Option(None, "--minibatch", help="Minibatch size (default 5)."),
-    candidates: Optional[int] = typer.Option(None, "--candidates", help="Instruction rewrites proposed per node "
-                                             "and step (default 1)."),
-    step: Optional[str] = typer.Option(None, "--step", help="How a blamed node's instruction changes: rewrite "
-                                       "(default, the paper's step: the optimizer rewrites it whole) or rule (it "
-                                       "adds one general rule to it; sturdier with small optimizer models)."),
-    specificity_guard: Optional[bool] = typer.Option(
-        None, "--specificity-guard/--no-specificity-guard", help="Drop, before paying for it, an instruction change "
-        "that names things of the minibatch's examples (default on)."),
-    demos: Optional[int] = typer.Option(None, "--demos", help="Few-shot demos to try per node (default 2; 0 = off)."),
-    proposal: str = typer.Option("llm", "--proposal", help="llm (the optimizer critiques the structure and "
+    method: str = typer.Option(D.METHOD, "--method", help="flowbot, inner-only or aflow (the AFlow-style baseline)"),
+    feedback: str = typer.Option(D.FEEDBACK, "--feedback", help="backward (layer by layer) or global (ablation)"),
+    steps: int = typer.Option(D.INNER_STEPS, "--steps", help="Inner-loop steps (minibatches) per tuned workflow."),
+    rounds: Optional[int] = typer.Option(None, "--rounds", help=f"Structural candidates tried (default "
+                                         f"{D.OUTER_ROUNDS}; with --method aflow, {D.AFLOW_ROUNDS})."),
+    minibatch: int = typer.Option(D.MINIBATCH_SIZE, "--minibatch", help="Minibatch size."),
+    candidates: int = typer.Option(D.CANDIDATES, "--candidates", help="Instruction rewrites proposed per node "
+                                   "and step."),
+    step: str = typer.Option(D.STEP, "--step", help="How a blamed node's instruction changes: rewrite (the "
+                             "paper's step: the optimizer rewrites it whole) or rule (it adds one general rule "
+                             "to it; sturdier with small optimizer models)."),
+    specificity_guard: bool = typer.Option(
+        D.SPECIFICITY_GUARD, "--specificity-guard/--no-specificity-guard", help="Drop, before paying for it, an "
+        "instruction change that names things of the minibatch's examples."),
+    demos: int = typer.Option(D.DEMOS, "--demos", help="Few-shot demos to try per node (0 = off)."),
+    proposal: str = typer.Option(D.PROPOSAL, "--proposal", help="llm (the optimizer critiques the structure and "
                                  "picks an edit) or fixed (ablation: a fixed order over the operator menu)."),
-    schedule: Optional[str] = typer.Option(None, "--schedule", help="tune-first (default: tune the seed, then "
-                                           "each structure that wins) or alternate (the paper's order: each round "
+    schedule: str = typer.Option(D.SCHEDULE, "--schedule", help="tune-first (tune the seed, then "
+                                 "each structure that wins) or alternate (the paper's order: each round "
                                            "one structural step, then an inner step on the incumbent)."),
-    budget_scope: str = typer.Option("all", "--budget-scope", help="all: the budget caps everything, the test "
+    budget_scope: str = typer.Option(D.BUDGET_SCOPE, "--budget-scope", help="all: the budget caps everything, the test "
                                      "evaluation is reserved from it; search: it caps the search only and the "
                                      "test is paid and reported apart."),
-    margin: Optional[int] = typer.Option(None, "--margin", help="Racing: wins minus losses a candidate needs "
-                                         "against the incumbent (default 2)."),
-    alpha: Optional[float] = typer.Option(None, "--alpha", help="Racing: one-sided sign-test level (default 0.15)."),
-    train_size: Optional[int] = typer.Option(40, "--train-size"),
-    val_size: Optional[int] = typer.Option(20, "--val-size"),
+    margin: int = typer.Option(D.MARGIN, "--margin", help="Racing: wins minus losses a candidate needs "
+                               "against the incumbent."),
+    alpha: float = typer.Option(D.ALPHA, "--alpha", help="Racing: one-sided sign-test level."),
+    train_size: int = typer.Option(D.TRAIN_SIZE, "--train-size"),
+    val_size: int = typer.Option(D.VAL_SIZE, "--val-size"),
     test_size: Optional[int] = typer.Option(None, "--test-size", help="Only the first N test examples (default: "
                                             "all; 0 only with --no-test)."),
-    concurrency: int = typer.Option(4, "--concurrency", "-c"),
-    random_seed: int = typer.Option(0, "--seed"),
+    concurrency: int = typer.Option(D.CONCURRENCY, "--concurrency", "-c"),
+    random_seed: int = typer.Option(D.RANDOM_SEED, "--seed"),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Default: runs/<task>-<method>-<settings hash>; "
                                            "re-running the same command resumes it."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the projected calls, tokens and dollars; pay nothing."),
@@ -369,7 +371,7 @@ def optimize(
     printer = RunPrinter(out)
     printer.print_estimate(estimate, the_task, prepared)
     if estimate.refusal and not (prepared.run_dir / "config.json").exists():
-        raise ValueError(estimate.refusal)
+        raise FlowBotError(estimate.refusal)
     if dry_run:
         return
     out.print(f"run directory: {prepared.run_dir}  (create {prepared.run_dir / 'STOP'} or press Ctrl-C to stop; "
@@ -407,8 +409,34 @@ def optimize_settings(options: dict[str, Any]) -> dict[str, Any]:
     )
 
 
+def command_settings(command: str) -> dict[str, Any] | None:
+    """The optimizer settings (as saved in a run's settings) that a ``flowbot optimize`` command line
+    makes with this version, or None for another command; a ValueError names an option that no
+    longer parses. ``flowbot runs`` hands it to :func:`flowbot.report.runs.list_runs`, which checks
+    with it that a run's resume command still makes the run's settings."""
+    from flowbot.api import run_config
+
+    args = shlex.split(command.split(" && ", 1)[-1])
+    if args[:2] != ["flowbot", "optimize"]:
+        return None
+    try:
+        with _optimize_command().make_context("optimize", args[2:]) as ctx:  # parses; runs nothing
+            options = dict(ctx.params)
+    except Exception as exc:  # click's usage errors (typer may bundle its own click)
+        if not hasattr(exc, "format_message"):
+            raise
+        raise ValueError(f"its command line does not parse: {exc.format_message()}") from None
+    return json.loads(json.dumps(run_config(**optimize_settings(options)).to_dict(), default=str))
+
+
+@functools.lru_cache(maxsize=1)
+def _optimize_command() -> Any:
+    return typer.main.get_command(app).commands["optimize"]  # type: ignore[attr-defined]
+
+
 def _given(**options: Any) -> dict[str, Any]:
-    """The options the user gave; the rest keep the defaults the Python API has (one set of them)."""
+    """The options that have a value (``--rounds`` has none unless given: it sets the outer loop's
+    and the AFlow search's, whose defaults differ in general)."""
     return {k: v for k, v in options.items() if v is not None}
 
 
@@ -440,7 +468,7 @@ def runs(
     """List past runs: task, models, seed/best validation and test scores, spend, status, how to resume."""
     from flowbot.report.runs import list_runs
 
-    found = list_runs(directory)
+    found = list_runs(directory, command_settings=command_settings)
     if as_json:
         print(json.dumps([r.to_dict() for r in found], indent=1, default=str))
         return

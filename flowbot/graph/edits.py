@@ -18,6 +18,7 @@ from typing import Annotated, Any, Iterable, Literal, Mapping, Sequence, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from flowbot.errors import FlowBotError
 from flowbot.graph.nodes import (
     BranchNode,
     BranchRule,
@@ -31,7 +32,7 @@ from flowbot.graph.nodes import (
 from flowbot.graph.sketch import Sketch, Workflow, WorkflowValidationError, tool_args
 
 
-class EditError(ValueError):
+class EditError(FlowBotError):
     """An edit that cannot be applied, or whose result would be invalid."""
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from flowbot.errors import utf8_text
+from flowbot.errors import FlowBotError, read_text_file
 from flowbot.graph.sketch import Problem, Workflow, WorkflowValidationError
 from flowbot.version import __version__
 
@@ -21,7 +21,7 @@ IR_SCHEMA_VERSION = 1
 FORMAT_TAG = "flowbot-workflow"
 
 
-class WorkflowFileError(ValueError):
+class WorkflowFileError(FlowBotError):
     """A workflow file that cannot be read: not JSON, not a workflow, or an incompatible version."""
 
 
@@ -68,15 +68,7 @@ def workflow_from_dict(data: Any, source: str = "<dict>", known_tools: set[str] 
 def load_workflow(path: str | Path, known_tools: set[str] | None = None) -> Workflow:
     """Load and validate a workflow JSON file (errors name the file, and the line for bad JSON)."""
     path = Path(path)
-    if path.is_dir():
-        raise WorkflowFileError(f"{path}: is a directory, not a workflow file")
-    try:
-        data_bytes = path.read_bytes()
-    except FileNotFoundError:
-        raise WorkflowFileError(f"{path}: no such file") from None
-    except OSError as exc:
-        raise WorkflowFileError(f"{path}: cannot read it ({exc.strerror or exc})") from None
-    text = utf8_text(data_bytes, str(path), WorkflowFileError)
+    text = read_text_file(path, "workflow file", WorkflowFileError)
     if not text.strip():
         raise WorkflowFileError(f"{path}: the file is empty")
     try:

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler
 
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
-#: how an llm node's raw reply becomes its field value (see flowbot.runtime.extract)
+#: how an llm node's raw reply becomes its field value (see flowbot.scoring.extract)
 #: ``reasoning`` keeps the whole reply (a draft's full solution, for a verifier to read) while the
 #: prompt still asks for the final line of rule ``OutputFormat.final``
 ExtractRule = Literal["text", "answer", "boxed", "number", "label", "json", "code", "regex", "reasoning"]

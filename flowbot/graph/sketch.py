@@ -17,6 +17,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from flowbot.errors import FlowBotError
 from flowbot.graph.nodes import BranchNode, LLMNode, MergeNode, Node, NodeParams, ToolNode
 
 
@@ -37,11 +38,12 @@ class Problem:
         return (", ".join(where) + ": " if where else "") + self.message
 
 
-class WorkflowValidationError(ValueError):
+class WorkflowValidationError(FlowBotError):
     def __init__(self, problems: list[Problem], source: str | None = None):
         self.problems = problems
         head = f"invalid workflow{f' in {source}' if source else ''}"
         super().__init__(head + ":\n" + "\n".join(f"  - {p}" for p in problems))
+        self.where = source  # (already named in the message)
 
 
 class Sketch(BaseModel):
@@ -320,13 +322,3 @@ class Workflow(BaseModel):
             ):
                 out.append(n)
         return out
-
-    def to_text(self) -> str:
-        from flowbot.graph.render import to_text
-
-        return to_text(self)
-
-    def to_mermaid(self) -> str:
-        from flowbot.graph.render import to_mermaid
-
-        return to_mermaid(self)

@@ -31,6 +31,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+from flowbot.errors import FlowBotError
 from flowbot.optim.rundir import atomic_write_text
 from flowbot.runtime.tracing import use_tracer
 from flowbot.version import __version__
@@ -44,7 +45,7 @@ ARTIFACTS = ("best.json", "summary.json", "report.html", "config.json", "events.
 PARAM_CHARS = 500  # MLflow caps a param value; longer settings are cut (the full text is in config.json)
 
 
-class MlflowSetupError(ValueError):
+class MlflowSetupError(FlowBotError):
     """MLflow was asked for but cannot be used (not installed)."""
 
 

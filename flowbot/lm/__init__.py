@@ -1,5 +1,5 @@
 """LM transport layer: providers, the response cache, usage meter, budgets and retries, and
-structured (JSON-schema) replies."""
+structured (JSON-schema) replies. (A scripted LM and a test server for tests: :mod:`flowbot.testing`.)"""
 
 from flowbot.lm.base import (
     BudgetExceeded,
@@ -10,21 +10,18 @@ from flowbot.lm.base import (
     LMRequest,
     LMTransientError,
     LMUnreachable,
-    Message,
     Provider,
     Usage,
 )
-from flowbot.lm.budget import Budget, BudgetLimits, RoleUsage, UsageMeter
-from flowbot.lm.cache import ResponseCache, cache_key
+from flowbot.lm.budget import Budget, UsageMeter
+from flowbot.lm.cache import ResponseCache
 from flowbot.lm.client import LMClient
 from flowbot.lm.retry import RetryPolicy
-from flowbot.lm.schema import SchemaError, schema_text, unsupported_parts
-from flowbot.lm.scripted import ScriptedLM
+from flowbot.lm.schema import SchemaError
 from flowbot.lm.structured import StructuredReply, check_schema, complete_json
 
 __all__ = [
-    "Budget", "BudgetExceeded", "BudgetLimits", "Completion", "LMClient", "LMConnectionError", "LMError",
-    "LMPermanentError", "LMRequest", "LMTransientError", "LMUnreachable", "Message", "Provider", "ResponseCache",
-    "RetryPolicy", "RoleUsage", "SchemaError", "ScriptedLM", "StructuredReply", "Usage", "UsageMeter",
-    "cache_key", "check_schema", "complete_json", "schema_text", "unsupported_parts",
+    "Budget", "BudgetExceeded", "Completion", "LMClient", "LMConnectionError", "LMError", "LMPermanentError",
+    "LMRequest", "LMTransientError", "LMUnreachable", "Provider", "ResponseCache", "RetryPolicy", "SchemaError",
+    "StructuredReply", "Usage", "UsageMeter", "check_schema", "complete_json",
 ]

@@ -151,8 +151,9 @@ def could_not_connect(exc: BaseException | None) -> bool:
     return False
 
 
-class BudgetExceeded(LMError):
-    """A budget (calls, tokens, dollars or time) would be exceeded by the next call."""
+class BudgetExceeded(Exception):
+    """A budget (calls, tokens, dollars or time) would be exceeded by the next call. Control flow,
+    not a failure of the LM: the loops catch it and end cleanly with what they have."""
 
 
 class Provider(abc.ABC):

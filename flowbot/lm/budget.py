@@ -55,6 +55,25 @@ class RoleUsage:
             priced=cost is not None,
         )
 
+    def add(self, other: "RoleUsage") -> None:
+        """Count ``other`` in this one (priced only while both are)."""
+        for name in _COUNTS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.priced = self.priced and other.priced
+
+
+#: the counters of a RoleUsage (every field but ``priced``)
+_COUNTS = ("calls", "replayed_calls", "cached_calls", "failed_calls", "retries", "prompt_tokens",
+           "completion_tokens", "cost_usd")
+
+
+def total_usage(by_role: dict[str, RoleUsage]) -> RoleUsage:
+    """All roles together."""
+    total = RoleUsage()
+    for usage in by_role.values():
+        total.add(usage)
+    return total
+
 
 class UsageMeter:
     """Counts what each role (``task``, ``optimizer``, ``judge`` ...) used. Thread- and task-safe."""
@@ -94,11 +113,7 @@ class UsageMeter:
         """Add usage counted elsewhere (e.g. by a remote worker's meter) to this meter."""
         with self._lock:
             for role, u in usage.items():
-                r = self._role(role)
-                for name in ("calls", "replayed_calls", "cached_calls", "failed_calls", "retries",
-                             "prompt_tokens", "completion_tokens", "cost_usd"):
-                    setattr(r, name, getattr(r, name) + getattr(u, name))
-                r.priced = r.priced and u.priced
+                self._role(role).add(u)
 
     def snapshot(self) -> dict[str, RoleUsage]:
         with self._lock:
@@ -108,18 +123,7 @@ class UsageMeter:
         return {k: v.to_dict() for k, v in self.snapshot().items()}
 
     def total(self) -> RoleUsage:
-        total = RoleUsage()
-        for r in self.snapshot().values():
-            total.calls += r.calls
-            total.replayed_calls += r.replayed_calls
-            total.cached_calls += r.cached_calls
-            total.failed_calls += r.failed_calls
-            total.retries += r.retries
-            total.prompt_tokens += r.prompt_tokens
-            total.completion_tokens += r.completion_tokens
-            total.cost_usd += r.cost_usd
-            total.priced = total.priced and r.priced
-        return total
+        return total_usage(self.snapshot())
 
 
 @dataclass

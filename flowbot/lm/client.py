@@ -2,7 +2,8 @@
 per-role usage meter, the budget, the concurrency limit and retries.
 
     >>> import asyncio
-    >>> from flowbot.lm import LMClient, ScriptedLM
+    >>> from flowbot.lm import LMClient
+    >>> from flowbot.testing import ScriptedLM
     >>> lm = LMClient(ScriptedLM(default="4"))
     >>> asyncio.run(lm.complete([{"role": "user", "content": "2+2?"}])).text
     '4'

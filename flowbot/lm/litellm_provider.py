@@ -19,18 +19,19 @@ import re
 import threading
 from typing import Any
 
+from flowbot.errors import FlowBotError
 from flowbot.lm.base import (Completion, LMConnectionError, LMPermanentError, LMRequest, LMTransientError, Provider,
                              Usage, could_not_connect)
-from flowbot.lm.redact import clean_key, environment_secrets, redact
 from flowbot.lm.openai_compat import (
     PLACEHOLDER_KEY,
+    chat_arguments,
     collect_samples,
     error_for_status,
-    estimate_tokens,
+    estimated_usage,
     parse_retry_after,
-    response_format,
     server_message,
 )
+from flowbot.lm.redact import clean_key, environment_secrets, redact
 
 MISSING_EXTRA = "hosted models need litellm: pip install 'flowbot[hosted]'"
 
@@ -106,7 +107,7 @@ class LiteLLMProvider(Provider):
         supports_schema: bool | None = None,
     ) -> None:
         if not model:
-            raise ValueError("LiteLLMProvider needs a model name")
+            raise FlowBotError("LiteLLMProvider needs a model name")
         self._supports_schema = supports_schema
         self.model = model
         self.api_base = api_base
@@ -181,24 +182,12 @@ class LiteLLMProvider(Provider):
     async def _fetch(self, request: LMRequest, n: int, seed: int | None) -> tuple[list[str], Usage]:
         kwargs: dict[str, Any] = {
             **self.extra,
-            "model": self.model,
-            "messages": request.message_dicts(),
-            "temperature": request.temperature,
+            **chat_arguments(request, self.model, n, seed),
             "timeout": self.timeout,
             "num_retries": 0,  # LMClient's RetryPolicy retries
             "max_retries": 0,
             "drop_params": True,  # a vendor without `seed` or `n` ignores it instead of failing
         }
-        if n > 1:
-            kwargs["n"] = n
-        if seed is not None:
-            kwargs["seed"] = seed
-        if request.max_tokens is not None:
-            kwargs["max_tokens"] = request.max_tokens
-        if request.stop:
-            kwargs["stop"] = list(request.stop)
-        if request.schema is not None:
-            kwargs["response_format"] = response_format(request.schema)
         if self.api_base:
             kwargs["api_base"] = self.api_base
         key = self._key()
@@ -282,5 +271,4 @@ class LiteLLMProvider(Provider):
         if isinstance(prompt, int) and isinstance(completion, int):
             return Usage(prompt, completion)
         self.estimated_usage_calls += 1
-        return Usage(sum(estimate_tokens(c) for _, c in request.messages),
-                     sum(estimate_tokens(t) for t in texts))
+        return estimated_usage(request, texts)

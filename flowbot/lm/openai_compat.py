@@ -30,6 +30,7 @@ from typing import Any, AsyncGenerator, Awaitable, Callable, Literal, Mapping
 
 import openai
 
+from flowbot.errors import FlowBotError
 from flowbot.lm.base import (Completion, LMConnectionError, LMPermanentError, LMRequest, LMTransientError, Provider,
                              Usage, could_not_connect)
 from flowbot.lm.redact import clean_key, redact
@@ -151,6 +152,33 @@ def estimate_tokens(text: str) -> int:
     return math.ceil(len(text) / 4) if text else 0
 
 
+def estimated_usage(request: LMRequest, texts: list[str]) -> Usage:
+    """The usage of a call whose server reported none (:func:`estimate_tokens` of every message and reply)."""
+    return Usage(sum(estimate_tokens(c) for _, c in request.messages), sum(estimate_tokens(t) for t in texts))
+
+
+def chat_arguments(request: LMRequest, model: str, n: int, seed: int | None, *, schema: bool = True) -> dict[str, Any]:
+    """The chat-completions arguments asking ``model`` for ``n`` samples of ``request`` from ``seed``,
+    as both HTTP providers send them (``schema``: send the request's JSON schema as ``response_format``).
+
+    >>> args = chat_arguments(LMRequest.of([{"role": "user", "content": "hi"}], max_tokens=5), "m", 2, 7)
+    >>> args["messages"], args["n"], args["seed"], args["max_tokens"]
+    ([{'role': 'user', 'content': 'hi'}], 2, 7, 5)
+    """
+    args: dict[str, Any] = {"model": model, "messages": request.message_dicts(), "temperature": request.temperature}
+    if n > 1:
+        args["n"] = n
+    if seed is not None:
+        args["seed"] = seed
+    if request.max_tokens is not None:
+        args["max_tokens"] = request.max_tokens
+    if request.stop:
+        args["stop"] = list(request.stop)
+    if request.schema is not None and schema:
+        args["response_format"] = response_format(request.schema)
+    return args
+
+
 FetchFn = Callable[[int, "int | None"], Awaitable[tuple[list[str], Usage]]]
 
 
@@ -223,15 +251,15 @@ class OpenAICompatProvider(Provider):
         supports_schema: bool = True,
     ) -> None:
         if not model:
-            raise ValueError("OpenAICompatProvider needs a model name")
+            raise FlowBotError("OpenAICompatProvider needs a model name")
         if not base_url.startswith(("http://", "https://")):
-            raise ValueError(f"base_url must start with http:// or https://, got {base_url!r}")
+            raise FlowBotError(f"base_url must start with http:// or https://, got {base_url!r}")
         if http_backend not in ("httpx", "aiohttp"):
-            raise ValueError(f"http_backend must be 'httpx' or 'aiohttp', got {http_backend!r}")
+            raise FlowBotError(f"http_backend must be 'httpx' or 'aiohttp', got {http_backend!r}")
         if http_backend == "aiohttp" and (
             importlib.util.find_spec("aiohttp") is None or not hasattr(openai, "DefaultAioHttpClient")
         ):
-            raise ValueError("http_backend='aiohttp' needs aiohttp and openai>=1.80: pip install aiohttp")
+            raise FlowBotError("http_backend='aiohttp' needs aiohttp and openai>=1.80: pip install aiohttp")
         self.http_backend = http_backend
         self.supports_schema = supports_schema
         self.model = model
@@ -323,22 +351,7 @@ class OpenAICompatProvider(Provider):
         return Completion(texts=texts, usage=usage, model=self.model)
 
     async def _fetch(self, request: LMRequest, n: int, seed: int | None) -> tuple[list[str], Usage]:
-        body: dict[str, Any] = {
-            **self.extra_body,
-            "model": self.model,
-            "messages": request.message_dicts(),
-            "temperature": request.temperature,
-        }
-        if n > 1:
-            body["n"] = n
-        if seed is not None:
-            body["seed"] = seed
-        if request.max_tokens is not None:
-            body["max_tokens"] = request.max_tokens
-        if request.stop:
-            body["stop"] = list(request.stop)
-        if request.schema is not None and self.supports_schema:
-            body["response_format"] = response_format(request.schema)
+        body = {**self.extra_body, **chat_arguments(request, self.model, n, seed, schema=self.supports_schema)}
         data = await self._send(body)
         texts = self._texts(data)
         return texts, self._usage(data, request, texts)
@@ -408,5 +421,4 @@ class OpenAICompatProvider(Provider):
             log.warning("%s reports no token usage for %s; estimating ~4 characters per token",
                         self.base_url, self.model)
         self.estimated_usage_calls += 1
-        prompt = sum(estimate_tokens(c) for _, c in request.messages)
-        return Usage(prompt, sum(estimate_tokens(t) for t in texts))
+        return estimated_usage(request, texts)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from flowbot.errors import FlowBotError
 from flowbot.lm.base import Completion, LMPermanentError, LMRequest, Provider
 
 PER_MILLION = 1e-6
@@ -29,14 +30,14 @@ def parse_price(text: str) -> tuple[str, tuple[float, float]]:
     model, sep, rest = text.rpartition("=")
     parts = rest.split("/")
     if not sep or not model.strip() or len(parts) != 2:
-        raise ValueError(f"--price {text!r}: expected MODEL=IN/OUT, e.g. gpt-4o-mini=0.15/0.60 "
+        raise FlowBotError(f"--price {text!r}: expected MODEL=IN/OUT, e.g. gpt-4o-mini=0.15/0.60 "
                          "(dollars per million input/output tokens)")
     try:
         cost_in, cost_out = (float(p) for p in parts)
     except ValueError:
-        raise ValueError(f"--price {text!r}: IN and OUT must be numbers (dollars per million tokens)") from None
+        raise FlowBotError(f"--price {text!r}: IN and OUT must be numbers (dollars per million tokens)") from None
     if cost_in < 0 or cost_out < 0:
-        raise ValueError(f"--price {text!r}: prices cannot be negative")
+        raise FlowBotError(f"--price {text!r}: prices cannot be negative")
     return model.strip(), (cost_in * PER_MILLION, cost_out * PER_MILLION)
 
 
@@ -50,7 +51,7 @@ def per_token_prices(prices: Mapping[str, Any] | None) -> dict[str, tuple[float,
         try:
             cost_in, cost_out = (float(v) for v in value)
         except (TypeError, ValueError):
-            raise ValueError(f"prices[{model!r}]: give (input, output) dollars per million tokens, "
+            raise FlowBotError(f"prices[{model!r}]: give (input, output) dollars per million tokens, "
                              f"e.g. (0.15, 0.60); got {value!r}") from None
         out[model] = (cost_in * PER_MILLION, cost_out * PER_MILLION)
     return out

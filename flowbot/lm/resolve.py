@@ -65,7 +65,7 @@ def make_provider(model: str | None = None, *, base_url: str | None = None, api_
         assert provider is not None
         return provider
     if model.startswith("scripted"):
-        raise LMPermanentError("the scripted LM is for tests: build flowbot.lm.ScriptedLM in Python")
+        raise LMPermanentError("the scripted LM is for tests: build flowbot.testing.ScriptedLM in Python")
     from flowbot.lm.litellm_provider import LiteLLMProvider
 
     kwargs = {k: v for k, v in options.items() if k in ("timeout", "max_concurrency", "price_per_token")}

@@ -42,6 +42,8 @@ from __future__ import annotations
 import json
 from typing import Any, Iterator, Mapping
 
+from flowbot.errors import FlowBotError
+
 #: keywords that only annotate (for people and for the model's prompt); the grammar ignores them
 ANNOTATIONS = frozenset({"title", "description", "examples", "default", "$comment", "$schema", "$id"})
 #: where subschemas may be defined for ``$ref``
@@ -71,7 +73,7 @@ _WHY = {
 }
 
 
-class SchemaError(ValueError):
+class SchemaError(FlowBotError):
     """A JSON schema that is malformed, or that a provider cannot enforce; the message names the part."""
 
 

@@ -1,7 +1,8 @@
 """Structured replies: ask for JSON that satisfies a schema, parse it, validate it, repair once.
 
     >>> import asyncio
-    >>> from flowbot.lm import LMClient, ScriptedLM
+    >>> from flowbot.lm import LMClient
+    >>> from flowbot.testing import ScriptedLM
     >>> schema = {"type": "object", "properties": {"answer": {"type": "integer"}},
     ...           "required": ["answer"], "additionalProperties": False}
     >>> lm = LMClient(ScriptedLM(default='Sure: {"answer": 4}'))

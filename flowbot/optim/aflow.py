@@ -19,6 +19,7 @@ from typing import Callable
 
 from flowbot.lm.budget import Budget
 from flowbot.lm.client import LMClient
+from flowbot.optim import defaults as D
 from flowbot.optim.budgeting import BudgetPlan
 from flowbot.optim.evaluation import Evaluator
 from flowbot.optim.events import EventSink
@@ -31,12 +32,12 @@ from flowbot.optim.search import SearchConfig, StructureSearch
 
 @dataclass
 class AFlowConfig:
-    rounds: int = 4
+    rounds: int = D.AFLOW_ROUNDS
     top_k: int = 3
     uniform_mix: float = 0.2  # λ: share of uniform probability in parent selection
     alpha: float = 0.4  # softmax sharpness over scores
     patience: int | None = None
-    seed: int = 0
+    seed: int = D.RANDOM_SEED
     max_nodes: int = 12
     failures_shown: int = 3
     proposal_attempts: int = 3  # an unusable reply is retried, sampled with a fresh seed

@@ -9,10 +9,13 @@ won against the one before, so the incumbent is the best, by the same rule that 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Iterable, Literal, TypeVar
 
 from flowbot.graph.sketch import Workflow
+from flowbot.optim import defaults as D
 from flowbot.runtime.batch import BatchResult
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -59,8 +62,8 @@ class Objective:
     """``score``: validation score alone. ``cost``: score − weight × cost per example, where cost is
     dollars when prices are known and thousands of tokens otherwise (local models cost $0)."""
 
-    kind: Literal["score", "cost"] = "score"
-    cost_weight: float = 0.05
+    kind: Literal["score", "cost"] = D.OBJECTIVE
+    cost_weight: float = D.COST_WEIGHT
 
     def cost_of(self, e: ArchiveEntry) -> float:
         return e.cost_per_example if e.cost_per_example > 0 else e.tokens_per_example / 1000.0
@@ -106,14 +109,17 @@ class Archive:
     def pareto_front(self, objective: Objective | None = None) -> list[ArchiveEntry]:
         """Entries no other entry beats on both score (higher) and cost (lower), cheapest first."""
         obj = objective or Objective()
-        front = []
-        pool = self.complete()
-        for e in pool:
-            dominated = any(
-                o is not e and o.val_score >= e.val_score and obj.cost_of(o) <= obj.cost_of(e)
-                and (o.val_score > e.val_score or obj.cost_of(o) < obj.cost_of(e))
-                for o in pool
-            )
-            if not dominated:
-                front.append(e)
+        front = non_dominated((e, e.val_score, obj.cost_of(e)) for e in self.complete())
         return sorted(front, key=lambda e: (obj.cost_of(e), -e.val_score))
+
+
+def non_dominated(points: Iterable[tuple[T, float, float]]) -> list[T]:
+    """The items of ``(item, score, cost)`` points that no other point beats on both score (higher)
+    and cost (lower), in their order (the optimizer's Pareto front and the report's).
+
+    >>> non_dominated([("a", 0.5, 1.0), ("b", 0.6, 2.0), ("c", 0.4, 1.5), ("d", 0.6, 2.0)])
+    ['a', 'b', 'd']
+    """
+    pts = list(points)
+    return [item for item, score, cost in pts
+            if not any(s >= score and c <= cost and (s > score or c < cost) for _, s, c in pts)]

@@ -16,16 +16,19 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Literal
 
+from flowbot.errors import FlowBotError
 from flowbot.graph.sketch import Workflow
 from flowbot.lm.base import BudgetExceeded
-from flowbot.lm.budget import Budget, RoleUsage
+from flowbot.lm.budget import Budget, RoleUsage, total_usage
 from flowbot.lm.client import LMClient
+from flowbot.optim import defaults as D
 from flowbot.optim.aflow import AFlowConfig, aflow_search
 from flowbot.optim.archive import ArchiveEntry, Objective
 from flowbot.optim.budgeting import BudgetPlan, Price, Scope
 from flowbot.optim.evaluation import Evaluator, with_ids
 from flowbot.optim.events import (BudgetPlanned, BudgetWarning, CandidateAccepted, CandidateEvaluated, Event,
                                   RunFinished, RunStarted, SeedEvaluated, TestEvaluated)
+from flowbot.optim.backward import GradContext
 from flowbot.optim.inner import InnerConfig, InnerLoop
 from flowbot.optim.operators import OperatorContext
 from flowbot.optim.outer import OuterConfig, flowbot_search
@@ -34,10 +37,9 @@ from flowbot.optim.racing import PairedRacing
 from flowbot.optim.rundir import RunDir
 from flowbot.optim.search import SearchResult, StructureSearch, Tuned
 from flowbot.optim.stats import paired_difference
-from flowbot.optim.textgrad import GradContext
 from flowbot.runtime.batch import BatchResult
 from flowbot.runtime.executor import Executor
-from flowbot.runtime.scoring import Metric
+from flowbot.scoring.result import Metric
 from flowbot.tools.base import ToolRegistry
 
 Method = Literal["flowbot", "inner-only", "aflow"]
@@ -47,10 +49,10 @@ Method = Literal["flowbot", "inner-only", "aflow"]
 class RacingConfig:
     """The acceptance rule every loop shares (see :class:`flowbot.optim.racing.PairedRacing`)."""
 
-    margin: int = 2
-    alpha: float = 0.15
+    margin: int = D.MARGIN
+    alpha: float = D.ALPHA
     cheaper_by: float = 0.2
-    seed: int = 0
+    seed: int = D.RANDOM_SEED
 
     def rule(self, chunk: int) -> PairedRacing:
         return PairedRacing(margin=self.margin, alpha=self.alpha, cheaper_by=self.cheaper_by, chunk=chunk,
@@ -63,27 +65,27 @@ class BudgetConfig:
     is reserved; ``search``: the cap is the search's, the test is paid and reported apart), and the
     inner loop's shares of what is left (the seed's tuning, an accepted structure's tuning)."""
 
-    scope: Scope = "all"
+    scope: Scope = D.BUDGET_SCOPE
     seed_tuning_share: float = 0.4
     tuning_share: float = 0.5
 
 
 @dataclass
 class OptimizeConfig:
-    method: Method = "flowbot"
+    method: Method = D.METHOD
     inner: InnerConfig = field(default_factory=InnerConfig)
     outer: OuterConfig = field(default_factory=OuterConfig)
     aflow: AFlowConfig = field(default_factory=AFlowConfig)
     racing: RacingConfig = field(default_factory=RacingConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     objective: Objective = field(default_factory=Objective)
-    train_size: int | None = 40
-    val_size: int | None = 20
+    train_size: int | None = D.TRAIN_SIZE
+    val_size: int | None = D.VAL_SIZE
     test_size: int | None = None
     evaluate_test: bool = True
     compare_seed_on_test: bool = True
-    concurrency: int = 4
-    seed: int = 0
+    concurrency: int = D.CONCURRENCY
+    seed: int = D.RANDOM_SEED
     progress: bool = False
 
     def to_dict(self) -> dict[str, Any]:
@@ -133,19 +135,9 @@ class TaskData:
 
 
 def _phase(before: dict[str, RoleUsage], after: dict[str, RoleUsage]) -> dict[str, Any]:
-    a, b = _total(after), _total(before)
+    a, b = total_usage(after), total_usage(before)
     return {"calls": a.calls - b.calls, "tokens": (a.prompt_tokens + a.completion_tokens) - (b.prompt_tokens + b.completion_tokens),
             "cost_usd": round(a.cost_usd - b.cost_usd, 6)}
-
-
-def _total(snapshot: dict[str, RoleUsage]) -> RoleUsage:
-    total = RoleUsage()
-    for r in snapshot.values():
-        total.calls += r.calls
-        total.prompt_tokens += r.prompt_tokens
-        total.completion_tokens += r.completion_tokens
-        total.cost_usd += r.cost_usd
-    return total
 
 
 def operator_context(task: TaskData, tools: ToolRegistry) -> OperatorContext:
@@ -186,9 +178,9 @@ async def run_optimization(
     val = with_ids(task.val[: cfg.val_size] if cfg.val_size is not None else task.val)
     test = with_ids(task.test[: cfg.test_size] if cfg.test_size is not None else task.test)
     if not val:
-        raise ValueError(f"task {task.name}: the validation split is empty; the optimizer needs held-out examples")
+        raise FlowBotError(f"task {task.name}: the validation split is empty; the optimizer needs held-out examples")
     if cfg.method != "aflow" and not train:
-        raise ValueError(f"task {task.name}: the training split is empty")
+        raise FlowBotError(f"task {task.name}: the training split is empty")
     budget.add_stop_condition(run_dir.stop_requested)
     meter = task_lm.meter
     raw_log = run_dir.events

@@ -20,7 +20,7 @@ from flowbot.graph.sketch import Workflow
 from flowbot.lm.base import BudgetExceeded, Usage
 from flowbot.runtime.batch import BatchResult, ExampleResult, evaluate_examples
 from flowbot.runtime.executor import Executor
-from flowbot.runtime.scoring import Metric
+from flowbot.scoring.result import Metric
 
 Event = dict[str, Any]
 EventSink = Callable[[Event], None]

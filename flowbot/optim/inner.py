@@ -26,7 +26,8 @@ from flowbot.graph.sketch import Workflow
 from flowbot.lm.base import BudgetExceeded
 from flowbot.lm.budget import RoleUsage, UsageMeter
 from flowbot.lm.client import LMClient
-from flowbot.optim import textgrad as tg
+from flowbot.optim import backward as bw
+from flowbot.optim import defaults as D
 from flowbot.optim.budgeting import OPTIMIZER_CALL_TOKENS, ZERO, BudgetPlan, Price, projected_price
 from flowbot.optim.evaluation import Evaluator
 from flowbot.optim.events import EventSink, InnerCandidate, InnerStep, Patience
@@ -38,24 +39,24 @@ from flowbot.runtime.batch import BatchResult, ExampleResult
 
 @dataclass
 class InnerConfig:
-    steps: int = 5  # minibatches (each may step several nodes)
-    minibatch_size: int = 5
-    candidates: int = 1  # instruction rewrites proposed per node per step
+    steps: int = D.INNER_STEPS  # minibatches (each may step several nodes)
+    minibatch_size: int = D.MINIBATCH_SIZE
+    candidates: int = D.CANDIDATES  # instruction rewrites proposed per node per step
     patience: int = 3  # steps without a validation gain before stopping
-    feedback: Literal["backward", "global"] = "backward"
+    feedback: Literal["backward", "global"] = D.FEEDBACK
     #: how a blamed node's instruction changes: ``rewrite`` rewrites it whole (the paper's step);
     #: ``rule`` adds one general rule to it (robust with small optimizer models, which rewrite an
     #: instruction into the example they just read)
-    step: Literal["rewrite", "rule"] = "rewrite"
+    step: Literal["rewrite", "rule"] = D.STEP
     max_rules: int = 8  # rules a node's instruction may gather before the rule step leaves it alone
     #: drop, before it is paid for, a change naming things of the minibatch's examples (see specificity.py)
-    specificity_guard: bool = True
-    demos: int = 2  # few-shot demos to try per llm node (bootstrapped from successful traces); 0 = off
+    specificity_guard: bool = D.SPECIFICITY_GUARD
+    demos: int = D.DEMOS  # few-shot demos to try per llm node (bootstrapped from successful traces); 0 = off
     minibatch_gate: bool = True
     full_score: float = 1.0
     max_nodes_per_step: int | None = None
-    concurrency: int = 4
-    seed: int = 0
+    concurrency: int = D.CONCURRENCY
+    seed: int = D.RANDOM_SEED
 
 
 #: one judged change (an instruction rewrite or a demo set): the record is the run event itself
@@ -72,8 +73,8 @@ class Failure:
     loss: str
 
     def brief(self, limit: int = 300) -> str:
-        return (f"inputs {tg.brief_fields(self.inputs, limit // 2)} | output {tg.clip(self.prediction, 120)} | "
-                f"correct {tg.clip(self.gold, 120)} | {tg.clip(self.loss, limit)}")
+        return (f"inputs {bw.brief_fields(self.inputs, limit // 2)} | output {bw.clip(self.prediction, 120)} | "
+                f"correct {bw.clip(self.gold, 120)} | {bw.clip(self.loss, limit)}")
 
 
 @dataclass
@@ -127,7 +128,7 @@ class InnerLoop:
         self,
         evaluator: Evaluator,
         optimizer: LMClient,
-        ctx: tg.GradContext,
+        ctx: bw.GradContext,
         config: InnerConfig | None = None,
         *,
         meter: UsageMeter | None = None,
@@ -213,10 +214,10 @@ class InnerLoop:
         for node_id in self.node_order.select(gradients):
             state.usage_mark = self.meter.snapshot()  # a record's cost runs from its aggregation on
             if self.cfg.step == "rule":
-                forward = await self._try_rule(state, step, node_id, tg.listed(gradients[node_id], self.ctx),
+                forward = await self._try_rule(state, step, node_id, bw.listed(gradients[node_id], self.ctx),
                                                batch, forward, val, label)
             else:
-                gradient = await tg.aggregate(self.opt, node_id, state.workflow.params[node_id].instruction,
+                gradient = await bw.aggregate(self.opt, node_id, state.workflow.params[node_id].instruction,
                                               gradients[node_id], self.ctx)
                 forward = await self._try_instruction(state, step, node_id, gradient, batch, forward, val, label)
             stepped += 1
@@ -230,8 +231,8 @@ class InnerLoop:
 
     async def _gradients(self, state: "_State", failing: list[ExampleResult]) -> dict[str, list[str]]:
         wf = state.workflow
-        losses = await tg.gather_limited(
-            [tg.textual_loss(self.opt, wf, r, self.ctx) for r in failing], self.cfg.concurrency)
+        losses = await bw.gather_limited(
+            [bw.textual_loss(self.opt, wf, r, self.ctx) for r in failing], self.cfg.concurrency)
         for r, loss in zip(failing, losses):
             state.failures.append(Failure(r.example_id, {f: r.example.get(f) for f in wf.sketch.inputs},
                                           r.prediction.get(self.ctx.output_field),
@@ -243,10 +244,10 @@ class InnerLoop:
                 for node in wf.tunable_nodes():
                     gradients.setdefault(node.id, []).append(loss)
             return gradients
-        results = await tg.gather_limited(
-            [tg.backward(self.opt, wf, r.trace, loss, self.ctx) for r, loss in zip(failing, losses)
+        results = await bw.gather_limited(
+            [bw.backward(self.opt, wf, r.trace, loss, self.ctx) for r, loss in zip(failing, losses)
              if r.trace is not None], self.cfg.concurrency)
-        state.blame.update(tg.blame_counts(results))
+        state.blame.update(bw.blame_counts(results))
         for res in results:
             for node_id, g in res.gradients.items():
                 gradients.setdefault(node_id, []).append(g)
@@ -258,7 +259,7 @@ class InnerLoop:
         wf = state.workflow
         node = wf.sketch.node(node_id)
         options = self.tool_options if isinstance(node, LLMNode) and self.tool_options else None
-        proposals = await tg.propose_instructions(self.opt, wf, node, gradient, state.history.get(node_id, []),
+        proposals = await bw.propose_instructions(self.opt, wf, node, gradient, state.history.get(node_id, []),
                                                   self.ctx, k=self.cfg.candidates, tool_options=options)
         for p in proposals:
             terms = self._specific(p.instruction, batch, wf, node_id)
@@ -281,22 +282,22 @@ class InnerLoop:
         asked for once more (sampled), then dropped, before any evaluation is paid."""
         wf = state.workflow
         old = wf.params[node_id].instruction
-        if tg.rule_count(old) >= self.cfg.max_rules:
+        if bw.rule_count(old) >= self.cfg.max_rules:
             return forward
         terms: list[str] | None = None
         for attempt in range(2):
-            rule = await tg.propose_rule(self.opt, wf, wf.sketch.node(node_id), gradient,
+            rule = await bw.propose_rule(self.opt, wf, wf.sketch.node(node_id), gradient,
                                          state.history.get(node_id, []), self.ctx, retry_terms=terms,
                                          seed=self.cfg.seed + step if terms else None)
             if rule is None:
                 return forward
             terms = self._specific(rule, batch, wf, node_id)
             if not terms:
-                candidate = wf.with_params(node_id, instruction=tg.with_rule(old, rule))
+                candidate = wf.with_params(node_id, instruction=bw.with_rule(old, rule))
                 forward, _ = await self._judge(state, step, node_id, "rule", old, candidate.params[node_id].instruction,
                                                gradient, candidate, batch, forward, val, label, remembered=rule)
                 return forward
-            self._dropped(state, step, node_id, "rule", tg.with_rule(old, rule), gradient, forward, terms)
+            self._dropped(state, step, node_id, "rule", bw.with_rule(old, rule), gradient, forward, terms)
         return forward
 
     def _specific(self, text: str, batch: list[dict[str, Any]], wf: Workflow, node_id: str) -> list[str]:
@@ -391,7 +392,7 @@ class InnerLoop:
 class _State:
     def __init__(self, workflow: Workflow) -> None:
         self.workflow = workflow
-        self.val: BatchResult | None = None  # type: ignore[assignment]
+        self.val: BatchResult | None = None
         self.initial = 0.0
         self.records: list[StepRecord] = []
         self.history: dict[str, list[tuple[str, float]]] = {}

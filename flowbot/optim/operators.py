@@ -6,7 +6,7 @@ builds a valid workflow there (``apply``); new node ids and field names are alwa
 ``fresh_name``, never taken from model text, and the workflow's input and output names are kept.
 Only the tools the task allows (``OperatorContext.tools``) are ever used.
 
-    >>> from flowbot.tasks.baselines import build_baseline
+    >>> from flowbot.tasks.seeds import build_baseline
     >>> cot = build_baseline("cot", inputs=["question"], output="answer", extract="number")
     >>> ctx = OperatorContext(tools={"python": ["code", "stdin"]})
     >>> sorted(menu(cot, ctx))
@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
 from pydantic import ValidationError
 
+from flowbot.errors import FlowBotError
 from flowbot.graph.edits import EditError, Ensemble, _keep_output_names, apply_edit, fresh_name
 from flowbot.graph.nodes import (
     BranchNode,
@@ -71,7 +72,7 @@ def context_for_task(task: Any, signatures: Mapping[str, Sequence[str]]) -> Oper
     declared = list(getattr(task, "tools", None) or [])
     missing = [t for t in declared if t not in signatures]
     if missing:
-        raise ValueError(f"task {getattr(task, 'name', '?')!r} declares tool(s) {missing} that the tool "
+        raise FlowBotError(f"task {getattr(task, 'name', '?')!r} declares tool(s) {missing} that the tool "
                          f"registry does not have (known: {', '.join(sorted(signatures)) or 'none'})")
     return OperatorContext(tools={t: list(signatures[t]) for t in declared},
                            context_fields=tuple(getattr(task, "context_fields", None) or ()),

@@ -17,6 +17,7 @@ from typing import Any, Callable, Literal
 
 from flowbot.lm.budget import Budget
 from flowbot.lm.client import LMClient
+from flowbot.optim import defaults as D
 from flowbot.optim.archive import Objective
 from flowbot.optim.budgeting import BudgetPlan
 from flowbot.optim.evaluation import Evaluator
@@ -30,13 +31,13 @@ from flowbot.optim.search import SearchConfig, StructureSearch, Tuner
 
 @dataclass
 class OuterConfig:
-    rounds: int = 4  # structural candidates raced (budget permitting)
+    rounds: int = D.OUTER_ROUNDS  # structural candidates raced (budget permitting)
     patience: int | None = None  # rounds without an acceptance before stopping
     #: ``tune-first``: tune the seed, then each structure that wins; ``alternate`` (the paper's
     #: order): each round one structural step, then ``inner_steps_per_round`` inner steps on the incumbent
-    schedule: Literal["tune-first", "alternate"] = "tune-first"
+    schedule: Literal["tune-first", "alternate"] = D.SCHEDULE
     inner_steps_per_round: int = 1
-    proposal: Literal["llm", "fixed"] = "llm"
+    proposal: Literal["llm", "fixed"] = D.PROPOSAL
     proposal_attempts: int = 3  # an unusable reply is retried, sampled with a fresh seed
     retry_temperature: float = 0.8
     exploration: float = 0.3

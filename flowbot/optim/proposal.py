@@ -15,9 +15,10 @@ Expanders (what the search skeleton calls):
   modification chosen from the experience of modifications already tried from the parent;
 - :class:`FixedOrderProposal` — the ablation: the first new choice in the library's prior order.
 
-    >>> from flowbot.graph import LLMNode, Sketch, Workflow
+    >>> from flowbot.graph import LLMNode, OutputFormat, Sketch, Workflow
     >>> from flowbot.optim.operators import OperatorContext
-    >>> wf = Workflow(sketch=Sketch(inputs=["q"], outputs=["a"], nodes=[LLMNode(id="solve", reads=["q"], writes="a")]))
+    >>> solve = LLMNode(id="solve", reads=["q"], writes="a", output=OutputFormat(extract="answer"))
+    >>> wf = Workflow(sketch=Sketch(inputs=["q"], outputs=["a"], nodes=[solve]))
     >>> choices = new_choices(wf, OperatorContext(tools={}), set())
     >>> sorted({c.op for c in choices})[:2]
     ['format_answer', 'self_consistency']

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from flowbot.errors import FlowBotError
 from flowbot.graph.io import save_workflow
 from flowbot.graph.sketch import Workflow
 
@@ -59,8 +60,8 @@ LOCK_WAIT_S = 0.5
 CRASH_ENV = "FLOWBOT_CRASH_AT"
 
 
-class RunDirError(ValueError):
-    pass
+class RunDirError(FlowBotError):
+    """A run directory that cannot be used: held by another process, or made with other settings."""
 
 
 def atomic_write_text(path: Path, text: str) -> Path:
@@ -90,18 +91,32 @@ def crash_point(name: str, count: int | None = None) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def read_event_log(path: Path) -> tuple[list[Any], int | None]:
+    """The events of an ``events.jsonl``, and the number of the line where reading stopped (None
+    when the log is whole): a crash mid-write can leave a torn last line; everything before it stands.
+
+    >>> import tempfile
+    >>> log = Path(tempfile.mkdtemp()) / "events.jsonl"
+    >>> _ = log.write_text('{"seq": 1}\\n{"seq": 2}\\n{"se')
+    >>> read_event_log(log)
+    ([{'seq': 1}, {'seq': 2}], 3)
+    """
+    events: list[Any] = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").split("\n"), 1):
+        if line.strip():
+            try:
+                events.append(json.loads(line))
+            except json.JSONDecodeError:
+                return events, lineno
+    return events, None
+
+
 class EventLog:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.existing: list[dict[str, Any]] = []
         if path.exists():
-            for lineno, line in enumerate(path.read_text(encoding="utf-8").split("\n"), 1):
-                if line.strip():
-                    try:
-                        self.existing.append(json.loads(line))
-                    except json.JSONDecodeError:
-                        # a crash mid-write can leave a torn last line; everything before it stands
-                        break
+            self.existing = read_event_log(path)[0]
             self._truncate_to(len(self.existing))
         self.seq = 0
         self.replayed = 0
@@ -139,11 +154,6 @@ class EventLog:
     def _notify(self, event: dict[str, Any], replayed: bool) -> None:
         for listener in self.listeners:
             listener(event, replayed)
-
-    def read(self) -> list[dict[str, Any]]:
-        if not self.path.exists():
-            return []
-        return [json.loads(line) for line in self.path.read_text(encoding="utf-8").split("\n") if line.strip()]
 
 
 #: settings added after runs were made with the value that reproduces how those runs behaved: a

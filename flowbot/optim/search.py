@@ -25,9 +25,9 @@ from flowbot.optim.budgeting import ZERO, BudgetPlan, Price, projected_price
 from flowbot.optim.evaluation import Evaluator
 from flowbot.optim.events import (BudgetWarning, CandidateAccepted, CandidateEvaluated, CandidateRejected, EventSink,
                                   Patience)
+from flowbot.optim.backward import brief_fields, clip
 from flowbot.optim.policies import ParentSelection
 from flowbot.optim.racing import Acceptance, RaceLedger, RaceResult
-from flowbot.optim.textgrad import brief_fields, clip
 from flowbot.runtime.batch import BatchResult
 
 

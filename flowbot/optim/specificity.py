@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from typing import Any, Iterable, Mapping, Sequence
 
-from flowbot.runtime.prompts import format_value
+from flowbot.scoring.values import format_value
 
 #: capitalised words that are questions, connectives or the task's own vocabulary, never a name
 _COMMON = frozenset("""

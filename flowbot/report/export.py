@@ -28,11 +28,11 @@ import json
 from typing import Any
 
 from flowbot.graph.io import workflow_from_dict
-from flowbot.runtime.runnable import Workflow
+from flowbot.runtime.runnable import RunnableWorkflow
 
 WORKFLOW_JSON = {workflow_json!r}
 
-_workflow = Workflow.from_ir(workflow_from_dict(json.loads(WORKFLOW_JSON), source="{name}"))
+_workflow = RunnableWorkflow.from_ir(workflow_from_dict(json.loads(WORKFLOW_JSON), source="{name}"))
 
 
 def run({signature}, model: str | None = None) -> dict[str, Any]:

@@ -12,24 +12,18 @@ environment (API keys never reach the page).
 
 from __future__ import annotations
 
-import base64
-import datetime as _dt
-import difflib
-import html
 import json
-import math
-import re
 from pathlib import Path
-from typing import Any, Callable, Iterable
-from urllib.parse import urlsplit, urlunsplit
+from typing import Any, Callable
 
 from flowbot.graph.render import to_mermaid, to_text
 from flowbot.graph.sketch import Workflow
 from flowbot.report import pictures, plots
+from flowbot.report.markup import (cost_text, details, duration, esc, figure, fmt_time, kv_table, money, num_td,
+                                   redact, score_text, signed_text, table, tick, word_diff)
 from flowbot.report.rundata import RunData, _num, load_run, usage_value
 
 GRADIENT_CHARS = 160
-SECRET_KEY = re.compile(r"api[_-]?key|secret|password|passwd|authorization|bearer|credential", re.I)
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#0f172a;margin:0;background:#f8fafc}
@@ -64,140 +58,6 @@ MAX_TIED_ROWS = 20
 TRACE_CHARS = 1500
 
 
-# -- small helpers -------------------------------------------------------------------------------
-def esc(value: Any) -> str:
-    return html.escape("" if value is None else str(value), quote=True)
-
-
-def _score(value: Any) -> str:
-    return "—" if value is None else f"{_num(value):.3f}"
-
-
-def _signed(value: Any) -> str:
-    return "—" if value is None else f"{_num(value):+.3f}"
-
-
-def _money(value: float) -> str:
-    """Dollars with two significant digits below a cent (per-example costs are tiny)."""
-    if value == 0 or abs(value) >= 0.01:
-        return f"${value:,.2f}"
-    decimals = 1 - math.floor(math.log10(abs(value)))
-    return f"${value:.{decimals}f}"
-
-
-def _cost(value: Any, unit: str) -> str:
-    if value is None:
-        return "—"
-    return _money(_num(value)) if unit == "usd" else f"{_num(value):,.0f} tok"
-
-
-def _img(png: bytes, alt: str) -> str:
-    # the size up front (from the PNG header), so the page does not move while images decode and a
-    # link to a section lands on it
-    size = ""
-    if png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) >= 24:
-        width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
-        size = f' width="{width}" height="{height}"'
-    return f'<img alt="{esc(alt)}"{size} src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
-
-
-def _figure(png: bytes, alt: str, caption: str) -> str:
-    return f"<figure>{_img(png, alt)}<figcaption>{caption}</figcaption></figure>"
-
-
-def _table(headers: Iterable[str], rows: Iterable[Iterable[str]], cls: str = "",
-           row_class: Callable[[int], str] | None = None) -> str:
-    """``headers`` are plain text; cells are HTML already (escape them when building the row)."""
-    def attr(name: str) -> str:
-        return f' class="{esc(name)}"' if name else ""
-
-    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
-    body = []
-    for i, row in enumerate(rows):
-        # escaped text never starts with "<", so only cells built by _num_td start with "<td"
-        cells = "".join(c if c.startswith("<td") else f"<td>{c}</td>" for c in row)
-        body.append(f"<tr{attr(row_class(i) if row_class else '')}>{cells}</tr>")
-    return f"<table{attr(cls)}><tr>{head}</tr>{''.join(body)}</table>"
-
-
-def _num_td(text: str) -> str:
-    return f'<td class="num">{text}</td>'
-
-
-def _kv(pairs: Iterable[tuple[str, str]]) -> str:
-    return '<table class="kv">' + "".join(f"<tr><th>{esc(k)}</th><td>{v}</td></tr>" for k, v in pairs) + "</table>"
-
-
-def _details(summary: str, body_html: str, open_: bool = False) -> str:
-    return f"<details{' open' if open_ else ''}><summary>{esc(summary)}</summary>{body_html}</details>"
-
-
-def _tick(flag: bool) -> str:
-    return '<span class="ok">yes</span>' if flag else '<span class="muted">no</span>'
-
-
-def redact(value: Any) -> Any:
-    """Settings with secret-looking keys hidden, and user:password stripped from URLs."""
-    if isinstance(value, dict):
-        return {k: "(hidden)" if SECRET_KEY.search(str(k)) else redact(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [redact(v) for v in value]
-    if isinstance(value, str) and "@" in value and "://" in value:
-        parts = urlsplit(value)
-        if parts.username or parts.password:
-            return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
-    return value
-
-
-def word_diff(old: str, new: str) -> str:
-    """HTML of a word-level diff: deleted words in <del>, inserted words in <ins> (all escaped).
-
-    Changes separated only by whitespace are shown as one change, so a rewritten sentence reads as
-    "old sentence / new sentence" rather than alternating single words.
-    """
-    a, b = re.findall(r"\s+|\S+", old or ""), re.findall(r"\s+|\S+", new or "")
-    chunks: list[list[str]] = []  # [kind, old text, new text]
-    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes():
-        old_text, new_text = "".join(a[i1:i2]), "".join(b[j1:j2])
-        kind = "same" if op == "equal" else "change"
-        if kind == "change" and len(chunks) >= 2 and chunks[-1][0] == "same" and not chunks[-1][1].strip() \
-                and chunks[-2][0] == "change":
-            gap = chunks.pop()[1]  # fold the whitespace between two changes into them
-            chunks[-1][1] += gap + old_text
-            chunks[-1][2] += gap + new_text
-        elif chunks and chunks[-1][0] == kind == "change":
-            chunks[-1][1] += old_text
-            chunks[-1][2] += new_text
-        else:
-            chunks.append([kind, old_text, new_text])
-    out = []
-    for kind, old_text, new_text in chunks:
-        if kind == "same":
-            out.append(esc(old_text))
-            continue
-        if old_text:
-            out.append(f"<del>{esc(old_text)}</del>")
-        if new_text:
-            out.append(f"<ins>{esc(new_text)}</ins>")
-    return "".join(out)
-
-
-def _fmt_time(ts: Any) -> str:
-    try:
-        return _dt.datetime.fromtimestamp(float(ts)).strftime("%Y-%m-%d %H:%M:%S")
-    except (TypeError, ValueError, OverflowError, OSError):
-        return "?"
-
-
-def _duration(seconds: Any) -> str:
-    s = _num(seconds)
-    if s < 60:
-        return f"{s:.1f} s"
-    if s < 3600:
-        return f"{s / 60:.1f} min"
-    return f"{s / 3600:.2f} h"
-
-
 # -- sections ------------------------------------------------------------------------------------
 def _header(run: RunData) -> str:
     s = run.summary or {}
@@ -211,9 +71,9 @@ def _header(run: RunData) -> str:
     if spent:
         spent_parts = [f"{int(_num(spent.get('calls'))):,} calls", f"{int(_num(spent.get('tokens'))):,} tokens"]
         if unit == "usd":
-            spent_parts.append(_money(_num(spent.get("usd"))))
+            spent_parts.append(money(_num(spent.get("usd"))))
         if spent.get("seconds") is not None:
-            spent_parts.append(f"{_duration(spent.get('seconds'))} counted against the budget")
+            spent_parts.append(f"{duration(spent.get('seconds'))} counted against the budget")
     stopped = run.stopped
     resumed = s.get("resumed", run.sessions > 1)
     times = [e["time"] for e in run.events if isinstance(e.get("time"), (int, float))]
@@ -232,12 +92,12 @@ def _header(run: RunData) -> str:
         ("stopped", f'<span class="no">{esc(stopped)}</span>' if stopped else "no: the run finished its schedule"),
         ("sessions", esc(f"{run.sessions}" + (f" (resumed; {s.get('replayed_events', 0)} events replayed from "
                                                "the log in the last session)" if resumed else ""))),
-        ("wall time", esc(f"{_duration(s['wall_s'])} in the last session" if "wall_s" in s else "—")
-         + (esc(f"; log from {_fmt_time(times[0])} to {_fmt_time(times[-1])}") if times else "")),
+        ("wall time", esc(f"{duration(s['wall_s'])} in the last session" if "wall_s" in s else "—")
+         + (esc(f"; log from {fmt_time(times[0])} to {fmt_time(times[-1])}") if times else "")),
         ("run id", esc(run.run_id or "—")),
         ("run directory", esc(str(run.path))),
     ]
-    out = [_kv(pairs)]
+    out = [kv_table(pairs)]
     warnings = list(run.warnings) + [str(e.get("message")) for e in run.of_type("budget_warning")]
     out += [f'<div class="warn">{esc(w)}</div>' for w in warnings]
     out.append(_usage_tables(run))
@@ -252,19 +112,19 @@ def _usage_tables(run: RunData) -> str:
         rows = []
         for role, u in roles.items():
             cost = u.get("cost_usd")
-            rows.append([esc(role)] + [_num_td(f"{int(_num(u.get(k))):,}") for k in
+            rows.append([esc(role)] + [num_td(f"{int(_num(u.get(k))):,}") for k in
                                        ("calls", "cached_calls", "replayed_calls", "failed_calls", "retries",
                                         "prompt_tokens", "completion_tokens")]
-                        + [_num_td("unknown price" if cost is None else _money(_num(cost)))])
-        out.append("<h3>Usage by role</h3>" + _table(
+                        + [num_td("unknown price" if cost is None else money(_num(cost)))])
+        out.append("<h3>Usage by role</h3>" + table(
             ["role", "paid calls", "cache hits", "replayed", "failed", "retries", "prompt tokens",
              "completion tokens", "dollars"], rows))
         out.append('<p class="muted small">Paid calls include calls replayed from this run\'s cache after a '
                    'resume (paid once, in an earlier session). Dollars are nominal list prices.</p>')
     phases, every_session = run.phase_usage()
     if phases:
-        rows = [[esc(name), _num_td(f"{int(_num(p.get('calls'))):,}"), _num_td(f"{int(_num(p.get('tokens'))):,}"),
-                 _num_td(_money(_num(p.get("cost_usd"))) if run.priced and p.get("cost_usd") is not None else "—")]
+        rows = [[esc(name), num_td(f"{int(_num(p.get('calls'))):,}"), num_td(f"{int(_num(p.get('tokens'))):,}"),
+                 num_td(money(_num(p.get("cost_usd"))) if run.priced and p.get("cost_usd") is not None else "—")]
                 for name, p in phases.items()]
         if every_session:
             scope = f"summed over all {run.sessions} sessions" if run.sessions > 1 else "all sessions"
@@ -274,7 +134,7 @@ def _usage_tables(run: RunData) -> str:
             scope = "as summary.json has them"
             note = ("The event log cannot give them (no meter snapshots, or events missing), so these are the figures "
                     "the last session wrote; they cover earlier sessions only where it replayed their calls.")
-        out.append(f"<h3>Usage by phase ({esc(scope)})</h3>" + _table(["phase", "calls", "tokens", "dollars"], rows)
+        out.append(f"<h3>Usage by phase ({esc(scope)})</h3>" + table(["phase", "calls", "tokens", "dollars"], rows)
                    + f'<p class="muted small">{esc(note)} Calls: paid LM calls of every role.</p>')
     return "".join(out)
 
@@ -296,19 +156,19 @@ def _results(run: RunData) -> str:
     def test_cell(b: dict[str, Any] | None) -> str:
         if not b:
             return '<span class="muted">not evaluated</span>'
-        return f"{_score(b.get('score'))} <span class='muted small'>± {_num(b.get('stderr')):.3f} (n={b.get('n')})</span>"
+        return f"{score_text(b.get('score'))} <span class='muted small'>± {_num(b.get('stderr')):.3f} (n={b.get('n')})</span>"
 
     rows = [
-        ["validation score" + (f" (n={n_val})" if n_val else ""), _num_td(_score(seed_val)),
-         _num_td(_score(tuned_seed)),
-         _num_td(_score(best_val))],
+        ["validation score" + (f" (n={n_val})" if n_val else ""), num_td(score_text(seed_val)),
+         num_td(score_text(tuned_seed)),
+         num_td(score_text(best_val))],
         ["test score", test_cell(seed_test), '<span class="muted">—</span>', test_cell(test)],
         [esc(plots.unit_label(unit, per_example=True)) + " (test)",
-         _num_td(_cost(seed_test.get(cost_key), unit) if seed_test else "—"), "—",
-         _num_td(_cost(test.get(cost_key), unit) if test else "—")],
+         num_td(cost_text(seed_test.get(cost_key), unit) if seed_test else "—"), "—",
+         num_td(cost_text(test.get(cost_key), unit) if test else "—")],
     ]
     c0 = "seed as scored in the search (c0)" if run.method == "aflow" else "seed after tuning (c0)"
-    out = [_table(["", "seed as given", c0, f"best ({best_id or '?'})"], rows)]
+    out = [table(["", "seed as given", c0, f"best ({best_id or '?'})"], rows)]
     gain = s.get("test_gain_vs_seed")
     if gain and gain.get("n"):
         lo, hi = (gain.get("ci95") or [None, None])[:2]
@@ -316,8 +176,8 @@ def _results(run: RunData) -> str:
         if lo is not None and hi is not None:
             verdict = (" — the interval excludes zero" if lo > 0 or hi < 0 else
                        " — the interval includes zero: not a clear difference at this n")
-        out.append(f"<p><b>Paired test gain of the best workflow over the seed:</b> {esc(_signed(gain.get('mean')))} "
-                   f"(95% interval {esc(_signed(lo))} to {esc(_signed(hi))}, n = {esc(gain.get('n'))} test examples; "
+        out.append(f"<p><b>Paired test gain of the best workflow over the seed:</b> {esc(signed_text(gain.get('mean')))} "
+                   f"(95% interval {esc(signed_text(lo))} to {esc(signed_text(hi))}, n = {esc(gain.get('n'))} test examples; "
                    f"better on {esc(gain.get('wins', '?'))}, worse on {esc(gain.get('losses', '?'))}){esc(verdict)}.</p>")
     elif test and not seed_test:
         out.append('<p class="muted">The seed was not evaluated on the test split, so there is no paired gain.</p>')
@@ -333,7 +193,7 @@ def _plots(run: RunData) -> str:
     series = run.usage_series()
     parts = []
     xs_label = plots.candidate_x(run)[1]
-    parts.append(_figure(plots.score_progress(run), "validation score per candidate",
+    parts.append(figure(plots.score_progress(run), "validation score per candidate",
                          "Validation score of each candidate (x: " + esc(xs_label) + "). Hollow circles: the "
                          "candidate's score before the inner loop tuned its prompts. Green: best so far "
                          "(by the run's objective). Dotted: the seed as given."))
@@ -348,9 +208,9 @@ def _plots(run: RunData) -> str:
                 "the end of each phase.")
         if share is not None:
             note += f" Itemized: {share:.0%} of the total."
-    parts.append(_figure(plots.cost_over_run(run, series), "cumulative spend by role", esc(note)))
+    parts.append(figure(plots.cost_over_run(run, series), "cumulative spend by role", esc(note)))
     unit = plots.unit_label(run.unit(), per_example=True)
-    parts.append(_figure(plots.pareto(run), "Pareto front",
+    parts.append(figure(plots.pareto(run), "Pareto front",
                          f"Every candidate's validation score against its {esc(unit)} on validation; red: the "
                          "candidates no other candidate beats on both (labelled); star: the chosen best."
                          + ("" if run.priced else " Prices are unknown for at least one role, so cost is in tokens.")))
@@ -363,13 +223,13 @@ def _workflow_block(title: str, wf: Workflow | None) -> str:
     try:
         png = pictures.draw_workflow(wf, title=title)
         n = len(wf.sketch.nodes)
-        pic = _figure(png, title, f"{n} node{'s' if n != 1 else ''}. Rounded: llm; barred: tool; diamond: branch "
+        pic = figure(png, title, f"{n} node{'s' if n != 1 else ''}. Rounded: llm; barred: tool; diamond: branch "
                                   "(dashed edges: the nodes a route runs); trapezoid: merge.")
     except Exception as exc:  # a picture must never cost the whole report
         pic = f'<div class="warn">could not draw this workflow: {esc(exc)}</div>'
     return (f"<div><h3>{esc(title)}</h3>{pic}"
-            + _details("Mermaid (paste into any Mermaid renderer)", f"<pre>{esc(to_mermaid(wf))}</pre>")
-            + _details("as text", f"<pre>{esc(to_text(wf))}</pre>") + "</div>")
+            + details("Mermaid (paste into any Mermaid renderer)", f"<pre>{esc(to_mermaid(wf))}</pre>")
+            + details("as text", f"<pre>{esc(to_text(wf))}</pre>") + "</div>")
 
 
 def _workflows(run: RunData) -> str:
@@ -421,13 +281,13 @@ def _prompt_diffs(run: RunData) -> str:
 def _usage_text(cost: dict[str, Any] | None, unit: str) -> str:
     if not cost:
         return "—"
-    return "<br>".join(f"{esc(role)}: {esc(_cost(usage_value(u, unit), unit))}"
+    return "<br>".join(f"{esc(role)}: {esc(cost_text(usage_value(u, unit), unit))}"
                        + (f" <span class='muted small'>({int(_num(u.get('calls')))} calls)</span>" if u.get("calls") else "")
                        for role, u in cost.items())
 
 
 def _arrow(a: Any, b: Any) -> str:
-    return f"{_score(a)} → {_score(b)}" if b is not None else f"{_score(a)} → <span class='muted'>not run</span>"
+    return f"{score_text(a)} → {score_text(b)}" if b is not None else f"{score_text(a)} → <span class='muted'>not run</span>"
 
 
 def _inner_table(run: RunData) -> str:
@@ -440,22 +300,22 @@ def _inner_table(run: RunData) -> str:
     for r in records:
         gradient = str(r.get("gradient") or "")
         short = gradient if len(gradient) <= GRADIENT_CHARS else gradient[:GRADIENT_CHARS] + "…"
-        grad_html = esc(short) + (_details("full text", f"<pre>{esc(gradient)}</pre>") if short != gradient else "")
+        grad_html = esc(short) + (details("full text", f"<pre>{esc(gradient)}</pre>") if short != gradient else "")
         if r.get("change") in ("instruction", "rule"):
-            change = esc(str(r.get("change"))) + _details("proposed rewrite", f'<div class="diff">{word_diff(str(r.get("old", "")), str(r.get("new", "")))}</div>')
+            change = esc(str(r.get("change"))) + details("proposed rewrite", f'<div class="diff">{word_diff(str(r.get("old", "")), str(r.get("new", "")))}</div>')
         else:
             change = esc(f"{r.get('change')}: {r.get('old')} → {r.get('new')}")
-        rows.append([esc(r.get("candidate")), _num_td(esc(r.get("step"))), esc(r.get("node_id")), change, grad_html,
-                     _num_td(_arrow(r.get("minibatch_before"), r.get("minibatch_after"))),
-                     _num_td(_arrow(r.get("val_before"), r.get("val_after"))),
-                     _tick(bool(r.get("accepted"))), esc(r.get("reason")), _usage_text(r.get("cost"), unit)])
+        rows.append([esc(r.get("candidate")), num_td(esc(r.get("step"))), esc(r.get("node_id")), change, grad_html,
+                     num_td(_arrow(r.get("minibatch_before"), r.get("minibatch_after"))),
+                     num_td(_arrow(r.get("val_before"), r.get("val_after"))),
+                     tick(bool(r.get("accepted"))), esc(r.get("reason")), _usage_text(r.get("cost"), unit)])
     patience = run.of_type("inner_patience")
     note = (f'<p class="muted small">The inner loop stopped early for lack of progress {len(patience)} time(s).</p>'
             if patience else "")
     accepted = sum(bool(r.get("accepted")) for r in records)
     return (f"<p>{len(records)} proposals, {accepted} accepted. A proposal must gain on its minibatch, then win "
             "its validation race against the current workflow.</p>" + note
-            + _table(["candidate", "step", "node", "change", "gradient", "minibatch", "validation", "accepted",
+            + table(["candidate", "step", "node", "change", "gradient", "minibatch", "validation", "accepted",
                       "reason", "cost"], rows, row_class=lambda i: "best" if records[i].get("accepted") else ""))
 
 
@@ -466,12 +326,12 @@ def _outer_tables(run: RunData) -> str:
 
 
 def _candidate_line(run: RunData, c: dict[str, Any], front: set[str], accepted: set[str]) -> str:
-    score = _score(c.get("val_score"))
+    score = score_text(c.get("val_score"))
     before = c.get("initial_val_score")
     if before is not None and abs(_num(before) - _num(c.get("val_score"))) > 1e-12:
-        score = f"{_score(before)} → {score} after tuning"
+        score = f"{score_text(before)} → {score} after tuning"
     unit = run.unit()
-    cost = _cost(c.get("cost_per_example") if unit == "usd" else c.get("tokens_per_example"), unit)
+    cost = cost_text(c.get("cost_per_example") if unit == "usd" else c.get("tokens_per_example"), unit)
     tags = "".join(f'<span class="tag{cls}">{esc(text)}</span>' for flag, cls, text in (
         (c["id"] == run.best_id, " bestnow", "chosen best"), (c["id"] in front, " front", "Pareto front"),
         (c["id"] in accepted and c["id"] != run.best_id, "", "was best when scored")) if flag)
@@ -518,18 +378,18 @@ def _candidate_tables(run: RunData) -> str:
     front, accepted, best_id = set(run.front_ids), set(run.accepted_ids), run.best_id
     rows = []
     for c in run.candidates:
-        score = _score(c.get("val_score"))
+        score = score_text(c.get("val_score"))
         if c.get("initial_val_score") is not None and abs(_num(c["initial_val_score"]) - _num(c.get("val_score"))) > 1e-12:
-            score = f"{_score(c['initial_val_score'])} → {score}"
+            score = f"{score_text(c['initial_val_score'])} → {score}"
         inner_stop = c.get("inner_stopped")
         edit = esc(c.get("edit")) + (f"<div class='muted small'>inner loop stopped: {esc(inner_stop)}</div>"
                                      if inner_stop else "")
         rows.append([esc(c["id"]) + (" ★" if c["id"] == best_id else ""), esc(c.get("parent") or "—"), edit,
-                     _num_td(score), _num_td(_cost(c.get("cost_per_example"), "usd") if run.priced else "—"),
-                     _num_td(f"{_num(c.get('tokens_per_example')):,.0f}"), _num_td(esc(c.get("nodes", "—"))),
-                     _num_td(esc(c.get("inner_steps", "—"))), _tick(c["id"] in accepted), _tick(c["id"] in front)])
+                     num_td(score), num_td(cost_text(c.get("cost_per_example"), "usd") if run.priced else "—"),
+                     num_td(f"{_num(c.get('tokens_per_example')):,.0f}"), num_td(esc(c.get("nodes", "—"))),
+                     num_td(esc(c.get("inner_steps", "—"))), tick(c["id"] in accepted), tick(c["id"] in front)])
     cands = run.candidates
-    out = [_table(["id", "parent", "edit", "validation (before → after tuning)", "dollars / example",
+    out = [table(["id", "parent", "edit", "validation (before → after tuning)", "dollars / example",
                    "tokens / example", "nodes", "inner steps", "new best when scored", "on Pareto front"],
                   rows, row_class=lambda i: "best" if cands[i]["id"] == best_id else "")]
     if run.of_type("outer_patience"):
@@ -559,9 +419,9 @@ def _candidate_tables(run: RunData) -> str:
             detail.append(f"attempt {e['attempt']}")
         rationale = e.get("rationale") or e.get("critique")
         rat_html = esc(rationale) if rationale else ""
-        prows.append([_num_td(esc(e.get("seq"))), esc(kind), esc(e.get("parent") or "—"), esc(what) or "—",
+        prows.append([num_td(esc(e.get("seq"))), esc(kind), esc(e.get("parent") or "—"), esc(what) or "—",
                       "<br>".join(esc(d) for d in detail) or "—", rat_html or "—"])
-    out.append(_table(["event", "what", "parent", "edit", "details", "rationale (optimizer)"], prows))
+    out.append(table(["event", "what", "parent", "edit", "details", "rationale (optimizer)"], prows))
     return "".join(out)
 
 
@@ -570,7 +430,7 @@ def _settings(run: RunData) -> str:
     if not settings:
         return ""
     text = json.dumps(redact(settings), indent=2, ensure_ascii=False, default=str)
-    return _details("all settings of the run", f"<pre>{esc(text)}</pre>")
+    return details("all settings of the run", f"<pre>{esc(text)}</pre>")
 
 
 def _short(value: Any, limit: int = TRACE_CHARS) -> str:
@@ -583,7 +443,7 @@ def _trace_html(title: str, side: dict[str, Any] | None) -> str:
     if not side:
         return f'<div class="trace"><h4>{esc(title)}</h4><p class="muted">not evaluated</p></div>'
     trace = side.get("trace") if isinstance(side.get("trace"), dict) else {}
-    parts = [f"<h4>{esc(title)}: score {esc(_score(side.get('score')))}</h4>"]
+    parts = [f"<h4>{esc(title)}: score {esc(score_text(side.get('score')))}</h4>"]
     if side.get("feedback"):
         parts.append(f'<p class="small">metric: {esc(_short(side["feedback"], 400))}</p>')
     for node in trace.get("nodes") or []:
@@ -638,10 +498,10 @@ def _examples(run: RunData) -> str:
         def pred(side: dict[str, Any]) -> str:
             if not side:
                 return '<span class="muted">—</span>'
-            return f"{esc(_short(side.get('prediction'), 200))} <span class='muted small'>({esc(_score(side.get('score')))})</span>"
+            return f"{esc(_short(side.get('prediction'), 200))} <span class='muted small'>({esc(score_text(side.get('score')))})</span>"
 
         first = not table_rows and outcome in ("won", "lost")  # the first difference, opened
-        traces = _details("traces: seed and best, node by node",
+        traces = details("traces: seed and best, node by node",
                           f'<div class="pair">{_trace_html("seed", seed or None)}{_trace_html("best", best)}</div>',
                           open_=first)
         css = {"won": "won", "lost": "lost"}.get(outcome, "muted")

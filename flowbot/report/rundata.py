@@ -18,8 +18,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from flowbot.errors import FlowBotError
 from flowbot.graph.io import WorkflowFileError, workflow_from_dict
 from flowbot.graph.sketch import Workflow
+from flowbot.optim.archive import non_dominated
+from flowbot.optim.rundir import read_event_log
 
 #: events that describe outer-loop proposals (shown in the proposals table)
 PROPOSAL_EVENTS = ("proposal", "candidate_rejected", "candidate_proposed", "edit_repaired")
@@ -27,7 +30,7 @@ PROPOSAL_EVENTS = ("proposal", "candidate_rejected", "candidate_proposed", "edit
 TEST_EXAMPLES = "test_examples.jsonl"
 
 
-class ReportError(ValueError):
+class ReportError(FlowBotError):
     """The directory is not a FlowBot run directory."""
 
 
@@ -224,12 +227,9 @@ def usage_value(u: dict[str, Any] | None, unit: str) -> float:
 
 
 def pareto_ids(candidates: list[dict[str, Any]], unit: str) -> list[str]:
-    """Ids no other candidate beats on both score (higher) and cost per example (lower)."""
+    """Ids no other candidate beats on both score (higher) and cost per example (lower) in ``unit``."""
     key = "cost_per_example" if unit == "usd" else "tokens_per_example"
-    pts = [(c["id"], _num(c.get("val_score")), _num(c.get(key))) for c in candidates]
-    front = [i for i, s, k in pts
-             if not any(s2 >= s and k2 <= k and (s2 > s or k2 < k) for _, s2, k2 in pts)]
-    return front
+    return non_dominated((c["id"], _num(c.get("val_score")), _num(c.get(key))) for c in candidates)
 
 
 # -- loading --------------------------------------------------------------------------------
@@ -246,18 +246,10 @@ def _read_json(path: Path, warnings: list[str]) -> Any:
 def _read_events(path: Path, warnings: list[str]) -> list[dict[str, Any]]:
     if not path.exists():
         return []
-    events = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").split("\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            event = json.loads(line)
-        except json.JSONDecodeError:
-            warnings.append(f"events.jsonl, line {lineno}: not JSON (a torn write?); the rest of the log is left out")
-            break
-        if isinstance(event, dict):
-            events.append(event)
-    return events
+    events, torn = read_event_log(path)
+    if torn is not None:
+        warnings.append(f"events.jsonl, line {torn}: not JSON (a torn write?); the rest of the log is left out")
+    return [e for e in events if isinstance(e, dict)]
 
 
 def _read_jsonl(path: Path, warnings: list[str]) -> list[dict[str, Any]]:

@@ -8,7 +8,8 @@ each defensively: a torn log, an unknown event type or a missing key never hides
 
 A run this version would refuse to resume (its saved settings differ from those its resume
 command makes now, compared as a resume compares them) gets ``not_resumable`` instead of a usable
-command (:func:`resume_refusal`).
+command (:func:`resume_refusal`; a command line is read by the CLI, which ``flowbot runs`` passes
+in as ``command_settings``).
 
 Status: ``running`` while a process holds the run's lock (the kernel lock ``flowbot optimize``
 takes on ``run.lock``, see :func:`flowbot.optim.rundir.lock_holder`; runs made before it had that
@@ -19,17 +20,21 @@ the log ends with ``run_finished``; otherwise ``interrupted``.
 
 from __future__ import annotations
 
-import functools
 import json
 import re
 import shlex
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from flowbot.optim.rundir import LEGACY_LOCK_FILES, LOCK_FILE, lock_holder
+from flowbot.errors import FlowBotError
+from flowbot.optim.rundir import LEGACY_LOCK_FILES, LOCK_FILE, lock_holder, read_event_log
 
+#: the optimizer settings a resume command line makes with this version, or None for a command other
+#: than ``flowbot optimize``; raises ValueError for one that no longer parses (the CLI's reading:
+#: :func:`flowbot.cli.main.command_settings`, which this module cannot import: it is below the CLI)
+CommandSettings = Callable[[str], "dict[str, Any] | None"]
 RECENT_S = 120.0  # a run without a lock whose files changed this recently is taken as running
 MAX_DEPTH = 3  # how deep under DIR run directories are looked for (results/<task>/<method>/...)
 
@@ -89,12 +94,17 @@ def find_runs(root: str | Path, max_depth: int = MAX_DEPTH) -> list[Path]:
     return found
 
 
-def list_runs(root: str | Path = "runs") -> list[RunInfo]:
-    """Every run under ``root`` (raises FileNotFoundError when ``root`` does not exist)."""
+class NoSuchRunsDirectory(FlowBotError, FileNotFoundError):
+    """The folder to list runs from does not exist."""
+
+
+def list_runs(root: str | Path = "runs", command_settings: CommandSettings | None = None) -> list[RunInfo]:
+    """Every run under ``root`` (raises FileNotFoundError when ``root`` does not exist);
+    ``command_settings``: see :func:`resume_refusal`."""
     root = Path(root)
     if not root.exists():
-        raise FileNotFoundError(f"{root}: no such directory (runs are kept in runs/ by default)")
-    return [run_info(p) for p in find_runs(root)]
+        raise NoSuchRunsDirectory(f"{root}: no such directory (runs are kept in runs/ by default)")
+    return [run_info(p, command_settings) for p in find_runs(root)]
 
 
 # -- one run ----------------------------------------------------------------------------------
@@ -107,22 +117,12 @@ def _read_json(path: Path, warnings: list[str]) -> Any:
 
 
 def _read_events(path: Path, warnings: list[str]) -> list[dict[str, Any]]:
-    events: list[dict[str, Any]] = []
     try:
-        lines = path.read_text(encoding="utf-8").split("\n") if path.exists() else []
+        events = read_event_log(path)[0] if path.exists() else []  # (up to a torn last line)
     except OSError as exc:
         warnings.append(f"events.jsonl: unreadable ({exc})")
-        return events
-    for line in lines:
-        if not line.strip():
-            continue
-        try:
-            event = json.loads(line)
-        except ValueError:
-            break  # a torn last line
-        if isinstance(event, dict):
-            events.append(event)
-    return events
+        return []
+    return [e for e in events if isinstance(e, dict)]
 
 
 def _num(value: Any) -> float | None:
@@ -140,7 +140,8 @@ def _dig(data: Any, *keys: str) -> Any:
     return data
 
 
-def run_info(path: str | Path) -> RunInfo:
+def run_info(path: str | Path, command_settings: CommandSettings | None = None) -> RunInfo:
+    """What the run directory ``path`` holds; ``command_settings``: see :func:`resume_refusal`."""
     path = Path(path)
     info = RunInfo(path=path)
     config = _read_json(path / "config.json", info.warnings) or {}
@@ -160,7 +161,7 @@ def run_info(path: str | Path) -> RunInfo:
     _status(info, path, events)
     info.command, info.command_rebuilt = resume_command(path, config, settings)
     if info.status != "running":
-        info.not_resumable = resume_refusal(settings, info.command)
+        info.not_resumable = resume_refusal(settings, info.command, command_settings)
     return info
 
 
@@ -247,22 +248,24 @@ def resume_command(path: Path, config: dict[str, Any], settings: dict[str, Any])
     return rebuilt, rebuilt is not None
 
 
-def resume_refusal(settings: dict[str, Any], command: str | None) -> str | None:
+def resume_refusal(settings: dict[str, Any], command: str | None,
+                   command_settings: CommandSettings | None = None) -> str | None:
     """Why this version of FlowBot would refuse to resume a run with these saved settings, or None.
 
-    The optimizer settings the resume would make — from ``command`` (a ``flowbot optimize`` line),
-    or for a run started from Python from the saved values, with today's defaults for settings the
-    run predates — are compared with the saved ones the way the run directory compares them on
-    resume (:func:`flowbot.optim.rundir.changed_settings`, legacy values allowed). Only the
-    optimizer settings are checked: the task and the seed are not loaded."""
-    from flowbot.errors import FlowBotError
+    The optimizer settings the resume would make — from ``command`` (a ``flowbot optimize`` line,
+    read by ``command_settings``: the command line's own reading, which ``flowbot runs`` passes, see
+    :func:`flowbot.cli.main.command_settings`), or for a run started from Python from the saved
+    values, with today's defaults for settings the run predates — are compared with the saved ones
+    the way the run directory compares them on resume (:func:`flowbot.optim.rundir.changed_settings`,
+    legacy values allowed). Only the optimizer settings are checked: the task and the seed are not
+    loaded. Without ``command_settings``, a run with a command is not judged (None)."""
     from flowbot.optim.rundir import RunDir, changed_settings
 
     saved = settings.get("optimize")
-    if not isinstance(saved, dict):
+    if not isinstance(saved, dict) or (command and command_settings is None):
         return None
     try:
-        new = _settings_of_command(command) if command else _settings_from_python(saved)
+        new = command_settings(command) if command and command_settings else _settings_from_python(saved)
     except (FlowBotError, ValueError, TypeError) as exc:
         return f"not resumable with this version ({exc})"
     if new is None:
@@ -271,33 +274,6 @@ def resume_refusal(settings: dict[str, Any], command: str | None) -> str | None:
     if not changed:
         return None
     return f"not resumable with this version (settings changed: {', '.join(changed)})"
-
-
-def _settings_of_command(command: str) -> dict[str, Any] | None:
-    """The optimizer settings a ``flowbot optimize`` command line makes (None for another command)."""
-    from flowbot.api import run_config
-    from flowbot.cli.main import optimize_settings
-
-    args = shlex.split(command.split(" && ", 1)[-1])
-    if args[:2] != ["flowbot", "optimize"]:
-        return None
-    try:
-        with _optimize_command().make_context("optimize", args[2:]) as ctx:  # parses; runs nothing
-            options = dict(ctx.params)
-    except Exception as exc:  # click's usage errors (typer may bundle its own click)
-        if not hasattr(exc, "format_message"):
-            raise
-        raise ValueError(f"its command line does not parse: {exc.format_message()}") from None
-    return _plain(run_config(**optimize_settings(options)).to_dict())
-
-
-@functools.lru_cache(maxsize=1)
-def _optimize_command() -> Any:
-    import typer
-
-    from flowbot.cli.main import app
-
-    return typer.main.get_command(app).commands["optimize"]  # type: ignore[attr-defined]
 
 
 def _settings_from_python(saved: dict[str, Any]) -> dict[str, Any]:

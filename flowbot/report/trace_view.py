@@ -5,8 +5,8 @@ from __future__ import annotations
 from rich.console import Console
 from rich.panel import Panel
 
-from flowbot.runtime.prompts import format_value
 from flowbot.runtime.trace import Trace
+from flowbot.scoring.values import format_value
 
 
 def _short(value: object, limit: int = 600) -> str:

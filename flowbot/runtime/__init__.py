@@ -1,11 +1,8 @@
-"""Running workflows: the async executor, traces, prompt rendering, answer extraction, scoring."""
+"""Running workflows: the async executor, traces, prompt rendering, batch evaluation, backends.
+(What a metric returns and how a reply becomes an answer live one layer down, in :mod:`flowbot.scoring`.)"""
 
-from flowbot.runtime.batch import BatchResult, ExampleResult, evaluate_examples, example_id
-from flowbot.runtime.executor import Executor, majority_vote
-from flowbot.runtime.scoring import Metric, MetricResult, call_metric, normalize_metric_output
+from flowbot.runtime.batch import BatchResult, ExampleResult, evaluate_examples
+from flowbot.runtime.executor import Executor
 from flowbot.runtime.trace import NodeRun, Trace
 
-__all__ = [
-    "BatchResult", "ExampleResult", "Executor", "Metric", "MetricResult", "NodeRun", "Trace",
-    "call_metric", "evaluate_examples", "example_id", "majority_vote", "normalize_metric_output",
-]
+__all__ = ["BatchResult", "ExampleResult", "Executor", "NodeRun", "Trace", "evaluate_examples"]

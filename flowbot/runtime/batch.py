@@ -6,20 +6,21 @@ budget stops launching new examples and returns what was done, marked with the r
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, Protocol
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from flowbot.graph.sketch import Workflow
 from flowbot.lm.base import BudgetExceeded, LMPermanentError, Usage
-from flowbot.runtime.backends import Backend, active_backend
 from flowbot.runtime.executor import Executor
 from flowbot.runtime.metric_guard import MetricGuard, metric_name
-from flowbot.runtime.scoring import Metric, MetricResult, call_metric
 from flowbot.runtime.trace import Trace
+from flowbot.scoring.result import Metric, MetricResult, call_metric
 
 
 @dataclass
@@ -88,6 +89,39 @@ def example_id(example: dict[str, Any], index: int) -> str:
         if key in example and example[key] is not None:
             return str(example[key])
     return str(index)
+
+
+class Backend(Protocol):
+    """Where the examples of an evaluation run (see :mod:`flowbot.runtime.backends`). A backend is
+    passed to :func:`evaluate_examples`, or made active for a block with :func:`use_backend`, which
+    reaches the evaluations the optimizers start inside it."""
+
+    name: str
+
+    async def evaluate(self, executor: Executor, workflow: Workflow, examples: list[dict[str, Any]],
+                       metric: Metric, *, concurrency: int, progress: Any, description: str,
+                       on_result: Callable[[ExampleResult], None] | None,
+                       guard_metric: bool = True) -> BatchResult:
+        """Run and score every example, with the semantics of the local path: the executor's
+        cache, meter and budget see every call; a used-up budget stops launching examples; the
+        first permanent LM error is raised and stops the rest, and so is a broken metric's
+        ``MetricFailure`` (unless ``guard_metric`` is False)."""
+
+
+_ACTIVE: contextvars.ContextVar[Backend | None] = contextvars.ContextVar("flowbot_backend", default=None)
+
+
+def active_backend() -> Backend | None:
+    return _ACTIVE.get()
+
+
+@contextlib.contextmanager
+def use_backend(backend: Backend | None) -> Iterator[None]:
+    token = _ACTIVE.set(backend)
+    try:
+        yield
+    finally:
+        _ACTIVE.reset(token)
 
 
 async def evaluate_examples(

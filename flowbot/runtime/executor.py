@@ -2,7 +2,8 @@
 
     >>> import asyncio
     >>> from flowbot.graph import LLMNode, Sketch, Workflow
-    >>> from flowbot.lm import LMClient, ScriptedLM
+    >>> from flowbot.lm import LMClient
+    >>> from flowbot.testing import ScriptedLM
     >>> wf = Workflow(sketch=Sketch(inputs=["q"], outputs=["a"],
     ...                             nodes=[LLMNode(id="ans", reads=["q"], writes="a")]))
     >>> trace = asyncio.run(Executor(LMClient(ScriptedLM(default="42"))).run(wf, {"q": "6*7?"}))
@@ -29,9 +30,10 @@ from flowbot.graph.sketch import Workflow
 from flowbot.lm.base import BudgetExceeded, Completion, LMPermanentError
 from flowbot.lm.client import LMClient
 from flowbot.runtime import prompts
-from flowbot.runtime.extract import apply_extraction, extract_answer
 from flowbot.runtime.trace import NodeRun, Trace
 from flowbot.runtime.tracing import Tracer, active_tracer, end_span, start_span
+from flowbot.scoring.extract import apply_extraction, extract_answer
+from flowbot.scoring.values import format_value
 from flowbot.tools.base import ToolError, ToolRegistry
 
 _MISSING = object()
@@ -233,7 +235,7 @@ class Executor:
                     return rule.label
             return node.default
         reply = await self._complete(params, prompts.branch_messages(node, params, inputs), record)
-        from flowbot.runtime.extract import extract_label
+        from flowbot.scoring.extract import extract_label
 
         label = extract_label(reply, list(node.routes))
         return label if label in node.routes else node.default
@@ -245,7 +247,7 @@ class Executor:
         if node.strategy == "first":
             return candidates[0]
         if node.strategy == "concat":
-            return "\n\n".join(prompts.format_value(c) for c in candidates)
+            return "\n\n".join(format_value(c) for c in candidates)
         if node.strategy == "majority":
             return majority_vote(candidates)
         # select: an LLM picks the best candidate by number
@@ -263,7 +265,7 @@ def _usage_attributes(record: NodeRun) -> dict[str, Any]:
 
 
 def _rule_matches(op: str, value: Any, target: Any) -> bool:
-    text = "" if value is None else prompts.format_value(value)
+    text = "" if value is None else format_value(value)
     if op == "nonempty":
         return bool(text.strip())
     if op == "empty":
@@ -283,7 +285,7 @@ def _rule_matches(op: str, value: Any, target: Any) -> bool:
 
 def normalize_vote(value: Any) -> str:
     """The key a majority vote counts: numbers by value, text case- and space-insensitively."""
-    text = prompts.format_value(value).strip().rstrip(".").strip()
+    text = format_value(value).strip().rstrip(".").strip()
     try:
         number = float(text.replace(",", "").replace("$", ""))
         return repr(round(number, 9))

@@ -1,6 +1,7 @@
 """Building LM clients for a run: one provider per model name, shared cache, meter and budget.
 
-    >>> pool = ModelPool(default="scripted-test", providers={"scripted-test": __import__("flowbot.lm").lm.ScriptedLM(default="hi")})
+    >>> from flowbot.testing import ScriptedLM
+    >>> pool = ModelPool(default="scripted-test", providers={"scripted-test": ScriptedLM(default="hi")})
     >>> pool.client().model
     'scripted'
 """

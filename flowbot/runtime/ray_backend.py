@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from flowbot.errors import FlowBotError
 from flowbot.graph.sketch import Workflow
 from flowbot.lm.base import BudgetExceeded, LMPermanentError, Provider, Usage
 from flowbot.lm.budget import Budget, RoleUsage, UsageMeter
@@ -45,8 +46,8 @@ from flowbot.lm.retry import RetryPolicy
 from flowbot.runtime.batch import BatchResult, ExampleResult, collect, progress_bar, score_trace, workflow_inputs
 from flowbot.runtime.executor import Executor
 from flowbot.runtime.metric_guard import MetricGuard, metric_name
-from flowbot.runtime.scoring import Metric
 from flowbot.runtime.trace import Trace
+from flowbot.scoring.result import Metric
 from flowbot.tools.base import ToolRegistry
 
 MISSING_EXTRA = "the Ray backend needs ray: pip install 'flowbot[ray]'"
@@ -55,7 +56,7 @@ WORKER_NAME = "flowbot-worker"
 POLL_S = 0.25
 
 
-class BackendError(ValueError):
+class BackendError(FlowBotError):
     """The Ray backend cannot run this evaluation as configured (the message says why)."""
 
 

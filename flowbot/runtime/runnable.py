@@ -1,9 +1,11 @@
-"""``flowbot.Workflow``: a workflow you can call. The IR (:class:`flowbot.graph.Workflow`) is plain
-data; this subclass adds running it with a model chosen at load time or per call.
+"""``flowbot.RunnableWorkflow``: a workflow you can call (what :func:`flowbot.load` returns). The IR
+(:class:`flowbot.graph.Workflow`) is plain data; this subclass adds running it with a model chosen
+at load time or per call.
 
-    >>> from flowbot.lm import ScriptedLM, LMClient
+    >>> from flowbot.lm import LMClient
+    >>> from flowbot.testing import ScriptedLM
     >>> from flowbot.tasks import build_baseline
-    >>> wf = Workflow.from_ir(build_baseline("cot", inputs=["question"], output="answer"))
+    >>> wf = RunnableWorkflow.from_ir(build_baseline("cot", inputs=["question"], output="answer"))
     >>> wf.bind(lm=LMClient(ScriptedLM(default="Answer: 4")))(question="2+2?")
     {'answer': '4'}
 """
@@ -38,19 +40,19 @@ def default_tools() -> ToolRegistry:
     return default_registry()
 
 
-class Workflow(IRWorkflow):
+class RunnableWorkflow(IRWorkflow):
     _lm: LMClient | None = PrivateAttr(default=None)
     _pool: ModelPool | None = PrivateAttr(default=None)
     _tools: ToolRegistry | None = PrivateAttr(default=None)
 
     @classmethod
-    def from_ir(cls, workflow: IRWorkflow) -> "Workflow":
+    def from_ir(cls, workflow: IRWorkflow) -> "RunnableWorkflow":
         if isinstance(workflow, cls):
             return workflow
         return cls.model_validate(workflow.model_dump())
 
     @classmethod
-    def load(cls, path: str | Path, *, model: str | None = None, base_url: str | None = None) -> "Workflow":
+    def load(cls, path: str | Path, *, model: str | None = None, base_url: str | None = None) -> "RunnableWorkflow":
         """Load a saved workflow (JSON); ``model``/``base_url`` bind the model it runs with."""
         tools = default_tools()
         wf = cls.from_ir(load_workflow(path, known_tools=tools.signatures()))
@@ -62,7 +64,7 @@ class Workflow(IRWorkflow):
         return save_workflow(self, path)
 
     def bind(self, model: str | None = None, *, base_url: str | None = None, lm: LMClient | None = None,
-             tools: ToolRegistry | None = None) -> "Workflow":
+             tools: ToolRegistry | None = None) -> "RunnableWorkflow":
         """Choose the model (a name, or a ready LM client) this workflow runs with by default."""
         if lm is not None:
             self._lm, self._pool = lm, None
@@ -104,3 +106,11 @@ class Workflow(IRWorkflow):
         """Synchronous :meth:`arun`; inside a running event loop (Jupyter) it runs on a private loop
         in a worker thread (``await workflow.arun(...)`` does not block the caller's loop)."""
         return run_sync(self.arun(inputs, model=model, trace=trace, **fields))
+
+
+def __getattr__(name: str) -> Any:
+    # modules written by `flowbot export` before the class was renamed import it as ``Workflow``
+    # (the IR class is imported here as IRWorkflow, so that name is free for them)
+    if name == "Workflow":
+        return RunnableWorkflow
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

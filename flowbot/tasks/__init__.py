@@ -1,14 +1,13 @@
 """Tasks: your data (or a benchmark), its input and target fields, a metric, and fixed splits."""
 
-from flowbot.tasks.baselines import KINDS as BASELINE_KINDS
-from flowbot.tasks.baselines import build_baseline, task_baseline
 from flowbot.tasks.benchmarks import BENCHMARKS, load_benchmark
 from flowbot.tasks.judge import LLMJudge
 from flowbot.tasks.loaders import DataError
-from flowbot.tasks.metric_specs import FieldMetric, MetricError, PassAtOne, metric_names, resolve_metric
+from flowbot.tasks.metric_specs import MetricError, metric_names, resolve_metric
+from flowbot.tasks.seeds import build_baseline, task_baseline
 from flowbot.tasks.task import Task
 
 __all__ = [
-    "BASELINE_KINDS", "BENCHMARKS", "DataError", "FieldMetric", "LLMJudge", "MetricError", "PassAtOne", "Task",
-    "build_baseline", "load_benchmark", "metric_names", "resolve_metric", "task_baseline",
+    "BENCHMARKS", "DataError", "LLMJudge", "MetricError", "Task", "build_baseline", "load_benchmark", "metric_names",
+    "resolve_metric", "task_baseline",
 ]

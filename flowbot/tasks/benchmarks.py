@@ -21,11 +21,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from flowbot.tasks.loaders import DataError, Row, read_file, read_hf
-from flowbot.tasks.metrics import gsm8k_gold, math_gold
+from flowbot.tasks.metrics import FEVER_LABELS, gsm8k_gold, math_gold
 from flowbot.tasks.task import Task
 
 BUNDLED = Path(__file__).parent / "data"
-FEVER_LABELS = ["SUPPORTS", "REFUTES", "NOT ENOUGH INFO"]
 
 Sources = dict[str, list[Row]]
 
@@ -295,7 +294,7 @@ BENCHMARKS: dict[str, Benchmark] = {
                   protocol="train: DROP dev minus AFlow's subset (8,536); val/test: AFlow 200/800"),
         Benchmark("fever", "Fact verification without evidence text (closed book): is the claim supported, "
                   "refuted, or is there not enough information?", ["claim"], ["label"], "fever", _fever,
-                  _fever_local, _fever_hf, labels=FEVER_LABELS,
+                  _fever_local, _fever_hf, labels=list(FEVER_LABELS),
                   protocol="paper_dev, seeded: train 1,000 / val 200 / test 500 (ReAct's test size)"),
         Benchmark("triviaqa", "Closed-book trivia questions; answer with a short name or phrase.", ["question"],
                   ["answers"], "triviaqa_em", _triviaqa, _triviaqa_local, _triviaqa_hf, output="answer",

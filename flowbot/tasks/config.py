@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from flowbot.errors import utf8_text
+from flowbot.errors import read_text_file
 from flowbot.tasks.loaders import DataError
 
 _KEYS = {"name", "data", "train", "val", "test", "inputs", "targets", "target", "metric", "split", "seed",
@@ -15,9 +15,7 @@ _PATH_KEYS = ("data", "train", "val", "test")
 
 
 def _read(path: Path) -> dict[str, Any]:
-    if path.is_dir():
-        raise DataError(f"{path}: is a directory, not a task file")
-    text = utf8_text(path.read_bytes(), str(path), DataError)
+    text = read_text_file(path, "task file", DataError)
     if path.suffix.lower() == ".toml":
         if sys.version_info >= (3, 11):
             import tomllib

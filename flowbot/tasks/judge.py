@@ -16,8 +16,8 @@ import re
 from typing import Any
 
 from flowbot.lm.client import LMClient
-from flowbot.runtime.prompts import format_value
-from flowbot.runtime.scoring import MetricResult
+from flowbot.scoring.result import MetricResult
+from flowbot.scoring.values import format_value
 
 JUDGE_SYSTEM = (
     "You grade an answer with a rubric. Be strict and consistent. Reply with a line 'Reason: ...' "

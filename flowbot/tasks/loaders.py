@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from flowbot.errors import utf8_text
+from flowbot.errors import FlowBotError, utf8_text
 
 
-class DataError(ValueError):
+class DataError(FlowBotError):
     """Bad input data; the message names the file and line (or row) and the field."""
 
 

@@ -18,15 +18,16 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from flowbot.runtime.prompts import format_value
-from flowbot.runtime.scoring import MetricResult
+from flowbot.errors import FlowBotError
+from flowbot.scoring.result import MetricResult
+from flowbot.scoring.values import format_value
 from flowbot.tasks import metrics as M
 from flowbot.tasks.loaders import DataError
 
 StringMetric = Callable[[str, Any], float]
 
 
-class MetricError(ValueError):
+class MetricError(FlowBotError):
     """A metric that cannot be found or built; the message says what to fix."""
 
 
@@ -78,8 +79,8 @@ class PassAtOne:
         self.timeout_s = timeout_s
 
     async def __call__(self, example: dict[str, Any], prediction: dict[str, Any]) -> MetricResult:
-        from flowbot.runtime.extract import extract_code
-        from flowbot.tools.sandbox import run_tests
+        from flowbot.scoring.extract import extract_code
+        from flowbot.tasks.metrics.code_tests import run_tests
 
         code = extract_code(_as_text(prediction.get(self.output)))
         tests = example.get(self.tests)

@@ -9,28 +9,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from flowbot.errors import FlowBotError
 from flowbot.tools.base import Tool, ToolError, ToolRegistry, ToolResult
-from flowbot.tools.calculator import CalcError, CalculatorTool, calculate, evaluate
-from flowbot.tools.python_exec import PythonTool, strip_code_fences
-from flowbot.tools.retrieval import Passage, RetrieveTool, parse_passages, retrieve
-from flowbot.tools.sandbox import (
-    SandboxResult,
-    SandboxUnavailable,
-    TestRunResult,
-    default_test_call,
-    run_python,
-    run_tests,
-    sandbox_info,
-    sandbox_levels,
-)
+from flowbot.tools.calculator import CalculatorTool
+from flowbot.tools.python_exec import PythonTool
+from flowbot.tools.retrieval import RetrieveTool
+from flowbot.tools.sandbox import SandboxResult, SandboxUnavailable, run_python, sandbox_info, sandbox_levels
 
 __all__ = [
     "Tool", "ToolError", "ToolRegistry", "ToolResult", "default_registry",
     "PythonTool", "CalculatorTool", "RetrieveTool",
-    "run_python", "run_tests", "sandbox_info", "sandbox_levels", "default_test_call",
-    "SandboxResult", "TestRunResult", "SandboxUnavailable",
-    "calculate", "evaluate", "CalcError", "strip_code_fences",
-    "retrieve", "parse_passages", "Passage",
+    "run_python", "sandbox_info", "sandbox_levels", "SandboxResult", "SandboxUnavailable",
 ]
 
 _FACTORIES = {"python": PythonTool, "calculator": CalculatorTool, "retrieve": RetrieveTool}
@@ -44,14 +33,14 @@ def default_registry(**config: dict[str, Any]) -> ToolRegistry:
     """
     unknown = set(config) - set(_FACTORIES)
     if unknown:
-        raise ValueError(f"default_registry: unknown tool(s) {sorted(unknown)} (known: {sorted(_FACTORIES)})")
+        raise FlowBotError(f"default_registry: unknown tool(s) {sorted(unknown)} (known: {sorted(_FACTORIES)})")
     tools = []
     for name, factory in _FACTORIES.items():
         options = config.get(name) or {}
         if not isinstance(options, dict):
-            raise ValueError(f"default_registry: options for {name!r} must be a dict, got {type(options).__name__}")
+            raise FlowBotError(f"default_registry: options for {name!r} must be a dict, got {type(options).__name__}")
         try:
             tools.append(factory(**options))
         except TypeError as exc:
-            raise ValueError(f"default_registry: bad options for {name!r}: {exc}") from None
+            raise FlowBotError(f"default_registry: bad options for {name!r}: {exc}") from None
     return ToolRegistry(tools)

@@ -292,7 +292,8 @@ def calculate(expression: str) -> str:
 class CalculatorTool(Tool):
     """Evaluates arithmetic safely.
 
-    >>> (await CalculatorTool().call(expression="sqrt(16) + 2^3")).output
+    >>> import asyncio
+    >>> asyncio.run(CalculatorTool().call(expression="sqrt(16) + 2^3")).output
     '12'
     """
 

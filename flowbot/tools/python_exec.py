@@ -83,7 +83,8 @@ def _char_offset(line: str, byte_offset: int | None) -> int:
 class PythonTool(Tool):
     """Runs a Python program in the sandbox; the output is what it printed.
 
-    >>> res = await PythonTool().call(code="```python\\nx = 6 * 7\\nx\\n```")
+    >>> import asyncio
+    >>> res = asyncio.run(PythonTool().call(code="```python\\nx = 6 * 7\\nx\\n```"))
     >>> res.output
     '42\\n'
     """

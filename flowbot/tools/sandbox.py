@@ -82,7 +82,6 @@ is described in ``SandboxResult.note``.
 from __future__ import annotations
 
 import asyncio
-import ast
 import dataclasses
 import logging
 import marshal
@@ -99,6 +98,7 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
+from flowbot.errors import FlowBotError
 from flowbot.tools.proctree import RunWatch, kill_tree, kill_with_environ
 
 log = logging.getLogger(__name__)
@@ -135,12 +135,6 @@ class SandboxResult:
     @property
     def ok(self) -> bool:
         return self.exit_code == 0 and self.completed and not self.timed_out
-
-
-@dataclass
-class TestRunResult:
-    passed: bool
-    error: str  # "" when passed; else the failing assertion / exception / limit, shortened
 
 
 class SandboxUnavailable(RuntimeError):
@@ -267,7 +261,7 @@ def _choose_level(isolation: Isolation, host: _Host) -> str:
     if policy == "auto":
         policy = os.environ.get(POLICY_ENV, "auto").strip().lower() or "auto"  # type: ignore[assignment]
         if policy not in ("auto", "strict", *LEVELS):
-            raise ValueError(f"${POLICY_ENV} must be auto, strict, namespaces, bwrap or process, got {policy!r}")
+            raise FlowBotError(f"${POLICY_ENV} must be auto, strict, namespaces, bwrap or process, got {policy!r}")
     if policy == "namespaces" and not host.namespaces:
         raise SandboxUnavailable(f"namespace isolation is unavailable: {host.reason}")
     if policy == "bwrap" and not host.bwrap:
@@ -454,17 +448,20 @@ async def run_python(
     disk_mb: int = 64,
     isolation: Isolation = "auto",
     audit_guard: bool = True,
+    run_name: str = "__main__",
 ) -> SandboxResult:
     """Run ``code`` as a fresh Python program in the sandbox and return what it printed.
 
     ``timeout_s`` is wall-clock time for the whole run (start-up included); ``memory_mb`` is the
     address-space limit of each process and the limit of all the run's processes together;
     ``max_processes`` bounds processes/threads; ``disk_mb`` bounds each written file and the
-    working dir. The run never raises for anything the code does; bad arguments raise
-    ``ValueError``, an unavailable level (or ``"strict"`` on a host without a boundary) raises
-    :class:`SandboxUnavailable`.
+    working dir. ``run_name`` is the ``__name__`` the code runs under (another name keeps its
+    ``if __name__ == "__main__":`` blocks inert). The run never raises for anything the code
+    does; bad arguments raise ``ValueError``, an unavailable level (or ``"strict"`` on a host
+    without a boundary) raises :class:`SandboxUnavailable`.
 
-    >>> res = await run_python("import sys; print(sys.stdin.read().upper())", stdin="hi")
+    >>> import asyncio
+    >>> res = asyncio.run(run_python("import sys; print(sys.stdin.read().upper())", stdin="hi"))
     >>> res.stdout
     'HI\\n'
     """
@@ -478,7 +475,7 @@ async def run_python(
     if isolation not in ("auto", "strict", *LEVELS):
         raise ValueError(f"isolation must be 'auto', 'strict', 'namespaces', 'bwrap' or 'process', got {isolation!r}")
     spec = _Spec(stdin, float(timeout_s), int(memory_mb), int(max_output_bytes),
-                 int(max_processes), int(disk_mb), bool(audit_guard))
+                 int(max_processes), int(disk_mb), bool(audit_guard), str(run_name))
     return await _run(code, spec, isolation)
 
 
@@ -800,83 +797,3 @@ def _feed(transport: asyncio.SubprocessTransport, data: bytes) -> None:
     if data:
         stdin.write(data)
     stdin.close()
-
-
-# --------------------------------------------------------------------------------------------
-# Unit tests of generated code (pass@1).
-
-
-def default_test_call(test_code: str, entry_point: str | None) -> str | None:
-    """The call that runs ``test_code``'s checks, or None when it runs on its own.
-
-    HumanEval's ``def check(candidate)`` becomes ``check(<entry_point>)``; AFlow MBPP's
-    ``def check()`` becomes ``check()``; plain assert lines need no call.
-    """
-    try:
-        tree = ast.parse(test_code)
-    except SyntaxError:
-        return None  # the run itself reports the syntax error
-    for node in tree.body:
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == "check":
-            n_args = len(node.args.posonlyargs) + len(node.args.args)
-            if n_args == 0:
-                return "check()"
-            if entry_point:
-                return f"check({entry_point})"
-            raise ValueError("test_code defines check(candidate) but no entry_point was given")
-    return None
-
-
-async def run_tests(
-    code: str,
-    test_code: str,
-    *,
-    entry_point: str | None = None,
-    call: str | None = None,
-    timeout_s: float = 10.0,
-    memory_mb: int = 512,
-    isolation: Isolation = "auto",
-) -> TestRunResult:
-    """Run ``code`` then ``test_code`` then ``call`` in one sandboxed program; pass iff it ends cleanly.
-
-    ``call`` defaults to :func:`default_test_call`. The code runs with ``__name__`` set to
-    ``"__sandbox__"`` so ``if __name__ == "__main__":`` demo blocks in generated code stay inert,
-    and a program that calls ``exit()`` before the checks finish fails.
-
-    >>> r = await run_tests("def add(a, b):\\n    return a + b",
-    ...                     "def check(candidate):\\n    assert candidate(1, 2) == 3",
-    ...                     entry_point="add")
-    >>> r.passed
-    True
-    """
-    if call is None:
-        call = default_test_call(test_code, entry_point)
-    program = f"{code}\n\n{test_code}\n"
-    if call:
-        program += f"\n{call}\n"
-    spec = _Spec(timeout_s=float(timeout_s), memory_mb=int(memory_mb), run_name="__sandbox__")
-    if not spec.timeout_s > 0:
-        raise ValueError(f"timeout_s must be > 0, got {timeout_s!r}")
-    res = await _run(program, spec, isolation)
-    if res.ok:
-        return TestRunResult(True, "")
-    return TestRunResult(False, _failure_text(res))
-
-
-def _failure_text(res: SandboxResult, limit: int = 600) -> str:
-    if res.timed_out:
-        return "timed out"
-    if res.killed_reason:
-        return f"stopped: {res.killed_reason}"
-    tail = res.stderr.strip()
-    if res.exit_code == 0 and not res.completed:
-        return "the program exited before the tests finished"
-    if not tail:
-        return f"exit code {res.exit_code}"
-    lines = tail.splitlines()
-    # the innermost frame in the program (with its source line) and the exception line
-    at = [i for i, ln in enumerate(lines) if ln.strip().startswith('File "main.py"')]
-    picked = lines[at[-1]:at[-1] + 2] if at else []
-    if lines[-1] not in picked:
-        picked.append(lines[-1])
-    return "\n".join(ln.strip() for ln in picked)[-limit:]

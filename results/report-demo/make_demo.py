@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import flowbot
-from flowbot.lm import LMRequest, ScriptedLM
+from flowbot.lm import LMRequest
+from flowbot.testing import ScriptedLM
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent

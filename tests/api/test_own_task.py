@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 import flowbot
 from flowbot.cli.main import app
-from flowbot.lm import ScriptedLM
-from flowbot.lm.testing import OpenAITestServer
+from flowbot.testing import ScriptedLM
+from flowbot.testing import OpenAITestServer
 
 RULE = "NEGATION RULE"
 FEEDBACK = "the text negates its sentiment word"

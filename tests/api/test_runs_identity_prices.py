@@ -16,13 +16,13 @@ from typer.testing import CliRunner
 
 import flowbot
 from flowbot.api import default_run_dir, prepare_run
-from flowbot.cli.main import app
-from flowbot.lm import LMRequest, ScriptedLM
+from flowbot.cli.main import app, command_settings
+from flowbot.lm import LMRequest
 from flowbot.lm.pricing import PER_MILLION, UnknownPrice, parse_price, per_token_prices, require_prices
 from flowbot.lm.resolve import EMBEDDED_DEFAULT, HOSTED_DEFAULTS
-from flowbot.lm.testing import OpenAITestServer
 from flowbot.report.runs import list_runs, run_info
 from flowbot.tasks import Task
+from flowbot.testing import OpenAITestServer, ScriptedLM
 
 
 def products(n: int, start: int) -> list[dict]:
@@ -286,7 +286,7 @@ def test_the_rebuilt_command_keeps_the_inner_step_its_guard_and_the_schedule(tmp
         flowbot.optimize("gsm8k", model="served", base_url=srv.base_url, run_dir=tmp_path / "run", train_size=3,
                          val_size=2, test_size=2, inner={"steps": 0, "step": "rule", "specificity_guard": False},
                          outer={"rounds": 0, "schedule": "alternate"}, budget={"calls": 40})
-        info = run_info(tmp_path / "run")
+        info = run_info(tmp_path / "run", command_settings)
         args = shlex.split(info.command)
         assert args[args.index("--step") + 1] == "rule" and "--no-specificity-guard" in args
         assert args[args.index("--schedule") + 1] == "alternate" and info.not_resumable is None
@@ -324,13 +324,13 @@ def test_runs_says_which_runs_this_version_cannot_resume(tmp_path, monkeypatch):
                          val_size=2, test_size=2, inner={"steps": 0}, outer={"rounds": 0}, budget={"calls": 40})
         make_run(tmp_path / "runs" / "python")
         make_run(tmp_path / "runs" / "python-legacy")
-        assert all(r.not_resumable is None for r in list_runs("runs"))  # today's runs resume
+        assert all(r.not_resumable is None for r in list_runs("runs", command_settings))  # today's runs resume
 
         for name in ("cli", "rebuilt", "python"):
             _age_settings(tmp_path / "runs" / name, _before_racing)
         # a setting added since, whose legacy value reproduces the old behaviour, does not count
         _age_settings(tmp_path / "runs" / "python-legacy", lambda opt: opt["outer"].pop("schedule"))
-        found = {r.path.name: r for r in list_runs("runs")}
+        found = {r.path.name: r for r in list_runs("runs", command_settings)}
         changed = "settings changed: optimize.outer.edit_max_tokens, optimize.outer.patience, optimize.racing"
         for name in ("cli", "rebuilt"):
             assert found[name].not_resumable == f"not resumable with this version ({changed})", name
@@ -358,7 +358,7 @@ def test_a_resume_command_that_no_longer_parses_is_not_offered(tmp_path):
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     config["command"] = "flowbot optimize --task gsm8k --option-of-long-ago 3"
     (tmp_path / "run" / "config.json").write_text(json.dumps(config))
-    info = run_info(tmp_path / "run")
+    info = run_info(tmp_path / "run", command_settings)
     assert info.not_resumable.startswith("not resumable with this version (its command line does not parse: ")
     assert "--option-of-long-ago" in info.not_resumable
 
@@ -367,6 +367,6 @@ def test_the_committed_runs_made_before_racing_are_flagged():
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2] / "results" / "gsm8k"
-    found = list_runs(root)
+    found = list_runs(root, command_settings)
     assert {r.path.name for r in found} == {"flowbot", "aflow", "inner-only"}
     assert all(r.not_resumable and "optimize.racing" in r.not_resumable for r in found)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from flowbot.lm.testing import OpenAITestServer
+from flowbot.testing import OpenAITestServer
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "own-task.md"

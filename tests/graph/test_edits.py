@@ -1,26 +1,10 @@
 import pytest
 
 from flowbot.graph import (
-    AddBranch,
-    AddNode,
-    AddToolStep,
-    Demo,
-    EditError,
-    Ensemble,
-    InsertAfter,
-    InsertVerifier,
-    LLMNode,
-    MergeNode,
-    NodeParams,
-    RemoveNode,
-    ReplaceNode,
-    Rewire,
-    Sketch,
-    ToolNode,
-    Workflow,
-    apply_edit,
-    parse_edit,
+    AddBranch, AddNode, AddToolStep, Demo, EditError, Ensemble, InsertAfter, InsertVerifier, LLMNode, MergeNode,
+    NodeParams, RemoveNode, ReplaceNode, Rewire, Sketch, ToolNode, Workflow, apply_edit,
 )
+from flowbot.graph.edits import parse_edit
 
 
 def three_chain() -> Workflow:

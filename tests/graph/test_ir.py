@@ -3,25 +3,10 @@ import json
 import pytest
 
 from flowbot.graph import (
-    BranchNode,
-    BranchRule,
-    Demo,
-    LLMNode,
-    MergeNode,
-    NodeParams,
-    OutputFormat,
-    Sketch,
-    ToolNode,
-    Workflow,
-    WorkflowFileError,
-    WorkflowValidationError,
-    load_workflow,
-    save_workflow,
-    to_mermaid,
-    to_text,
-    workflow_from_dict,
-    workflow_to_dict,
+    BranchNode, BranchRule, Demo, LLMNode, MergeNode, NodeParams, OutputFormat, Sketch, ToolNode, Workflow,
+    WorkflowFileError, WorkflowValidationError, load_workflow, save_workflow, to_mermaid, to_text,
 )
+from flowbot.graph.io import workflow_from_dict, workflow_to_dict
 
 
 def chain() -> Workflow:

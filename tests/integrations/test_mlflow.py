@@ -10,8 +10,9 @@ mlflow = pytest.importorskip("mlflow", reason="the mlflow extra is not installed
 
 import flowbot  # noqa: E402
 from flowbot.integrations.mlflow import flatten, mlflow_enabled  # noqa: E402
-from flowbot.lm import LMRequest, ScriptedLM  # noqa: E402
+from flowbot.lm import LMRequest  # noqa: E402
 from flowbot.tasks import Task  # noqa: E402
+from flowbot.testing import ScriptedLM  # noqa: E402
 
 PRICE = (1e-6, 4e-6)
 
@@ -207,7 +208,7 @@ def test_the_cli_flag_logs_a_run(tmp_path):
     from typer.testing import CliRunner
 
     from flowbot.cli.main import app
-    from flowbot.lm.testing import OpenAITestServer
+    from flowbot.testing import OpenAITestServer
 
     rows = tmp_path / "d.jsonl"
     rows.write_text("".join(json.dumps(r) + "\n" for r in products(20, 0)))

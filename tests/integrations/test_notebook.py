@@ -13,7 +13,7 @@ manager = pytest.importorskip("jupyter_client.manager", reason="needs jupyter_cl
 
 SETUP = textwrap.dedent('''
     import asyncio, re, flowbot
-    from flowbot.lm import ScriptedLM
+    from flowbot.testing import ScriptedLM
 
     def reply(req, i):
         n = re.findall(r"(\\d+)\\*3", req.messages[-1][1])[-1]

@@ -13,10 +13,11 @@ ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip ins
 import cloudpickle  # noqa: E402  (ships with ray)
 
 import flowbot  # noqa: E402
-from flowbot.lm import LMRequest, ScriptedLM  # noqa: E402
+from flowbot.lm import LMRequest  # noqa: E402
 from flowbot.lm.base import Completion, Provider, Usage  # noqa: E402
 from flowbot.runtime.ray_backend import BackendError, RayBackend  # noqa: E402
 from flowbot.tasks import Task  # noqa: E402
+from flowbot.testing import ScriptedLM  # noqa: E402
 
 PRICE = (1e-6, 4e-6)
 
@@ -154,7 +155,7 @@ def test_cli_eval_on_ray_over_http_matches_asyncio(cluster, tmp_path):
     from typer.testing import CliRunner
 
     from flowbot.cli.main import app
-    from flowbot.lm.testing import OpenAITestServer
+    from flowbot.testing import OpenAITestServer
 
     rows = tmp_path / "d.jsonl"
     rows.write_text("".join(json.dumps(r) + "\n" for r in products(10, 0)))
@@ -184,7 +185,7 @@ def test_a_dollar_budget_across_workers_on_a_priced_server(cluster, tmp_path):
     Ray as here): the workers' calls are priced, the one budget stops them all once the dollars are
     used up, and the overshoot is at most the calls in flight, as on the asyncio backend."""
     from flowbot.lm.pricing import UnknownPrice
-    from flowbot.lm.testing import OpenAITestServer
+    from flowbot.testing import OpenAITestServer
 
     cap, concurrency = 0.01, 4
     with OpenAITestServer(reply="Answer: 7", latency_s=0.05) as srv:
@@ -211,7 +212,7 @@ def test_a_permanent_error_on_a_worker_stops_eval_with_one_line(cluster, tmp_pat
     from typer.testing import CliRunner
 
     from flowbot.cli.main import app
-    from flowbot.lm.testing import Fault, OpenAITestServer
+    from flowbot.testing import Fault, OpenAITestServer
 
     rows = tmp_path / "d.jsonl"
     rows.write_text("".join(json.dumps(r) + "\n" for r in products(24, 0)))

@@ -13,7 +13,7 @@ SCRIPT = textwrap.dedent('''
     sys.modules["ray"] = None
     os.environ["MLFLOW_TRACKING_URI"] = "sqlite:///never-created.db"  # auto mode must stay off
     import flowbot
-    from flowbot.lm import ScriptedLM
+    from flowbot.testing import ScriptedLM
     rows = [{"id": f"r{i}", "q": f"{i}*3", "a": str(i * 3)} for i in range(12)]
     task = flowbot.Task("times3", data=rows, inputs=["q"], targets=["a"], metric="numeric")
     lm = lambda: {"m": ScriptedLM(default="Answer: 3", model="m")}

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from flowbot.lm import LMClient
-from flowbot.lm.testing import OpenAITestServer
+from flowbot.testing import OpenAITestServer
 
 from .lm_helpers import FAKE_KEY, KEY_ENV, make_client
 

@@ -6,7 +6,7 @@ import random
 
 from flowbot.lm import LMClient, RetryPolicy
 from flowbot.lm.openai_compat import OpenAICompatProvider
-from flowbot.lm.testing import OpenAITestServer
+from flowbot.testing import OpenAITestServer
 
 FAKE_KEY = "sk-test-SECRET-0123456789abcdef"
 KEY_ENV = "FLOWBOT_TEST_API_KEY"

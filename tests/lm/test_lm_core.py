@@ -8,9 +8,11 @@ import random
 import pytest
 
 from flowbot.lm import (
-    Budget, BudgetExceeded, Completion, LMClient, LMPermanentError, LMRequest, LMTransientError,
-    Provider, ResponseCache, RetryPolicy, ScriptedLM, Usage, cache_key,
+    Budget, BudgetExceeded, Completion, LMClient, LMPermanentError, LMRequest, LMTransientError, Provider,
+    ResponseCache, RetryPolicy, Usage,
 )
+from flowbot.lm.cache import cache_key
+from flowbot.testing import ScriptedLM
 
 from .lm_helpers import user
 

@@ -9,7 +9,7 @@ import pytest
 
 from flowbot.lm import LMClient, LMPermanentError, LMRequest, LMTransientError
 from flowbot.lm.litellm_provider import MISSING_EXTRA, LiteLLMProvider, import_litellm
-from flowbot.lm.testing import Fault, OpenAITestServer
+from flowbot.testing import Fault, OpenAITestServer
 
 from .lm_helpers import FAKE_KEY, KEY_ENV, fast_policy, user
 

@@ -11,7 +11,7 @@ from flowbot.lm import (
     Budget, BudgetExceeded, LMClient, LMPermanentError, LMRequest, LMTransientError, ResponseCache,
 )
 from flowbot.lm.openai_compat import OpenAICompatProvider, parse_retry_after
-from flowbot.lm.testing import Fault, OpenAITestServer
+from flowbot.testing import Fault, OpenAITestServer
 
 from .lm_helpers import FAKE_KEY, KEY_ENV, fast_policy, has_aiohttp, make_client, user
 

@@ -7,13 +7,12 @@ import json
 
 import pytest
 
-from flowbot.lm import (
-    LMClient, LMPermanentError, LMRequest, ResponseCache, SchemaError, ScriptedLM, cache_key,
-    check_schema, complete_json, schema_text, unsupported_parts,
-)
+from flowbot.lm import LMClient, LMPermanentError, LMRequest, ResponseCache, SchemaError, check_schema, complete_json
+from flowbot.lm.cache import cache_key
+from flowbot.lm.schema import schema_text, unsupported_parts
 from flowbot.lm.litellm_provider import LiteLLMProvider, import_litellm
 from flowbot.lm.structured import REPAIR_TEMPLATE, parse_reply
-from flowbot.lm.testing import OpenAITestServer
+from flowbot.testing import OpenAITestServer, ScriptedLM
 
 from .lm_helpers import KEY_ENV, fast_policy, user
 

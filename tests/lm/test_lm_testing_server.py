@@ -7,7 +7,7 @@ import socket
 import httpx
 import pytest
 
-from flowbot.lm.testing import Fault, OpenAITestServer, subprocess_server
+from flowbot.testing import Fault, OpenAITestServer, subprocess_server
 
 MSGS = [{"role": "user", "content": "hello there"}]
 

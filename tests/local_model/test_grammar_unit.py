@@ -11,8 +11,9 @@ import pytest
 pytest.importorskip("llama_cpp")
 
 from flowbot.lm import LMClient, LMPermanentError, complete_json  # noqa: E402
-from flowbot.lm.local import LlamaCppProvider, compile_grammar  # noqa: E402
-from flowbot.lm.local.llama import _Engine  # noqa: E402
+from flowbot.lm.local import LlamaCppProvider
+from flowbot.lm.local.engine import compile_grammar
+from flowbot.lm.local.engine import Engine  # noqa: E402
 from flowbot.lm.schema import schema_text  # noqa: E402
 
 SCHEMA = {
@@ -47,10 +48,10 @@ class FakeLlama:
 @pytest.fixture
 def fake(monkeypatch: pytest.MonkeyPatch):
     """A provider whose loaded model is a FakeLlama (llama.cpp's perf counters read as zero)."""
-    monkeypatch.setattr(_Engine, "perf", lambda self: (0, 0.0, 0.0))
+    monkeypatch.setattr(Engine, "perf", lambda self: (0, 0.0, 0.0))
     provider = LlamaCppProvider("qwen2.5-coder-0.5b")
     llama = FakeLlama()
-    engine = _Engine(provider.settings(), llama, ThreadPoolExecutor(max_workers=1))
+    engine = Engine(provider.settings(), llama, ThreadPoolExecutor(max_workers=1))
     provider._engine = engine
     yield provider, llama, engine
     engine.executor.shutdown(wait=True)

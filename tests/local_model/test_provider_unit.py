@@ -9,18 +9,11 @@ import pytest
 
 from flowbot.lm.base import LMPermanentError
 from flowbot.lm.local import (
-    MISSING_EXTRA,
-    LlamaCppProvider,
-    ModelFetchError,
-    UnknownModelError,
-    is_local_model,
-    loaded_engines,
-    model_path,
-    physical_cores,
-    pull,
+    LlamaCppProvider, ModelFetchError, UnknownModelError, is_local_model, loaded_engines, model_path, pull,
     resolve_local_model,
 )
-from flowbot.lm.local.llama import check_gguf, default_threads
+from flowbot.lm.local.engine import MISSING_EXTRA, physical_cores
+from flowbot.lm.local.engine import check_gguf, default_threads
 
 
 def test_non_local_specs_resolve_to_none():
@@ -33,7 +26,7 @@ def test_local_specs_resolve_to_the_provider(tmp_path):
     pytest.importorskip("llama_cpp")
     p = resolve_local_model("local:qwen2.5-coder-0.5b", n_ctx=2048)
     assert isinstance(p, LlamaCppProvider)
-    assert p.model == "local/qwen2.5-coder-0.5b" and p.n_ctx == 2048
+    assert p.model == "local/qwen2.5-coder-0.5b" and p.settings().n_ctx == 2048
     assert resolve_local_model("qwen2.5-coder-1.5b").model == "local/qwen2.5-coder-1.5b"
     gguf = tmp_path / "My-Model.Q4.GGUF"
     q = resolve_local_model(str(gguf))
@@ -57,7 +50,7 @@ def test_provider_is_free_and_loads_nothing_when_constructed():
     assert p.price_per_token() == (0.0, 0.0)
     assert p.stats is None
     assert p.max_concurrency == 1
-    assert p.n_ctx == 8192  # the registry's recommendation
+    assert p.settings().n_ctx == 8192  # the registry's recommendation
 
 
 def test_threads_default_to_physical_cores_and_env_overrides(monkeypatch):
@@ -66,7 +59,7 @@ def test_threads_default_to_physical_cores_and_env_overrides(monkeypatch):
     assert 1 <= physical_cores() <= cpus
     assert default_threads() == physical_cores()
     monkeypatch.setenv("FLOWBOT_LOCAL_THREADS", "3")
-    assert LlamaCppProvider("qwen2.5-coder-0.5b").n_threads == 3
+    assert LlamaCppProvider("qwen2.5-coder-0.5b").settings().n_threads == 3
     monkeypatch.setenv("FLOWBOT_LOCAL_THREADS", "many")
     with pytest.raises(LMPermanentError, match="FLOWBOT_LOCAL_THREADS"):
         default_threads()

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from flowbot.lm.local import HFFile, ModelFetchError, model_path, pull, state_of, verify_file
+from flowbot.lm.local import ModelFetchError, model_path, pull, state_of, verify_file
+from flowbot.lm.local.registry import HFFile
 from flowbot.lm.local.store import sidecar_path
 
 

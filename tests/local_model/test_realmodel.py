@@ -207,8 +207,8 @@ async def propose_on_drop(optimizer: LMClient, events: list) -> tuple:
     from flowbot.optim.racing import PairedRacing
     from flowbot.optim.search import ProposalCounts
     from flowbot.runtime.batch import BatchResult, ExampleResult
-    from flowbot.tasks.baselines import benchmark_baseline
     from flowbot.tasks.benchmarks import BENCHMARKS
+    from flowbot.tasks.seeds import benchmark_baseline
     from flowbot.tools import default_registry
 
     drop = BENCHMARKS["drop"]

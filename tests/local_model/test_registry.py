@@ -6,18 +6,8 @@ from pathlib import Path
 import pytest
 
 from flowbot.lm.base import LMPermanentError
-from flowbot.lm.local import (
-    DEFAULT_MODEL,
-    MODELS,
-    HFFile,
-    PyPIChunks,
-    UnknownModelError,
-    find_model,
-    get_model,
-    human_size,
-    model_path,
-    models_dir,
-)
+from flowbot.lm.local import DEFAULT_MODEL, MODELS, UnknownModelError, find_model, get_model, model_path, models_dir
+from flowbot.lm.local.registry import HFFile, PyPIChunks, human_size
 
 
 def test_builtin_models_are_complete_and_pinned():

@@ -12,9 +12,8 @@ from typing import Any
 
 import pytest
 
-from flowbot.tasks.metrics import (
-    aflow_drop_f1, drop_em, drop_f1, drop_metrics, drop_normalize, drop_score, split_references,
-)
+from flowbot.tasks.metrics import aflow_drop_f1, drop_em, drop_f1, drop_metrics, drop_score
+from flowbot.tasks.metrics.drop import drop_normalize, split_references
 
 from .metrics_data import read_jsonl
 

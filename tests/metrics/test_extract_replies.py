@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from flowbot.runtime.extract import (
+from flowbot.scoring.extract import (
     EXTRACTION_RULES, apply_extraction, extract_answer, extract_boxed, extract_code, extract_json,
     extract_label, extract_number,
 )

@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 
 from flowbot.tasks.metrics import (
-    contains, exact_match, f1, hotpot_exact_match, hotpot_f1, hotpot_prf, max_over_golds,
-    normalize_answer, triviaqa_exact_match, triviaqa_f1, triviaqa_normalize,
+    contains, exact_match, f1, hotpot_exact_match, hotpot_f1, max_over_golds, normalize_answer,
+    triviaqa_exact_match, triviaqa_f1, triviaqa_normalize,
 )
+from flowbot.tasks.metrics.hotpotqa import hotpot_prf
 
 from .metrics_data import read_jsonl
 

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from flowbot.graph import LLMNode, MergeNode, NodeParams, OutputFormat, Sketch, Workflow
-from flowbot.lm import Budget, LMClient, ScriptedLM
+from flowbot.lm import Budget, LMClient
 from flowbot.lm.base import Usage
 from flowbot.lm.cache import ResponseCache
 from flowbot.lm.client import CacheMiss
@@ -15,6 +15,7 @@ from flowbot.optim.driver import uncached_items
 from flowbot.optim.events import CandidateEvaluated, SeedEvaluated, parse_event
 from flowbot.optim.rundir import RunDir
 from flowbot.runtime import Executor
+from flowbot.testing import ScriptedLM
 
 
 def one(extract="answer") -> Workflow:

@@ -9,9 +9,10 @@ import re
 import pytest
 
 from flowbot.api import prepare_run
-from flowbot.lm import LMRequest, ScriptedLM
+from flowbot.lm import LMRequest
 from flowbot.lm.cache import ResponseCache
 from flowbot.tasks import Task
+from flowbot.testing import ScriptedLM
 
 POT = {"op": "program_of_thought", "target": "solve"}
 

@@ -3,12 +3,13 @@
 import re
 
 from flowbot.graph import LLMNode, NodeParams, OutputFormat, Sketch, Workflow
-from flowbot.lm import Budget, LMClient, LMRequest, ScriptedLM, UsageMeter
+from flowbot.lm import Budget, LMClient, LMRequest, UsageMeter
+from flowbot.optim.backward import GradContext, parse_backward, parse_step
 from flowbot.optim.budgeting import BudgetPlan, Price
 from flowbot.optim.evaluation import Evaluator
 from flowbot.optim.inner import InnerConfig, InnerLoop
-from flowbot.optim.textgrad import GradContext, parse_backward, parse_step
 from flowbot.runtime import Executor
+from flowbot.testing import ScriptedLM
 
 
 def system_of(req: LMRequest) -> str:
@@ -390,7 +391,7 @@ async def test_a_node_with_max_rules_is_left_alone():
 
 
 def test_rule_replies_are_parsed_forgivingly():
-    from flowbot.optim.textgrad import parse_rule
+    from flowbot.optim.backward import parse_rule
     assert parse_rule("Sure!\n**RULE:** Use digits only.") == "Use digits only."
     assert parse_rule("Use digits only.") == "Use digits only."
     assert parse_rule("RULE: none") is None and parse_rule("") is None

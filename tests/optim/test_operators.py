@@ -11,9 +11,10 @@ import pytest
 
 from flowbot.graph import LLMNode, MergeNode, ToolNode, Workflow
 from flowbot.graph.edits import EditError
-from flowbot.lm import LMClient, RetryPolicy, ScriptedLM
+from flowbot.lm import LMClient, RetryPolicy
 from flowbot.lm.base import LMRequest
 from flowbot.lm.cache import ResponseCache
+from flowbot.testing import ScriptedLM
 from flowbot.optim.operators import (
     OPERATORS,
     OperatorContext,
@@ -25,9 +26,9 @@ from flowbot.optim.operators import (
 )
 from flowbot.runtime import Executor
 from flowbot.tasks import Task
-from flowbot.tasks.baselines import benchmark_baseline
 from flowbot.tasks.benchmarks import BENCHMARKS
 from flowbot.tasks.metric_specs import resolve_metric
+from flowbot.tasks.seeds import benchmark_baseline
 from flowbot.tools import default_registry
 
 SIGNATURES = default_registry().signatures()

@@ -10,7 +10,7 @@ from flowbot.api import get_task
 from flowbot.lm.structured import check_schema
 from flowbot.optim.operators import OperatorContext, apply_operator, context_for_task
 from flowbot.optim.proposal import match_choice, new_choices, proposal_schema
-from flowbot.tasks.baselines import benchmark_baseline
+from flowbot.tasks.seeds import benchmark_baseline
 from flowbot.tools import default_registry
 
 SIGNATURES = default_registry().signatures()
@@ -58,7 +58,7 @@ def test_every_object_the_schema_admits_applies(task, kind):
 
 def test_the_grammar_compiles_with_llama_cpp():
     pytest.importorskip("llama_cpp")
-    from flowbot.lm.local import compile_grammar
+    from flowbot.lm.local.engine import compile_grammar
     parent = benchmark_baseline("drop", "cot")
     schema = proposal_schema(new_choices(parent, ctx_for("drop"), set()))
     assert compile_grammar(json.dumps(schema)) is not None
@@ -94,10 +94,11 @@ def test_benchmark_tasks_load_declared_tools():
 async def test_an_edit_that_would_rebuild_a_raced_child_is_invalid_never_a_duplicate():
     """Duplicates are excluded by construction: the schema never offers a raced child, so an
     optimizer that names one anyway (a provider that cannot constrain) makes an invalid proposal."""
-    from flowbot.lm import Budget, LMClient, ScriptedLM
+    from flowbot.lm import Budget, LMClient
     from flowbot.optim.archive import Archive, ArchiveEntry
     from flowbot.optim.proposal import LLMProposal
     from flowbot.optim.search import ProposalCounts
+    from flowbot.testing import ScriptedLM
 
     ctx, parent = ctx_for("gsm8k"), benchmark_baseline("gsm8k", "cot")
     pot = next(c for c in new_choices(parent, ctx, set()) if c.op == "program_of_thought")

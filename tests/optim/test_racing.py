@@ -5,11 +5,12 @@ import math
 import pytest
 
 from flowbot.graph import LLMNode, NodeParams, OutputFormat, Sketch, Workflow
-from flowbot.lm import LMClient, LMRequest, ScriptedLM
+from flowbot.lm import LMClient, LMRequest
 from flowbot.optim.evaluation import Evaluator, with_ids
 from flowbot.optim.racing import PairedRacing, RaceLedger, race
 from flowbot.optim.stats import count_pairs, p_value_sign, paired_difference
 from flowbot.runtime import Executor
+from flowbot.testing import ScriptedLM
 
 
 def wf(instruction: str) -> Workflow:

@@ -3,7 +3,7 @@ winners only, budget pricing, and what the run records."""
 
 
 from flowbot.graph import LLMNode, NodeParams, OutputFormat, Sketch, Workflow
-from flowbot.lm import Budget, LMClient, LMRequest, ScriptedLM, UsageMeter
+from flowbot.lm import Budget, LMClient, LMRequest, UsageMeter
 from flowbot.optim.archive import ArchiveEntry
 from flowbot.optim.budgeting import BudgetPlan, Price
 from flowbot.optim.evaluation import Evaluator
@@ -11,6 +11,7 @@ from flowbot.optim.policies import UCBSelection
 from flowbot.optim.racing import PairedRacing
 from flowbot.optim.search import Proposed, SearchConfig, StructureSearch, Tuned
 from flowbot.runtime import Executor
+from flowbot.testing import ScriptedLM
 
 
 def wf(instruction: str, copies: int = 1) -> Workflow:

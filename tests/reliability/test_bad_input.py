@@ -10,11 +10,11 @@ import pytest
 from typer.testing import CliRunner
 
 import flowbot
-from flowbot.cli.main import app
 from flowbot.api import resolve_seed
+from flowbot.cli.main import app
 from flowbot.errors import FlowBotError
-from flowbot.lm import ScriptedLM
 from flowbot.tasks.loaders import DataError
+from flowbot.testing import ScriptedLM
 
 SERVER = ["--model", "m", "--base-url", "http://127.0.0.1:9/v1"]  # never reached: input is checked first
 ROWS = "".join(json.dumps({"q": f"{i}+1", "a": str(i + 1)}) + "\n" for i in range(20))
@@ -77,7 +77,7 @@ CASES = {
 def test_bad_input_is_one_clean_line_and_leaves_nothing(folder, case):
     args, place = CASES[case]
     if "wf.json" in args:
-        flowbot.Workflow.from_ir(resolve_seed("io", flowbot.Task(
+        flowbot.RunnableWorkflow.from_ir(resolve_seed("io", flowbot.Task(
             "t", data=str(folder / "d.jsonl"), inputs=["q"], targets=["a"]))).save(folder / "wf.json")
     before = sorted(os.listdir(folder))
     res = CliRunner().invoke(app, args)
@@ -116,7 +116,7 @@ def test_the_python_api_names_the_setting(tmp_path):
     with pytest.raises(ValueError, match="workers"):
         make_backend("ray", workers=-1)
     with pytest.raises(TypeError, match="missing input field"):  # still a TypeError for Python callers
-        flowbot.Workflow.from_ir(resolve_seed("io", task)).bind(lm=None)(x=1)
+        flowbot.RunnableWorkflow.from_ir(resolve_seed("io", task)).bind(lm=None)(x=1)
 
 
 def test_a_failed_optimize_that_paid_nothing_leaves_no_run_directory(tmp_path):
@@ -132,3 +132,45 @@ def test_data_errors_are_still_data_errors(tmp_path):
     (tmp_path / "x.jsonl").write_bytes(b'{"q": "\xff"}\n')
     with pytest.raises(DataError, match="x.jsonl, line 1"):
         flowbot.Task("t", data=str(tmp_path / "x.jsonl"), inputs=["q"], targets=["a"])
+
+
+def test_only_user_errors_become_one_line():
+    """A FlowBotError (bad input, a bad setting) or an LM error is one line; anything else is a bug
+    and keeps its traceback (an internal ValueError is not a user error)."""
+    import typer
+
+    from flowbot.cli.errors import handled
+
+    @handled
+    def user_error() -> None:
+        raise FlowBotError("must be at least 1, got 0", where="--limit")
+
+    @handled
+    def internal_bug() -> None:
+        raise ValueError("an internal invariant broke")
+
+    with pytest.raises(typer.Exit):
+        user_error()
+    with pytest.raises(ValueError, match="internal invariant"):
+        internal_bug()
+
+
+def test_every_user_error_type_is_a_flowbot_error():
+    from flowbot.graph.edits import EditError
+    from flowbot.graph.io import WorkflowFileError
+    from flowbot.graph.sketch import WorkflowValidationError
+    from flowbot.lm.base import BudgetExceeded, LMError
+    from flowbot.optim.rundir import RunDirError
+    from flowbot.report.rundata import ReportError
+    from flowbot.report.runs import NoSuchRunsDirectory
+    from flowbot.tasks.metric_specs import MetricError
+
+    for error in (DataError, EditError, MetricError, ReportError, RunDirError, WorkflowFileError,
+                  WorkflowValidationError, NoSuchRunsDirectory):
+        assert issubclass(error, FlowBotError), error
+    assert issubclass(NoSuchRunsDirectory, FileNotFoundError)  # as before, for Python callers
+    assert not issubclass(BudgetExceeded, LMError)  # a used-up budget is control flow, not an LM failure
+    with pytest.raises(FlowBotError, match="nowhere: no such directory"):
+        from flowbot.report.runs import list_runs
+
+        list_runs("nowhere")

@@ -8,9 +8,10 @@ import urllib.parse
 
 import pytest
 
-from flowbot.lm import LMClient, LMPermanentError, LMTransientError, ResponseCache, RetryPolicy, ScriptedLM
+from flowbot.lm import LMClient, LMPermanentError, LMTransientError, ResponseCache, RetryPolicy
 from flowbot.lm.openai_compat import OpenAICompatProvider
-from flowbot.lm.testing import Fault, OpenAITestServer
+from flowbot.testing import ScriptedLM
+from flowbot.testing import Fault, OpenAITestServer
 
 KEY = "sk-planted-0123456789abcdefSECRET"
 ENV = "FLOWBOT_RELIABILITY_KEY"

@@ -13,10 +13,11 @@ import flowbot
 from flowbot.cli.main import app
 from flowbot.errors import MetricFailure
 from flowbot.graph import LLMNode, Sketch, Workflow
-from flowbot.lm import LMClient, LMPermanentError, ScriptedLM
-from flowbot.lm.testing import Fault, OpenAITestServer
+from flowbot.lm import LMClient, LMPermanentError
 from flowbot.runtime.batch import evaluate_examples
 from flowbot.runtime.executor import Executor
+from flowbot.testing import ScriptedLM
+from flowbot.testing import Fault, OpenAITestServer
 
 PERMANENT = {"bad key": Fault.bad_key(), "unknown model": Fault.unknown_model(),
              "context too long": Fault.context_too_long(), "quota": Fault.quota()}

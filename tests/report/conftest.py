@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from flowbot.api import prepare_run
-from flowbot.lm import LMRequest, ScriptedLM
+from flowbot.lm import LMRequest
 from flowbot.tasks import Task
+from flowbot.testing import ScriptedLM
 
 #: put into an instruction by the optimizer: the report must show it as text, never as markup
 INJECTED = '<script>alert("x")</script><a href="https://evil.example/">click</a>'

@@ -6,17 +6,8 @@ import struct
 
 import pytest
 
-from flowbot.graph import (
-    BranchNode,
-    BranchRule,
-    LLMNode,
-    MergeNode,
-    NodeParams,
-    Sketch,
-    ToolNode,
-    Workflow,
-    workflow_to_dict,
-)
+from flowbot.graph import BranchNode, BranchRule, LLMNode, MergeNode, NodeParams, Sketch, ToolNode, Workflow
+from flowbot.graph.io import workflow_to_dict
 from flowbot.report.pictures import draw_workflow, layout
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -14,7 +14,8 @@ import pytest
 from flowbot.graph.io import load_workflow
 from flowbot.graph.render import to_mermaid
 from flowbot.report import plots
-from flowbot.report.html import redact, word_diff, write_report
+from flowbot.report.html import write_report
+from flowbot.report.markup import redact, word_diff
 from flowbot.report.rundata import ReportError, load_run
 
 from .conftest import INJECTED, make_run, optimizer_lm, task_lm

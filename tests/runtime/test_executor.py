@@ -14,9 +14,11 @@ from flowbot.graph import (
     ToolNode,
     Workflow,
 )
-from flowbot.lm import Budget, BudgetExceeded, LMClient, LMRequest, ScriptedLM
+from flowbot.lm import Budget, BudgetExceeded, LMClient, LMRequest
 from flowbot.lm.base import Completion, Provider, Usage
-from flowbot.runtime import Executor, evaluate_examples, majority_vote
+from flowbot.runtime import Executor, evaluate_examples
+from flowbot.runtime.executor import majority_vote
+from flowbot.testing import ScriptedLM
 from flowbot.tools.base import Tool, ToolRegistry, ToolResult
 
 

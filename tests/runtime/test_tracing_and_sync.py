@@ -9,11 +9,12 @@ import pytest
 
 import flowbot
 from flowbot.graph import LLMNode, MergeNode, NodeParams, OutputFormat, Sketch, ToolNode, Workflow
-from flowbot.lm import LMClient, LMRequest, ScriptedLM
+from flowbot.lm import LMClient, LMRequest
 from flowbot.runtime import Executor
 from flowbot.runtime.sync import run_sync
 from flowbot.runtime.tracing import use_tracer
 from flowbot.tasks import Task, build_baseline
+from flowbot.testing import ScriptedLM
 from flowbot.tools import default_registry
 
 
@@ -136,7 +137,7 @@ async def test_sync_entry_points_work_inside_a_running_loop(tmp_path):
     ev = flowbot.evaluate("cot", task, split="test", model="m", providers={"m": times3_lm()}, cache=False)
     assert ev.score == 1.0 and ev.n == len(task.examples("test"))
 
-    wf = flowbot.Workflow.from_ir(build_baseline("cot", inputs=["q"], output="a")).bind(lm=LMClient(times3_lm()))
+    wf = flowbot.RunnableWorkflow.from_ir(build_baseline("cot", inputs=["q"], output="a")).bind(lm=LMClient(times3_lm()))
     assert wf(q="5*3") == {"a": "15"}
 
     opt = dict(model="m", providers={"m": times3_lm()}, train_size=4, val_size=3, inner={"steps": 0},
@@ -144,4 +145,4 @@ async def test_sync_entry_points_work_inside_a_running_loop(tmp_path):
     result = flowbot.optimize(task, run_dir=tmp_path / "sync", **opt)
     awaited = await flowbot.aoptimize(task, run_dir=tmp_path / "async", **opt)
     assert result.val_score == awaited.val_score == 1.0 and result.test_score == awaited.test_score == 1.0
-    assert isinstance(awaited.best, flowbot.Workflow)
+    assert isinstance(awaited.best, flowbot.RunnableWorkflow)

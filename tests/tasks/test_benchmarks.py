@@ -8,9 +8,10 @@ import pytest
 
 from flowbot.api import aevaluate
 from flowbot.graph.io import load_workflow
-from flowbot.lm import LMRequest, ScriptedLM
+from flowbot.lm import LMRequest
 from flowbot.tasks import BENCHMARKS, DataError, load_benchmark
-from flowbot.tasks.baselines import KINDS, WORKFLOWS_DIR, generate_benchmark_files
+from flowbot.tasks.seeds import KINDS, WORKFLOWS_DIR, generate_benchmark_files
+from flowbot.testing import ScriptedLM
 
 SHARED = Path(os.environ.get("FLOWBOT_SHARED_DATASETS", Path(__file__).resolve().parents[3] / "shared" / "datasets"))
 needs_shared = pytest.mark.skipif(not SHARED.exists(), reason="shared benchmark data not found")

@@ -1,9 +1,10 @@
 import pytest
 
 from flowbot.api import prepare_run
-from flowbot.lm import LMClient, ResponseCache, ScriptedLM, UsageMeter
+from flowbot.lm import LMClient, ResponseCache, UsageMeter
 from flowbot.tasks import Task
 from flowbot.tasks.judge import JudgeError, LLMJudge, parse_judgement
+from flowbot.testing import ScriptedLM
 
 
 def test_parse_judgement_forms():

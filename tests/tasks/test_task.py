@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from flowbot.runtime.scoring import MetricResult, call_metric
+from flowbot.scoring.result import MetricResult, call_metric
 from flowbot.tasks import DataError, Task, build_baseline, resolve_metric
 
 
@@ -159,8 +159,8 @@ async def test_sc_k_baseline_shares_its_greedy_sample_with_cot():
     """``sc3`` is three CoT samples and a vote; its first sample is the CoT call itself, so after the
     CoT baseline was scored, self-consistency pays for two new samples per example, not three."""
     from flowbot.api import aevaluate, resolve_seed
-    from flowbot.lm import ScriptedLM
     from flowbot.lm.cache import ResponseCache
+    from flowbot.testing import ScriptedLM
 
     task = Task("t", data=ROWS, inputs=["q"], targets=["a"], metric="numeric")
     sc3 = resolve_seed("sc3", task)

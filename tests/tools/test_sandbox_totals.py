@@ -299,7 +299,7 @@ def test_choosing_the_process_level_is_warned_once_where_a_cli_user_sees_it(how:
     from pathlib import Path
 
     import flowbot
-    from flowbot.lm.testing import OpenAITestServer
+    from flowbot.testing import OpenAITestServer
 
     rows = [{"id": f"t{i}", "prompt": f"return {i}", "test": f"assert f() == {i}", "entry_point": "f"}
             for i in range(10)]

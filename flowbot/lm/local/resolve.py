@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from flowbot.lm.local.llama import LlamaCppProvider, import_llama_cpp
+from flowbot.lm.local.engine import import_llama_cpp
+from flowbot.lm.local.llama import LlamaCppProvider
 from flowbot.lm.local.registry import UnknownModelError, find_model, strip_prefix
 
 

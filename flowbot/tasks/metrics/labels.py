@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from flowbot.runtime.extract import extract_label
+from flowbot.scoring.extract import extract_label
 
 __all__ = ["FEVER_LABELS", "fever_score", "label_accuracy"]
 

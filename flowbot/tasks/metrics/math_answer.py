@@ -34,7 +34,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from flowbot.runtime.extract import extract_answer, extract_boxed
+from flowbot.scoring.extract import extract_answer, extract_boxed
 from flowbot.tasks.metrics._math_worker import verify_answers
 from flowbot.tasks.metrics.numeric import parse_number
 

@@ -16,7 +16,7 @@ import re
 from fractions import Fraction
 from typing import Union
 
-from flowbot.runtime.extract import extract_number
+from flowbot.scoring.extract import extract_number
 
 __all__ = ["Number", "gsm8k_gold", "gsm8k_score", "numeric_equal", "parse_number"]
 

@@ -1,10 +1,11 @@
-"""The single-call baselines (IO, CoT, CoT self-consistency, ReAct-style tool use) as workflows.
+"""Seed workflows: the single-call baselines (IO, CoT, CoT self-consistency, ReAct-style tool use)
+that evaluation compares against and optimization starts from.
 
 For a custom task they are built from its fields; for the benchmarks they also ship as IR files in
 ``flowbot/tasks/workflows/<benchmark>/<kind>.json`` (regenerate with
-``python -m flowbot.tasks.baselines``; a test checks the files match this code).
+``python -m flowbot.tasks.seeds``; a test checks the files match this code).
 
-    >>> from flowbot.tasks.baselines import build_baseline
+    >>> from flowbot.tasks.seeds import build_baseline
     >>> wf = build_baseline("cot", inputs=["question"], output="answer", extract="number")
     >>> wf.sketch.nodes[0].output.extract
     'number'
@@ -16,6 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from flowbot.errors import FlowBotError
 from flowbot.graph.edits import Ensemble, apply_edit
 from flowbot.graph.io import load_workflow, workflow_to_json
 from flowbot.graph.nodes import LLMNode, NodeParams, OutputFormat
@@ -59,14 +61,14 @@ def build_baseline(
     ``hidden_inputs`` are workflow inputs the ReAct node does not read directly but reaches through
     a tool (e.g. HotpotQA's paragraphs through retrieval)."""
     if kind not in KINDS:
-        raise ValueError(f"unknown baseline {kind!r}; use one of {', '.join(KINDS)}")
+        raise FlowBotError(f"unknown baseline {kind!r}; use one of {', '.join(KINDS)}")
     task = f"Task: {description.strip()}\n" if description else ""
     fmt = OutputFormat(extract=extract, labels=labels)
     reads = list(inputs)
     params = NodeParams(instruction=(IO_INSTRUCTION if kind == "io" else COT_INSTRUCTION).format(task=task))
     if kind == "react":
         if not tools:
-            raise ValueError("the ReAct baseline needs tools")
+            raise FlowBotError("the ReAct baseline needs tools")
         reads = [f for f in inputs if f not in (hidden_inputs or [])] or list(inputs)
         config = {"tool_args": tool_bindings} if tool_bindings else {}
         params = NodeParams(instruction=REACT_INSTRUCTION.format(task=task), tools=list(tools), config=config)
@@ -86,7 +88,7 @@ def benchmark_baseline(benchmark: Any, kind: str) -> Workflow:
     path = WORKFLOWS_DIR / name / f"{kind}.json"
     if not path.exists():
         available = sorted(p.stem for p in (WORKFLOWS_DIR / name).glob("*.json"))
-        raise ValueError(f"no {kind!r} baseline for {name} (available: {', '.join(available) or 'none'})")
+        raise FlowBotError(f"no {kind!r} baseline for {name} (available: {', '.join(available) or 'none'})")
     return load_workflow(path)
 
 
@@ -95,7 +97,7 @@ def task_baseline(task: Any, kind: str = "cot") -> Workflow:
     if (WORKFLOWS_DIR / task.name / f"{kind}.json").exists():
         return benchmark_baseline(task.name, kind)
     if kind == "react":
-        raise ValueError(f"no ReAct baseline for task {task.name!r}: give tools with a workflow file (--from)")
+        raise FlowBotError(f"no ReAct baseline for task {task.name!r}: give tools with a workflow file (--from)")
     return build_baseline(kind, inputs=task.inputs, output=task.output, extract=task.extract, labels=task.labels,
                           description=task.description, name=f"{task.name}-{kind}")
 

@@ -1,5 +1,6 @@
 """A deterministic scripted LM for tests: replies come from rules, a queue, or a default.
 
+    >>> from flowbot.testing import ScriptedLM
     >>> lm = ScriptedLM(rules=[(r"capital of France", "Paris")], default="I don't know")
     >>> import asyncio
     >>> from flowbot.lm.base import LMRequest
@@ -36,7 +37,8 @@ def conversation_text(request: LMRequest) -> str:
 
 
 def count_tokens(text: str) -> int:
-    """A crude, deterministic token count (whitespace words) so usage is non-zero in tests."""
+    """A crude, deterministic token count (whitespace words), so usage is non-zero in tests; the
+    test server reports the same count."""
     return len(text.split())
 
 

@@ -4,7 +4,7 @@ It runs an asyncio server in a background thread of the calling process, on 127.
 port, so the real client code (``openai``, ``litellm``, ``httpx``) talks real HTTP to it. Requests
 are handled concurrently (latency is an ``asyncio.sleep``), so it does not serialize clients.
 
-    >>> from flowbot.lm.testing import Fault, OpenAITestServer
+    >>> from flowbot.testing import Fault, OpenAITestServer
     >>> with OpenAITestServer(reply="pong", latency_s=0.0) as srv:
     ...     srv.fail_next(Fault.rate_limit(retry_after=1))
     ...     srv.base_url.startswith("http://127.0.0.1:")
@@ -21,7 +21,7 @@ anything else gets 400) and recorded (:attr:`OpenAITestServer.response_formats`)
 not constrain its replies; a reply function can read ``body["response_format"]`` to answer one.
 
 For throughput benchmarks, :func:`subprocess_server` runs the same server in a child process
-(``python -m flowbot.lm.testing --latency 0.05``), so it does not share the GIL with the client.
+(``python -m flowbot.testing.server --latency 0.05``), so it does not share the GIL with the client.
 """
 
 from __future__ import annotations
@@ -37,91 +37,13 @@ import sys
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Union
 
+from flowbot.testing.faults import REASONS, Fault
+from flowbot.testing.scripted import count_tokens
+
 ReplyFn = Union[str, Callable[[dict], str], Callable[[dict, int], str]]
-FaultRule = Callable[[dict], Union["Fault", None]]
-
-_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
-            404: "Not Found", 408: "Request Timeout", 429: "Too Many Requests",
-            500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable"}
-
-
-@dataclass(frozen=True)
-class Fault:
-    """One injected failure. Build with the class methods, e.g. ``Fault.http(503)``."""
-
-    kind: str  # "http" | "slow" | "invalid_json" | "missing_choices" | "drop" | "empty" | "echo_headers"
-    status: int = 200
-    message: str = ""
-    retry_after: float | str | None = None  # sent verbatim as the Retry-After header
-    delay_s: float = 0.0
-    code: str | None = None  # the error body's "code", e.g. "insufficient_quota"
-
-    @classmethod
-    def http(cls, status: int, message: str = "", retry_after: float | str | None = None,
-             code: str | None = None) -> "Fault":
-        """An error status with an OpenAI-style error body."""
-        return cls("http", status=status, message=message or _REASONS.get(status, "error"),
-                   retry_after=retry_after, code=code)
-
-    @classmethod
-    def rate_limit(cls, retry_after: float | str | None = None) -> "Fault":
-        return cls.http(429, "Rate limit reached", retry_after)
-
-    @classmethod
-    def slow(cls, delay_s: float) -> "Fault":
-        """Answer normally, but only after ``delay_s`` extra seconds (beyond a client timeout)."""
-        return cls("slow", delay_s=delay_s)
-
-    @classmethod
-    def invalid_json(cls) -> "Fault":
-        """Status 200 with a truncated JSON body."""
-        return cls("invalid_json")
-
-    @classmethod
-    def missing_choices(cls) -> "Fault":
-        """Status 200 with valid JSON that has no ``choices``."""
-        return cls("missing_choices")
-
-    @classmethod
-    def drop(cls) -> "Fault":
-        """Close the connection after reading the request, without any response."""
-        return cls("drop")
-
-    @classmethod
-    def empty(cls) -> "Fault":
-        """Status 200 and a well-formed answer whose every choice has empty content."""
-        return cls("empty")
-
-    @classmethod
-    def echo_headers(cls, status: int = 500) -> "Fault":
-        """An error whose message repeats the request's headers verbatim (Authorization too),
-        as a misconfigured proxy does: tests check that clients redact the key from it."""
-        return cls("echo_headers", status=status)
-
-    @classmethod
-    def bad_key(cls) -> "Fault":
-        return cls.http(401, "Incorrect API key provided", code="invalid_api_key")
-
-    @classmethod
-    def unknown_model(cls) -> "Fault":
-        return cls.http(404, "The model does not exist", code="model_not_found")
-
-    @classmethod
-    def context_too_long(cls) -> "Fault":
-        return cls.http(400, "This model's maximum context length is 4096 tokens",
-                        code="context_length_exceeded")
-
-    @classmethod
-    def quota(cls) -> "Fault":
-        return cls.http(429, "You exceeded your current quota", code="insufficient_quota")
-
-
-def count_tokens(text: str) -> int:
-    """Whitespace words: a crude, deterministic token count reported as usage."""
-    return len(text.split())
+FaultRule = Callable[[dict], Union[Fault, None]]
 
 
 class _Response:
@@ -469,7 +391,7 @@ def _fmt(value: float | str) -> str:
 
 
 def _encode(r: _Response) -> bytes:
-    head = [f"HTTP/1.1 {r.status} {_REASONS.get(r.status, 'Status')}",
+    head = [f"HTTP/1.1 {r.status} {REASONS.get(r.status, 'Status')}",
             "Content-Type: application/json", f"Content-Length: {len(r.body)}"]
     head += [f"{k}: {v}" for k, v in r.headers.items()]
     return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + r.body
@@ -509,7 +431,7 @@ def subprocess_server(latency_s: float = 0.0, reply: str = "ok") -> Iterator[str
     >>> with subprocess_server(latency_s=0.05) as base_url:  # doctest: +SKIP
     ...     ...
     """
-    cmd = [sys.executable, "-m", "flowbot.lm.testing", "--latency", repr(latency_s), "--reply", reply]
+    cmd = [sys.executable, "-m", "flowbot.testing.server", "--latency", repr(latency_s), "--reply", reply]
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
@@ -529,7 +451,7 @@ def subprocess_server(latency_s: float = 0.0, reply: str = "ok") -> Iterator[str
 
 def main(argv: list[str] | None = None) -> None:
     """Serve until stdin closes; print the base URL on the first line of stdout."""
-    parser = argparse.ArgumentParser(prog="python -m flowbot.lm.testing",
+    parser = argparse.ArgumentParser(prog="python -m flowbot.testing.server",
                                      description="An OpenAI-compatible test server on 127.0.0.1.")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds before each answer")
     parser.add_argument("--reply", default="ok", help="the answer text")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from flowbot.tools.sandbox import default_test_call, run_tests
+from flowbot.tasks.metrics.code_tests import default_test_call, run_tests
 
-from .conftest import read_jsonl
+from .metrics_data import read_jsonl
 
 
 @pytest.fixture(scope="module")

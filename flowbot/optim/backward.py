@@ -1,4 +1,5 @@
-"""Textual gradients over a workflow trace: loss, backward pass, aggregation and the prompt step.
+"""FlowBot's backward pass: textual gradients over a workflow trace (loss, backward pass,
+aggregation and the prompt step).
 
 The backward pass walks the trace in reverse topological order, like the chain rule. Each node that
 received feedback is shown its instruction, the inputs it actually got, its output and that
@@ -23,8 +24,8 @@ from flowbot.graph.sketch import Workflow
 from flowbot.lm.client import LMClient
 from flowbot.optim import prompts as P
 from flowbot.runtime.batch import ExampleResult
-from flowbot.runtime.prompts import format_value
 from flowbot.runtime.trace import Trace
+from flowbot.scoring.values import format_value
 
 _NONE_RE = re.compile(r"^\s*(none|n/?a|no change|nothing|-)?\s*[.!]?\s*$", re.I)
 
