@@ -334,11 +334,27 @@ def rule_count(instruction: str) -> int:
     return sum(1 for line in lines[lines.index(P.RULES_HEADING) + 1:] if line.startswith("- "))
 
 
+def node_cases(node_id: str, failing: list[ExampleResult], ctx: GradContext, limit: int = 3) -> str:
+    """What the node read and wrote on failing examples, beside the correct final answer: the
+    evidence a rule is written from (the gradients alone are a small model's paraphrase of it)."""
+    lines: list[str] = []
+    for r in failing:
+        run = r.trace.nodes.get(node_id) if r.trace is not None else None
+        if run is None or run.skipped:
+            continue
+        lines.append(f"{len(lines) + 1}. read {brief_fields(dict(run.inputs), 200)} | wrote {clip(run.output, 150)}"
+                     f" | correct final answer: {clip(gold_text(r.example, ctx), 100)}")
+        if len(lines) >= limit:
+            break
+    return "\n".join(lines) or "(none)"
+
+
 async def propose_rule(opt: LMClient, workflow: Workflow, node: Any, gradient: str,
                        history: list[tuple[str, float]], ctx: GradContext, retry_terms: list[str] | None = None,
-                       seed: int | None = None) -> str | None:
-    """One general rule for the node from its gradients and the rules tried before; ``retry_terms``:
-    the example-specific terms the last attempt used (asked again at a sampling temperature)."""
+                       seed: int | None = None, cases: str = "(none)") -> str | None:
+    """One general rule for the node from the cases it failed on (see :func:`node_cases`), its
+    gradients and the rules tried before; ``retry_terms``: the example-specific terms the last
+    attempt used (asked again at a sampling temperature)."""
     params = workflow.params[node.id]
     hist = ""
     if history:
@@ -346,7 +362,7 @@ async def propose_rule(opt: LMClient, workflow: Workflow, node: Any, gradient: s
     user = P.RULE_USER.format(
         task_description=ctx.task_description, node_id=node.id,
         purpose=f" ({node.purpose})" if node.purpose else "", reads=", ".join(node.reads), writes=node.writes,
-        instruction=params.instruction or "(empty)", gradient=gradient, history=hist,
+        instruction=params.instruction or "(empty)", cases=cases, gradient=gradient, history=hist,
         retry=P.RULE_RETRY.format(terms=", ".join(f"'{t}'" for t in retry_terms)) if retry_terms else "")
     reply = await opt.complete(
         [{"role": "system", "content": P.RULE_SYSTEM}, {"role": "user", "content": user}],

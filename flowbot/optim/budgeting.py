@@ -28,6 +28,7 @@ from flowbot.graph.nodes import BranchNode, LLMNode, MergeNode
 from flowbot.graph.sketch import Workflow
 from flowbot.lm.budget import Budget
 from flowbot.runtime.batch import BatchResult
+from flowbot.runtime.prompts import shown_field
 
 if TYPE_CHECKING:
     from flowbot.optim.racing import RaceResult
@@ -68,22 +69,65 @@ ZERO = Price(0.0, 0.0, 0.0)
 OPTIMIZER_CALL_TOKENS = 1500.0
 
 
+def node_calls(workflow: Workflow, node: Any) -> float:
+    """LM calls one example makes at most in ``node`` (see :func:`structure_calls`)."""
+    if isinstance(node, LLMNode):
+        return 2.0 if workflow.params[node.id].tools else 1.0
+    llm_branch = isinstance(node, BranchNode) and node.mode == "llm"
+    return 1.0 if llm_branch or (isinstance(node, MergeNode) and node.strategy == "select") else 0.0
+
+
 def structure_calls(workflow: Workflow) -> float:
     """LM calls one example makes at most (a tool-using llm node counts two: act, then answer)."""
-    calls = 0.0
-    for node in workflow.sketch.nodes:
-        if isinstance(node, LLMNode):
-            calls += 2.0 if workflow.params[node.id].tools else 1.0
-        elif isinstance(node, BranchNode) and node.mode == "llm":
-            calls += 1.0
-        elif isinstance(node, MergeNode) and node.strategy == "select":
-            calls += 1.0
-    return max(calls, 1.0)
+    return max(sum(node_calls(workflow, n) for n in workflow.sketch.nodes), 1.0)
 
 
 def projected_price(parent: Workflow, parent_price: Price, child: Workflow) -> Price:
     """The child's price from its parent's measured one, scaled by their calls per example."""
     return parent_price.times(structure_calls(child) / structure_calls(parent))
+
+
+def _as_run(node: Any) -> dict[str, Any]:
+    """What decides a node's requests besides its parameters: not its id, purpose or the name of
+    the field it writes, only the name its prompt shows for it (``output.prompt_field`` or that field)."""
+    d = node.model_dump(exclude={"id", "purpose", "writes"})
+    if isinstance(node, LLMNode):
+        d["output"].pop("prompt_field", None)
+        d["shown"] = shown_field(node)
+    return d
+
+
+def cached_nodes(parent: Workflow, child: Workflow) -> set[str]:
+    """The nodes of ``child`` whose requests are exactly the ``parent``'s on every example, so the
+    response cache answers them once the parent was evaluated on the same items: the same node and
+    parameters (its id, purpose and output name aside), reading only the workflow's inputs and
+    other such nodes.
+
+        >>> from flowbot.tasks.seeds import build_baseline
+        >>> from flowbot.optim.operators import OperatorContext, apply_operator
+        >>> cot = build_baseline("cot", inputs=["passage", "question"], output="answer", extract="answer")
+        >>> sorted(cached_nodes(cot, apply_operator(cot, "format_answer", "solve", OperatorContext(tools={}))))
+        ['solve']
+    """
+    before = {n.id: n for n in parent.sketch.nodes}
+    cached: set[str] = set()
+    for node in child.sketch.topological_order():
+        old = before.get(node.id)
+        if old is None or _as_run(old) != _as_run(node) or parent.params[node.id] != child.params[node.id]:
+            continue
+        producers = (child.sketch.writer_of(f) for f in node.reads)
+        if all(w is None or w.id in cached for w in producers):
+            cached.add(node.id)
+    return cached
+
+
+def race_price(parent: Workflow, parent_price: Price, child: Workflow) -> Price:
+    """What racing ``child`` on items ``parent`` was evaluated on costs per example: only the calls
+    of the nodes the cache cannot answer (see :func:`cached_nodes`). A format step added after a
+    chain of thought pays one call per item, not two; a rewrite of the last node, only that node."""
+    cached = cached_nodes(parent, child)
+    fresh = sum(node_calls(child, n) for n in child.sketch.nodes if n.id not in cached)
+    return parent_price.times(fresh / structure_calls(parent))
 
 
 class BudgetPlan:
@@ -159,16 +203,17 @@ class BudgetPlan:
         """One full raced validation at ``price``, plus ``overhead`` (default: the structural proposal)."""
         return price.times(self.n_val).plus(self.proposal if overhead is None else overhead)
 
-    def race_and_test(self, price: Price, overhead: Price | None = None) -> Price:
+    def race_and_test(self, price: Price, overhead: Price | None = None, raced_at: Price | None = None) -> Price:
         """What the headroom must hold to race a candidate at ``price`` and, should it win, test it:
         its full validation (plus ``overhead``, see :meth:`full_validation`) and the growth of the
         test reserve to its own test evaluation. Checking the validation alone would let a winner
-        push the reserve past the budget, leaving the final test evaluation unpaid."""
-        return self.full_validation(price, overhead).plus(self.reserve_growth(price))
+        push the reserve past the budget, leaving the final test evaluation unpaid. ``raced_at``:
+        what its race pays per item when the cache answers part of it (see :func:`race_price`)."""
+        return self.full_validation(raced_at or price, overhead).plus(self.reserve_growth(price))
 
-    def affords_candidate(self, price: Price, overhead: Price | None = None) -> bool:
+    def affords_candidate(self, price: Price, overhead: Price | None = None, raced_at: Price | None = None) -> bool:
         """Whether a candidate at ``price`` may be raced (see :meth:`race_and_test`)."""
-        return self.affords(self.race_and_test(price, overhead))
+        return self.affords(self.race_and_test(price, overhead, raced_at))
 
     def affords_win(self, measured: Price) -> bool:
         """Whether, after its race, a winner measured at ``measured`` can still be tested: its
@@ -192,17 +237,17 @@ class BudgetPlan:
             limits["max_usd"] = max(0.0, cap["usd"])
         return self.budget.child(name, **limits)
 
-    def for_child(self, name: str, price: Price) -> Budget:
-        """One raced validation at ``price`` (with slack), never past the headroom, nor into what
-        the test reserve would need should the child win."""
-        need = price.times(self.n_val * self.slack).plus(self.proposal)
+    def for_child(self, name: str, price: Price, raced_at: Price | None = None) -> Budget:
+        """One raced validation at ``raced_at`` (default ``price``; with slack), never past the
+        headroom, nor into what the test reserve would need should the child (at ``price``) win."""
+        need = (raced_at or price).times(self.n_val * self.slack).plus(self.proposal)
         growth = self.reserve_growth(price)
         room = self.headroom()
         return self._capped(name, {k: min(v - getattr(growth, k), getattr(need, k)) for k, v in room.items()})
 
-    def for_tuning(self, name: str, seed: bool) -> Budget:
-        """The inner loop's share of the headroom (the seed's, or an accepted structure's)."""
-        share = self.seed_tuning_share if seed else self.tuning_share
+    def for_tuning(self, name: str, seed: bool, share: float | None = None) -> Budget:
+        """The inner loop's share of the headroom (the seed's, an accepted structure's, or ``share``)."""
+        share = share if share is not None else self.seed_tuning_share if seed else self.tuning_share
         return self._capped(name, {k: v * share for k, v in self.headroom().items()})
 
     def for_proposal(self, name: str) -> Budget:
@@ -211,11 +256,11 @@ class BudgetPlan:
         return self._capped(name, {k: min(v, getattr(self.proposal, k)) if k == "calls" else v
                                    for k, v in room.items()})
 
-    def candidates_afforded(self, price: Price, overhead: Price | None = None) -> int:
+    def candidates_afforded(self, price: Price, overhead: Price | None = None, raced_at: Price | None = None) -> int:
         """How many candidates at ``price`` the headroom pays a full raced validation for, keeping
         back the growth of the test reserve should one of them win (the search's own rule: zero
         exactly when :meth:`affords_candidate` is false)."""
-        one, growth = self.full_validation(price, overhead), self.reserve_growth(price)
+        one, growth = self.full_validation(raced_at or price, overhead), self.reserve_growth(price)
         counts = []
         for k, room in self.headroom().items():
             per, left = getattr(one, k), room - getattr(growth, k)

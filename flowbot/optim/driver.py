@@ -294,6 +294,7 @@ async def _search(task: TaskData, seed: Workflow, seed_val: BatchResult, train: 
     grad_ctx = GradContext(task_description=task.description, output_field=task.output_field,
                            target_fields=task.target_fields)
     sampler = MinibatchSampler(train, cfg.inner.minibatch_size, cfg.inner.seed) if train else None
+    demo_pool: list = []  # training examples solved by any workflow the run tunes: demos for all of them
     # the optimizer's calls (losses, backward) never run wider than the run's own --concurrency
     inner_cfg = replace(cfg.inner, concurrency=max(1, min(cfg.inner.concurrency, cfg.concurrency)))
 
@@ -308,7 +309,8 @@ async def _search(task: TaskData, seed: Workflow, seed_val: BatchResult, train: 
         step_cfg = inner_cfg if steps is None else replace(inner_cfg, steps=steps)
         inner = InnerLoop(evaluator_for(b), optimizer_lm.with_budget(b), grad_ctx, step_cfg, meter=meter,
                           on_event=emit, tool_options=sorted(ctx.tools), racing=racing, plan=plan)
-        res = await inner.optimize(entry.workflow, train, val, label, val_result=entry.val, sampler=sampler)
+        res = await inner.optimize(entry.workflow, train, val, label, val_result=entry.val, sampler=sampler,
+                                   demo_pool=demo_pool)
         return Tuned(res.workflow, res.val, len(res.steps), res.initial_val_score, dict(res.blame),
                      [f.brief() for f in res.failures], res.races, res.stopped)
 

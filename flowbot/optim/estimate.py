@@ -22,8 +22,8 @@ from typing import Any
 from flowbot.graph.nodes import BranchNode, LLMNode, MergeNode
 from flowbot.graph.sketch import Workflow
 from flowbot.lm.budget import Budget
-from flowbot.optim.budgeting import BudgetPlan, Price, projected_price, structure_calls
-from flowbot.optim.inner import step_overhead
+from flowbot.optim.budgeting import BudgetPlan, Price, projected_price, race_price, structure_calls
+from flowbot.optim.inner import cheapest_change, step_overhead
 from flowbot.optim.operators import OperatorContext
 from flowbot.optim.proposal import new_choices
 
@@ -114,29 +114,32 @@ def _plan(cfg: Any, budget: Budget, seed_price: Price, V: int, test_n: int, unca
 
 
 def _first_candidate(cfg: Any, seed: Workflow, seed_price: Price, operators: OperatorContext | None
-                     ) -> tuple[str, Price, Price | None]:
-    """What the search would race first, its price and its overhead (None: a structural proposal):
-    the cheapest child on the seed's operator menu, or, for the inner loop alone, a rewrite."""
+                     ) -> tuple[str, Price, Price | None, Price]:
+    """What the search would race first, its price, its overhead (None: a structural proposal) and
+    what its race pays per item (the cache answers the seed's unchanged nodes): the child on the
+    seed's operator menu cheapest to race, or, for the inner loop alone, a rewrite."""
     if cfg.method == "inner-only" or (cfg.method == "flowbot" and cfg.outer.rounds == 0):
         overhead = step_overhead(seed_price, cfg.inner.minibatch_size, len(seed.tunable_nodes()))
-        return "inner-loop rewrite", seed_price, overhead
+        return "inner-loop rewrite", seed_price, overhead, cheapest_change(seed, seed_price)
     max_nodes = cfg.aflow.max_nodes if cfg.method == "aflow" else cfg.outer.max_nodes
     children = [c.child for c in new_choices(seed, operators, set(), max_nodes)] if operators is not None else []
-    cheapest = min(children, key=structure_calls, default=seed)
-    return "structural candidate", projected_price(seed, seed_price, cheapest), None
+    cheapest = min(children, key=lambda c: race_price(seed, seed_price, c).calls, default=seed)
+    return ("structural candidate", projected_price(seed, seed_price, cheapest), None,
+            race_price(seed, seed_price, cheapest))
 
 
-def _afford(est: Estimate, plan: BudgetPlan, what: str, price: Price, overhead: Price | None) -> None:
+def _afford(est: Estimate, plan: BudgetPlan, what: str, price: Price, overhead: Price | None,
+            raced_at: Price) -> None:
     """How many candidates the plan pays a raced validation for (keeping back, should one win, its
     test evaluation) — the search's own rule; none is a refusal."""
     if not plan.headroom():
         return  # no call, token or dollar cap
-    est.candidates = plan.candidates_afforded(price, overhead)
+    est.candidates = plan.candidates_afforded(price, overhead, raced_at)
     if est.candidates >= 1:
         est.notes.append(f"the budget pays for about {est.candidates} {what}(s) with a full raced validation "
                          "each (racing stops hopeless ones early, so usually more)")
         return
-    room, need = plan.headroom(), plan.race_and_test(price, overhead)
+    room, need = plan.headroom(), plan.race_and_test(price, overhead, raced_at)
     short = {k: getattr(need, k) - v for k, v in room.items() if getattr(need, k) - v > 1e-9}
     limits = {"calls": plan.budget.limits.max_calls, "tokens": plan.budget.limits.max_tokens,
               "usd": plan.budget.limits.max_usd}

@@ -28,7 +28,7 @@ from flowbot.lm.budget import RoleUsage, UsageMeter
 from flowbot.lm.client import LMClient
 from flowbot.optim import backward as bw
 from flowbot.optim import defaults as D
-from flowbot.optim.budgeting import OPTIMIZER_CALL_TOKENS, ZERO, BudgetPlan, Price, projected_price
+from flowbot.optim.budgeting import OPTIMIZER_CALL_TOKENS, ZERO, BudgetPlan, Price, projected_price, race_price
 from flowbot.optim.evaluation import Evaluator
 from flowbot.optim.events import EventSink, InnerCandidate, InnerStep, Patience
 from flowbot.optim.policies import BlameOrder, MinibatchGate, MinibatchSampler, MinibatchSampling, NodeSelection
@@ -104,6 +104,14 @@ def step_overhead(price: Price, minibatch: int, nodes: int) -> Price:
     return price.times(2 * minibatch).plus(Price(opt_calls, OPTIMIZER_CALL_TOKENS * opt_calls, 0.0))
 
 
+def cheapest_change(workflow: Workflow, price: Price) -> Price:
+    """What racing the cheapest change of one tunable node costs per item (the cache answers the
+    nodes upstream of it): the least an inner step's race can cost."""
+    changed = (workflow.with_params(n.id, instruction=workflow.params[n.id].instruction + " ")
+               for n in workflow.tunable_nodes())
+    return min((race_price(workflow, price, c) for c in changed), key=lambda p: p.calls, default=price)
+
+
 def _usage_delta(before: dict[str, RoleUsage], after: dict[str, RoleUsage]) -> dict[str, dict[str, Any]]:
     out = {}
     for role, a in after.items():
@@ -153,13 +161,17 @@ class InnerLoop:
 
     async def optimize(self, workflow: Workflow, train: list[dict[str, Any]], val: list[dict[str, Any]],
                        label: str = "", *, val_result: BatchResult | None = None,
-                       sampler: MinibatchSampling | None = None) -> InnerResult:
+                       sampler: MinibatchSampling | None = None,
+                       demo_pool: list[ExampleResult] | None = None) -> InnerResult:
         """Tune ``workflow``. ``val_result``: its validation results when already known (the
         incumbent's); ``sampler``: the run's minibatch sampler, so training data is walked as one
-        epoch across every workflow the run tunes."""
+        epoch across every workflow the run tunes; ``demo_pool``: the run's training examples solved
+        so far, which this call adds to and draws demos from (newest first)."""
         start = time.perf_counter()
         usage0 = self.meter.snapshot()
         state = _State(workflow)
+        if demo_pool is not None:
+            state.successes = demo_pool
         stopped: str | None = None
         try:
             state.val = val_result if val_result is not None else \
@@ -182,11 +194,12 @@ class InnerLoop:
         raced validation; and whether the run's plan holds that and, should the rewrite win, its test."""
         price = Price.of(state.val)
         overhead = step_overhead(price, self.cfg.minibatch_size, len(state.workflow.tunable_nodes()))
-        if self.plan is not None and not self.plan.affords_candidate(price, overhead):
+        raced_at = cheapest_change(state.workflow, price)
+        if self.plan is not None and not self.plan.affords_candidate(price, overhead, raced_at):
             return False
         budget = self.opt.budget
         left = budget.remaining_calls() if budget is not None else None
-        return left is None or left >= price.calls * len(val) + overhead.calls
+        return left is None or left >= raced_at.calls * len(val) + overhead.calls
 
     async def _loop(self, state: "_State", sampler: MinibatchSampling, val: list[dict[str, Any]], label: str) -> None:
         no_gain = 0
@@ -215,7 +228,7 @@ class InnerLoop:
             state.usage_mark = self.meter.snapshot()  # a record's cost runs from its aggregation on
             if self.cfg.step == "rule":
                 forward = await self._try_rule(state, step, node_id, bw.listed(gradients[node_id], self.ctx),
-                                               batch, forward, val, label)
+                                               batch, forward, val, label, bw.node_cases(node_id, failing, self.ctx))
             else:
                 gradient = await bw.aggregate(self.opt, node_id, state.workflow.params[node_id].instruction,
                                               gradients[node_id], self.ctx)
@@ -277,7 +290,7 @@ class InnerLoop:
         return forward
 
     async def _try_rule(self, state: "_State", step: int, node_id: str, gradient: str, batch: list[dict[str, Any]],
-                        forward: BatchResult, val: list[dict[str, Any]], label: str) -> BatchResult:
+                        forward: BatchResult, val: list[dict[str, Any]], label: str, cases: str) -> BatchResult:
         """Add one general rule to the node's instruction; a rule naming the minibatch's examples is
         asked for once more (sampled), then dropped, before any evaluation is paid."""
         wf = state.workflow
@@ -288,7 +301,7 @@ class InnerLoop:
         for attempt in range(2):
             rule = await bw.propose_rule(self.opt, wf, wf.sketch.node(node_id), gradient,
                                          state.history.get(node_id, []), self.ctx, retry_terms=terms,
-                                         seed=self.cfg.seed + step if terms else None)
+                                         seed=self.cfg.seed + step if terms else None, cases=cases)
             if rule is None:
                 return forward
             terms = self._specific(rule, batch, wf, node_id)
@@ -323,8 +336,9 @@ class InnerLoop:
                          batch: list[dict[str, Any]], val: list[dict[str, Any]], label: str) -> BatchResult:
         wf = state.workflow
         demos: list[Demo] = []
-        # training examples only: a demo drawn from a validation example would leak its answer
-        for r in state.successes:
+        # training examples only: a demo drawn from a validation example would leak its answer; the
+        # newest first, so a node tuned again (a later round) is offered demos it was not offered before
+        for r in reversed(state.successes):
             run = r.trace.nodes.get(node.id) if r.trace else None
             if run is not None and run.ok and run.raw and run.inputs.keys() >= set(node.reads):
                 demo = Demo(inputs={f: run.inputs[f] for f in node.reads}, output=run.raw[-1])
@@ -386,7 +400,8 @@ class InnerLoop:
         if self.plan is None:
             return True
         price = projected_price(state.workflow, Price.of(state.val), candidate).at_least(Price.of(mb))
-        return self.plan.affords_candidate(price, overhead=ZERO)
+        return self.plan.affords_candidate(price, overhead=ZERO,
+                                           raced_at=race_price(state.workflow, Price.of(state.val), candidate))
 
 
 class _State:

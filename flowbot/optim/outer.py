@@ -37,6 +37,7 @@ class OuterConfig:
     #: order): each round one structural step, then ``inner_steps_per_round`` inner steps on the incumbent
     schedule: Literal["tune-first", "alternate"] = D.SCHEDULE
     inner_steps_per_round: int = 1
+    final_tuning: bool = True  # the budget left after the structural rounds tunes the incumbent
     proposal: Literal["llm", "fixed"] = D.PROPOSAL
     proposal_attempts: int = 3  # an unusable reply is retried, sampled with a fresh seed
     retry_temperature: float = 0.8
@@ -62,6 +63,7 @@ def flowbot_search(*, evaluator_for: Callable[[Budget], Evaluator], optimizer: L
                                critique_chars=config.critique_chars, on_event=on_event)
     search_cfg = SearchConfig(rounds=config.rounds, patience=config.patience, max_nodes=config.max_nodes,
                               schedule=config.schedule, inner_steps_per_round=config.inner_steps_per_round,
+                              final_tuning=config.final_tuning,
                               failures_shown=config.failures_shown, targets=list(targets))
     return StructureSearch(evaluator_for=evaluator_for, expander=expander,
                            selection=UCBSelection(config.exploration), racing=racing, plan=plan, config=search_cfg,

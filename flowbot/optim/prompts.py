@@ -127,6 +127,10 @@ Current instruction:
 {instruction}
 >>>
 
+Examples where the workflow's final answer was wrong (what this step read, what it wrote, and the
+correct final answer):
+{cases}
+
 Feedback on its mistakes, from different examples:
 {gradient}
 {history}{retry}

@@ -161,6 +161,7 @@ class EventLog:
 LEGACY_SETTINGS: dict[str, Any] = {
     "optimize.outer.schedule": "tune-first",
     "optimize.outer.inner_steps_per_round": 1,
+    "optimize.outer.final_tuning": False,
     "optimize.inner.step": "rewrite",
     "optimize.inner.max_rules": 8,
     "optimize.inner.specificity_guard": False,

@@ -3,7 +3,7 @@
 # Qwen2.5-Coder-1.5B in every role, each from the CoT seed with the same search budget (500 calls of
 # all roles together; the test evaluation is outside it and reported apart: --budget-scope search).
 # Resumable: run it again and nothing already paid for is paid again.
-#   results/drop-1.5b/methods.sh [flowbot|aflow|flowbot-v2|inner-only|feedback-global]...   (default: all, in this order)
+#   results/drop-1.5b/methods.sh [flowbot|aflow|flowbot-v2|flowbot-v3|inner-only|feedback-global]...   (default: all, in this order)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=results/drop-1.5b
@@ -24,11 +24,16 @@ seed_cache() {
 
 run() {  # name, extra options
   local name=$1; shift
+  # a finished run is not resumed: resuming re-executes it from its cache, and code changed since
+  # (pricing, schedule) could take it past where it ended; its table comes from results/protocol.py
+  if tail -n 1 "$OUT/$name/events.jsonl" 2>/dev/null | grep -q '"type": "run_finished"'; then
+    echo "$name: finished (see $OUT/$name/summary.json)"; return
+  fi
   seed_cache "$OUT/$name"
   flowbot optimize $COMMON "$@" --run-dir "$OUT/$name"
 }
 
-for method in "${@:-flowbot aflow flowbot-v2 inner-only feedback-global}"; do
+for method in "${@:-flowbot aflow flowbot-v2 flowbot-v3 inner-only feedback-global}"; do
   for m in $method; do
     case $m in
       # run 1 of FlowBot (code 4c02472): tune the seed first, whole-instruction rewrites, no guard
@@ -39,7 +44,12 @@ for method in "${@:-flowbot aflow flowbot-v2 inner-only feedback-global}"; do
       # the rule step (one general rule added to a blamed node's instruction; a change naming the
       # minibatch's examples is dropped before it is paid for)
       flowbot-v2)      run flowbot-v2 --rounds 8 --schedule alternate --step rule ;;
-      # prompt-only and the backward-pass ablation use the same inner loop as FlowBot run 2
+      # run 3 (code of the commit named in README.md), after reading run 2's traces: the same options;
+      # the code prices a race by the calls the cache cannot answer, tunes the incumbent with the
+      # budget left when the structural rounds end, writes rules from the cases a node failed on,
+      # and draws demos from every training example the run has solved
+      flowbot-v3)      run flowbot-v3 --rounds 8 --schedule alternate --step rule ;;
+      # prompt-only and the backward-pass ablation use the same inner loop (and code) as FlowBot run 3
       inner-only)      run inner-only --inner-only --step rule ;;
       feedback-global) run feedback-global --rounds 8 --schedule alternate --step rule --feedback global ;;
       *) echo "unknown method $m" >&2; exit 2 ;;

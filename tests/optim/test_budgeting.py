@@ -174,3 +174,40 @@ def test_a_winner_that_cost_more_than_projected_is_not_kept_when_its_test_cannot
     cheap = RaceResult(True, "5 wins, 0 losses", 5, 0, 15, 20, 20, 0.03, scored(20))
     plan.check_winner(cheap)
     assert cheap.accepted
+
+
+# -- what a race pays when the cache answers the parent's unchanged nodes ---------------------------
+def two_steps() -> Workflow:
+    nodes = [LLMNode(id="solve", reads=["q"], writes="draft"), LLMNode(id="fmt", reads=["q", "draft"], writes="a")]
+    return Workflow(sketch=Sketch(inputs=["q"], outputs=["a"], nodes=nodes),
+                    params={"solve": NodeParams(instruction="think"), "fmt": NodeParams(instruction="shorten")})
+
+
+def test_a_change_downstream_leaves_the_upstream_node_to_the_cache():
+    from flowbot.optim.budgeting import cached_nodes, race_price
+    wf, price = two_steps(), Price(2.0, 1000.0, 0.0)
+    last = wf.with_params("fmt", instruction="shorten; digits only")
+    assert cached_nodes(wf, last) == {"solve"} and race_price(wf, price, last) == Price(1.0, 500.0, 0.0)
+    first = wf.with_params("solve", instruction="think twice")  # its answers feed fmt: both re-run
+    assert cached_nodes(wf, first) == set() and race_price(wf, price, first) == price
+    assert cached_nodes(wf, wf) == {"solve", "fmt"}  # nothing to pay (a duplicate is never raced)
+
+
+def test_a_structural_child_pays_only_its_new_nodes():
+    from flowbot.optim.budgeting import cached_nodes, race_price
+    from flowbot.optim.operators import OperatorContext, apply_operator
+    from flowbot.tasks.seeds import build_baseline
+    cot = build_baseline("cot", inputs=["passage", "question"], output="answer", extract="answer")
+    ctx = OperatorContext(tools={"python": ["code", "stdin"]})
+    fmt = apply_operator(cot, "format_answer", "solve", ctx)  # solve now writes draft_answer, same prompt
+    assert cached_nodes(cot, fmt) == {"solve"} and race_price(cot, Price(1.0, 600.0, 0.0), fmt).calls == 1.0
+    assert projected_price(cot, Price(1.0, 600.0, 0.0), fmt).calls == 2.0  # what its test will cost
+    sc = apply_operator(cot, "self_consistency", "solve", ctx)  # new copies with new prompts: all paid
+    assert race_price(cot, Price(1.0, 600.0, 0.0), sc).calls == structure_calls(sc) == 3.0
+
+
+def test_a_child_cheap_to_race_fits_where_its_full_price_would_not():
+    plan = BudgetPlan(Budget(max_calls=70), n_val=50, n_test=0, scope="search")
+    full, raced = Price(2.0, 0.0, 0.0), Price(1.0, 0.0, 0.0)
+    assert not plan.affords_candidate(full) and plan.affords_candidate(full, raced_at=raced)
+    assert plan.for_child("c1", full, raced).limits.max_calls == 64  # 50 × 1.25 + the 2-call proposal

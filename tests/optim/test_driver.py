@@ -207,14 +207,15 @@ async def test_a_resumed_run_counts_the_time_its_earlier_session_spent(tmp_path,
 
 
 async def test_a_small_budget_is_refused_and_the_least_it_names_is_kept_within(tmp_path):
-    # 8 calls score the seed; the cheapest child makes 2 calls on each of the 8 items after a 2-call
-    # proposal (18 calls): 25 calls cannot pay for one, and the refusal names the least that can
+    # 8 calls score the seed; the child cheapest to race (program of thought: the cache answers its
+    # chain of thought, the seed's own node) pays 1 call on each of the 8 items after a 2-call
+    # proposal (10 calls): 17 calls cannot pay for one, and the refusal names the least that can
     t, o = task_lm(), optimizer_lm()
-    with pytest.raises(ValueError, match="cannot pay for one structural candidate.*--budget-calls to at least 26"):
-        await prepare(tmp_path, t, o, budget={"calls": 25}, budget_scope="search", outer={"rounds": 3}).arun()
+    with pytest.raises(ValueError, match="cannot pay for one structural candidate.*--budget-calls to at least 18"):
+        await prepare(tmp_path, t, o, budget={"calls": 17}, budget_scope="search", outer={"rounds": 3}).arun()
     assert not t.calls and not o.calls and not (tmp_path / "run").exists()
-    result = await prepare(tmp_path, t, o, budget={"calls": 26}, budget_scope="search", outer={"rounds": 3}).arun()
-    assert proposals(o) and result.summary["budget"]["spent"]["calls"] <= 26
+    result = await prepare(tmp_path, t, o, budget={"calls": 18}, budget_scope="search", outer={"rounds": 3}).arun()
+    assert proposals(o) and result.summary["budget"]["spent"]["calls"] <= 18
     assert json.loads((tmp_path / "run" / "best.json").read_text())["sketch"]["nodes"]
 
 
@@ -332,7 +333,8 @@ def test_a_tokens_or_dollars_budget_too_small_for_one_candidate_is_refused_befor
 
 async def test_the_estimate_counts_cached_seed_answers_as_the_run_does(tmp_path):
     """With the seed's validation and test answers in the run's cache, only a child's race (8 items
-    × 2 calls, a 2-call proposal) and, should it win, its 6 test items × 2 calls are left to pay."""
+    × 1 call: the cache answers its chain of thought; a 2-call proposal) and, should it win, its 6
+    test items × 2 calls are left to pay."""
     import flowbot
     run = tmp_path / "run"
     run.mkdir()
@@ -342,17 +344,17 @@ async def test_the_estimate_counts_cached_seed_answers_as_the_run_does(tmp_path)
                                 model="task")
     cache.close()
     t, o = task_lm(), optimizer_lm()
-    short = await prepare(tmp_path, t, o, budget={"calls": 29}, outer={"rounds": 1}).aestimate()
-    assert short.candidates == 0 and "--budget-calls to at least 30" in short.refusal
+    short = await prepare(tmp_path, t, o, budget={"calls": 21}, outer={"rounds": 1}).aestimate()
+    assert short.candidates == 0 and "--budget-calls to at least 22" in short.refusal
     assert not t.calls and not o.calls
-    enough = prepare(tmp_path, t, o, budget={"calls": 30}, outer={"rounds": 1})
+    enough = prepare(tmp_path, t, o, budget={"calls": 22}, outer={"rounds": 1})
     assert (await enough.aestimate()).candidates == 1
     result = await enough.arun()
     assert result.best.sketch.node_ids()[0] == "write_program" and len(result.test.results) == 6
-    assert result.summary["budget"]["spent"]["calls"] <= 30
+    assert result.summary["budget"]["spent"]["calls"] <= 22
     # without the cache the seed's validation (8) and test items (6) are paid too
-    fresh = prepare(tmp_path / "fresh", t, o, budget={"calls": 43}).estimate()
-    assert "--budget-calls to at least 44" in fresh.refusal
+    fresh = prepare(tmp_path / "fresh", t, o, budget={"calls": 35}).estimate()
+    assert "--budget-calls to at least 36" in fresh.refusal
 
 
 async def test_changed_settings_refuse_to_reuse_a_run_dir(tmp_path):

@@ -346,6 +346,28 @@ async def test_the_rule_step_adds_one_general_rule_and_keeps_the_instruction():
     assert result.val_score == 1.0 and result.steps[0].change == "rule" and result.steps[0].accepted
     # the rule step reads the per-example gradients as they are: no aggregation call
     assert not any("Feedback from" in last_user(r) for r in opt.calls)
+    # and the cases the step failed on: what it read, what it wrote, the correct final answer
+    (ask,) = [r for r in opt.calls if "starts with RULE:" in last_user(r)]
+    assert re.search(r"1\. read question: tword\d \| wrote tword\d \| correct final answer: TWORD\d", last_user(ask))
+
+
+async def test_demos_come_from_the_runs_pool_newest_first():
+    # a pool shared by the run's tune calls: one call's solved training examples are the next one's demos
+    def task(req: LMRequest, i: int) -> str:
+        q = field_value(last_user(req), "Question")
+        return "Answer: " + (q.upper() if len(req.messages) > 2 or q.isupper() else q)
+
+    pool = []
+    train = [{"id": f"u{i}", "question": f"UP{i}", "gold": f"UP{i}"} for i in range(4)] + examples("t", 4)
+    first = build(ScriptedLM(default=task), case_optimizer("<instruction>same</instruction>"),
+                  InnerConfig(steps=1, demos=1, minibatch_size=4, minibatch_gate=False))
+    await first.optimize(one_node(), train[:4], examples("v", 3), demo_pool=pool)
+    assert sorted(r.example_id for r in pool) == ["u0", "u1", "u2", "u3"]
+    second = build(ScriptedLM(default=task), case_optimizer("<instruction>same</instruction>"),
+                   InnerConfig(steps=1, demos=1, minibatch_size=4))
+    result = await second.optimize(one_node(), train[4:], examples("v", 3), demo_pool=pool)
+    (demo,) = result.workflow.params["answer"].demos  # from the first call's pool: this minibatch solved none
+    assert demo.inputs["question"] == pool[-1].example["question"]
 
 
 async def test_a_rule_naming_the_minibatch_is_asked_again_then_dropped_before_any_evaluation():

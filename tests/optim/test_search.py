@@ -66,7 +66,7 @@ class Script:
 
 
 async def run(names, budget=None, tuner=None, copies=1, n_val=20, rounds=4, schedule="tune-first", n_test=0,
-              racing=None):
+              racing=None, final_tuning=True):
     events = []
     meter = UsageMeter()
     lm = task_lm()
@@ -79,7 +79,8 @@ async def run(names, budget=None, tuner=None, copies=1, n_val=20, rounds=4, sche
     search = StructureSearch(
         evaluator_for=lambda b: ev.with_executor(Executor(client.with_budget(b))), expander=Script(names, copies),
         selection=UCBSelection(0.3), racing=racing or PairedRacing(chunk=1), plan=plan,
-        config=SearchConfig(rounds=rounds, schedule=schedule), tuner=tuner, on_event=events.append)
+        config=SearchConfig(rounds=rounds, schedule=schedule, final_tuning=final_tuning), tuner=tuner,
+        on_event=events.append)
     result = await search.search(wf("seed"), seed_val, val)
     result.plan = plan
     return result, events, lm
@@ -112,8 +113,21 @@ async def test_only_structures_that_win_are_tuned():
         tuned_ids.append(entry.id)
         return Tuned(entry.workflow, entry.val, 0, entry.val_score)
 
-    await run(["worse", "better"], tuner=tuner)
+    await run(["worse", "better"], tuner=tuner, final_tuning=False)
     assert tuned_ids == ["c0", "c2"]  # the seed, then the one structure that won its race
+
+
+async def test_the_budget_left_after_the_rounds_tunes_the_incumbent():
+    calls = []
+
+    async def tuner(entry: ArchiveEntry, budget: Budget, label: str, steps=None) -> Tuned:
+        calls.append((entry.id, steps, budget.limits.max_calls))
+        return Tuned(entry.workflow, entry.val, 0, entry.val_score)
+
+    result, _, _ = await run(["worse", "better"], budget=Budget(max_calls=400), tuner=tuner, rounds=2)
+    assert [c[:2] for c in calls] == [("c0", None), ("c2", None), ("c2", None)]
+    # the last tuning gets all the headroom there is (the tuner here spends none of it)
+    assert calls[-1][2] == 400 - result.plan.budget.spent.calls
 
 
 async def test_the_alternate_schedule_tunes_the_incumbent_after_each_structural_step():
@@ -124,8 +138,9 @@ async def test_the_alternate_schedule_tunes_the_incumbent_after_each_structural_
         return Tuned(entry.workflow, entry.val, 0, entry.val_score)
 
     await run(["worse", "better", "worse2"], tuner=tuner, schedule="alternate")
-    # no tuning before the first structural step; then one inner step on whichever is the incumbent
-    assert calls == [("c0", 1), ("c2", 1), ("c2", 1)]
+    # no tuning before the first structural step; then one inner step on whichever is the incumbent,
+    # and, the rounds done, the incumbent again with the budget left (and the inner loop's own steps)
+    assert calls == [("c0", 1), ("c2", 1), ("c2", 1), ("c2", None)]
 
 
 async def test_a_child_the_budget_cannot_pay_for_is_never_offered_or_raced():
