@@ -489,7 +489,9 @@ def _cache_ok(path: Path) -> bool:
 # -- section: concurrency ------------------------------------------------------------------------
 def concurrency(b: Battery) -> None:
     data = write_data(b.work / "conc.jsonl", 40)
-    with OpenAITestServer(reply=brain, latency_s=0.15) as srv:
+    # slow answers while the second process starts, so the first is still busy however long a
+    # loaded machine takes to start the second one
+    with OpenAITestServer(reply=brain, latency_s=5.0) as srv:
         env = child_env(b)
         run_dir = b.work / "conc-run"
         first = subprocess.Popen(flowbot_cmd(*optimize_args(data, srv.base_url, run_dir)), env=env,

@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import Any
 
 BASELINES = ("io", "cot", "sc3", "react")
-METHODS = ("inner-only", "aflow", "flowbot", "feedback-global")
+METHODS = ("inner-only", "aflow", "flowbot", "flowbot-v2", "flowbot-v3", "feedback-global")
 LABELS = {"io": "IO", "cot": "CoT (the seed)", "sc3": "CoT-SC (3 samples)", "react": "ReAct",
-          "inner-only": "prompt-only (inner loop)", "aflow": "AFlow-style search", "flowbot": "FlowBot (bilevel)",
-          "feedback-global": "FlowBot, --feedback global"}
+          "inner-only": "prompt-only (inner loop)", "aflow": "AFlow-style search",
+          "flowbot": "FlowBot (bilevel), run 1", "flowbot-v2": "FlowBot, run 2", "flowbot-v3": "FlowBot, run 3",
+          "feedback-global": "FlowBot run 3, --feedback global"}
 
 
 def baseline_row(path: Path) -> dict[str, Any] | None:
