@@ -34,6 +34,7 @@ from flowbot.optim.aflow import AFlowConfig
 from flowbot.optim.archive import Objective
 from flowbot.optim.driver import (BudgetConfig, OptimizationResult, OptimizeConfig, RacingConfig, TaskData,
                                   operator_context, run_optimization, uncached_items)
+from flowbot.optim.events import RunStarted, read_event
 from flowbot.optim.estimate import Estimate, estimate_run
 from flowbot.optim.inner import InnerConfig
 from flowbot.optim.outer import OuterConfig
@@ -359,8 +360,11 @@ def _is_legacy_run(path: Path, legacy: dict[str, Any], settings: dict[str, Any])
         return False
     if saved.get("model") != legacy["model"] or saved.get("optimizer_model") != legacy["optimizer_model"]:
         return False
-    return _same_model(first.get("task_model"), settings["model"]) and \
-        _same_model(first.get("optimizer_model"), settings["optimizer_model"])
+    started = read_event(first).event if isinstance(first, dict) else None
+    if not isinstance(started, RunStarted):
+        return False
+    return _same_model(started.task_model, settings["model"]) and \
+        _same_model(started.optimizer_model, settings["optimizer_model"])
 
 
 def run_config(*, method: str = D.METHOD, objective: str = D.OBJECTIVE, cost_weight: float = D.COST_WEIGHT,
