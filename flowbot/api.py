@@ -658,7 +658,8 @@ def optimize(task: Task | str, *, seed: Any = D.SEED_WORKFLOW, model: str | None
     (``budget_scope="search"``: the cap is the search's alone and the test is paid and reported
     apart). Candidates are judged by paired racing against the incumbent (``racing={"margin": 2,
     "alpha": 0.15}``). ``objective``: ``score`` or ``cost`` (score minus
-    ``cost_weight`` × cost per example). ``callbacks`` receive every run event as a dict. Other
+    ``cost_weight`` × cost per example). ``callbacks`` receive every run event as a dict (wrapped in
+    :func:`flowbot.typed_callback`, a function receives it typed, as a ``LoggedEvent``). Other
     options: ``method`` (flowbot, inner-only, aflow), ``inner``/``outer``/``aflow`` settings,
     ``train_size``, ``val_size``, ``test_size``, ``concurrency``, ``random_seed``, ``base_url``,
     ``optimizer_base_url``, ``data_dir``, ``cost_weight``, ``prices`` (``{"model": (in, out)}``
