@@ -361,9 +361,7 @@ def _is_legacy_run(path: Path, legacy: dict[str, Any], settings: dict[str, Any])
     if saved.get("model") != legacy["model"] or saved.get("optimizer_model") != legacy["optimizer_model"]:
         return False
     started = read_event(first).event if isinstance(first, dict) else None
-    if not isinstance(started, RunStarted):
-        return False
-    return _same_model(started.task_model, settings["model"]) and \
+    return isinstance(started, RunStarted) and _same_model(started.task_model, settings["model"]) and \
         _same_model(started.optimizer_model, settings["optimizer_model"])
 
 

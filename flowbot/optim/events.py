@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Generic, Mapping, TypeVar
+from typing import Any, Callable, ClassVar, Generic, Iterable, Mapping, TypeVar
 
 #: metadata of a field only older versions wrote: read back from their logs, left out of ``to_dict``
 #: while it holds its default (so what this version logs does not change)
@@ -326,9 +326,9 @@ def read_event(data: Mapping[str, Any] | LoggedEvent) -> LoggedEvent:
     envelope["replayed"] = bool(envelope["replayed"])
     cls = READABLE_TYPES.get(data.get("type")) if isinstance(data.get("type"), str) else None
     if cls is None:
-        name = data.get("type")
-        rest = {k: v for k, v in data.items() if k not in ENVELOPE and k != "type"}
-        return LoggedEvent(UnknownEvent(name=name if isinstance(name, str) else None, data=rest), **envelope)
+        name = data.get("type") if isinstance(data.get("type"), str) else None
+        rest = {k: v for k, v in data.items() if k not in ENVELOPE and not (k == "type" and name is not None)}
+        return LoggedEvent(UnknownEvent(name=name, data=rest), **envelope)
     kwargs: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
         if f.name in data:
@@ -342,6 +342,11 @@ def read_event(data: Mapping[str, Any] | LoggedEvent) -> LoggedEvent:
     names = set(kwargs)
     extra = {k: v for k, v in data.items() if k not in names and k not in ENVELOPE and k != "type"}
     return LoggedEvent(cls(**kwargs), present=frozenset(n for n in names if n in data), extra=extra, **envelope)
+
+
+def first_event(records: Iterable[LoggedEvent], cls: type[E]) -> E | None:
+    """The first event of class ``cls`` among the read-back ``records`` (None when there is none)."""
+    return next((r.event for r in records if isinstance(r.event, cls)), None)
 
 
 def typed_callback(fn: Callable[[LoggedEvent], Any]) -> Callable[[dict[str, Any]], None]:

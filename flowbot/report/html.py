@@ -370,9 +370,7 @@ def _search_tree(run: RunData) -> str:
     def subtree(parent: str | None) -> str:
         items = [f"<li>{_candidate_line(run, c, front, accepted)}{subtree(c['id'])}</li>"
                  for c in children.get(parent, [])]
-        for e in dropped.get(str(parent), []) if parent is not None else []:
-            why = e.reason or (f"same structure as {e.same_as}" if e.same_as else "") or e.error or "invalid"
-            items.append(f'<li class="rejected">✗ {esc(e.edit or "(no edit)")} — dropped: {esc(why)}</li>')
+        items += [_dropped_line(e) for e in (dropped.get(str(parent), []) if parent is not None else [])]
         if not items:
             return ""
         return f'<ul class="tree{" root" if parent is None else ""}">{"".join(items)}</ul>'
@@ -380,6 +378,11 @@ def _search_tree(run: RunData) -> str:
     return ("<h3>Search tree</h3><p class=\"muted small\">Each candidate under the one it was made from, with the "
             "structural edit that made it; validation before → after the inner loop tuned its prompts.</p>"
             + subtree(None))
+
+
+def _dropped_line(e: CandidateRejected) -> str:
+    why = e.reason or (f"same structure as {e.same_as}" if e.same_as else "") or e.error or "invalid"
+    return f'<li class="rejected">✗ {esc(e.edit or "(no edit)")} — dropped: {esc(why)}</li>'
 
 
 def _candidate_tables(run: RunData) -> str:

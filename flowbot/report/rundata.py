@@ -24,7 +24,7 @@ from flowbot.graph.sketch import Workflow
 from flowbot.optim.archive import non_dominated
 from flowbot.optim.events import (E, CandidateAccepted, CandidateEvaluated, CandidateProposed, CandidateRejected,
                                   EditRepaired, Event, InnerCandidate, InnerStep, LoggedEvent, ProposalMade,
-                                  RunFinished, RunStarted, SeedEvaluated, TestEvaluated, read_event)
+                                  RunFinished, RunStarted, SeedEvaluated, TestEvaluated, first_event, read_event)
 from flowbot.optim.rundir import read_event_log
 
 #: events that describe outer-loop proposals (shown in the proposals table)
@@ -92,7 +92,7 @@ class RunData:
         return [r.event for r in self.events if isinstance(r.event, cls)]
 
     def first(self, cls: type[E]) -> E | None:
-        return next((r.event for r in self.events if isinstance(r.event, cls)), None)
+        return first_event(self.events, cls)
 
     @property
     def seed_scored(self) -> bool:

@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 from flowbot.errors import FlowBotError
 from flowbot.optim.events import (CandidateEvaluated, LoggedEvent, RunFinished, RunStarted, SeedEvaluated,
-                                  TestEvaluated, read_event)
+                                  TestEvaluated, first_event, read_event)
 from flowbot.optim.rundir import LEGACY_LOCK_FILES, LOCK_FILE, lock_holder, read_event_log
 
 #: the optimizer settings a resume command line makes with this version, or None for a command other
@@ -151,7 +151,7 @@ def run_info(path: str | Path, command_settings: CommandSettings | None = None) 
     summary = _read_json(path / "summary.json", info.warnings)
     summary = summary if isinstance(summary, dict) else {}
     events = _read_events(path / "events.jsonl", info.warnings)
-    started = next((r.event for r in events if isinstance(r.event, RunStarted)), None)
+    started = first_event(events, RunStarted)
     info.sessions = int(_num(config.get("sessions")) or 1)
     info.task = str(summary.get("task") or (started and started.task) or settings.get("task") or "?")
     info.method = str(summary.get("method") or (started and started.method) or settings.get("method") or "?")
@@ -211,8 +211,8 @@ def _spend(info: RunInfo, summary: dict[str, Any], events: list[LoggedEvent]) ->
 def _status(info: RunInfo, path: Path, events: list[LoggedEvent]) -> None:
     times = [f.stat().st_mtime for f in path.iterdir() if f.is_file()] if path.is_dir() else []
     info.last_activity = max(times) if times else None
-    at, finished = next(((i, r.event) for i, r in reversed(list(enumerate(events)))
-                         if isinstance(r.event, RunFinished)), (-1, None))
+    finished = first_event(reversed(events), RunFinished)  # the last one
+    at = max((i for i, r in enumerate(events) if isinstance(r.event, RunFinished)), default=-1)
     last_start = max((i for i, r in enumerate(events) if isinstance(r.event, RunStarted)), default=-1)
     done = finished is not None and at > last_start
     holder = lock_holder(path)
