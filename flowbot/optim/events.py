@@ -276,13 +276,13 @@ def parse_event(data: dict[str, Any]) -> Event | dict[str, Any]:
 
 
 # -- reading a log back -------------------------------------------------------------------------
-E = TypeVar("E", bound=Event)
+EventT = TypeVar("EventT", bound=Event)
 #: keys the run directory's log (and the callbacks' replay flag) adds to every event
 ENVELOPE = ("seq", "time", "usage_total", "replayed")
 
 
 @dataclass
-class LoggedEvent(Generic[E]):
+class LoggedEvent(Generic[EventT]):
     """One line of a run's ``events.jsonl`` (or one callback dict), read back: the typed ``event``
     and what the log adds to it (``seq``, ``time``, the cumulative meter snapshot ``usage_total``,
     and ``replayed`` for events a resumed run replayed from its log), each as logged (None when
@@ -290,7 +290,7 @@ class LoggedEvent(Generic[E]):
     those the line lacked hold their defaults (None when they have none). ``extra`` keeps keys no
     class declares (a newer version's)."""
 
-    event: E
+    event: EventT
     seq: Any = None
     time: Any = None
     usage_total: Any = None
@@ -344,7 +344,7 @@ def read_event(data: Mapping[str, Any] | LoggedEvent) -> LoggedEvent:
     return LoggedEvent(cls(**kwargs), present=frozenset(n for n in names if n in data), extra=extra, **envelope)
 
 
-def first_event(records: Iterable[LoggedEvent], cls: type[E]) -> E | None:
+def first_event(records: Iterable[LoggedEvent], cls: type[EventT]) -> EventT | None:
     """The first event of class ``cls`` among the read-back ``records`` (None when there is none)."""
     return next((r.event for r in records if isinstance(r.event, cls)), None)
 

@@ -22,8 +22,8 @@ from flowbot.errors import FlowBotError
 from flowbot.graph.io import WorkflowFileError, workflow_from_dict
 from flowbot.graph.sketch import Workflow
 from flowbot.optim.archive import non_dominated
-from flowbot.optim.events import (E, CandidateAccepted, CandidateEvaluated, CandidateProposed, CandidateRejected,
-                                  EditRepaired, Event, InnerCandidate, InnerStep, LoggedEvent, ProposalMade,
+from flowbot.optim.events import (CandidateAccepted, CandidateEvaluated, CandidateProposed, CandidateRejected,
+                                  EditRepaired, Event, EventT, InnerCandidate, InnerStep, LoggedEvent, ProposalMade,
                                   RunFinished, RunStarted, SeedEvaluated, TestEvaluated, first_event, read_event)
 from flowbot.optim.rundir import read_event_log
 
@@ -84,14 +84,14 @@ class RunData:
     warnings: list[str] = field(default_factory=list)
 
     # -- plain facts ------------------------------------------------------------------------
-    def logged(self, *classes: type[E]) -> list[LoggedEvent[E]]:
+    def logged(self, *classes: type[EventT]) -> list[LoggedEvent[EventT]]:
         """The log's events of these classes, with their place in the log (seq, usage_total, ...)."""
         return [r for r in self.events if isinstance(r.event, classes)]
 
-    def of_type(self, cls: type[E]) -> list[E]:
+    def of_type(self, cls: type[EventT]) -> list[EventT]:
         return [r.event for r in self.events if isinstance(r.event, cls)]
 
-    def first(self, cls: type[E]) -> E | None:
+    def first(self, cls: type[EventT]) -> EventT | None:
         return first_event(self.events, cls)
 
     @property
