@@ -32,6 +32,7 @@ _EXPORTS = {
     "MetricResult": "flowbot.scoring.result",
     "LLMJudge": "flowbot.tasks.judge",
     "load_benchmark": "flowbot.tasks.benchmarks",
+    "typed_callback": "flowbot.optim.events",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -34,6 +34,7 @@ from flowbot.optim.aflow import AFlowConfig
 from flowbot.optim.archive import Objective
 from flowbot.optim.driver import (BudgetConfig, OptimizationResult, OptimizeConfig, RacingConfig, TaskData,
                                   operator_context, run_optimization, uncached_items)
+from flowbot.optim.events import RunStarted, read_event
 from flowbot.optim.estimate import Estimate, estimate_run
 from flowbot.optim.inner import InnerConfig
 from flowbot.optim.outer import OuterConfig
@@ -359,8 +360,9 @@ def _is_legacy_run(path: Path, legacy: dict[str, Any], settings: dict[str, Any])
         return False
     if saved.get("model") != legacy["model"] or saved.get("optimizer_model") != legacy["optimizer_model"]:
         return False
-    return _same_model(first.get("task_model"), settings["model"]) and \
-        _same_model(first.get("optimizer_model"), settings["optimizer_model"])
+    started = read_event(first).event if isinstance(first, dict) else None
+    return isinstance(started, RunStarted) and _same_model(started.task_model, settings["model"]) and \
+        _same_model(started.optimizer_model, settings["optimizer_model"])
 
 
 def run_config(*, method: str = D.METHOD, objective: str = D.OBJECTIVE, cost_weight: float = D.COST_WEIGHT,
@@ -654,7 +656,8 @@ def optimize(task: Task | str, *, seed: Any = D.SEED_WORKFLOW, model: str | None
     (``budget_scope="search"``: the cap is the search's alone and the test is paid and reported
     apart). Candidates are judged by paired racing against the incumbent (``racing={"margin": 2,
     "alpha": 0.15}``). ``objective``: ``score`` or ``cost`` (score minus
-    ``cost_weight`` × cost per example). ``callbacks`` receive every run event as a dict. Other
+    ``cost_weight`` × cost per example). ``callbacks`` receive every run event as a dict (wrapped in
+    :func:`flowbot.typed_callback`, a function receives it typed, as a ``LoggedEvent``). Other
     options: ``method`` (flowbot, inner-only, aflow), ``inner``/``outer``/``aflow`` settings,
     ``train_size``, ``val_size``, ``test_size``, ``concurrency``, ``random_seed``, ``base_url``,
     ``optimizer_base_url``, ``data_dir``, ``cost_weight``, ``prices`` (``{"model": (in, out)}``

@@ -7,9 +7,17 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from flowbot.optim.events import (BudgetWarning, CandidateAccepted, CandidateEvaluated, CandidateRejected,
+                                  InnerCandidate, LoggedEvent, ProposalMade, SeedEvaluated, TestEvaluated, read_event)
+
 
 def _score(value: float | None) -> str:
     return "not scored (budget)" if value is None else f"{value:.3f}"
+
+
+def _num(value: Any, spec: str, missing: str = "?") -> str:
+    """``value`` formatted with ``spec``; ``missing`` when it is not a number (an event that lacks it)."""
+    return format(value, spec) if isinstance(value, (int, float)) else missing
 
 
 class RunPrinter:
@@ -35,45 +43,45 @@ class RunPrinter:
         for n in estimate.notes:
             c.print(f"[dim]{n}[/]")
 
-    def on_event(self, event: dict[str, Any]) -> None:
-        if event.get("replayed"):
+    def on_event(self, event: dict[str, Any] | LoggedEvent) -> None:
+        """One line for a run event (the dict a callback gets, or the event read with :func:`read_event`)."""
+        rec = read_event(event)
+        if rec.replayed:
             self.replayed += 1
             if self.replayed == 1:
                 self.console.print("[dim]resuming: replaying the run's log and cache (nothing is paid twice)…[/]")
             return
-        kind = event.get("type")
+        e = rec.event
         c = self.console
-        if kind == "seed_evaluated":
-            c.print(f"seed: validation score {event['val_score']:.3f}")
-        elif kind == "inner_candidate":
-            mark = "[green]accepted[/]" if event["accepted"] else f"[dim]rejected ({event['reason']})[/]"
-            after = event["val_after"]
-            score = f"val {event['val_before']:.3f} → {after:.3f}" if after is not None else \
-                f"minibatch {event['minibatch_before']:.2f} → {event['minibatch_after']:.2f}"
-            c.print(f"  inner step {event['step']}: {event['change']} of {event['node_id']}: {score} {mark}")
-        elif kind == "proposal":
-            if event.get("status") == "valid":
-                critique = f" — {event['critique']}" if event.get("critique") else ""
-                c.print(f"[bold]edit[/] from {event['parent']}: {event['edit']}{critique}")
+        if isinstance(e, SeedEvaluated):
+            c.print(f"seed: validation score {_num(e.val_score, '.3f')}")
+        elif isinstance(e, InnerCandidate):
+            mark = "[green]accepted[/]" if e.accepted else f"[dim]rejected ({e.reason})[/]"
+            score = f"val {_num(e.val_before, '.3f')} → {_num(e.val_after, '.3f')}" if e.val_after is not None else \
+                f"minibatch {_num(e.minibatch_before, '.2f')} → {_num(e.minibatch_after, '.2f', 'not run')}"
+            c.print(f"  inner step {e.step}: {e.change} of {e.node_id}: {score} {mark}")
+        elif isinstance(e, ProposalMade):
+            if e.status == "valid":
+                critique = f" — {e.critique}" if e.critique else ""
+                c.print(f"[bold]edit[/] from {e.parent}: {e.edit}{critique}")
             else:
-                c.print(f"[dim]proposal from {event['parent']} {event.get('status')}: {event.get('error', '')}[/]")
-        elif kind == "candidate_rejected":
-            c.print(f"[dim]candidate from {event['parent']} dropped ({event.get('edit', '')}): "
-                    f"{event.get('reason', '')}[/]")
-        elif kind == "candidate_evaluated":
-            cost = f"${event['cost_per_example']:.5f}/ex" if event["cost_per_example"] else \
-                f"{event['tokens_per_example']:.0f} tok/ex"
-            race = event.get("race") or {}
-            score = f"validation {event['val_score']:.3f}" if event.get("val_score") is not None else \
+                c.print(f"[dim]proposal from {e.parent} {e.status}: {e.error}[/]")
+        elif isinstance(e, CandidateRejected):
+            c.print(f"[dim]candidate from {e.parent} dropped ({e.edit or ''}): {e.reason or ''}[/]")
+        elif isinstance(e, CandidateEvaluated):
+            cost = f"${_num(e.cost_per_example, '.5f')}/ex" if e.cost_per_example else \
+                f"{_num(e.tokens_per_example, '.0f')} tok/ex"
+            race = e.race if isinstance(e.race, dict) else {}
+            score = f"validation {_num(e.val_score, '.3f')}" if e.val_score is not None else \
                 f"raced out after {race.get('evaluated')} of {race.get('total')} items"
             versus = f"; vs incumbent {race.get('wins')}W/{race.get('losses')}L" if race else ""
-            c.print(f"[bold]{event['id']}[/] ({event['edit']}): {score}{versus}, {cost}, {event['nodes']} nodes")
-        elif kind == "candidate_accepted":
-            c.print(f"  [green]incumbent: {event['id']} ({event['val_score']:.3f}) — {event.get('reason', '')}[/]")
-        elif kind == "budget_warning":
-            c.print(f"[yellow]budget:[/] {event['message']}")
-        elif kind == "test_evaluated":
-            c.print(f"test ({event['id']}): {event['score']:.3f} on {event['n']} examples")
+            c.print(f"[bold]{e.id}[/] ({e.edit}): {score}{versus}, {cost}, {e.nodes} nodes")
+        elif isinstance(e, CandidateAccepted):
+            c.print(f"  [green]incumbent: {e.id} ({_num(e.val_score, '.3f')}) — {e.reason}[/]")
+        elif isinstance(e, BudgetWarning):
+            c.print(f"[yellow]budget:[/] {e.message}")
+        elif isinstance(e, TestEvaluated):
+            c.print(f"test ({e.id}): {_num(e.score, '.3f')} on {e.n} examples")
 
     def print_result(self, result: Any) -> None:
         c = self.console

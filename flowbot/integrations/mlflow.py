@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from flowbot.errors import FlowBotError
+from flowbot.optim.events import CandidateEvaluated, LoggedEvent, RunFinished, SeedEvaluated, TestEvaluated, read_event
 from flowbot.optim.rundir import atomic_write_text
 from flowbot.runtime.tracing import use_tracer
 from flowbot.version import __version__
@@ -188,43 +189,46 @@ class MlflowRun:
             yield
 
     # -- events ------------------------------------------------------------------------------
-    def on_event(self, event: dict[str, Any]) -> None:
-        """A run event (a dict with a ``type``) → metrics. Unknown types are ignored."""
-        if event.get("replayed") and self.skip_replayed:
+    def on_event(self, event: dict[str, Any] | LoggedEvent) -> None:
+        """A run event (the dict a callback gets, read with :func:`read_event`) → metrics. Unknown
+        types are ignored."""
+        rec = read_event(event)
+        if rec.replayed and self.skip_replayed:
             return
         try:
-            self._log_event(event)
+            self._log_event(rec)
         except Exception as exc:  # a tracking server that is down must not stop the optimization
             if not self._warned:
                 self._warned = True
                 warnings.warn(f"MLflow logging failed ({type(exc).__name__}: {exc}); the run goes on",
                               RuntimeWarning, stacklevel=2)
 
-    def _log_event(self, event: dict[str, Any]) -> None:
+    def _log_event(self, rec: LoggedEvent) -> None:
         from mlflow.entities import Metric
 
-        usage = event.get("usage_total")
+        usage = rec.usage_total
         if isinstance(usage, dict):
             self._calls = int(sum(_num(u.get("calls")) for u in usage.values() if isinstance(u, dict)))
         now = int(time.time() * 1000)
         values: dict[str, float] = {}
-        kind = event.get("type")
-        if kind == "seed_evaluated" and event.get("val_score") is not None:
-            values["seed_val_score"] = _num(event["val_score"])
-        elif kind == "candidate_evaluated" and event.get("val_score") is not None:
-            score = _num(event["val_score"])
+        e = rec.event
+        if isinstance(e, SeedEvaluated) and e.val_score is not None:
+            values["seed_val_score"] = _num(e.val_score)
+        elif isinstance(e, CandidateEvaluated) and e.val_score is not None:
+            score = _num(e.val_score)
             values["val_score"] = score
             self._best = score if self._best is None else max(self._best, score)
             values["best_val_score"] = self._best
-            for key in ("cost_per_example", "tokens_per_example"):
-                if event.get(key) is not None:
-                    values[key] = _num(event[key])
-        elif kind == "test_evaluated" and event.get("score") is not None:
-            values["seed_test_score" if event.get("id") == "seed" else "test_score"] = _num(event["score"])
-        elif kind == "run_finished":
-            self.client.set_tag(self.run_id, "flowbot.stopped", str(event.get("stopped") or "no"))
-            if event.get("best"):
-                self.client.set_tag(self.run_id, "flowbot.best", str(event["best"]))
+            if e.cost_per_example is not None:
+                values["cost_per_example"] = _num(e.cost_per_example)
+            if e.tokens_per_example is not None:
+                values["tokens_per_example"] = _num(e.tokens_per_example)
+        elif isinstance(e, TestEvaluated) and e.score is not None:
+            values["seed_test_score" if e.id == "seed" else "test_score"] = _num(e.score)
+        elif isinstance(e, RunFinished):
+            self.client.set_tag(self.run_id, "flowbot.stopped", str(e.stopped or "no"))
+            if e.best:
+                self.client.set_tag(self.run_id, "flowbot.best", str(e.best))
         if isinstance(usage, dict) and usage != self._last_spend:
             self._last_spend = usage
             for role, u in usage.items():

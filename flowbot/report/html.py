@@ -18,6 +18,9 @@ from typing import Any, Callable
 
 from flowbot.graph.render import to_mermaid, to_text
 from flowbot.graph.sketch import Workflow
+from flowbot.optim.events import (BudgetWarning, CandidateProposed, CandidateRejected, EditRepaired, InnerCandidate,
+                                  InnerPatience, LoggedEvent, OuterPatience, Patience, ProposalMade, RunStarted,
+                                  SeedEvaluated)
 from flowbot.report import pictures, plots
 from flowbot.report.markup import (cost_text, details, duration, esc, figure, fmt_time, kv_table, money, num_td,
                                    redact, score_text, signed_text, table, tick, word_diff)
@@ -61,10 +64,10 @@ TRACE_CHARS = 1500
 # -- sections ------------------------------------------------------------------------------------
 def _header(run: RunData) -> str:
     s = run.summary or {}
-    started = run.first("run_started")
-    sizes = started.get("sizes") or {}
+    started = run.first(RunStarted)
+    sizes = (started.sizes if started else None) or {}
     budget = s.get("budget") or {}
-    limits = budget.get("limits") or started.get("budget") or run.settings.get("budget") or "unlimited"
+    limits = budget.get("limits") or (started.budget if started else None) or run.settings.get("budget") or "unlimited"
     spent = budget.get("spent") or {}
     unit = run.unit()
     spent_parts = []
@@ -76,7 +79,7 @@ def _header(run: RunData) -> str:
             spent_parts.append(f"{duration(spent.get('seconds'))} counted against the budget")
     stopped = run.stopped
     resumed = s.get("resumed", run.sessions > 1)
-    times = [e["time"] for e in run.events if isinstance(e.get("time"), (int, float))]
+    times = [r.time for r in run.events if isinstance(r.time, (int, float))]
     objective = s.get("objective") or (run.settings.get("optimize") or {}).get("objective") or {}
     obj_text = "validation score" if objective.get("kind", "score") == "score" else \
         f"score − {objective.get('cost_weight')} × cost per example"
@@ -98,7 +101,7 @@ def _header(run: RunData) -> str:
         ("run directory", esc(str(run.path))),
     ]
     out = [kv_table(pairs)]
-    warnings = list(run.warnings) + [str(e.get("message")) for e in run.of_type("budget_warning")]
+    warnings = list(run.warnings) + [str(e.message) for e in run.of_type(BudgetWarning)]
     out += [f'<div class="warn">{esc(w)}</div>' for w in warnings]
     out.append(_usage_tables(run))
     return "".join(out)
@@ -143,13 +146,15 @@ def _results(run: RunData) -> str:
     s = run.summary or {}
     best_id = run.best_id
     cands = {c["id"]: c for c in run.candidates}
-    seed_val = (s.get("seed") or {}).get("val_score", run.first("seed_evaluated").get("val_score"))
+    seed_ev = run.first(SeedEvaluated)
+    seed_val = (s.get("seed") or {}).get("val_score", seed_ev.val_score if seed_ev else None)
     tuned_seed = cands.get("c0", {}).get("val_score")
     best_val = (s.get("best") or {}).get("val_score", cands.get(best_id or "", {}).get("val_score"))
     if not run.seed_scored:
         seed_val = best_val = None
     test, seed_test = s.get("test"), s.get("seed_test")
-    n_val = (run.first("run_started").get("sizes") or {}).get("val")
+    started = run.first(RunStarted)
+    n_val = ((started.sizes if started else None) or {}).get("val")
     unit = run.unit()
     cost_key = "cost_per_example" if unit == "usd" else "tokens_per_example"
 
@@ -298,25 +303,29 @@ def _inner_table(run: RunData) -> str:
     unit = run.unit()
     rows = []
     for r in records:
-        gradient = str(r.get("gradient") or "")
-        short = gradient if len(gradient) <= GRADIENT_CHARS else gradient[:GRADIENT_CHARS] + "…"
-        grad_html = esc(short) + (details("full text", f"<pre>{esc(gradient)}</pre>") if short != gradient else "")
-        if r.get("change") in ("instruction", "rule"):
-            change = esc(str(r.get("change"))) + details("proposed rewrite", f'<div class="diff">{word_diff(str(r.get("old", "")), str(r.get("new", "")))}</div>')
-        else:
-            change = esc(f"{r.get('change')}: {r.get('old')} → {r.get('new')}")
-        rows.append([esc(r.get("candidate")), num_td(esc(r.get("step"))), esc(r.get("node_id")), change, grad_html,
-                     num_td(_arrow(r.get("minibatch_before"), r.get("minibatch_after"))),
-                     num_td(_arrow(r.get("val_before"), r.get("val_after"))),
-                     tick(bool(r.get("accepted"))), esc(r.get("reason")), _usage_text(r.get("cost"), unit)])
-    patience = run.of_type("inner_patience")
+        rows.append(_inner_row(r, unit))
+    patience = [e for e in run.of_type(Patience) if e.loop == "inner"] + run.of_type(InnerPatience)
     note = (f'<p class="muted small">The inner loop stopped early for lack of progress {len(patience)} time(s).</p>'
             if patience else "")
-    accepted = sum(bool(r.get("accepted")) for r in records)
+    accepted = sum(bool(r.accepted) for r in records)
     return (f"<p>{len(records)} proposals, {accepted} accepted. A proposal must gain on its minibatch, then win "
             "its validation race against the current workflow.</p>" + note
             + table(["candidate", "step", "node", "change", "gradient", "minibatch", "validation", "accepted",
-                      "reason", "cost"], rows, row_class=lambda i: "best" if records[i].get("accepted") else ""))
+                      "reason", "cost"], rows, row_class=lambda i: "best" if records[i].accepted else ""))
+
+
+def _inner_row(r: InnerCandidate, unit: str) -> list[str]:
+    gradient = str(r.gradient or "")
+    short = gradient if len(gradient) <= GRADIENT_CHARS else gradient[:GRADIENT_CHARS] + "…"
+    grad_html = esc(short) + (details("full text", f"<pre>{esc(gradient)}</pre>") if short != gradient else "")
+    if r.change in ("instruction", "rule"):
+        old, new = ("" if v is None else str(v) for v in (r.old, r.new))
+        change = esc(str(r.change)) + details("proposed rewrite", f'<div class="diff">{word_diff(old, new)}</div>')
+    else:
+        change = esc(f"{r.change}: {r.old} → {r.new}")
+    return [esc(r.candidate), num_td(esc(r.step)), esc(r.node_id), change, grad_html,
+            num_td(_arrow(r.minibatch_before, r.minibatch_after)), num_td(_arrow(r.val_before, r.val_after)),
+            tick(bool(r.accepted)), esc(r.reason), _usage_text(r.cost, unit)]
 
 
 def _outer_tables(run: RunData) -> str:
@@ -354,17 +363,14 @@ def _search_tree(run: RunData) -> str:
         parent = c.get("parent") if c.get("parent") in earlier else None
         children.setdefault(parent, []).append(c)
         earlier.add(c["id"])
-    dropped: dict[str, list[dict[str, Any]]] = {}
-    for e in run.of_type("candidate_rejected"):
-        dropped.setdefault(str(e.get("parent")), []).append(e)
+    dropped: dict[str, list[CandidateRejected]] = {}
+    for e in run.of_type(CandidateRejected):
+        dropped.setdefault(str(e.parent), []).append(e)
 
     def subtree(parent: str | None) -> str:
         items = [f"<li>{_candidate_line(run, c, front, accepted)}{subtree(c['id'])}</li>"
                  for c in children.get(parent, [])]
-        for e in dropped.get(str(parent), []) if parent is not None else []:
-            why = e.get("reason") or (f"same structure as {e['same_as']}" if e.get("same_as") else "") or \
-                e.get("error") or "invalid"
-            items.append(f'<li class="rejected">✗ {esc(e.get("edit") or "(no edit)")} — dropped: {esc(why)}</li>')
+        items += [_dropped_line(e) for e in (dropped.get(str(parent), []) if parent is not None else [])]
         if not items:
             return ""
         return f'<ul class="tree{" root" if parent is None else ""}">{"".join(items)}</ul>'
@@ -372,6 +378,11 @@ def _search_tree(run: RunData) -> str:
     return ("<h3>Search tree</h3><p class=\"muted small\">Each candidate under the one it was made from, with the "
             "structural edit that made it; validation before → after the inner loop tuned its prompts.</p>"
             + subtree(None))
+
+
+def _dropped_line(e: CandidateRejected) -> str:
+    why = e.reason or (f"same structure as {e.same_as}" if e.same_as else "") or e.error or "invalid"
+    return f'<li class="rejected">✗ {esc(e.edit or "(no edit)")} — dropped: {esc(why)}</li>'
 
 
 def _candidate_tables(run: RunData) -> str:
@@ -392,37 +403,47 @@ def _candidate_tables(run: RunData) -> str:
     out = [table(["id", "parent", "edit", "validation (before → after tuning)", "dollars / example",
                    "tokens / example", "nodes", "inner steps", "new best when scored", "on Pareto front"],
                   rows, row_class=lambda i: "best" if cands[i]["id"] == best_id else "")]
-    if run.of_type("outer_patience"):
+    if [e for e in run.of_type(Patience) if e.loop == "outer"] or run.of_type(OuterPatience):
         out.append('<p class="muted small">The outer loop stopped for lack of progress (patience).</p>')
     proposals = run.proposals()
     out.append("<h3>Proposals</h3>")
     if not proposals:
         out.append('<p class="muted">No structural edit was proposed.</p>')
         return "".join(out)
-    prows = []
-    for e in proposals:
-        kind = {"candidate_proposed": "proposed", "edit_repaired": "repaired",
-                "candidate_rejected": "rejected"}.get(str(e.get("type")), str(e.get("type")))
-        if e.get("type") == "proposal":
-            kind = str(e.get("status")) + (" (repaired)" if e.get("repaired") else "")
-        what = e.get("edit") or ""
-        detail = []
-        if e.get("reason"):
-            detail.append(f"reason: {e['reason']}")
-        if e.get("same_as"):
-            detail.append(f"same structure as {e['same_as']}")
-        if e.get("first_error"):
-            detail.append(f"first error: {e['first_error']}")
-        if e.get("error"):
-            detail.append(f"error: {e['error']}")
-        if e.get("attempt"):
-            detail.append(f"attempt {e['attempt']}")
-        rationale = e.get("rationale") or e.get("critique")
-        rat_html = esc(rationale) if rationale else ""
-        prows.append([num_td(esc(e.get("seq"))), esc(kind), esc(e.get("parent") or "—"), esc(what) or "—",
-                      "<br>".join(esc(d) for d in detail) or "—", rat_html or "—"])
+    prows = [_proposal_row(r) for r in proposals]
     out.append(table(["event", "what", "parent", "edit", "details", "rationale (optimizer)"], prows))
     return "".join(out)
+
+
+def _proposal_row(r: LoggedEvent) -> list[str]:
+    """One row of the proposals table: what became of a proposal, its edit, the details the event
+    carries (reason, structure it duplicated, errors, attempt) and the optimizer's rationale."""
+    e = r.event
+    kind, what, rationale = str(r.type), "", ""
+    reason = same_as = first_error = error = attempt = None
+    if isinstance(e, ProposalMade):
+        kind = str(e.status) + (" (repaired)" if e.repaired else "")
+        what, same_as, error, attempt, rationale = e.edit, e.same_as, e.error, e.attempt, e.critique
+    elif isinstance(e, CandidateRejected):
+        kind, what, reason, same_as, first_error, error = "rejected", e.edit, e.reason, e.same_as, e.first_error, e.error
+    elif isinstance(e, CandidateProposed):
+        kind, what, attempt, rationale = "proposed", e.edit, e.attempt, e.rationale
+    elif isinstance(e, EditRepaired):
+        kind, error = "repaired", e.error
+    parent = e.parent if isinstance(e, (ProposalMade, CandidateRejected, CandidateProposed, EditRepaired)) else None
+    detail = []
+    if reason:
+        detail.append(f"reason: {reason}")
+    if same_as:
+        detail.append(f"same structure as {same_as}")
+    if first_error:
+        detail.append(f"first error: {first_error}")
+    if error:
+        detail.append(f"error: {error}")
+    if attempt:
+        detail.append(f"attempt {attempt}")
+    return [num_td(esc(r.seq)), esc(kind), esc(parent or "—"), esc(what or "") or "—",
+            "<br>".join(esc(d) for d in detail) or "—", esc(rationale) if rationale else "—"]
 
 
 def _settings(run: RunData) -> str:

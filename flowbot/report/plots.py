@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 from typing import Any
 
+from flowbot.optim.events import CandidateEvaluated, SeedEvaluated
 from flowbot.report.rundata import RunData, UsageSeries, _num
 
 ROLE_COLOURS = {"task": "#2563eb", "optimizer": "#ea580c", "judge": "#16a34a"}
@@ -69,8 +70,7 @@ def _score_limits(ax: Any, values: list[float]) -> None:
 # -- (a) validation score per candidate ---------------------------------------------------------
 def candidate_x(run: RunData) -> tuple[list[float], str]:
     """x of each candidate: cumulative paid calls when the log has meter snapshots, else its index."""
-    snaps = {e.get("id"): e["usage_total"] for e in run.of_type("candidate_evaluated")
-             if isinstance(e.get("usage_total"), dict)}
+    snaps = {r.event.id: r.usage_total for r in run.logged(CandidateEvaluated) if isinstance(r.usage_total, dict)}
     if run.candidates and all(c["id"] in snaps for c in run.candidates):
         xs = [sum(_num(u.get("calls")) for u in snaps[c["id"]].values()) for c in run.candidates]
         return xs, "paid LM calls so far (all roles)"
@@ -115,7 +115,8 @@ def score_progress(run: RunData) -> bytes:
                             color="#1e293b", annotation_clip=False)
         if xlabel.startswith("candidate"):
             ax.set_xticks(xs if len(xs) <= MAX_LABELS else xs[:: max(1, len(xs) // 10)])
-    seed_val = (run.summary or {}).get("seed", {}).get("val_score", run.first("seed_evaluated").get("val_score"))
+    seed_ev = run.first(SeedEvaluated)
+    seed_val = (run.summary or {}).get("seed", {}).get("val_score", seed_ev.val_score if seed_ev else None)
     if seed_val is not None and run.seed_scored:
         ax.axhline(_num(seed_val), color="#64748b", ls=":", lw=1.2, label="seed as given")
         all_scores.append(_num(seed_val))

@@ -12,7 +12,7 @@ problems become ``warnings`` shown in the report instead of exceptions.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +22,13 @@ from flowbot.errors import FlowBotError
 from flowbot.graph.io import WorkflowFileError, workflow_from_dict
 from flowbot.graph.sketch import Workflow
 from flowbot.optim.archive import non_dominated
+from flowbot.optim.events import (CandidateAccepted, CandidateEvaluated, CandidateProposed, CandidateRejected,
+                                  EditRepaired, Event, EventT, InnerCandidate, InnerStep, LoggedEvent, ProposalMade,
+                                  RunFinished, RunStarted, SeedEvaluated, TestEvaluated, first_event, read_event)
 from flowbot.optim.rundir import read_event_log
 
 #: events that describe outer-loop proposals (shown in the proposals table)
-PROPOSAL_EVENTS = ("proposal", "candidate_rejected", "candidate_proposed", "edit_repaired")
+PROPOSAL_EVENTS: tuple[type[Event], ...] = (ProposalMade, CandidateRejected, CandidateProposed, EditRepaired)
 #: the test split example by example, best beside seed (written by the API after the test evaluation)
 TEST_EXAMPLES = "test_examples.jsonl"
 
@@ -71,7 +74,7 @@ class RunData:
     run_id: str | None = None
     sessions: int = 1
     settings: dict[str, Any] = field(default_factory=dict)
-    events: list[dict[str, Any]] = field(default_factory=list)
+    events: list[LoggedEvent] = field(default_factory=list)  # the log, typed (see flowbot.optim.events)
     summary: dict[str, Any] | None = None
     candidates: list[dict[str, Any]] = field(default_factory=list)
     workflows: dict[str, Workflow] = field(default_factory=dict)
@@ -81,57 +84,65 @@ class RunData:
     warnings: list[str] = field(default_factory=list)
 
     # -- plain facts ------------------------------------------------------------------------
-    def first(self, kind: str) -> dict[str, Any]:
-        return next((e for e in self.events if e.get("type") == kind), {})
+    def logged(self, *classes: type[EventT]) -> list[LoggedEvent[EventT]]:
+        """The log's events of these classes, with their place in the log (seq, usage_total, ...)."""
+        return [r for r in self.events if isinstance(r.event, classes)]
 
-    def of_type(self, *kinds: str) -> list[dict[str, Any]]:
-        return [e for e in self.events if e.get("type") in kinds]
+    def of_type(self, cls: type[EventT]) -> list[EventT]:
+        return [r.event for r in self.events if isinstance(r.event, cls)]
+
+    def first(self, cls: type[EventT]) -> EventT | None:
+        return first_event(self.events, cls)
 
     @property
     def seed_scored(self) -> bool:
         """False when the log shows the run stopped before the seed's validation score existed."""
         if not self.events:
             return True  # no log to tell: trust summary.json
-        return any(e.get("type") in ("seed_evaluated", "candidate_evaluated") for e in self.events)
+        return any(isinstance(r.event, (SeedEvaluated, CandidateEvaluated)) for r in self.events)
 
     @property
     def finished(self) -> bool:
         return self.summary is not None
 
-    def _pick(self, summary_key: str, event_key: str, setting_key: str) -> Any:
+    def _pick(self, summary_key: str, logged: Any, setting_key: str) -> Any:
         if self.summary and self.summary.get(summary_key) is not None:
             return self.summary[summary_key]
-        started = self.first("run_started")
-        if started.get(event_key) is not None:
-            return started[event_key]
+        if logged is not None:
+            return logged
         return self.settings.get(setting_key)
 
     @property
     def method(self) -> str:
-        return str(self._pick("method", "method", "method") or "flowbot")
+        started = self.first(RunStarted)
+        return str(self._pick("method", started.method if started else None, "method") or "flowbot")
 
     @property
     def task(self) -> str:
-        return str(self._pick("task", "task", "task") or "?")
+        started = self.first(RunStarted)
+        return str(self._pick("task", started.task if started else None, "task") or "?")
 
     @property
     def task_model(self) -> str:
-        return str(self._pick("task_model", "task_model", "model") or "?")
+        started = self.first(RunStarted)
+        return str(self._pick("task_model", started.task_model if started else None, "model") or "?")
 
     @property
     def optimizer_model(self) -> str:
-        return str(self._pick("optimizer_model", "optimizer_model", "optimizer_model") or "?")
+        started = self.first(RunStarted)
+        return str(self._pick("optimizer_model", started.optimizer_model if started else None,
+                              "optimizer_model") or "?")
 
     @property
     def best_id(self) -> str | None:
         if self.summary and (self.summary.get("best") or {}).get("id"):
             return self.summary["best"]["id"]
-        finished = self.first("run_finished")
-        if finished.get("best"):
-            return finished["best"]
-        accepted = self.of_type("candidate_accepted")
+        finished = self.first(RunFinished)
+        if finished is not None and finished.best:
+            return finished.best
+        accepted = self.of_type(CandidateAccepted)
         if accepted:
-            return accepted[-1].get("id")
+            return accepted[-1].id
         best = max(self.candidates, key=lambda c: _num(c.get("objective", c.get("val_score"))), default=None)
         return best["id"] if best else None
 
@@ -139,9 +150,9 @@ class RunData:
     def stopped(self) -> str | None:
         if self.summary is not None:
             return self.summary.get("stopped")
-        finished = self.first("run_finished")
-        if finished:
-            return finished.get("stopped")
+        finished = self.first(RunFinished)
+        if finished is not None:
+            return finished.stopped
         return "the run did not finish (no summary.json): it was interrupted or is still running"
 
     @property
@@ -162,7 +173,7 @@ class RunData:
     @property
     def accepted_ids(self) -> list[str]:
         """Candidates that became the best so far when evaluated (AFlow logs none: derived)."""
-        logged = [e["id"] for e in self.of_type("candidate_accepted") if "id" in e]
+        logged = [r.event.id for r in self.logged(CandidateAccepted) if r.has("id")]
         if logged or not self.candidates:
             return logged
         out, best = [], float("-inf")
@@ -173,27 +184,24 @@ class RunData:
                 best = value
         return out
 
-    def inner_records(self) -> list[dict[str, Any]]:
-        """Every inner_candidate event, tagged with the outer candidate it was tuning.
+    def inner_records(self) -> list[InnerCandidate]:
+        """Every inner-loop candidate, its ``candidate`` set to the outer candidate it was tuning.
 
         The outer loop is sequential and a candidate is logged after its inner loop, so the inner
-        events before a ``candidate_evaluated`` belong to that candidate.
+        events before a :class:`CandidateEvaluated` belong to that candidate.
         """
-        out, pending = [], []
-        for e in self.events:
-            if e.get("type") == "inner_candidate":
-                pending.append(dict(e))
-            elif e.get("type") == "candidate_evaluated":
-                for p in pending:
-                    p["candidate"] = e.get("id")
-                out += pending
+        out: list[InnerCandidate] = []
+        pending: list[InnerCandidate] = []
+        for r in self.events:
+            if isinstance(r.event, InnerCandidate):
+                pending.append(r.event)
+            elif isinstance(r.event, CandidateEvaluated):
+                out += [replace(p, candidate=r.event.id) for p in pending]
                 pending = []
-        for p in pending:
-            p["candidate"] = "(unfinished)"
-        return out + pending
+        return out + [replace(p, candidate="(unfinished)") for p in pending]
 
-    def proposals(self) -> list[dict[str, Any]]:
-        return self.of_type(*PROPOSAL_EVENTS)
+    def proposals(self) -> list[LoggedEvent]:
+        return self.logged(*PROPOSAL_EVENTS)
 
     def unit(self) -> str:
         return "usd" if self.priced else "tokens"
@@ -243,13 +251,18 @@ def _read_json(path: Path, warnings: list[str]) -> Any:
         return None
 
 
-def _read_events(path: Path, warnings: list[str]) -> list[dict[str, Any]]:
+def _read_events(path: Path, warnings: list[str]) -> list[LoggedEvent]:
     if not path.exists():
         return []
     events, torn = read_event_log(path)
     if torn is not None:
         warnings.append(f"events.jsonl, line {torn}: not JSON (a torn write?); the rest of the log is left out")
-    return [e for e in events if isinstance(e, dict)]
+    return [read_event(e) for e in events if isinstance(e, dict)]
+
+
+def seq_of(r: LoggedEvent) -> int:
+    """An event's number in the log (0 when it has none)."""
+    return int(_num(r.seq))
 
 
 def _read_jsonl(path: Path, warnings: list[str]) -> list[dict[str, Any]]:
@@ -281,11 +294,11 @@ def _workflow(data: Any, source: str, warnings: list[str]) -> Workflow | None:
         return None
 
 
-def _merge_candidates(events: list[dict[str, Any]], summary: dict[str, Any] | None) -> list[dict[str, Any]]:
+def _merge_candidates(events: list[LoggedEvent], summary: dict[str, Any] | None) -> list[dict[str, Any]]:
     by_id: dict[str, dict[str, Any]] = {}
-    for e in events:
-        if e.get("type") == "candidate_evaluated" and "id" in e:
-            by_id[e["id"]] = {k: v for k, v in e.items() if k not in ("workflow", "type")}
+    for r in events:
+        if isinstance(r.event, CandidateEvaluated) and r.has("id"):
+            by_id[r.event.id] = {k: v for k, v in r.to_dict().items() if k not in ("workflow", "type")}
     for c in (summary or {}).get("candidates") or []:
         if "id" in c:
             by_id[c["id"]] = {**c, **by_id.get(c["id"], {})}
@@ -312,11 +325,11 @@ def load_run(run_dir: str | Path) -> RunData:
         # the driver records the unscored seed as c0 with score 0; showing that would be a fiction
         run.candidates = []
         warnings.append("the budget ran out before the seed was scored on validation: no scores to show")
-    for e in run.events:  # workflows logged with their candidate (flowbot, inner-only)
-        if e.get("type") == "candidate_evaluated" and isinstance(e.get("workflow"), dict):
-            wf = _workflow(e["workflow"], f"events.jsonl (seq {e.get('seq')})", warnings)
+    for r in run.logged(CandidateEvaluated):  # workflows logged with their candidate (flowbot, inner-only)
+        if r.has("id") and isinstance(r.event.workflow, dict):
+            wf = _workflow(r.event.workflow, f"events.jsonl (seq {r.seq})", warnings)
             if wf is not None:
-                run.workflows[e["id"]] = wf
+                run.workflows[r.event.id] = wf
     wdir = path / "workflows"
     if wdir.is_dir():
         for file in sorted(wdir.glob("*.json")):
@@ -337,34 +350,33 @@ def usage_series(run: RunData) -> UsageSeries:
     unit = run.unit()
     summary = run.summary or {}
     totals = {r: usage_value(u, unit) for r, u in (summary.get("usage_by_role") or {}).items()}
-    end_x = max((int(_num(e.get("seq"))) for e in run.events), default=0)
+    end_x = max((seq_of(r) for r in run.events), default=0)
     series = UsageSeries(unit=unit, exact=False, totals=totals, end_x=end_x,
-                         candidate_marks=[(int(_num(e.get("seq"))), str(e.get("id")))
-                                          for e in run.of_type("candidate_evaluated")])
-    snapshots = [e for e in run.events if isinstance(e.get("usage_total"), dict)]
+                         candidate_marks=[(seq_of(r), str(r.event.id)) for r in run.logged(CandidateEvaluated)])
+    snapshots = [r for r in run.events if isinstance(r.usage_total, dict)]
     if snapshots:  # exact, and plotted over paid calls: the x of every point is the calls so far
         series.exact = True
-        series.candidate_marks = [(paid_calls(e["usage_total"]), str(e.get("id"))) for e in snapshots
-                                  if e.get("type") == "candidate_evaluated"]
+        series.candidate_marks = [(paid_calls(r.usage_total), str(r.event.id)) for r in snapshots
+                                  if isinstance(r.event, CandidateEvaluated)]
         _add_point(series, 0, {})
-        for e in snapshots:
-            _add_point(series, paid_calls(e["usage_total"]),
-                       {r: usage_value(u, unit) for r, u in e["usage_total"].items() if isinstance(u, dict)})
+        for r in snapshots:
+            _add_point(series, paid_calls(r.usage_total),
+                       {role: usage_value(u, unit) for role, u in r.usage_total.items() if isinstance(u, dict)})
         series.end_x = series.x[-1]
         return series
     # itemized reconstruction: only what the log attributes to a role
     running: dict[str, float] = {}
     _add_point(series, 0, {})
-    for e in run.events:
-        kind = e.get("type")
-        if kind == "seed_evaluated" and unit == "tokens":
-            running["task"] = running.get("task", 0.0) + _num(e.get("tokens"))
-        elif kind == "inner_step" and isinstance(e.get("usage"), dict):
-            for role, u in e["usage"].items():
+    for r in run.events:
+        ev = r.event
+        if isinstance(ev, SeedEvaluated) and unit == "tokens":
+            running["task"] = running.get("task", 0.0) + _num(ev.tokens)
+        elif isinstance(ev, InnerStep) and isinstance(ev.usage, dict):
+            for role, u in ev.usage.items():
                 running[role] = running.get(role, 0.0) + usage_value(u, unit)
         else:
             continue
-        _add_point(series, int(e.get("seq", 0)), dict(running))
+        _add_point(series, seq_of(r), dict(running))
     series.phase_points = _phase_points(run, unit)
     return series
 
@@ -382,24 +394,24 @@ def _snapshot_total(usage_total: dict[str, Any]) -> dict[str, Any]:
             "cost_usd": sum(_num(c) for c in costs) if all(c is not None for c in costs) else None}
 
 
-def log_is_whole(events: list[dict[str, Any]]) -> bool:
+def log_is_whole(events: list[LoggedEvent]) -> bool:
     """The log's events are numbered 1, 2, 3, ... with none missing (a log with holes, e.g. from a
     file restored while the run wrote to it, cannot say where a phase ended)."""
-    return [e.get("seq") for e in events] == list(range(1, len(events) + 1))
+    return [r.seq for r in events] == list(range(1, len(events) + 1))
 
 
 def phase_usage(run: RunData) -> tuple[dict[str, dict[str, Any]], bool]:
-    snaps = [e for e in run.events if isinstance(e.get("usage_total"), dict)]
-    seed = next((e for e in snaps if e.get("type") == "seed_evaluated"), None)
+    snaps = [r for r in run.events if isinstance(r.usage_total, dict)]
+    seed = next((r for r in snaps if isinstance(r.event, SeedEvaluated)), None)
     if not snaps or seed is None or not log_is_whole(run.events):
         return dict((run.summary or {}).get("usage_by_phase") or {}), False
-    first_test = next((i for i, e in enumerate(snaps) if e.get("type") == "test_evaluated"), None)
+    first_test = next((i for i, r in enumerate(snaps) if isinstance(r.event, TestEvaluated)), None)
     search_end = snaps[first_test - 1] if first_test else snaps[-1]
-    finished = next((e for e in reversed(snaps) if e.get("type") == "run_finished"), snaps[-1])
+    finished = next((r for r in reversed(snaps) if isinstance(r.event, RunFinished)), snaps[-1])
     zero = {"calls": 0, "tokens": 0, "cost_usd": 0.0}
-    points = [("seed", _snapshot_total(seed["usage_total"])), ("search", _snapshot_total(search_end["usage_total"]))]
+    points = [("seed", _snapshot_total(seed.usage_total)), ("search", _snapshot_total(search_end.usage_total))]
     if first_test is not None:
-        points.append(("test", _snapshot_total(finished["usage_total"])))
+        points.append(("test", _snapshot_total(finished.usage_total)))
     phases, before = {}, zero
     for name, total in points:
         cost = None if total["cost_usd"] is None or before["cost_usd"] is None else \
@@ -427,13 +439,13 @@ def _phase_points(run: RunData, unit: str) -> list[tuple[int, float, str]]:
     def value(p: dict[str, Any]) -> float:
         return _num(p.get("cost_usd")) if unit == "usd" else _num(p.get("tokens"))
 
-    seed_ev = run.first("seed_evaluated")
-    tests = run.of_type("test_evaluated")
-    finished = run.first("run_finished")
-    end = int(finished.get("seq", 0)) or max((int(e.get("seq", 0)) for e in run.events), default=0)
-    search_end = int(tests[0]["seq"]) - 1 if tests else end
+    seed_ev = next(iter(run.logged(SeedEvaluated)), None)
+    tests = run.logged(TestEvaluated)
+    finished = next(iter(run.logged(RunFinished)), None)
+    end = (seq_of(finished) if finished else 0) or max((seq_of(r) for r in run.events), default=0)
+    search_end = seq_of(tests[0]) - 1 if tests else end
     points, total = [], 0.0
-    for name, x in (("seed", int(seed_ev.get("seq", 0))), ("search", search_end), ("test", end)):
+    for name, x in (("seed", seq_of(seed_ev) if seed_ev else 0), ("search", search_end), ("test", end)):
         if name in phases and x:
             total += value(phases[name])
             points.append((x, total, name))

@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from flowbot.errors import FlowBotError
+from flowbot.optim.events import (CandidateEvaluated, LoggedEvent, RunFinished, RunStarted, SeedEvaluated,
+                                  TestEvaluated, first_event, read_event)
 from flowbot.optim.rundir import LEGACY_LOCK_FILES, LOCK_FILE, lock_holder, read_event_log
 
 #: the optimizer settings a resume command line makes with this version, or None for a command other
@@ -116,13 +118,13 @@ def _read_json(path: Path, warnings: list[str]) -> Any:
         return None
 
 
-def _read_events(path: Path, warnings: list[str]) -> list[dict[str, Any]]:
+def _read_events(path: Path, warnings: list[str]) -> list[LoggedEvent]:
     try:
         events = read_event_log(path)[0] if path.exists() else []  # (up to a torn last line)
     except OSError as exc:
         warnings.append(f"events.jsonl: unreadable ({exc})")
         return []
-    return [e for e in events if isinstance(e, dict)]
+    return [read_event(e) for e in events if isinstance(e, dict)]
 
 
 def _num(value: Any) -> float | None:
@@ -149,12 +151,12 @@ def run_info(path: str | Path, command_settings: CommandSettings | None = None) 
     summary = _read_json(path / "summary.json", info.warnings)
     summary = summary if isinstance(summary, dict) else {}
     events = _read_events(path / "events.jsonl", info.warnings)
-    started = next((e for e in events if e.get("type") == "run_started"), {})
+    started = first_event(events, RunStarted)
     info.sessions = int(_num(config.get("sessions")) or 1)
-    info.task = str(summary.get("task") or started.get("task") or settings.get("task") or "?")
-    info.method = str(summary.get("method") or started.get("method") or settings.get("method") or "?")
-    info.task_model = _model(summary.get("task_model") or started.get("task_model"), settings.get("model"))
-    info.optimizer_model = _model(summary.get("optimizer_model") or started.get("optimizer_model"),
+    info.task = str(summary.get("task") or (started and started.task) or settings.get("task") or "?")
+    info.method = str(summary.get("method") or (started and started.method) or settings.get("method") or "?")
+    info.task_model = _model(summary.get("task_model") or (started and started.task_model), settings.get("model"))
+    info.optimizer_model = _model(summary.get("optimizer_model") or (started and started.optimizer_model),
                                   settings.get("optimizer_model"), info.task_model)
     _scores(info, summary, events)
     _spend(info, summary, events)
@@ -174,31 +176,31 @@ def _model(recorded: Any, setting: Any, same_as: str | None = None) -> str:
     return str(setting) if setting else "?"
 
 
-def _scores(info: RunInfo, summary: dict[str, Any], events: list[dict[str, Any]]) -> None:
+def _scores(info: RunInfo, summary: dict[str, Any], events: list[LoggedEvent]) -> None:
     info.seed_val = _num(_dig(summary, "seed", "val_score"))
     info.best_val = _num(_dig(summary, "best", "val_score"))
     info.best_id = _dig(summary, "best", "id")
     info.test = _num(_dig(summary, "test", "score"))
     info.seed_test = _num(_dig(summary, "seed_test", "score"))
-    for e in events:  # what the log knows when there is no summary (yet)
-        kind = e.get("type")
-        if kind == "seed_evaluated" and info.seed_val is None:
-            info.seed_val = _num(e.get("val_score"))
-        elif kind == "candidate_evaluated" and not summary:
-            score = _num(e.get("val_score"))
+    for r in events:  # what the log knows when there is no summary (yet)
+        e = r.event
+        if isinstance(e, SeedEvaluated) and info.seed_val is None:
+            info.seed_val = _num(e.val_score)
+        elif isinstance(e, CandidateEvaluated) and not summary:
+            score = _num(e.val_score)
             if score is not None and (info.best_val is None or score > info.best_val):
-                info.best_val, info.best_id = score, e.get("id")
-        elif kind == "test_evaluated" and not summary:
-            if e.get("id") == "seed":
-                info.seed_test = _num(e.get("score"))
+                info.best_val, info.best_id = score, e.id
+        elif isinstance(e, TestEvaluated) and not summary:
+            if e.id == "seed":
+                info.seed_test = _num(e.score)
             else:
-                info.test = _num(e.get("score"))
+                info.test = _num(e.score)
 
 
-def _spend(info: RunInfo, summary: dict[str, Any], events: list[dict[str, Any]]) -> None:
+def _spend(info: RunInfo, summary: dict[str, Any], events: list[LoggedEvent]) -> None:
     usage = summary.get("usage_by_role")
     if not isinstance(usage, dict):
-        usage = next((e["usage_total"] for e in reversed(events) if isinstance(e.get("usage_total"), dict)), {})
+        usage = next((r.usage_total for r in reversed(events) if isinstance(r.usage_total, dict)), {})
     roles = [u for u in usage.values() if isinstance(u, dict)]
     info.calls = int(sum(_num(u.get("calls")) or 0 for u in roles))
     info.tokens = int(sum((_num(u.get("prompt_tokens")) or 0) + (_num(u.get("completion_tokens")) or 0) for u in roles))
@@ -206,12 +208,13 @@ def _spend(info: RunInfo, summary: dict[str, Any], events: list[dict[str, Any]])
     info.usd = float(sum(_num(c) or 0 for c in costs)) if roles and all(c is not None for c in costs) else None
 
 
-def _status(info: RunInfo, path: Path, events: list[dict[str, Any]]) -> None:
+def _status(info: RunInfo, path: Path, events: list[LoggedEvent]) -> None:
     times = [f.stat().st_mtime for f in path.iterdir() if f.is_file()] if path.is_dir() else []
     info.last_activity = max(times) if times else None
-    finished = next((e for e in reversed(events) if e.get("type") == "run_finished"), None)
-    last_start = max((i for i, e in enumerate(events) if e.get("type") == "run_started"), default=-1)
-    done = finished is not None and events.index(finished) > last_start
+    finished = first_event(reversed(events), RunFinished)  # the last one
+    at = max((i for i, r in enumerate(events) if isinstance(r.event, RunFinished)), default=-1)
+    last_start = max((i for i, r in enumerate(events) if isinstance(r.event, RunStarted)), default=-1)
+    done = finished is not None and at > last_start
     holder = lock_holder(path)
     if holder is not None:
         info.status, info.holder = "running", holder.describe()
@@ -222,7 +225,7 @@ def _status(info: RunInfo, path: Path, events: list[dict[str, Any]]) -> None:
         return
     if done:
         assert finished is not None
-        info.stopped = finished.get("stopped") or None
+        info.stopped = finished.stopped or None
         info.status = "stopped" if info.stopped else "finished"
     else:
         info.status = "interrupted"
