@@ -24,6 +24,11 @@ seed_cache() {
 
 run() {  # name, extra options
   local name=$1; shift
+  # a finished run is not resumed: resuming re-executes it from its cache, and code changed since
+  # could take it past where it ended; its table comes from results/protocol.py
+  if tail -n 1 "$OUT/$name/events.jsonl" 2>/dev/null | grep -q '"type": "run_finished"'; then
+    echo "$name: finished (see $OUT/$name/summary.json)"; return
+  fi
   seed_cache "$OUT/$name"
   flowbot optimize $COMMON "$@" --run-dir "$OUT/$name"
 }
@@ -31,10 +36,12 @@ run() {  # name, extra options
 for method in "${@:-flowbot aflow inner-only feedback-global}"; do
   for m in $method; do
     case $m in
-      inner-only)      run inner-only --inner-only ;;
+      # FlowBot as it stands after DROP phase 1 (its run 3): the paper's schedule and the rule step;
+      # prompt-only and the backward-pass ablation use the same inner loop
+      inner-only)      run inner-only --inner-only --step rule ;;
       aflow)           run aflow --method aflow --rounds 8 ;;
-      flowbot)         run flowbot --rounds 8 ;;
-      feedback-global) run feedback-global --rounds 8 --feedback global ;;
+      flowbot)         run flowbot --rounds 8 --schedule alternate --step rule ;;
+      feedback-global) run feedback-global --rounds 8 --schedule alternate --step rule --feedback global ;;
       *) echo "unknown method $m" >&2; exit 2 ;;
     esac
   done
