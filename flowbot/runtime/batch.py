@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterator, Protocol
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from flowbot.errors import MetricFailure
 from flowbot.graph.sketch import Workflow
 from flowbot.lm.base import BudgetExceeded, LMPermanentError, Usage
 from flowbot.runtime.executor import Executor
@@ -184,13 +185,11 @@ async def evaluate_examples(
                 return
             except Exception as exc:  # an executor bug must not sink the whole batch
                 trace = Trace(inputs=inputs, error=f"{type(exc).__name__}: {exc}")
-            res = await score_trace(metric, i, ex, trace)
-            if guard is not None and trace.error is None:
-                try:
-                    guard.observe(res.example_id, res.error)  # the run succeeded: any error is the metric's
-                except Exception as exc:  # MetricFailure: the metric, not the workflow, is broken
-                    stop_all(exc)
-                    return
+            try:
+                res = await score_guarded(metric, guard, i, ex, trace)
+            except MetricFailure as exc:
+                stop_all(exc)
+                return
             results[i] = res
             if on_result is not None:
                 on_result(res)
@@ -216,6 +215,15 @@ async def evaluate_examples(
 
 def workflow_inputs(workflow: Workflow, example: dict[str, Any]) -> dict[str, Any]:
     return {f: example[f] for f in workflow.sketch.inputs if f in example}
+
+
+async def score_guarded(metric: Metric, guard: Any, index: int, example: dict[str, Any], trace: Trace) -> ExampleResult:
+    """:func:`score_trace`, watched by ``guard`` (a :class:`~flowbot.runtime.metric_guard.MetricGuard`,
+    or None): raises :class:`~flowbot.errors.MetricFailure` once the metric, not the workflow, is broken."""
+    res = await score_trace(metric, index, example, trace)
+    if guard is not None and trace.error is None:
+        guard.observe(res.example_id, res.error)  # the run succeeded: any error is the metric's
+    return res
 
 
 async def score_trace(metric: Metric, index: int, example: dict[str, Any], trace: Trace) -> ExampleResult:

@@ -36,14 +36,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from flowbot.errors import FlowBotError
+from flowbot.errors import FlowBotError, MetricFailure
 from flowbot.graph.sketch import Workflow
 from flowbot.lm.base import BudgetExceeded, LMPermanentError, Provider, Usage
 from flowbot.lm.budget import Budget, RoleUsage, UsageMeter
 from flowbot.lm.cache import CacheEntry, ResponseCache
 from flowbot.lm.client import LMClient
 from flowbot.lm.retry import RetryPolicy
-from flowbot.runtime.batch import BatchResult, ExampleResult, collect, progress_bar, score_trace, workflow_inputs
+from flowbot.runtime.batch import BatchResult, ExampleResult, collect, progress_bar, score_guarded, workflow_inputs
 from flowbot.runtime.executor import Executor
 from flowbot.runtime.metric_guard import MetricGuard, metric_name
 from flowbot.runtime.trace import Trace
@@ -356,13 +356,11 @@ class RayBackend:
                     if not fatal:
                         stop_reason.append(out["stopped"])
                     return
-                res = await score_trace(metric, i, ex, out["trace"])
-                if guard is not None and out["trace"].error is None:
-                    try:
-                        guard.observe(res.example_id, res.error)  # the run succeeded: any error is the metric's
-                    except Exception as exc:  # MetricFailure: the metric, not the workflow, is broken
-                        stop_all(exc)
-                        return
+                try:
+                    res = await score_guarded(metric, guard, i, ex, out["trace"])
+                except MetricFailure as exc:
+                    stop_all(exc)
+                    return
                 results[i] = res
                 if on_result is not None:
                     on_result(res)
