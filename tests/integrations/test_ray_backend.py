@@ -231,7 +231,7 @@ def test_a_permanent_error_on_a_worker_stops_eval_with_one_line(cluster, tmp_pat
 def test_a_permanent_error_raised_on_ray_is_the_workers_error(cluster, tmp_path):
     from flowbot.lm import LMPermanentError
 
-    with pytest.raises(LMPermanentError, match="ScriptedLM has no reply"):
+    with pytest.raises(LMPermanentError, match="ScriptedLM 'task' has no reply"):
         flowbot.evaluate("cot", task(), split="test", model="task", providers={"task": ScriptedLM(model="task")},
                          cache=tmp_path / "p.sqlite", backend=cluster, concurrency=2)
 
