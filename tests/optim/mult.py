@@ -112,8 +112,9 @@ class Logged(ScriptedLM):
 
 def main(spec_path: str) -> None:
     """Run one optimization from a JSON spec: ``dir`` (the run's parent), ``calls`` (the request
-    log), ``options`` (prepare_run's keywords) and ``clock`` (a fake clock: ``{"start": s, "tick": t}``
-    advances ``t`` seconds per event the run logs, for the run directory's and the budget's time)."""
+    log), ``options`` (prepare_run's keywords), ``clock`` (a fake clock, ``{"start": s, "tick": t,
+    "max_seconds": m}``: ``t`` seconds pass per event the run logs, for the run directory and a time
+    budget of ``m`` s) and ``kill_in_cache_put`` (see :func:`_kill_in_cache_put`)."""
     import asyncio
     import time as real_time
     from types import SimpleNamespace
@@ -132,9 +133,37 @@ def main(spec_path: str) -> None:
             now[0] += float(spec["clock"]["tick"])
         callbacks.append(tick)
         options["budget"] = Budget(max_seconds=spec["clock"]["max_seconds"], clock=lambda: now[0])
+    if spec.get("kill_in_cache_put"):
+        _kill_in_cache_put(int(spec["kill_in_cache_put"]))
     calls = Path(spec["calls"])
     prepared = prepare(spec["dir"], Logged(task_lm(), calls), Logged(optimizer_lm(), calls), **options)
     asyncio.run(prepared.arun(callbacks))
+
+
+def _kill_in_cache_put(n: int) -> None:
+    """SIGKILL this process inside the ``n``-th write to the response cache: the response and 3 MB
+    more written in an open transaction (more than SQLite's page cache holds, so pages of it reach
+    the write-ahead log), never committed."""
+    import os
+    import signal
+
+    from flowbot.lm.cache import ResponseCache
+
+    original, count = ResponseCache.put, [0]
+
+    def put(self, key, model, text, usage, origin=None):
+        count[0] += 1
+        if count[0] == n:
+            with self._lock:
+                row = "INSERT OR REPLACE INTO responses VALUES (?,?,?,?,?,?,?)"
+                self._conn.execute(row, (key, model, text, usage.prompt_tokens, usage.completion_tokens,
+                                         usage.cost_usd, origin))
+                for i in range(300):
+                    self._conn.execute(row, (f"junk{i}", model, "x" * 10_000, 0, 0, None, origin))
+                os.kill(os.getpid(), signal.SIGKILL)
+        return original(self, key, model, text, usage, origin)
+
+    ResponseCache.put = put
 
 
 if __name__ == "__main__":
