@@ -2,99 +2,23 @@
 middle of an ensemble, between a rewrite's minibatch check and its validation, during the backward
 pass — ends the run cleanly, and the best it returns is the last workflow that won a full race.
 
-The task needs two fixes: an answer in capitals scores 0.5, in capitals with "!" 1.0. The optimizer's
-first rewrite (CAPS) wins the seed's first inner step; its second (SHOUT) would win the next. A
-time budget on a fake clock runs out at the chosen request: the next paid call is refused."""
+The task needs two fixes (tests/optim/shout.py): the optimizer's first rewrite (CAPS) wins the seed's
+first inner step; its second (SHOUT) would win the next. A time budget on a fake clock runs out at
+the chosen request: the next paid call is refused."""
 
 from __future__ import annotations
 
 import json
-import re
 
 import pytest
 
 from flowbot.graph import load_workflow
 from flowbot.lm import Budget, LMRequest
-from flowbot.lm.base import Provider
-from flowbot.tasks import Task
-from flowbot.tasks.seeds import COT_INSTRUCTION, build_baseline
-from flowbot.testing import ScriptedLM, instructed, optimizer_prompt, scripted_optimizer
+from flowbot.tasks.seeds import build_baseline
+from flowbot.testing import instructed, optimizer_prompt
 
-from .mult import offered, prepare
-
-CAPS = "Repeat the question in capitals."
-SHOUT = "Repeat the question in capitals and end with an exclamation mark."
-LIMIT = 100.0
-
-
-def rows(prefix: str, n: int) -> list[dict]:
-    return [{"id": f"{prefix}{i}", "question": f"{prefix}word{i}", "answer": f"{prefix}word{i}".upper() + "!"}
-            for i in range(n)]
-
-
-def shouted(example: dict, prediction: dict) -> float:
-    answer, gold = str(prediction.get("answer") or ""), example["answer"]
-    return 0.5 * (answer.rstrip("!") == gold.rstrip("!")) + 0.5 * (answer == gold)
-
-
-def shout_task() -> Task:
-    return Task("shout", train=rows("t", 10), val=rows("v", 6), test=rows("x", 4), inputs=["question"],
-                targets=["answer"], metric=shouted, description="repeat the question, shouting")
-
-
-def task_lm() -> ScriptedLM:
-    """Copies the question as its instruction says; with a tool, calls it once first."""
-    def answer(transform):
-        def reply(req: LMRequest, i: int) -> str:
-            if "Tools:" in req.messages[0][1] and not req.messages[-1][1].startswith("Observation:"):
-                return "Let me check.\nAction: calculator[1+1]"
-            q = re.search(r"Question:\n(\S+)", [c for r, c in req.messages if r == "user"][0]).group(1)
-            return "Answer: " + transform(q)
-        return reply
-    return ScriptedLM([(instructed(SHOUT), answer(lambda q: q.upper() + "!")),
-                       (instructed(CAPS), answer(str.upper)),
-                       (instructed(COT_INSTRUCTION), answer(lambda q: q))], model="task")
-
-
-def optimizer_lm() -> ScriptedLM:
-    def rewrite(req: LMRequest, i: int) -> str:  # CAPS for the seed's instruction, then SHOUT
-        return f"<instruction>{SHOUT if CAPS in req.messages[-1][1] else CAPS}</instruction>"
-
-    def vote(req: LMRequest, i: int) -> str:
-        return json.dumps({"critique": "one sample is noisy", "edit": offered(
-            req.json_schema, {"op": "self_consistency", "target": "solve", "k": 3})})
-
-    return scripted_optimizer(loss="Not shouted.", backward="GRADIENT: shout the answer.", rewrite=rewrite,
-                              edit=vote)
-
-
-class Clocked(Provider):
-    """Passes requests to ``inner``; after answering the one ``when`` picks, moves the clock past
-    the time budget."""
-
-    def __init__(self, inner: ScriptedLM, when, now: list[float], seen: list) -> None:
-        self.inner, self.when, self.now, self.seen = inner, when, now, seen
-        self.model, self.max_concurrency = inner.model, inner.max_concurrency
-
-    @property
-    def calls(self) -> list[LMRequest]:
-        return self.inner.calls
-
-    def price_per_token(self):
-        return None
-
-    async def complete(self, request: LMRequest):
-        result = await self.inner.complete(request)
-        self.seen.append(request)
-        if self.when(request, self.seen):
-            self.now[0] += 10 * LIMIT
-        return result
-
-
-def nth(n: int, matcher):
-    """The ``n``-th request ``matcher`` accepts."""
-    return lambda request, seen: matcher(request) and sum(map(matcher, seen)) == n
-
+from .mult import prepare
+from .shout import CAPS, LIMIT, SHOUT, Clocked, nth, optimizer_lm, shout_task, task_lm
 
 def backward_of_caps(request: LMRequest) -> bool:
     return optimizer_prompt("backward")(request) and CAPS in request.messages[-1][1]
