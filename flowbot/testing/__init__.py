@@ -13,9 +13,9 @@ Nothing in FlowBot itself imports this package (see the layer rule in the README
 """
 
 from flowbot.testing.faults import Fault
-from flowbot.testing.prompts import instructed, optimizer_prompt, repair_turn, which_prompt
+from flowbot.testing.prompts import instructed, optimizer_prompt, prompt_fields, repair_turn, which_prompt
 from flowbot.testing.scripted import ScriptedLM, scripted_optimizer
 from flowbot.testing.server import OpenAITestServer, subprocess_server
 
-__all__ = ["Fault", "OpenAITestServer", "ScriptedLM", "instructed", "optimizer_prompt", "repair_turn",
-           "scripted_optimizer", "subprocess_server", "which_prompt"]
+__all__ = ["Fault", "OpenAITestServer", "ScriptedLM", "instructed", "optimizer_prompt", "prompt_fields",
+           "repair_turn", "scripted_optimizer", "subprocess_server", "which_prompt"]

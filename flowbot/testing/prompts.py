@@ -13,6 +13,8 @@ prompts it is given and fails the run on any other request).
     ...                           gold="2", score="0.00", metric_feedback="")
     >>> which_prompt([("system", P.LOSS_SYSTEM), ("user", user)]), optimizer_prompt("backward")([("user", user)])
     ('loss', False)
+    >>> prompt_fields("loss", [("system", P.LOSS_SYSTEM), ("user", user)])["prediction"]
+    '3'
 """
 
 from __future__ import annotations
@@ -45,6 +47,29 @@ def template_pattern(template: str) -> re.Pattern[str]:
         if field is not None:
             parts.append("(?:.*?)")
     return re.compile("".join(parts), re.S)
+
+
+@functools.lru_cache(maxsize=None)
+def _fields_pattern(template: str) -> re.Pattern[str]:
+    parts, named = [], set()
+    for literal, field, _spec, _conv in string.Formatter().parse(template):
+        parts.append(re.escape(literal))
+        if field is not None:
+            parts.append(f"(?P<{field}>.*?)" if field not in named else "(?:.*?)")
+            named.add(field)
+    return re.compile("".join(parts), re.S)
+
+
+def prompt_fields(name: str, request: RequestLike) -> dict[str, str]:
+    """The values the optimizer's prompt ``name`` was filled with in ``request`` (its last message),
+    read back through the template: a reply can depend on, say, the step a backward call is about
+    (``prompt_fields("backward", req)["node_id"]``) without copying the prompt's wording. Raises
+    ``ValueError`` when the request is not that prompt."""
+    if not optimizer_prompt(name)(request):
+        raise ValueError(f"not a request of the optimizer's {name!r} prompt")
+    match = _fields_pattern(NAMED[name][1]).fullmatch(messages_of(request)[-1][1])
+    assert match is not None
+    return match.groupdict()
 
 
 def messages_of(request: RequestLike) -> list[tuple[str, str]]:

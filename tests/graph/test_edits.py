@@ -264,9 +264,9 @@ async def test_ensembling_a_node_behind_a_branch_keeps_it_on_its_route():
 
 def test_a_bad_tool_argument_is_refused():
     signatures = {"retrieve": ["query", "passages", "k"], "python": ["code"]}
-    with pytest.raises(EditError, match="tool 'retrieve' has no argument 'passage' \\(arguments: query, passages, k\\)"):
-        apply_edit(three_chain(), AddToolStep(tool="retrieve", consumer="final", args={"query": "q", "passage": "plan"}),
-                   known_tools=signatures)
+    misnamed = AddToolStep(tool="retrieve", consumer="final", args={"query": "q", "passage": "plan"})
+    with pytest.raises(EditError, match=r"tool 'retrieve' has no argument 'passage' \(arguments: query, passages, k\)"):
+        apply_edit(three_chain(), misnamed, known_tools=signatures)
     with pytest.raises(EditError, match="tool 'python' has no argument 'source'"):
         apply_edit(three_chain(), AddToolStep(tool="python", consumer="final", producer_reads=["q"],
                                               primary_arg="source"), known_tools=signatures)

@@ -10,7 +10,7 @@ from flowbot.optim.evaluation import Evaluator
 from flowbot.optim.inner import InnerConfig, InnerLoop
 from flowbot.runtime import Executor
 from flowbot.tasks.seeds import build_baseline
-from flowbot.testing import ScriptedLM, instructed, optimizer_prompt, scripted_optimizer
+from flowbot.testing import ScriptedLM, instructed, optimizer_prompt, prompt_fields, scripted_optimizer
 
 from .shout import CAPS, SHOUT, Clocked, nth, rows, shouted
 from .shout import optimizer_lm as shout_optimizer
@@ -105,7 +105,7 @@ async def test_backward_blames_the_faulty_middle_node_only():
     backward_nodes = []
 
     def backward(req: LMRequest, i: int) -> str:
-        node = re.search(r"Step '(\w+)'", last_user(req)).group(1)
+        node = prompt_fields("backward", req)["node_id"]
         backward_nodes.append(node)
         if node == "c":
             return "GRADIENT: NONE\nFEEDBACK[y]: y was BAD but must be GOOD."
