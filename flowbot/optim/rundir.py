@@ -13,9 +13,9 @@
 Resuming replays the run from its cache: the loops make the same calls and get the same answers,
 so they re-emit the same events; the log writer checks them against the log instead of appending
 them again, and appends only what is new. An event is checked whole, all but what
-:func:`same_event` lets differ (when it was logged, the usage counted so far, what a ``run_started``
-says of its session): at the first event that differs — the resumed run took another path, say with
-a larger budget — the log is cut there and the rest is this session's.
+:func:`same_event` lets differ (when it was logged, the usage counted so far, the session's own
+limits): at the first event that differs — the resumed run took another path, say a rewrite a
+larger budget can now race — the log is cut there and the rest is this session's.
 
 One process at a time: a second ``flowbot optimize`` on the same directory would pay every call
 twice and interleave the event log, so it stops at once, saying who holds the run. The lock is
@@ -118,8 +118,10 @@ def read_event_log(path: Path) -> tuple[list[Any], int | None]:
 #: so far (a resumed run counts the calls an earlier session paid for as replayed)
 VOLATILE_FIELDS = frozenset({"time", "usage_total"})
 #: per event type, fields that describe the session rather than the run: a resumed session starts
-#: with ``resumed`` true and may raise the budget (which the ``budget_plan`` event then shows)
-SESSION_FIELDS: dict[str, frozenset[str]] = {"run_started": frozenset({"resumed", "budget"})}
+#: with ``resumed`` true and may raise the budget's limits; where the larger budget changes a
+#: decision, the events from there on differ and the log is cut there
+SESSION_FIELDS: dict[str, frozenset[str]] = {"run_started": frozenset({"resumed", "budget"}),
+                                             "budget_plan": frozenset({"search"})}
 
 
 def same_event(old: dict[str, Any], new: dict[str, Any]) -> bool:

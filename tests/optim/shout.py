@@ -14,7 +14,7 @@ from flowbot.tasks import Task
 from flowbot.tasks.seeds import COT_INSTRUCTION
 from flowbot.testing import ScriptedLM, instructed, scripted_optimizer
 
-from .mult import offered
+from .scripted_runs import offered
 
 CAPS = "Repeat the question in capitals."
 SHOUT = "Repeat the question in capitals and end with an exclamation mark."

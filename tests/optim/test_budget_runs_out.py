@@ -17,7 +17,7 @@ from flowbot.lm import Budget, LMRequest
 from flowbot.tasks.seeds import build_baseline
 from flowbot.testing import instructed, optimizer_prompt
 
-from .mult import prepare
+from .scripted_runs import prepare
 from .shout import CAPS, LIMIT, SHOUT, Clocked, nth, optimizer_lm, shout_task, task_lm
 
 def backward_of_caps(request: LMRequest) -> bool:

@@ -4,17 +4,14 @@ thought on a task the model cannot do in its head), proposals decoded under the 
 AFlow-style baseline and the fixed-order ablation on the same skeleton."""
 
 import json
-import re
 
 import pytest
 
-from flowbot.lm import LMRequest
 from flowbot.lm.cache import ResponseCache
-from flowbot.tasks import Task
-from flowbot.tasks.seeds import COT_INSTRUCTION
-from flowbot.testing import ScriptedLM, instructed, optimizer_prompt, repair_turn, scripted_optimizer
+from flowbot.testing import optimizer_prompt, repair_turn
 
-from .mult import mult_task, optimizer_lm, prepare, proposals, task_lm
+from .scripted_runs import (case_optimizer, case_task, case_task_lm, mult_task, optimizer_lm, prepare, proposals,
+                            task_lm)
 
 
 async def test_outer_loop_finds_program_of_thought_and_keeps_it(tmp_path):
@@ -185,36 +182,6 @@ async def test_the_test_reserve_counts_only_uncached_seed_items(tmp_path):
     await prepare(tmp_path, task_lm(), optimizer_lm(), budget={"calls": 200}, outer={"rounds": 0}).arun([events.append])
     plan = next(e for e in events if e["type"] == "budget_plan")
     assert plan["reserved_for_test"].startswith("0 calls") and "0 of 6 seed test items uncached" in plan["reserved_for_test"]
-
-
-def case_task(n_test: int = 30) -> Task:
-    def rows(prefix: str, n: int) -> list[dict]:
-        return [{"id": f"{prefix}{i}", "question": f"{prefix}word{i}", "answer": f"{prefix}word{i}".upper()}
-                for i in range(n)]
-    return Task("case", train=rows("t", 10), val=rows("v", 6), test=rows("x", n_test), inputs=["question"],
-                targets=["answer"], description="copy the question in the right case", metric=same_case)
-
-
-def same_case(example: dict, prediction: dict) -> float:
-    return float(prediction.get("answer") == example["answer"])
-
-
-UPPER = "Repeat the question in UPPERCASE letters."
-
-
-def case_task_lm() -> ScriptedLM:
-    """Copies the question; in capitals once its instruction is the optimizer's rewrite."""
-    def copy(upper: bool):
-        def reply(req: LMRequest, i: int) -> str:
-            q = re.search(r"Question:\n(\S+)", req.messages[-1][1]).group(1)
-            return "Answer: " + (q.upper() if upper else q)
-        return reply
-    return ScriptedLM([(instructed(UPPER), copy(True)), (instructed(COT_INSTRUCTION), copy(False))], model="task")
-
-
-def case_optimizer() -> ScriptedLM:
-    return scripted_optimizer(loss="The output is lowercase; the correct answer is uppercase.",
-                              backward="GRADIENT: require UPPERCASE output.", rewrite=f"<instruction>{UPPER}</instruction>")
 
 
 async def test_a_tuned_seed_keeps_its_test_evaluation_paid_for(tmp_path):

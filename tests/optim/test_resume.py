@@ -18,7 +18,8 @@ from flowbot.lm import Budget
 from flowbot.optim import rundir
 from flowbot.optim.rundir import CRASH_ENV, EventLog, read_event_log
 
-from .mult import optimizer_lm, prepare, request_key, task_lm
+from .scripted_runs import (case_optimizer, case_task, case_task_lm, optimizer_lm, prepare, request_key,
+                            task_lm)
 
 
 def test_replay_compares_whole_events_and_cuts_the_log_where_one_differs(tmp_path):
@@ -66,10 +67,10 @@ def test_an_event_that_differs_in_any_field_is_not_replayed(tmp_path):
 
 
 # -- resumes after a hard kill -----------------------------------------------------------------
-MULT = Path(__file__).with_name("mult.py")
+RUNS = Path(__file__).with_name("scripted_runs.py")
 #: what may differ between a run and its resumed twin: when each event was logged, the usage counted
-#: so far (a replayed call counts as replayed), and what run_started says of its session
-SESSION = {"run_started": ("resumed", "budget")}
+#: so far (a replayed call counts as replayed), and the session's own start and limits
+SESSION = {"run_started": ("resumed", "budget"), "budget_plan": ("search",)}
 
 
 def comparable(events: list[dict]) -> list[dict]:
@@ -99,7 +100,7 @@ def killed_run(tmp_path: Path, crash: str | None = None, **spec) -> list[str]:
     env.pop(CRASH_ENV, None)
     if crash:
         env[CRASH_ENV] = crash
-    proc = subprocess.run([sys.executable, str(MULT), str(spec_path)], env=env, capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, str(RUNS), str(spec_path)], env=env, capture_output=True, text=True,
                           timeout=240)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     assert not (tmp_path / "run" / "summary.json").exists()
@@ -156,20 +157,36 @@ async def test_a_cache_killed_mid_transaction_keeps_what_was_committed_and_repay
 
 
 async def test_a_run_killed_and_resumed_with_a_larger_budget_is_the_run_of_that_budget(tmp_path):
-    """Killed under 60 calls (which skip the seed's tuning), resumed with 400: the log, the result
-    and the usage are those of a run made with 400 from the start, and nothing is paid twice."""
-    ref, ref_events, ref_calls = await reference(tmp_path, budget={"calls": 400})
-    small = [e["type"] for e in (await reference(tmp_path / "small", budget={"calls": 60}))[1]]
-    assert "inner_candidate" not in small and "inner_candidate" in [e["type"] for e in ref_events]
-    kill_at = small.index("candidate_accepted", small.index("proposal")) + 1  # after the first child won
-    killed = killed_run(tmp_path, crash=f"events:{kill_at}", options={"budget": {"calls": 60}})
+    """Under 52 calls the seed's rewrite (which gives the step a tool: two calls an example) cannot be
+    raced and is logged as not fitting; killed after that, resumed with 400, the same rewrite is
+    raced and wins. The log, the result and the usage are those of a run made with 400 from the
+    start (replay compares whole events: by type alone, the logged rejection would stand), and
+    nothing is paid twice."""
+    case = dict(task=case_task(n_test=6, tools=["calculator"]), method="inner-only", inner={"steps": 2, "demos": 0})
+    t, o = case_task_lm(), case_optimizer(tool=True)
+    ref = await prepare(tmp_path / "reference", t, o, budget={"calls": 400}, **case).arun()
+    ref_events, ref_calls = logged_events(tmp_path / "reference" / "run"), keys(t) + keys(o)
+    small = await prepare(tmp_path / "small", case_task_lm(), case_optimizer(tool=True), budget={"calls": 52},
+                          **case).arun()
+    small_events = logged_events(tmp_path / "small" / "run")
+    rejected = next(e for e in small_events if e["type"] == "inner_candidate")
+    accepted = next(e for e in ref_events if e["type"] == "inner_candidate")
+    assert rejected["seq"] == accepted["seq"] and not rejected["accepted"] and accepted["accepted"]
+    assert "do not fit in the budget left" in rejected["reason"] and small.val_score == 0.0 and ref.val_score == 1.0
 
-    t, o = task_lm(), optimizer_lm()
-    resumed = await prepare(tmp_path, t, o, budget={"calls": 400}).arun()
+    killed = killed_run(tmp_path, crash=f"events:{rejected['seq'] + 1}", task="case",
+                        options={"budget": {"calls": 52}, "method": "inner-only", "inner": {"steps": 2, "demos": 0}})
+    # the killed session had logged the rejection (and torn the next line)
+    logged = read_event_log(tmp_path / "run" / "events.jsonl")[0]
+    assert comparable(logged) == comparable(small_events[: rejected["seq"]])
+    t, o = case_task_lm(), case_optimizer(tool=True)
+    resumed = await prepare(tmp_path, t, o, budget={"calls": 400}, **case).arun()
     events = logged_events(tmp_path / "run")
     assert comparable(events) == comparable(ref_events)
-    assert next(e for e in events if e["type"] == "budget_plan")["search"] == "400 calls"
-    assert (resumed.best_id, resumed.val_score, resumed.test_score) == (ref.best_id, ref.val_score, ref.test_score)
+    assert resumed.replayed_events == rejected["seq"] - 1  # up to the rewrite the larger budget races
+    assert (resumed.val_score, resumed.test_score) == (ref.val_score, ref.test_score) == (1.0, 1.0)
+    assert resumed.best.params["solve"] == ref.best.params["solve"]
+    assert resumed.best.params["solve"].tools == ["calculator"]
     assert resumed.usage["task"]["calls"] == ref.usage["task"]["calls"]
     assert not set(killed) & set(keys(t) + keys(o))
     assert sorted(keys(t) + keys(o)) == sorted(set(ref_calls) - set(killed))

@@ -1,8 +1,13 @@
-"""The multiplication task and its scripted models, shared by the driver's and the resume tests.
+"""Tasks and their scripted models for whole runs, shared by the driver's, the budget's and the
+resume tests. The optimizers answer the named prompts only, the task models the instructions of the
+seeds and operators (anything else fails the run).
 
-The task model cannot multiply in its head (its chain of thought answers 42) and writes a correct
-program when a node asks for one; the optimizer answers the named prompts only (anything else fails
-the run). Run as a script, it is one optimization in a child process that a test may kill
+- ``mult``: the task model cannot multiply in its head (its chain of thought answers 42) and writes
+  a correct program when a node asks for one;
+- ``case``: the task model copies the question, in capitals once the optimizer's rewrite says so
+  (``tool=True``: the rewrite also gives the step the calculator, which makes it cost two calls).
+
+Run as a script, it is one optimization in a child process that a test may kill
 (``FLOWBOT_CRASH_AT``), logging every paid request to a file as it is made."""
 
 from __future__ import annotations
@@ -77,6 +82,37 @@ def optimizer_lm(edit=POT, proposal_text=None, repair_text=None) -> ScriptedLM:
         aggregate="- compute exactly", rewrite=f"<instruction>{REWRITE}</instruction>")
 
 
+UPPER = "Repeat the question in UPPERCASE letters."
+
+
+def case_task(n_test: int = 30, tools: list[str] | None = None) -> Task:
+    def rows(prefix: str, n: int) -> list[dict]:
+        return [{"id": f"{prefix}{i}", "question": f"{prefix}word{i}", "answer": f"{prefix}word{i}".upper()}
+                for i in range(n)]
+    return Task("case", train=rows("t", 10), val=rows("v", 6), test=rows("x", n_test), inputs=["question"],
+                targets=["answer"], description="copy the question in the right case", metric=same_case,
+                tools=tools)
+
+
+def same_case(example: dict, prediction: dict) -> float:
+    return float(prediction.get("answer") == example["answer"])
+
+
+def case_task_lm() -> ScriptedLM:
+    """Copies the question; in capitals once its instruction is the optimizer's rewrite."""
+    def copy(upper: bool):
+        def reply(req: LMRequest, i: int) -> str:
+            return "Answer: " + (question(req).upper() if upper else question(req))
+        return reply
+    return ScriptedLM([(instructed(UPPER), copy(True)), (instructed(COT_INSTRUCTION), copy(False))], model="task")
+
+
+def case_optimizer(tool: bool = False) -> ScriptedLM:
+    return scripted_optimizer(loss="The output is lowercase; the correct answer is uppercase.",
+                              backward="GRADIENT: require UPPERCASE output.",
+                              rewrite=f"<instruction>{UPPER}</instruction>" + ("<tools>calculator</tools>" * tool))
+
+
 def prepare(tmp_path, task_provider, opt_provider, task=None, **kw):
     from flowbot.api import prepare_run
 
@@ -112,9 +148,10 @@ class Logged(ScriptedLM):
 
 def main(spec_path: str) -> None:
     """Run one optimization from a JSON spec: ``dir`` (the run's parent), ``calls`` (the request
-    log), ``options`` (prepare_run's keywords), ``clock`` (a fake clock, ``{"start": s, "tick": t,
-    "max_seconds": m}``: ``t`` seconds pass per event the run logs, for the run directory and a time
-    budget of ``m`` s) and ``kill_in_cache_put`` (see :func:`_kill_in_cache_put`)."""
+    log), ``task`` (``mult``, or ``case`` with the tool-giving rewrite), ``options`` (prepare_run's
+    keywords), ``clock`` (a fake clock, ``{"start": s, "tick": t, "max_seconds": m}``: ``t`` seconds
+    pass per event the run logs, for the run directory and a time budget of ``m`` s) and
+    ``kill_in_cache_put`` (see :func:`_kill_in_cache_put`)."""
     import asyncio
     import time as real_time
     from types import SimpleNamespace
@@ -136,7 +173,11 @@ def main(spec_path: str) -> None:
     if spec.get("kill_in_cache_put"):
         _kill_in_cache_put(int(spec["kill_in_cache_put"]))
     calls = Path(spec["calls"])
-    prepared = prepare(spec["dir"], Logged(task_lm(), calls), Logged(optimizer_lm(), calls), **options)
+    if spec.get("task") == "case":
+        task, models = case_task(n_test=6, tools=["calculator"]), (case_task_lm(), case_optimizer(tool=True))
+    else:
+        task, models = mult_task(), (task_lm(), optimizer_lm())
+    prepared = prepare(spec["dir"], Logged(models[0], calls), Logged(models[1], calls), task=task, **options)
     asyncio.run(prepared.arun(callbacks))
 
 
