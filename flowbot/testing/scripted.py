@@ -113,7 +113,7 @@ class ScriptedLM(Provider):
 
 
 def scripted_optimizer(*, model: str = "optimizer", repair: Reply | None = None,
-                       **replies: Reply) -> ScriptedLM:
+                       price_per_token: tuple[float, float] | None = None, **replies: Reply) -> ScriptedLM:
     """A scripted optimizer answering the named prompts given as keywords (``loss=``, ``backward=``,
     ``aggregate=``, ``rewrite=``, ``rule=``, ``edit=``, ``aflow=``; ``repair=`` for the repair turn of
     an edit), each a text or ``fn(request, sample_index)``. Any other request raises, which fails
@@ -123,5 +123,5 @@ def scripted_optimizer(*, model: str = "optimizer", repair: Reply | None = None,
     if repair is not None:
         rules.append((repair_turn(), repair))
     rules += [(optimizer_prompt(name), reply) for name, reply in replies.items()]
-    return ScriptedLM(rules, model=model)
+    return ScriptedLM(rules, model=model, price_per_token=price_per_token)
 
