@@ -65,7 +65,7 @@ from typing import Any, Callable, Iterator
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from flowbot.testing import Fault, OpenAITestServer  # noqa: E402
+from flowbot.testing import Fault, OpenAITestServer, which_prompt  # noqa: E402
 
 
 # -- figures -------------------------------------------------------------------------------------
@@ -101,12 +101,13 @@ RULE = "CARRY RULE"
 def brain(body: dict) -> str:
     """Replies that depend only on the request, so interrupted and uninterrupted runs agree: the
     task model adds two numbers (wrong on some, unless its instruction has the rule), the
-    optimizer model ("opt") criticises, rewrites instructions and proposes edits."""
+    optimizer model ("opt") answers its named prompts: criticises, rewrites instructions and
+    proposes the first edit its schema offers."""
     messages = body.get("messages") or []
     text = "\n".join(str(m.get("content") or "") for m in messages)
     last = str(messages[-1].get("content") or "") if messages else ""
     if body.get("model") == "opt":
-        return _optimizer_reply(text)
+        return _optimizer_reply(body)
     m = re.search(r"(\d+)\s*\+\s*(\d+)", last)
     if not m:
         return "Answer: 0"
@@ -115,18 +116,27 @@ def brain(body: dict) -> str:
     return f"Reasoning: {a} plus {b}.\nAnswer: {a + b if right else a + b + 1}"
 
 
-def _optimizer_reply(text: str) -> str:
-    low = text.lower()
-    if "<instruction>" in text:
+def _optimizer_reply(body: dict) -> str:
+    prompt = which_prompt(body) or "unnamed"
+    if prompt == "rewrite":
         return f"<instruction>Add the two numbers. {RULE}: carry the tens, then check the sum.</instruction>"
-    if "json" in low and ("edit" in low or "operator" in low):
-        tried = low.split("already tried", 1)[-1][:600]
-        edit = ({"op": "insert_verifier", "target": "solve"} if "ensemble" in tried
-                else {"op": "ensemble", "node_id": "solve", "k": 2, "strategy": "majority"})
-        return "The single step makes arithmetic slips.\n```json\n" + json.dumps(edit) + "\n```"
-    if "gradient" in low:
+    if prompt.split()[0] in ("edit", "aflow"):  # a proposal or its repair: a step after the answer
+        # (a verifier, else a format step, else the first choice offered), so a workflow makes one
+        # call at a time and a kill finds at most one in flight
+        edit = body["response_format"]["json_schema"]["schema"]["properties"]["edit"]
+        offered = [alt["properties"] for alt in edit.get("anyOf", [edit])]
+        rank = {"verify_and_revise": 0, "format_answer": 1}
+        best = min(offered, key=lambda props: rank.get(props["op"]["const"], 2))
+        choice = {k: v["const"] if "const" in v else v["enum"][0] for k, v in best.items()}
+        return "The single step makes arithmetic slips.\n```json\n" + json.dumps(
+            {"critique": "arithmetic slips", "edit": choice}) + "\n```"
+    if prompt == "backward":
         return f"GRADIENT: add a {RULE}: carry the tens.\nFEEDBACK[question]: NONE"
-    return f"The sum is off by one: the tens were not carried. Add a {RULE}."
+    if prompt == "loss":
+        return f"The sum is off by one: the tens were not carried. Add a {RULE}."
+    if prompt == "aggregate":
+        return f"- add a {RULE}: carry the tens"
+    raise ValueError(f"the battery's optimizer has no reply for the {prompt} prompt")  # a 500: the run fails
 
 
 def write_data(path: Path, n: int = 40) -> Path:
@@ -359,15 +369,15 @@ def _classify(bodies: list[dict]) -> list[str]:
     labels = []
     task_seen = 0
     for body in bodies:
-        text = "\n".join(str(m.get("content") or "") for m in body.get("messages") or []).lower()
+        prompt = which_prompt(body) or ""
         if body.get("model") != "opt":
             task_seen += 1
             labels.append("seed evaluation" if task_seen <= 5 else "task")
-        elif "json" in text and "edit" in text:
+        elif prompt.split(" ")[0] in ("edit", "aflow"):
             labels.append("proposal")
-        elif "gradient" in text:
+        elif prompt == "backward":
             labels.append("backward pass")
-        elif "<instruction>" in text:
+        elif prompt == "rewrite":
             labels.append("prompt step")
         else:
             labels.append("loss")

@@ -281,11 +281,32 @@ def _remove_node(w: Workflow, e: RemoveNode) -> Workflow:
         raise EditError(f"replacement field {replacement!r} does not exist")
     if replacement == node.writes:
         raise EditError("the replacement cannot be the removed node's own output")
+    _check_route_kept(s, node, replacement)
     s2 = s if replacement is None else _redirect_field(s, node.writes, replacement, skip={node.id})
     s2 = _retarget_routes(s2, node.id, [])
     nodes = [n for n in s2.nodes if n.id != node.id]
     params = {k: v for k, v in w.params.items() if k != node.id}
     return w.model_copy(update={"sketch": s2.model_copy(update={"nodes": nodes}), "params": params})
+
+
+def _check_route_kept(s: Sketch, node: Any, replacement: str | None) -> None:
+    """A node that runs on one route of a branch has readers that see its field on that route only
+    (elsewhere it is missing: a merge skips it, another reader is skipped). Its replacement must be
+    missing off that route too, unless every such reader runs on that route itself; otherwise the
+    removal would change what the other routes do (a 'first' merge would answer with the question)."""
+    gates = s.gates()
+    gate = gates.get(node.id)
+    if gate is None or replacement is None:
+        return
+    writer = s.writer_of(replacement)
+    if writer is not None and gates.get(writer.id) == gate:
+        return
+    outside = [r.id for r in s.readers_of(node.writes) if gates.get(r.id) != gate]
+    if outside or node.writes in s.outputs:
+        who = ", ".join(f"{r!r}" for r in outside) or "the workflow output"
+        raise EditError(f"node {node.id!r} runs only on route {gate[1]!r} of branch {gate[0]!r}: {who} would read "
+                        f"{replacement!r} on every route; remove the branch, or name a replacement written on that "
+                        "route")
 
 
 def _replace_node(w: Workflow, e: ReplaceNode) -> Workflow:

@@ -140,10 +140,10 @@ async def backward(opt: LMClient, workflow: Workflow, trace: Trace, loss: str, c
         run = trace.nodes.get(node.id)
         if not received or run is None or run.skipped:
             continue
-        producers: dict[str, str] = {}  # field -> producing node id (only nodes that ran)
-        for f in node.reads:
+        producers: dict[str, str] = {}  # field -> producing node id (only inputs that were present: a
+        for f in node.reads:            # merge runs without those whose step failed or was skipped)
             w = sketch.writer_of(f)
-            if w is not None and w.id in trace.nodes and not trace.nodes[w.id].skipped:
+            if w is not None and f in run.inputs and w.id in trace.nodes and not trace.nodes[w.id].skipped:
                 producers[f] = w.id
         gate = gates.get(node.id)
         if gate is not None:

@@ -247,7 +247,9 @@ async def run_optimization(
                 seed_test = await test_eval(seed, test, "testing the seed")
                 log(TestEvaluated(id="seed", score=seed_test.score, n=len(seed_test.results)))
         except BudgetExceeded as exc:
-            stopped = stopped or str(exc)
+            # the budget ran out: that is why the run stops short, whatever ended the search before
+            # (e.g. no new candidate, then a final tuning the budget cut off)
+            stopped = str(exc)
             log(BudgetWarning(message=f"test evaluation incomplete: {exc}"))
     snap_end = meter.snapshot()
 

@@ -3,7 +3,8 @@
 They are plain ``str.format`` templates so they can be read, diffed and tested without reading the
 loops. Replies use simple tagged lines (``GRADIENT: ...``), which small local models follow far more
 reliably than JSON; the edit proposal is the one place that asks for JSON, decoded under a schema
-built from the parent workflow (see :mod:`flowbot.optim.proposal`).
+built from the parent workflow (see :mod:`flowbot.optim.proposal`). Each kind of request has a stable
+name (:data:`NAMED`) that tests script their replies by.
 """
 
 from __future__ import annotations
@@ -197,3 +198,16 @@ Operators you can apply (operator: what it does):
 
 Reply with one JSON object: "critique" (a short analysis of what to change and why), then "edit"
 ({{"op": ..., "target": ...}} plus the operator's options)."""
+
+#: every optimizer request by a stable name: (its system text, its user template). Tests script
+#: their replies by these names (``flowbot.testing.optimizer_prompt``), which follow the text when
+#: a prompt is reworded; a new kind of optimizer request gets a name here.
+NAMED: dict[str, tuple[str, str]] = {
+    "loss": (LOSS_SYSTEM, LOSS_USER),
+    "backward": (BACKWARD_SYSTEM, BACKWARD_USER),
+    "aggregate": (AGGREGATE_SYSTEM, AGGREGATE_USER),
+    "rewrite": (STEP_SYSTEM, STEP_USER),
+    "rule": (RULE_SYSTEM, RULE_USER),
+    "edit": (EDIT_SYSTEM, EDIT_USER),
+    "aflow": (AFLOW_SYSTEM, AFLOW_USER),
+}

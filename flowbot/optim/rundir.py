@@ -12,7 +12,10 @@
 
 Resuming replays the run from its cache: the loops make the same calls and get the same answers,
 so they re-emit the same events; the log writer checks them against the log instead of appending
-them again, and appends only what is new.
+them again, and appends only what is new. An event is checked whole, all but what
+:func:`same_event` lets differ (when it was logged, the usage counted so far, the session's own
+limits): at the first event that differs — the resumed run took another path, say a rewrite a
+larger budget can now race — the log is cut there and the rest is this session's.
 
 One process at a time: a second ``flowbot optimize`` on the same directory would pay every call
 twice and interleave the event log, so it stops at once, saying who holds the run. The lock is
@@ -111,6 +114,32 @@ def read_event_log(path: Path) -> tuple[list[Any], int | None]:
     return events, None
 
 
+#: fields that may differ between an event and its replay: when it was logged, and the usage counted
+#: so far (a resumed run counts the calls an earlier session paid for as replayed)
+VOLATILE_FIELDS = frozenset({"time", "usage_total"})
+#: per event type, fields that describe the session rather than the run: a resumed session starts
+#: with ``resumed`` true and may raise the budget's limits; where the larger budget changes a
+#: decision, the events from there on differ and the log is cut there
+SESSION_FIELDS: dict[str, frozenset[str]] = {"run_started": frozenset({"resumed", "budget"}),
+                                             "budget_plan": frozenset({"search"})}
+
+
+def same_event(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Whether ``new``, re-emitted by a resumed run, is the logged event ``old``: every field equal
+    (as JSON) but the volatile ones (:data:`VOLATILE_FIELDS`, :data:`SESSION_FIELDS`).
+
+    >>> logged = {"seq": 3, "type": "inner_step", "val_score": 0.5, "time": 1.0}
+    >>> same_event(logged, {"seq": 3, "type": "inner_step", "val_score": 0.5, "time": 9.0})
+    True
+    >>> same_event(logged, {"seq": 3, "type": "inner_step", "val_score": 1.0})
+    False
+    """
+    skip = VOLATILE_FIELDS | SESSION_FIELDS.get(str(new.get("type")), frozenset())
+    as_logged = json.loads(json.dumps(new, ensure_ascii=False, default=str))
+    return ({k: v for k, v in old.items() if k not in skip} ==
+            {k: v for k, v in as_logged.items() if k not in skip})
+
+
 class EventLog:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -131,7 +160,7 @@ class EventLog:
         event = {"seq": self.seq, **event}
         if self.diverged_at is None and self.seq <= len(self.existing):
             old = self.existing[self.seq - 1]
-            if old.get("type") == event.get("type"):
+            if same_event(old, event):
                 self.replayed += 1
                 self._notify(old, replayed=True)
                 return

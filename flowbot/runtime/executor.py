@@ -194,21 +194,25 @@ class Executor:
 
     async def _react_loop(self, params: NodeParams, messages: list[dict[str, str]], values: dict[str, Any],
                           tool_names: list[str], record: NodeRun) -> str:
-        """Think-act-observe: the model may call tools by name until it answers or runs out of steps.
-        Extra tool arguments come from workflow inputs named in ``config["tool_args"]`` (e.g. the
-        passages a retrieval tool searches, which the prompt itself does not show)."""
+        """Think-act-observe: the model may call tools by name until it answers or runs out of steps
+        (its last reply, made without the stop sequence, is the answer). A tool that fails, or one
+        this step may not call, is observed as an error, so the model can go on. Extra tool
+        arguments come from workflow inputs named in ``config["tool_args"]`` (e.g. the passages a
+        retrieval tool searches, which the prompt itself does not show)."""
         bindings: dict[str, dict[str, str]] = params.config.get("tool_args", {})
         for step in range(params.max_tool_steps + 1):
             stop = ["Observation:"] if step < params.max_tool_steps else None
             reply = await self._complete(params, messages, record, stop=stop)
             action = _ACTION_RE.search(reply)
-            if action is None or step == params.max_tool_steps or action.group(1) not in tool_names:
+            if action is None or step == params.max_tool_steps:
                 return reply
             name, arg = action.group(1), action.group(2).strip()
-            tool = self.tools.get(name)
-            kwargs = {tool.primary_arg: arg}
-            kwargs.update({a: values.get(f) for a, f in bindings.get(name, {}).items()})
             try:
+                if name not in tool_names:
+                    raise ToolError(f"this step cannot call {name!r}; it may call {', '.join(tool_names)}")
+                tool = self.tools.get(name)
+                kwargs = {tool.primary_arg: arg}
+                kwargs.update({a: values.get(f) for a, f in bindings.get(name, {}).items()})
                 result = await tool.call(**kwargs)
                 observation = result.output
             except ToolError as exc:

@@ -11,8 +11,7 @@ from typer.testing import CliRunner
 
 import flowbot
 from flowbot.cli.main import app
-from flowbot.testing import ScriptedLM
-from flowbot.testing import OpenAITestServer
+from flowbot.testing import OpenAITestServer, ScriptedLM, optimizer_prompt, prompt_fields, which_prompt
 
 RULE = "NEGATION RULE"
 FEEDBACK = "the text negates its sentiment word"
@@ -37,17 +36,18 @@ def score(example, prediction):
 def brain(messages: list[dict]) -> str:
     """One scripted model for both roles: the task model (sentiment) and the optimizer."""
     system, user = messages[0]["content"], messages[-1]["content"]
-    if "What is wrong with the output?" in user:
-        fb = re.search(r"Metric feedback: (.*)", user)
-        return f"The label is wrong. {fb.group(1) if fb else ''}"
-    if "Reply with exactly these lines" in user:
+    prompt = which_prompt(messages)
+    if prompt == "loss":
+        return f"The label is wrong. {prompt_fields('loss', messages)['metric_feedback'].strip()}"
+    if prompt == "backward":
         return f"GRADIENT: handle negation: add a {RULE}."
-    if "merge feedback" in system:
+    if prompt == "aggregate":
         return f"- add a {RULE}"
-    if "<instruction>" in user:
+    if prompt == "rewrite":
         return f"<instruction>Classify the sentiment of the text. {RULE}: 'not' flips the sentiment.</instruction>"
-    if "Menu of edits" in user:
+    if prompt == "edit":
         return '{"critique": "one sample is noisy; vote", "edit": {"op": "self_consistency", "target": "solve", "k": 3}}'
+    assert prompt is None, f"no scripted reply for the optimizer's {prompt!r} prompt"
     text = re.search(r"Text:\n(.*)", user).group(1)
     positive = " good" in text
     if RULE in system and " not " in text:
@@ -85,7 +85,7 @@ def test_python_api_end_to_end(data, tmp_path):
                               providers={"task": task_lm, "opt": opt_lm}, train_size=12, val_size=6,
                               inner={"steps": 2, "demos": 0}, outer={"rounds": 1})
     # the metric's own feedback text reached the textual loss
-    losses = [r for r in opt_lm.calls if "What is wrong with the output?" in r.messages[-1][1]]
+    losses = [r for r in opt_lm.calls if optimizer_prompt("loss")(r)]
     assert losses and any(FEEDBACK in r.messages[-1][1] for r in losses)
     assert result.val_score > result.seed_val_score
     assert result.test_score > result.summary["seed_test"]["score"]

@@ -1,8 +1,8 @@
 import pytest
 
 from flowbot.graph import (
-    AddBranch, AddNode, AddToolStep, Demo, EditError, Ensemble, InsertAfter, InsertVerifier, LLMNode, MergeNode,
-    NodeParams, RemoveNode, ReplaceNode, Rewire, Sketch, ToolNode, Workflow, apply_edit,
+    AddBranch, AddNode, AddToolStep, BranchNode, BranchRule, Demo, EditError, Ensemble, InsertAfter, InsertVerifier,
+    LLMNode, MergeNode, NodeParams, RemoveNode, ReplaceNode, Rewire, Sketch, ToolNode, Workflow, apply_edit,
 )
 from flowbot.graph.edits import parse_edit
 
@@ -183,3 +183,94 @@ def test_an_edit_that_builds_an_invalid_node_is_an_edit_error():
     w = three_chain()
     with pytest.raises(EditError, match="invalid node"):
         apply_edit(w, AddToolStep(tool="calculator(expression)", consumer="final", producer_reads=["q"]))
+
+
+# -- edits that would break validation (or the workflow's meaning) are refused, one case each ------
+def routed() -> Workflow:
+    """A rule branch: digits go to 'calc', anything else to 'talk'; a 'first' merge joins them."""
+    nodes = [
+        BranchNode(id="route", reads=["q"], writes="kind",
+                   rules=[BranchRule(field="q", op="regex", value=r"\d", label="math")],
+                   routes={"math": ["calc"], "chat": ["talk"]}, default="chat"),
+        LLMNode(id="calc", reads=["q"], writes="a_math"),
+        LLMNode(id="talk", reads=["q"], writes="a_chat"),
+        MergeNode(id="join", reads=["a_math", "a_chat"], writes="a", strategy="first"),
+    ]
+    return Workflow(sketch=Sketch(inputs=["q"], outputs=["a"], nodes=nodes),
+                    params={"calc": NodeParams(instruction="CALC"), "talk": NodeParams(instruction="TALK")})
+
+
+def test_a_rule_branch_with_no_rules_is_refused():
+    with pytest.raises(EditError, match="add_branch would make the workflow invalid:\n.*node 'route_final'.*"
+                                        "a rule branch with several routes needs rules"):
+        apply_edit(three_chain(), AddBranch(target="final", reads=["q"], mode="rule"))
+    # with a rule it is a workflow (and an llm branch needs none)
+    rule = BranchRule(field="q", op="contains", value="?", label="alternative")
+    assert apply_edit(three_chain(), AddBranch(target="final", reads=["q"], mode="rule", rules=[rule])).problems() == []
+    assert apply_edit(three_chain(), AddBranch(target="final", reads=["q"], mode="llm")).problems() == []
+
+
+def test_rewiring_to_an_unknown_field_is_refused():
+    with pytest.raises(EditError, match="rewire would make the workflow invalid:\n.*node 'final', field 'drafts': "
+                                        "reads a field that no node writes"):
+        apply_edit(three_chain(), Rewire(node_id="final", reads=["drafts"]))
+    tool = apply_edit(three_chain(), AddToolStep(tool="calculator", consumer="final", args={"expression": "plan"}),
+                      known_tools={"calculator": ["expression"]})
+    with pytest.raises(EditError, match="node 'run_calculator', field 'nowhere': reads a field that no node writes"):
+        apply_edit(tool, Rewire(node_id="run_calculator", args={"expression": "nowhere"}))
+    # a rule that tests a field the branch stops reading
+    with pytest.raises(EditError, match="a rule tests a field the branch does not read"):
+        apply_edit(routed(), Rewire(node_id="route", reads=["a_chat"]))
+
+
+def test_removing_a_node_behind_a_branch_never_lets_another_route_read_its_replacement():
+    # 'calc' runs on the math route only: its reader 'join' would read the question on every route,
+    # and answer with it (a 'first' merge takes the first input present)
+    with pytest.raises(EditError, match="'calc' runs only on route 'math' of branch 'route'.*'join' would read 'q' "
+                                        "on every route"):
+        apply_edit(routed(), RemoveNode(node_id="calc"))
+    with pytest.raises(EditError, match="'talk' runs only on route 'chat'.*'a_math'"):
+        apply_edit(routed(), RemoveNode(node_id="talk", replacement="a_math"))
+    # a step behind the branch read only on its own route can go: its reader, on that route, reads q
+    nodes = list(routed().sketch.nodes)
+    nodes[0] = nodes[0].model_copy(update={"routes": {"math": ["calc", "fmt"], "chat": ["talk"]}})
+    nodes.insert(2, LLMNode(id="fmt", reads=["a_math"], writes="a_fmt"))
+    nodes[-1] = nodes[-1].model_copy(update={"reads": ["a_fmt", "a_chat"]})
+    w = Workflow(sketch=Sketch(inputs=["q"], outputs=["a"], nodes=nodes))
+    w2 = apply_edit(w, RemoveNode(node_id="calc"))
+    assert w2.sketch.node("fmt").reads == ["q"] and w2.sketch.node("route").routes["math"] == ["fmt"]
+    # and the branch itself may go: both routes then run, as the edit says
+    assert apply_edit(routed(), RemoveNode(node_id="route", replacement="q")).sketch.gates() == {}
+
+
+async def test_ensembling_a_node_behind_a_branch_keeps_it_on_its_route():
+    from flowbot.lm import LMClient
+    from flowbot.runtime import Executor
+    from flowbot.testing import ScriptedLM
+
+    with pytest.raises(EditError, match="a branch cannot be ensembled"):
+        apply_edit(routed(), Ensemble(node_id="route"))
+    w2 = apply_edit(routed(), Ensemble(node_id="calc", k=3))
+    assert w2.sketch.node("route").routes == {"math": ["calc_1", "calc_2", "calc_3"], "chat": ["talk"]}
+    assert w2.sketch.gates()["calc_2"] == ("route", "math") and w2.sketch.node("calc_merge").writes == "a_math"
+    provider = ScriptedLM([(r"CALC", "7"), (r"TALK", "hello")])
+    executor = Executor(LMClient(provider))
+    math, chat = await executor.run(w2, {"q": "3+4"}), await executor.run(w2, {"q": "hi"})
+    assert math.outputs == {"a": "7"} and math.error is None and math.nodes["talk"].skipped
+    assert chat.outputs == {"a": "hello"} and chat.error is None
+    assert all(chat.nodes[n].skipped for n in ("calc_1", "calc_2", "calc_3", "calc_merge"))
+    assert len(provider.calls) == 3 + 1  # three samples on the math route, one call on the chat route
+
+
+def test_a_bad_tool_argument_is_refused():
+    signatures = {"retrieve": ["query", "passages", "k"], "python": ["code"]}
+    misnamed = AddToolStep(tool="retrieve", consumer="final", args={"query": "q", "passage": "plan"})
+    with pytest.raises(EditError, match=r"tool 'retrieve' has no argument 'passage' \(arguments: query, passages, k\)"):
+        apply_edit(three_chain(), misnamed, known_tools=signatures)
+    with pytest.raises(EditError, match="tool 'python' has no argument 'source'"):
+        apply_edit(three_chain(), AddToolStep(tool="python", consumer="final", producer_reads=["q"],
+                                              primary_arg="source"), known_tools=signatures)
+    ok = apply_edit(three_chain(), AddToolStep(tool="retrieve", consumer="final", args={"query": "q"}),
+                    known_tools=signatures)
+    with pytest.raises(EditError, match="tool 'retrieve' has no argument 'text'"):
+        apply_edit(ok, Rewire(node_id="run_retrieve", args={"text": "q"}), known_tools=signatures)

@@ -31,7 +31,21 @@ def test_topological_order_follows_fields():
 
 
 def test_valid_workflow_passes_with_known_tools():
-    chain().check(known_tools={"retrieve"})
+    w = chain()
+    signatures = {"retrieve": ["query", "passages", "k"], "python": ["code"]}
+    for known in ({"retrieve"}, signatures, None):
+        assert w.problems(known) == [] and w.sketch.problems(known) == []
+        w.check(known_tools=known)
+    # the same workflow with one thing off each time is not valid: the check above could fail
+    no_tool = {"python": ["code"]}
+    assert [str(p) for p in w.problems(no_tool)] == ["node 'search': unknown tool 'retrieve' (known: python)"]
+    misbound = w.model_copy(deep=True)
+    misbound.sketch.nodes[1] = misbound.sketch.nodes[1].model_copy(update={"args": {"query": "plan", "text": "context"}})
+    assert [str(p) for p in misbound.problems(signatures)] == [
+        "node 'search': tool 'retrieve' has no argument 'text' (arguments: query, passages, k)"]
+    acting = w.with_params("answer", tools=["calculator"])
+    assert [str(p) for p in acting.problems(signatures)] == ["node 'answer': may call unknown tool 'calculator'"]
+    assert acting.problems({"retrieve", "calculator"}) == []
 
 
 def test_unknown_tool_is_named():

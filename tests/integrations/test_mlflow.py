@@ -12,7 +12,8 @@ import flowbot  # noqa: E402
 from flowbot.integrations.mlflow import flatten, mlflow_enabled  # noqa: E402
 from flowbot.lm import LMRequest  # noqa: E402
 from flowbot.tasks import Task  # noqa: E402
-from flowbot.testing import ScriptedLM  # noqa: E402
+from flowbot.optim.operators import PROGRAM_INSTRUCTION  # noqa: E402
+from flowbot.testing import ScriptedLM, instructed, scripted_optimizer  # noqa: E402
 
 PRICE = (1e-6, 4e-6)
 
@@ -30,7 +31,7 @@ def task() -> Task:
 def task_lm() -> ScriptedLM:
     """Wrong in its head; writes a correct program when asked for one."""
     def reply(req: LMRequest, i: int) -> str:
-        if "writing a Python program" in req.messages[0][1]:
+        if instructed(PROGRAM_INSTRUCTION)(req):
             product = re.findall(r"(\d+\*\d+)", req.messages[-1][1])[-1]
             return f"```python\nprint({product})\n```"
         return "Answer: 42"
@@ -38,13 +39,10 @@ def task_lm() -> ScriptedLM:
 
 
 def optimizer_lm() -> ScriptedLM:
-    return ScriptedLM([
-        (r"Menu of edits", '{"critique": "compute it in code", "edit": {"op": "program_of_thought", "target": "solve"}}'),
-        (r"What is wrong with the output\?", "The product is wrong."),
-        (r"Reply with exactly these lines", "GRADIENT: compute the product exactly."),
-        (r"merge feedback", "- compute exactly"),
-        (r"<instruction>", "<instruction>Multiply exactly.</instruction>"),
-    ], model="optimizer", price_per_token=PRICE)
+    return scripted_optimizer(
+        edit='{"critique": "compute it in code", "edit": {"op": "program_of_thought", "target": "solve"}}',
+        loss="The product is wrong.", backward="GRADIENT: compute the product exactly.", aggregate="- compute exactly",
+        rewrite="<instruction>Multiply exactly.</instruction>", price_per_token=PRICE)
 
 
 @pytest.fixture(autouse=True)

@@ -17,7 +17,8 @@ from flowbot.lm import LMRequest  # noqa: E402
 from flowbot.lm.base import Completion, Provider, Usage  # noqa: E402
 from flowbot.runtime.ray_backend import BackendError, RayBackend  # noqa: E402
 from flowbot.tasks import Task  # noqa: E402
-from flowbot.testing import ScriptedLM  # noqa: E402
+from flowbot.optim.operators import PROGRAM_INSTRUCTION  # noqa: E402
+from flowbot.testing import ScriptedLM, instructed, scripted_optimizer  # noqa: E402
 
 PRICE = (1e-6, 4e-6)
 
@@ -47,20 +48,17 @@ def task_lm() -> ScriptedLM:
     """Wrong in its head; asked for a program, writes a correct one for even first factors only."""
     def reply(req: LMRequest, i: int) -> str:
         q = re.findall(r"(\d+)\*(\d+)", req.messages[-1][1])[-1]
-        if "writing a Python program" in req.messages[0][1]:
+        if instructed(PROGRAM_INSTRUCTION)(req):
             return f"```python\nprint({q[0]}*{q[1]} if {int(q[0]) % 2 == 0} else 42)\n```"
         return "Answer: 42"
     return ScriptedLM(default=reply, model="task", price_per_token=PRICE)
 
 
 def optimizer_lm() -> ScriptedLM:
-    return ScriptedLM([
-        (r"Menu of edits", '{"critique": "compute it in code", "edit": {"op": "program_of_thought", "target": "solve"}}'),
-        (r"What is wrong with the output\?", "The product is wrong."),
-        (r"Reply with exactly these lines", "GRADIENT: compute the product exactly."),
-        (r"merge feedback", "- compute exactly"),
-        (r"<instruction>", "<instruction>Multiply exactly.</instruction>"),
-    ], model="optimizer", price_per_token=PRICE)
+    return scripted_optimizer(
+        edit='{"critique": "compute it in code", "edit": {"op": "program_of_thought", "target": "solve"}}',
+        loss="The product is wrong.", backward="GRADIENT: compute the product exactly.", aggregate="- compute exactly",
+        rewrite="<instruction>Multiply exactly.</instruction>", price_per_token=PRICE)
 
 
 def optimize(path, **kw):
@@ -231,7 +229,7 @@ def test_a_permanent_error_on_a_worker_stops_eval_with_one_line(cluster, tmp_pat
 def test_a_permanent_error_raised_on_ray_is_the_workers_error(cluster, tmp_path):
     from flowbot.lm import LMPermanentError
 
-    with pytest.raises(LMPermanentError, match="ScriptedLM has no reply"):
+    with pytest.raises(LMPermanentError, match="ScriptedLM 'task' has no reply"):
         flowbot.evaluate("cot", task(), split="test", model="task", providers={"task": ScriptedLM(model="task")},
                          cache=tmp_path / "p.sqlite", backend=cluster, concurrency=2)
 

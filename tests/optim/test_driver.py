@@ -4,87 +4,14 @@ thought on a task the model cannot do in its head), proposals decoded under the 
 AFlow-style baseline and the fixed-order ablation on the same skeleton."""
 
 import json
-import re
 
 import pytest
 
-from flowbot.api import prepare_run
-from flowbot.lm import LMRequest
 from flowbot.lm.cache import ResponseCache
-from flowbot.tasks import Task
-from flowbot.testing import ScriptedLM
+from flowbot.testing import optimizer_prompt, repair_turn
 
-POT = {"op": "program_of_thought", "target": "solve"}
-
-
-def products(n: int, start: int = 0) -> list[dict]:
-    rows = []
-    for i in range(start, start + n):
-        a, b = 1000 + 37 * i, 300 + 11 * i
-        rows.append({"id": f"p{i}", "question": f"{a}*{b}", "answer": str(a * b)})
-    return rows
-
-
-def mult_task(n_val: int = 8) -> Task:
-    return Task("mult", train=products(10), val=products(n_val, 100), test=products(6, 200), inputs=["question"],
-                targets=["answer"], metric="numeric", description="multiply two integers", tools=["python"])
-
-
-def task_lm() -> ScriptedLM:
-    """Wrong in its head; writes a correct program when asked for one."""
-    def reply(req: LMRequest, i: int) -> str:
-        system, user = req.messages[0][1], req.messages[-1][1]
-        if "writing a Python program" in system:
-            q = re.search(r"Question:\n(\S+)", user).group(1)
-            return f"```python\nprint({q})\n```"
-        return "Answer: 42"
-    return ScriptedLM(default=reply, model="task")
-
-
-def offered(schema: dict, wanted: dict) -> dict:
-    """``wanted`` when the schema offers it, else its first alternative (as a constrained decoder would)."""
-    edit = schema["properties"]["edit"]
-    alts = edit.get("anyOf", [edit])
-    for alt in alts:
-        if alt["properties"]["op"]["const"] == wanted["op"]:
-            return wanted
-    props = alts[0]["properties"]
-    return {k: (v["const"] if "const" in v else v["enum"][0]) for k, v in props.items()}
-
-
-def optimizer_lm(edit=POT, proposal_text=None, repair_text=None) -> ScriptedLM:
-    """Answers the optimizer's prompts; a proposal (a request with a schema) gets ``edit`` when the
-    parent's schema offers it (else the first offered choice)."""
-    def reply(req: LMRequest, i: int) -> str:
-        user = req.messages[-1][1]
-        if "Your reply cannot be used" in user:
-            return repair_text if repair_text is not None else json.dumps({"critique": "fixed", "edit": edit})
-        if req.schema is not None:
-            if proposal_text is not None:
-                return proposal_text
-            choice = offered(json.loads(req.schema), edit)
-            return "Here: " + json.dumps({"critique": "It cannot multiply in its head; compute in code.",
-                                          "edit": choice})
-        if "What is wrong with the output?" in user:
-            return "The product is wrong."
-        if "Reply with exactly these lines" in user:
-            return "GRADIENT: compute the product exactly."
-        if "<instruction>" in user:
-            return "<instruction>Multiply the numbers exactly. Think step by step.</instruction>"
-        return "- compute exactly"
-    return ScriptedLM(default=reply, model="optimizer")
-
-
-def prepare(tmp_path, task_provider, opt_provider, task=None, **kw):
-    options = dict(seed="cot", model="task", optimizer_model="optimizer", run_dir=tmp_path / "run",
-                   providers={"task": task_provider, "optimizer": opt_provider}, train_size=10, val_size=8,
-                   inner={"steps": 1, "demos": 0}, outer={"rounds": 2}, concurrency=1)
-    options.update(kw)
-    return prepare_run(task or mult_task(), **options)
-
-
-def proposals(opt: ScriptedLM) -> list[LMRequest]:
-    return [r for r in opt.calls if r.schema is not None]
+from .scripted_runs import (case_optimizer, case_task, case_task_lm, mult_task, optimizer_lm, prepare, proposals,
+                            task_lm)
 
 
 async def test_outer_loop_finds_program_of_thought_and_keeps_it(tmp_path):
@@ -117,7 +44,7 @@ async def test_an_unusable_proposal_is_repaired_once(tmp_path):
     summary = result.summary
     assert summary["proposals"]["valid"] >= 1 and summary["proposals"]["invalid"] == 0
     assert result.val_score == 1.0
-    assert any("Your reply cannot be used" in r.messages[-1][1] for r in opt.calls)
+    assert any(repair_turn("edit")(r) for r in opt.calls)
 
 
 async def test_an_unrepairable_proposal_is_dropped_and_counted(tmp_path):
@@ -144,7 +71,7 @@ async def test_aflow_baseline_runs_the_same_skeleton_without_tuning(tmp_path):
     assert result.val_score == 1.0
     assert any(n.kind == "tool" and n.tool == "python" for n in result.best.sketch.nodes)
     assert not any(e["type"] in ("inner_candidate", "inner_step") for e in events)  # structure only
-    assert "Operators you can apply" in proposals(opt)[0].messages[-1][1]
+    assert optimizer_prompt("aflow")(proposals(opt)[0])
     assert result.summary["racing"]["raced"] == 1
 
 
@@ -216,7 +143,13 @@ async def test_a_small_budget_is_refused_and_the_least_it_names_is_kept_within(t
     assert not t.calls and not o.calls and not (tmp_path / "run").exists()
     result = await prepare(tmp_path, t, o, budget={"calls": 18}, budget_scope="search", outer={"rounds": 3}).arun()
     assert proposals(o) and result.summary["budget"]["spent"]["calls"] <= 18
-    assert json.loads((tmp_path / "run" / "best.json").read_text())["sketch"]["nodes"]
+    # the one child it could pay for won, and is the result; then the budget stopped the search
+    assert result.stopped == "the budget left cannot pay for another candidate's raced validation"
+    assert result.best_id == "c1" and result.val_score == 1.0 and result.seed_val_score == 0.0
+    assert result.best.sketch.node_ids()[0] == "write_program" and result.test_score == 1.0
+    saved = json.loads((tmp_path / "run" / "best.json").read_text())
+    assert saved["sketch"] == json.loads(result.best.sketch.model_dump_json())
+    assert saved["meta"]["tuned"]["candidate"] == "c1"
 
 
 async def test_a_budget_that_affords_one_child_keeps_what_it_won(tmp_path):
@@ -251,34 +184,6 @@ async def test_the_test_reserve_counts_only_uncached_seed_items(tmp_path):
     assert plan["reserved_for_test"].startswith("0 calls") and "0 of 6 seed test items uncached" in plan["reserved_for_test"]
 
 
-def case_task(n_test: int = 30) -> Task:
-    def rows(prefix: str, n: int) -> list[dict]:
-        return [{"id": f"{prefix}{i}", "question": f"{prefix}word{i}", "answer": f"{prefix}word{i}".upper()}
-                for i in range(n)]
-    return Task("case", train=rows("t", 10), val=rows("v", 6), test=rows("x", n_test), inputs=["question"],
-                targets=["answer"], description="copy the question in the right case", metric=same_case)
-
-
-def same_case(example: dict, prediction: dict) -> float:
-    return float(prediction.get("answer") == example["answer"])
-
-
-def case_task_lm() -> ScriptedLM:
-    """Copies the question; in capitals once its instruction says UPPERCASE."""
-    def reply(req: LMRequest, i: int) -> str:
-        q = re.search(r"Question:\n(\S+)", req.messages[-1][1]).group(1)
-        return "Answer: " + (q.upper() if "UPPERCASE" in req.messages[0][1] else q)
-    return ScriptedLM(default=reply, model="task")
-
-
-def case_optimizer() -> ScriptedLM:
-    return ScriptedLM([
-        (r"What is wrong with the output\?", "The output is lowercase; the correct answer is uppercase."),
-        (r"Reply with exactly these lines", "GRADIENT: require UPPERCASE output."),
-        (r"<instruction>", "<instruction>Repeat the question in UPPERCASE letters.</instruction>"),
-    ], model="optimizer")
-
-
 async def test_a_tuned_seed_keeps_its_test_evaluation_paid_for(tmp_path):
     """The seed's test answers are cached, so nothing is reserved for them; the inner loop's rewrite
     wins, and the tuned workflow's 30 test items must then be paid from the 65 calls. The inner loop
@@ -300,16 +205,28 @@ async def test_a_tuned_seed_keeps_its_test_evaluation_paid_for(tmp_path):
 
 
 def test_a_budget_too_small_for_one_candidate_is_refused_before_paying(tmp_path):
+    import asyncio
     t, o = task_lm(), optimizer_lm()
     prepared = prepare(tmp_path, t, o, budget={"calls": 20})
     est = prepared.estimate()
+    phases = est.to_dict()["phases"]
+    # the seed's 8 validation items and the 6 test items of the best and of the seed, one call each
+    assert phases["seed evaluation"]["task_calls"] == 8 and phases["test evaluation"]["task_calls"] == 12
+    assert est.to_dict()["total"]["task_calls"] == sum(p["task_calls"] for p in phases.values())
     assert est.refusal and "cannot pay for one structural candidate" in est.refusal and est.candidates == 0
-    import asyncio
+    assert "--budget-calls to at least 36" in est.refusal
     with pytest.raises(ValueError, match="cannot pay for one"):
         asyncio.run(prepared.arun())
     assert not t.calls and not o.calls and not (tmp_path / "run").exists()
-    roomy = prepare(tmp_path, t, o, budget={"calls": 400}).estimate()
-    assert roomy.refusal is None and roomy.candidates >= 1
+    # the least budget the refusal names is the least that runs, and it races a child and keeps it
+    assert prepare(tmp_path, t, o, budget={"calls": 35}).estimate().candidates == 0
+    least = prepare(tmp_path, t, o, budget={"calls": 36})
+    assert least.estimate().refusal is None and least.estimate().candidates == 1
+    result = asyncio.run(least.arun())
+    assert result.summary["racing"]["raced"] >= 1 and result.summary["budget"]["spent"]["calls"] <= 36
+    assert result.best_id == "c1" and result.val_score == 1.0 and len(result.test.results) == 6
+    roomy = prepare(tmp_path / "roomy", t, o, budget={"calls": 400}).estimate()
+    assert roomy.refusal is None and roomy.candidates > 1
 
 
 def test_a_tokens_or_dollars_budget_too_small_for_one_candidate_is_refused_before_paying(tmp_path):

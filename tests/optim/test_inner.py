@@ -9,7 +9,12 @@ from flowbot.optim.budgeting import BudgetPlan, Price
 from flowbot.optim.evaluation import Evaluator
 from flowbot.optim.inner import InnerConfig, InnerLoop
 from flowbot.runtime import Executor
-from flowbot.testing import ScriptedLM
+from flowbot.tasks.seeds import build_baseline
+from flowbot.testing import ScriptedLM, instructed, optimizer_prompt, prompt_fields, scripted_optimizer
+
+from .shout import CAPS, SHOUT, Clocked, nth, rows, shouted
+from .shout import optimizer_lm as shout_optimizer
+from .shout import task_lm as shout_task_lm
 
 
 def system_of(req: LMRequest) -> str:
@@ -54,11 +59,8 @@ def case_task_lm() -> ScriptedLM:
 
 
 def case_optimizer(step_text="<instruction>Repeat the question in UPPERCASE letters.</instruction>") -> ScriptedLM:
-    return ScriptedLM([
-        (r"What is wrong with the output\?", "The output is lowercase; the correct answer is uppercase."),
-        (r"Reply with exactly these lines", "GRADIENT: require UPPERCASE output."),
-        (r"<instruction>", step_text),
-    ], model="optimizer")
+    return scripted_optimizer(loss="The output is lowercase; the correct answer is uppercase.",
+                              backward="GRADIENT: require UPPERCASE output.", rewrite=step_text)
 
 
 def examples(prefix: str, n: int) -> list[dict]:
@@ -103,7 +105,7 @@ async def test_backward_blames_the_faulty_middle_node_only():
     backward_nodes = []
 
     def backward(req: LMRequest, i: int) -> str:
-        node = re.search(r"Step '(\w+)'", last_user(req)).group(1)
+        node = prompt_fields("backward", req)["node_id"]
         backward_nodes.append(node)
         if node == "c":
             return "GRADIENT: NONE\nFEEDBACK[y]: y was BAD but must be GOOD."
@@ -111,12 +113,8 @@ async def test_backward_blames_the_faulty_middle_node_only():
             return "GRADIENT: step b must FIX its output.\nFEEDBACK[x]: NONE"
         return "GRADIENT: change a too"
 
-    opt = ScriptedLM([
-        (r"What is wrong with the output\?", "Output BAD, expected GOOD."),
-        (r"Reply with exactly these lines", backward),
-        (r"merge feedback", "- FIX the output"),
-        (r"<instruction>", "<instruction>FIX: always produce the correct value.</instruction>"),
-    ])
+    opt = scripted_optimizer(loss="Output BAD, expected GOOD.", backward=backward, aggregate="- FIX the output",
+                             rewrite="<instruction>FIX: always produce the correct value.</instruction>")
     data = [{"id": f"e{i}", "question": f"q{i}", "gold": "GOOD"} for i in range(8)]
     loop = build(ScriptedLM(default=task), opt)
     result = await loop.optimize(chain(), data[:5], data[5:])
@@ -136,12 +134,9 @@ async def test_blame_is_kept_by_the_node_that_neither_fixes_nor_passes_it_on():
         prompts.append(last_user(req))
         return "GRADIENT: NONE"
 
-    opt = ScriptedLM([
-        (r"What is wrong with the output\?", "The output is lowercase; it must be UPPERCASE."),
-        (r"Reply with exactly these lines", backward),
-        (r"merge feedback", "- answer in UPPERCASE"),
-        (r"<instruction>", "<instruction>Repeat the question in UPPERCASE letters.</instruction>"),
-    ])
+    opt = scripted_optimizer(loss="The output is lowercase; it must be UPPERCASE.", backward=backward,
+                             aggregate="- answer in UPPERCASE",
+                             rewrite="<instruction>Repeat the question in UPPERCASE letters.</instruction>")
     loop = build(case_task_lm(), opt)
     result = await loop.optimize(one_node(), examples("t", 10), examples("v", 6))
     assert prompts and all("or NONE" not in p for p in prompts)  # a source node is not offered NONE
@@ -169,6 +164,33 @@ async def test_regression_on_validation_is_rejected():
 
 
 async def test_budget_stops_cleanly_with_best_so_far():
+    """Step 1's rewrite (CAPS) wins; the budget runs out in the middle of step 2's race (SHOUT, which
+    passed its minibatch check, had answered 2 of 6 items): the result is CAPS with its own complete
+    validation, not SHOUT and not a mix of the two."""
+    now = [0.0]
+    seen: list = []
+    when = nth(7, instructed(SHOUT))  # its 5 minibatch items, then the race's first two
+    budget = Budget(max_seconds=100, clock=lambda: now[0])
+    meter = UsageMeter()
+    task = Clocked(shout_task_lm(), when, now, seen)
+    task_lm = LMClient(task, role="task", meter=meter, budget=budget)
+    opt_lm = LMClient(Clocked(shout_optimizer(), when, now, seen), role="optimizer", meter=meter, budget=budget)
+    ctx = GradContext(task_description="repeat the question, shouting", output_field="answer",
+                      target_fields=["answer"])
+    loop = InnerLoop(Evaluator(Executor(task_lm), shouted, concurrency=1), opt_lm, ctx,
+                     InnerConfig(steps=10, demos=0), meter=meter)
+    seed = build_baseline("cot", inputs=["question"], output="answer", description="repeat the question, shouting")
+    result = await loop.optimize(seed, rows("t", 10), rows("v", 6))
+    assert sum(map(instructed(SHOUT), task.calls)) == 7  # the budget ran out in SHOUT's race
+    assert result.stopped == "run time budget of 100 s is used up"
+    assert [(s.new, s.accepted) for s in result.steps] == [(CAPS, True)] and len(result.races) == 1
+    assert result.workflow.params["solve"].instruction == CAPS and result.initial_val_score == 0.0
+    assert result.val.complete and len(result.val.results) == 6 and result.val_score == 0.5
+    assert sorted(r.prediction["answer"] for r in result.val.results) == [f"VWORD{i}" for i in range(6)]  # CAPS
+    assert result.blame == {"solve": 10}  # both steps' backward passes were complete
+
+
+async def test_a_budget_that_cannot_pay_for_a_step_starts_none():
     # 6 calls score the seed; a step (forward, losses, backward, rewrite, candidate, race) needs more
     # than the 8 left, so none is started and the seed, unchanged, is the result
     budget = Budget(max_calls=14)
@@ -263,7 +285,7 @@ async def test_global_feedback_variant_skips_backward():
     opt = case_optimizer()
     loop = build(case_task_lm(), opt, InnerConfig(steps=1, demos=0, feedback="global"))
     result = await loop.optimize(one_node(), examples("t", 5), examples("v", 3))
-    assert not any("Reply with exactly these lines" in last_user(r) for r in opt.calls)
+    assert not any(optimizer_prompt("backward")(r) for r in opt.calls)
     assert result.val_score == 1.0
 
 
@@ -276,7 +298,7 @@ async def test_metric_feedback_reaches_the_textual_loss():
 
     loop = build(case_task_lm(), opt, InnerConfig(steps=1, demos=0), metric=metric)
     await loop.optimize(one_node(), examples("t", 5), examples("v", 3))
-    losses = [r for r in opt.calls if "What is wrong with the output?" in last_user(r)]
+    losses = [r for r in opt.calls if optimizer_prompt("loss")(r)]
     assert losses and all("SHOUTING REQUIRED" in last_user(r) for r in losses)
 
 
@@ -330,11 +352,8 @@ def rule_optimizer(*rules: str) -> ScriptedLM:
     def rule(req: LMRequest, i: int) -> str:
         return replies.pop(0) if len(replies) > 1 else replies[0]
 
-    return ScriptedLM([
-        (r"What is wrong with the output\?", "The output is lowercase; the correct answer is uppercase."),
-        (r"Reply with exactly these lines", "GRADIENT: require UPPERCASE output."),
-        (r"starts with RULE:", rule),
-    ], model="optimizer")
+    return scripted_optimizer(loss="The output is lowercase; the correct answer is uppercase.",
+                              backward="GRADIENT: require UPPERCASE output.", rule=rule)
 
 
 async def test_the_rule_step_adds_one_general_rule_and_keeps_the_instruction():
@@ -345,9 +364,9 @@ async def test_the_rule_step_adds_one_general_rule_and_keeps_the_instruction():
         "Repeat the question.\n\nRules:\n- Write the answer in UPPERCASE letters.")
     assert result.val_score == 1.0 and result.steps[0].change == "rule" and result.steps[0].accepted
     # the rule step reads the per-example gradients as they are: no aggregation call
-    assert not any("Feedback from" in last_user(r) for r in opt.calls)
+    assert not any(optimizer_prompt("aggregate")(r) for r in opt.calls)
     # and the cases the step failed on: what it read, what it wrote, the correct final answer
-    (ask,) = [r for r in opt.calls if "starts with RULE:" in last_user(r)]
+    (ask,) = [r for r in opt.calls if optimizer_prompt("rule")(r)]
     assert re.search(r"1\. read question: tword\d \| wrote tword\d \| correct final answer: TWORD\d", last_user(ask))
 
 
@@ -377,7 +396,7 @@ async def test_a_rule_naming_the_minibatch_is_asked_again_then_dropped_before_an
     task = case_task_lm()
     loop = build(task, opt, InnerConfig(steps=1, demos=0, step="rule", minibatch_size=5))
     result = await loop.optimize(one_node(), examples("t", 5), examples("v", 4))
-    rule_calls = [r for r in opt.calls if "starts with RULE:" in last_user(r)]
+    rule_calls = [r for r in opt.calls if optimizer_prompt("rule")(r)]
     assert len(rule_calls) == 2 and "'TWORD0'" in last_user(rule_calls[1]) and rule_calls[1].temperature > 0
     dropped = [s for s in result.steps if s.reason.startswith("too specific")]
     assert len(dropped) == 2 and all(s.minibatch_after is None and not s.accepted for s in dropped)
@@ -409,7 +428,7 @@ async def test_a_node_with_max_rules_is_left_alone():
     opt = rule_optimizer("RULE: Write the answer in UPPERCASE letters.")
     loop = build(case_task_lm(), opt, InnerConfig(steps=1, demos=0, step="rule", max_rules=2))
     result = await loop.optimize(wf, examples("t", 5), examples("v", 4))
-    assert not result.steps and not any("starts with RULE:" in last_user(r) for r in opt.calls)
+    assert not result.steps and not any(optimizer_prompt("rule")(r) for r in opt.calls)
 
 
 def test_rule_replies_are_parsed_forgivingly():

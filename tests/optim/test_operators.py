@@ -4,7 +4,6 @@ executor (scripted LM, real sandbox) and scores as intended."""
 from __future__ import annotations
 
 import random
-import re
 from typing import Any, Iterator
 
 import pytest
@@ -14,9 +13,13 @@ from flowbot.graph.edits import EditError
 from flowbot.lm import LMClient, RetryPolicy
 from flowbot.lm.base import LMRequest
 from flowbot.lm.cache import ResponseCache
-from flowbot.testing import ScriptedLM
 from flowbot.optim.operators import (
+    ANSWER_FROM_EVIDENCE,
+    FORMAT_INSTRUCTION,
     OPERATORS,
+    PROGRAM_INSTRUCTION,
+    QUOTE_INSTRUCTION,
+    VERIFY_INSTRUCTION,
     OperatorContext,
     apply_operator,
     context_for_task,
@@ -24,11 +27,13 @@ from flowbot.optim.operators import (
     menu,
     option_combinations,
 )
+from flowbot.testing import ScriptedLM, instructed
+from flowbot.testing.prompts import template_pattern
 from flowbot.runtime import Executor
 from flowbot.tasks import Task
 from flowbot.tasks.benchmarks import BENCHMARKS
 from flowbot.tasks.metric_specs import resolve_metric
-from flowbot.tasks.seeds import benchmark_baseline
+from flowbot.tasks.seeds import COT_INSTRUCTION, benchmark_baseline
 from flowbot.tools import default_registry
 
 SIGNATURES = default_registry().signatures()
@@ -138,11 +143,10 @@ def test_context_for_task_takes_the_declared_tools_and_refuses_unknown_ones():
 
 # -- running the operators' workflows ------------------------------------------------------------
 def scripted(*rules: tuple[Any, Any]) -> tuple[ScriptedLM, LMClient]:
-    """A scripted LM whose rules match the system prompt (which says what each step is for)."""
-    def on_system(pattern: str):
-        return lambda req: re.search(pattern, req.messages[0][1]) is not None
-
-    provider = ScriptedLM([(on_system(p) if isinstance(p, str) else p, r) for p, r in rules])
+    """A scripted LM whose rules match the instruction a step was given (by the template the
+    operator or seed filled in, so a reworded instruction is still recognised); any other request
+    fails."""
+    provider = ScriptedLM(list(rules))
     return provider, LMClient(provider, cache=ResponseCache(), retry=RetryPolicy(base_delay=0.001, max_delay=0.01))
 
 
@@ -151,8 +155,15 @@ async def run(wf: Workflow, client: LMClient, **inputs: Any):
 
 
 GSM8K_METRIC = resolve_metric("gsm8k", target="answer", output="answer")
-PROGRAM = r"writing a Python program"
-COT = r"Think step by step"
+PROGRAM = instructed(PROGRAM_INSTRUCTION)
+COT = instructed(COT_INSTRUCTION)
+QUOTE = instructed(QUOTE_INSTRUCTION)
+VERIFY = instructed(VERIFY_INSTRUCTION)
+FORMAT = instructed(FORMAT_INSTRUCTION)
+
+
+def from_evidence(req: LMRequest) -> bool:  # the answering step, told to answer from the quotes
+    return template_pattern(ANSWER_FROM_EVIDENCE).search(req.messages[0][1]) is not None
 
 
 def program_reply(code: str) -> str:
@@ -269,8 +280,8 @@ async def test_extract_then_answer_answers_from_the_quotes_not_the_passage():
     quote = "The Eiffel Tower is in Paris."
     context = [["Eiffel Tower", [quote, " It was built in 1889."]], ["Lyon", ["Lyon is a city in France."]]]
     provider, client = scripted(
-        (r"Copy the sentences of the context", quote),
-        (r"answer from the evidence", lambda req, i: "Answer: Paris" if quote in req.messages[-1][1] else "?"))
+        (QUOTE, quote),
+        (from_evidence, lambda req, i: "Answer: Paris" if quote in req.messages[-1][1] else "?"))
     trace = await run(wf, client, question="In which city is the Eiffel Tower?", context=context)
     assert trace.outputs == {"answer": "Paris"}
     answering = trace.nodes["solve"]
@@ -290,7 +301,7 @@ async def test_verify_and_revise_reads_the_full_reasoning_and_corrects_it():
     def verifier(req: LMRequest, i: int) -> str:
         return "3 + 4 is 7, not 8.\nAnswer: 7" if "3 + 4 = 8" in req.messages[-1][1] else "Answer: 8"
 
-    provider, client = scripted((r"draft solution", verifier), (COT, draft))
+    provider, client = scripted((VERIFY, verifier), (COT, draft))
     question = "Ann has 3 apples and gets 4 more. How many?"
     seed_trace = await run(cot, client, question=question)
     trace = await run(wf, client, question=question)
@@ -308,7 +319,7 @@ async def test_verify_and_revise_reads_the_full_reasoning_and_corrects_it():
 async def test_verify_and_revise_keeps_the_label_request_of_a_classification_step():
     cot = benchmark_baseline("fever", "cot")
     wf = apply_operator(cot, "verify_and_revise", "solve", bench_ctx("fever"))
-    provider, client = scripted((r"draft solution", "Answer: REFUTES"), (COT, "It is not true.\nAnswer: SUPPORTS"))
+    provider, client = scripted((VERIFY, "Answer: REFUTES"), (COT, "It is not true.\nAnswer: SUPPORTS"))
     seed_trace = await run(cot, client, claim="The moon is made of cheese.")
     trace = await run(wf, client, claim="The moon is made of cheese.")
     assert trace.outputs == {"label": "REFUTES"}
@@ -325,7 +336,7 @@ async def test_format_answer_rewrites_the_answer_into_the_short_form():
     def formatter(req: LMRequest, i: int) -> str:
         return "Answer: 12" if "Draft answer:\n12 yards" in req.messages[-1][1] else "Answer: ?"
 
-    provider, client = scripted((r"Rewrite the draft answer", formatter), (COT, "The field goal was 12 yards.\nAnswer: 12 yards"))
+    provider, client = scripted((FORMAT, formatter), (COT, "The field goal was 12 yards.\nAnswer: 12 yards"))
     inputs = {"passage": passage, "question": "How long was the field goal?"}
     seed_trace = await run(cot, client, **inputs)
     trace = await run(wf, client, **inputs)
@@ -402,8 +413,8 @@ async def test_chain_of_operators_runs_through_the_executor():
     wf = apply_operator(wf, "format_answer", "pick_answer", ctx)
     provider, client = scripted(
         (PROGRAM, program_reply("raise ValueError('no idea')")),
-        (r"draft solution", "Answer: 12 yards"),
-        (r"Rewrite the draft answer", "Answer: 12"),
+        (VERIFY, "Answer: 12 yards"),
+        (FORMAT, "Answer: 12"),
         (COT, "Answer: 11 yards"))
     trace = await run(wf, client, passage="A 12-yard field goal.", question="How long was the field goal?")
     assert trace.outputs == {"answer": "12"} and trace.error is None
@@ -424,7 +435,7 @@ async def test_extract_then_answer_on_a_fallback_quotes_only_when_the_fallback_r
     ctx = bench_ctx("drop")
     wf = apply_operator(pot("drop"), "extract_then_answer", "solve", ctx)
     assert wf.sketch.node("check_program").routes["fallback"] == ["solve", "quote_evidence"]
-    provider, client = scripted((PROGRAM, program_reply("print(12)")), (r"Copy the sentences", "A 12-yard goal."),
+    provider, client = scripted((PROGRAM, program_reply("print(12)")), (QUOTE, "A 12-yard goal."),
                                 (COT, "Answer: 11"))
     trace = await run(wf, client, passage="A 12-yard goal.", question="How long was the goal?")
     assert trace.outputs == {"answer": "12"} and trace.nodes["quote_evidence"].skipped

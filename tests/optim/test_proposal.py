@@ -98,7 +98,7 @@ async def test_an_edit_that_would_rebuild_a_raced_child_is_invalid_never_a_dupli
     from flowbot.optim.archive import Archive, ArchiveEntry
     from flowbot.optim.proposal import LLMProposal
     from flowbot.optim.search import ProposalCounts
-    from flowbot.testing import ScriptedLM
+    from flowbot.testing import scripted_optimizer
 
     ctx, parent = ctx_for("gsm8k"), benchmark_baseline("gsm8k", "cot")
     pot = next(c for c in new_choices(parent, ctx, set()) if c.op == "program_of_thought")
@@ -110,7 +110,38 @@ async def test_an_edit_that_would_rebuild_a_raced_child_is_invalid_never_a_dupli
     assert all(c.child.sketch.signature() not in archive.signatures for c in offered)
     assert pot.edit not in list(instances(proposal_schema(offered)))
     reply = json.dumps({"critique": "compute in code", "edit": pot.edit})
-    expander = LLMProposal(LMClient(ScriptedLM(default=reply)), ctx, task_description="math", attempts=1)
+    expander = LLMProposal(LMClient(scripted_optimizer(edit=reply, repair=reply)), ctx, task_description="math",
+                           attempts=1)
     counts = ProposalCounts()
     assert await expander.propose(archive.entries[0], archive, Budget(), counts) is None
     assert (counts.made, counts.invalid, counts.valid, counts.duplicate) == (1, 1, 0, 0)
+
+
+async def test_a_child_over_the_node_count_limit_is_never_offered_and_naming_it_is_invalid():
+    from flowbot.lm import Budget, LMClient
+    from flowbot.optim.archive import Archive, ArchiveEntry
+    from flowbot.optim.proposal import LLMProposal
+    from flowbot.optim.search import ProposalCounts
+    from flowbot.testing import scripted_optimizer
+
+    ctx, parent = ctx_for("gsm8k"), benchmark_baseline("gsm8k", "cot")
+    every = new_choices(parent, ctx, set(), max_nodes=100)
+    sc = {dict(c.options)["k"]: c for c in every if c.op == "self_consistency"}
+    small, big = min(sc), max(sc)
+    limit = len(sc[small].child.sketch.nodes)  # k samples and a vote: k + 1 nodes
+    assert limit == small + 1 and len(sc[big].child.sketch.nodes) > limit
+    within = new_choices(parent, ctx, set(), max_nodes=limit)
+    assert {c.text for c in within} == {c.text for c in every if len(c.child.sketch.nodes) <= limit}
+    assert sc[small].text in {c.text for c in within} and sc[big].text not in {c.text for c in within}
+    assert sc[big].edit not in list(instances(proposal_schema(within)))
+    # an optimizer that names the bigger child anyway (a provider that cannot constrain) is refused
+    archive = Archive()
+    archive.add(ArchiveEntry(id="c0", workflow=parent, val_score=0.5, cost_per_example=0.0, tokens_per_example=10.0))
+    reply = json.dumps({"critique": "vote over more samples", "edit": sc[big].edit})
+    opt = scripted_optimizer(edit=reply, repair=reply)  # asked to repair it, it names it again
+    expander = LLMProposal(LMClient(opt), ctx, task_description="math", attempts=2, max_nodes=limit)
+    counts = ProposalCounts()
+    assert await expander.propose(archive.entries[0], archive, Budget(), counts) is None
+    assert (counts.made, counts.invalid, counts.valid) == (2, 2, 0) and len(opt.calls) == 4
+    assert json.loads(opt.calls[0].schema) == proposal_schema(within)
+    assert f"k: {big} is not one of [{small}]" in opt.calls[1].messages[-1][1]

@@ -11,7 +11,8 @@ import pytest
 from flowbot.api import prepare_run
 from flowbot.lm import LMRequest
 from flowbot.tasks import Task
-from flowbot.testing import ScriptedLM
+from flowbot.optim.operators import PROGRAM_INSTRUCTION
+from flowbot.testing import ScriptedLM, instructed, scripted_optimizer
 
 #: put into an instruction by the optimizer: the report must show it as text, never as markup
 INJECTED = '<script>alert("x")</script><a href="https://evil.example/">click</a>'
@@ -35,37 +36,33 @@ def mult_task() -> Task:
 def task_lm(price: tuple[float, float] | None = None) -> ScriptedLM:
     """Writes a correct program when asked for one; told to multiply "exactly", gets the even first
     factors right in its head."""
-    def reply(req: LMRequest, i: int) -> str:
+    def program(req: LMRequest, i: int) -> str:
+        q = re.findall(r"(\d+\*\d+)", req.messages[-1][1])[-1]
+        return f"```python\nprint({q})\n```"
+
+    def in_its_head(req: LMRequest, i: int) -> str:
         text = "\n".join(c for _, c in req.messages)
-        if "writing a Python program" in req.messages[0][1]:
-            q = re.findall(r"(\d+\*\d+)", req.messages[-1][1])[-1]
-            return f"```python\nprint({q})\n```"
         q = re.findall(r"(\d+)\*(\d+)", req.messages[-1][1])
         if q and "exactly" in text:
             a, b = map(int, q[-1])
             if a % 2 == 0:
                 return f"Answer: {a * b}"
         return "Answer: 42"
-    return ScriptedLM(default=reply, model="task", price_per_token=price)
+    return ScriptedLM([(instructed(PROGRAM_INSTRUCTION), program)], default=in_its_head, model="task",
+                      price_per_token=price)
 
 
 def optimizer_lm(price: tuple[float, float] | None = None, rewrite: str = f"Multiply exactly. {INJECTED}") -> ScriptedLM:
-    return ScriptedLM([
-        (r"Your reply cannot be used", '{"critique": "compute it in code", "edit": ' + POT_EDIT + "}"),
-        (r"Menu of edits",
-         'It cannot multiply large numbers: {"critique": "it cannot multiply in its head", '
-         '"edit": {"op": "program_of_thought", "target": "nowhere"}}'),
-        (r"What is wrong with the output\?", "The product is wrong."),
-        (r"Reply with exactly these lines", "GRADIENT: compute the product exactly, digit by digit."),
-        (r"merge feedback", "- compute exactly"),
-        (r"<instruction>", f"<instruction>{rewrite}</instruction>"),
-    ], model="optimizer", price_per_token=price)
+    return scripted_optimizer(
+        repair='{"critique": "compute it in code", "edit": ' + POT_EDIT + "}",
+        edit='It cannot multiply large numbers: {"critique": "it cannot multiply in its head", '
+             '"edit": {"op": "program_of_thought", "target": "nowhere"}}',
+        loss="The product is wrong.", backward="GRADIENT: compute the product exactly, digit by digit.",
+        aggregate="- compute exactly", rewrite=f"<instruction>{rewrite}</instruction>", price_per_token=price)
 
 
 def aflow_lms() -> tuple[ScriptedLM, ScriptedLM]:
-    opt = ScriptedLM([(r"Operators you can apply", '```json\n{"critique": "compute it", "edit": ' + POT_EDIT + '}\n```')],
-                     model="optimizer")
-    return task_lm(), opt
+    return task_lm(), scripted_optimizer(aflow='```json\n{"critique": "compute it", "edit": ' + POT_EDIT + '}\n```')
 
 
 def make_run(path: Path, task: ScriptedLM, opt: ScriptedLM, callbacks=(), **kw) -> Path:

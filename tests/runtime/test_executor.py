@@ -19,7 +19,7 @@ from flowbot.lm.base import Completion, Provider, Usage
 from flowbot.runtime import Executor, evaluate_examples
 from flowbot.runtime.executor import majority_vote
 from flowbot.testing import ScriptedLM
-from flowbot.tools.base import Tool, ToolRegistry, ToolResult
+from flowbot.tools.base import Tool, ToolError, ToolRegistry, ToolResult
 
 
 class EchoTool(Tool):
@@ -171,9 +171,25 @@ async def test_tool_node_and_react_loop():
 
 
 async def test_budget_stops_run_with_exception():
-    client = LMClient(ScriptedLM(default="x"), budget=Budget(max_calls=0))
+    # a budget of nothing: the run raises before the provider sees a call
+    provider = ScriptedLM(default="x")
+    with pytest.raises(BudgetExceeded, match="budget of 0 calls is used up"):
+        await Executor(LMClient(provider, budget=Budget(max_calls=0))).run(single(), {"q": "1"})
+    assert provider.calls == []
+    # one call: the first of two nodes runs, the second is refused and the run raises (no partial trace)
+    nodes = [LLMNode(id="first", reads=["q"], writes="x"), LLMNode(id="second", reads=["x"], writes="a")]
+    w = Workflow(sketch=Sketch(inputs=["q"], outputs=["a"], nodes=nodes),
+                 params={"first": NodeParams(instruction="FIRST"), "second": NodeParams(instruction="SECOND")})
+    provider, budget = ScriptedLM([(r"FIRST", "x1"), (r"SECOND", "a1")]), Budget(max_calls=1)
+    with pytest.raises(BudgetExceeded, match="budget of 1 calls is used up"):
+        await Executor(LMClient(provider, budget=budget)).run(w, {"q": "1"})
+    assert [r.messages[0][1] for r in provider.calls] == ["FIRST"] and budget.spent.calls == 1
+    # and in the middle of a ReAct node: it acted (one call, the tool ran), then may not answer
+    tools = ToolRegistry([EchoTool()])
+    provider, budget = ScriptedLM(default="Action: echo[ping]"), Budget(max_calls=1)
     with pytest.raises(BudgetExceeded):
-        await Executor(client).run(single(), {"q": "1"})
+        await Executor(LMClient(provider, budget=budget), tools=tools).run(single(tools=["echo"]), {"q": "1"})
+    assert len(provider.calls) == 1 and budget.spent.calls == 1
 
 
 async def test_missing_input_is_an_error_not_a_crash():
@@ -236,3 +252,93 @@ async def test_reasoning_rule_keeps_the_whole_reply_and_asks_for_the_final_line_
     w = Workflow(sketch=Sketch(inputs=["q"], outputs=["draft_solution"], nodes=[draft]), params={"solve": params})
     trace = await Executor(lm(default="  2 + 2 = 4\nAnswer: 4\n")).run(w, {"q": "2+2?"})
     assert trace.outputs == {"draft_solution": "2 + 2 = 4\nAnswer: 4"}
+
+
+# -- failures the executor records instead of raising -----------------------------------------------
+class BrokenTool(Tool):
+    name = "broken"
+    description = "always fails"
+    primary_arg = "text"
+
+    async def call(self, **kw):
+        raise ToolError("the service is down")
+
+
+class ReportingTool(Tool):
+    name = "reporting"
+    description = "reports a failure in its output, as the python tool does"
+    primary_arg = "text"
+
+    async def call(self, **kw):
+        return ToolResult("Error: division by zero", ok=False, details={"exit_code": 1})
+
+
+async def test_a_failing_tool_node_is_recorded_and_only_what_needs_it_is_skipped():
+    tools = ToolRegistry([BrokenTool(), ReportingTool(), EchoTool()])
+    nodes = [ToolNode(id="lookup", tool="broken", args={"text": "q"}, writes="facts"),
+             LLMNode(id="use", reads=["q", "facts"], writes="a_facts"),
+             ToolNode(id="shout", tool="echo", args={"text": "q"}, writes="a_loud"),
+             MergeNode(id="join", reads=["a_facts", "a_loud"], writes="a", strategy="first")]
+    w = Workflow(sketch=Sketch(inputs=["q"], outputs=["a"], nodes=nodes))
+    provider = ScriptedLM(default="never asked")
+    t = await Executor(LMClient(provider), tools=tools).run(w, {"q": "hi"})
+    assert t.nodes["lookup"].error == "ToolError: the service is down" and not t.nodes["lookup"].skipped
+    assert t.nodes["use"].skipped and "facts missing" in t.nodes["use"].error and not provider.calls
+    assert t.outputs == {"a": "HI"}  # the merge goes on with what is there
+    assert t.error == "node 'lookup' failed: ToolError: the service is down"
+    # a tool that reports a failure in its output has an output: the workflow decides what to do with it
+    reporting = Workflow(sketch=Sketch(inputs=["q"], outputs=["r"], nodes=[
+        ToolNode(id="run", tool="reporting", args={"text": "q"}, writes="r")]))
+    t = await Executor(LMClient(provider), tools=tools).run(reporting, {"q": "1/0"})
+    assert t.outputs == {"r": "Error: division by zero"} and t.error is None
+    assert t.nodes["run"].steps == [{"tool": "reporting", "ok": False, "details": {"exit_code": 1}}]
+    # a tool the registry does not know fails its node the same way
+    unknown = Workflow(sketch=Sketch(inputs=["q"], outputs=["r"], nodes=[
+        ToolNode(id="run", tool="teleport", args={"text": "q"}, writes="r")]))
+    t = await Executor(LMClient(provider), tools=tools).run(unknown, {"q": "x"})
+    assert t.nodes["run"].error.startswith("ToolError: unknown tool 'teleport' (known: broken, echo, reporting)")
+
+
+async def test_react_that_runs_out_of_steps_answers_with_its_last_reply():
+    tools = ToolRegistry([EchoTool()])
+    w = single("answer", tools=["echo"], max_tool_steps=2)
+
+    def reply(req: LMRequest, i: int) -> str:  # acts until it may not, then answers from what it saw
+        if req.stop:
+            return f"Step {len(req.messages)}.\nAction: echo[ping]"
+        return "Enough.\nAnswer: " + req.messages[-1][1].removeprefix("Observation: ")
+
+    provider = ScriptedLM(default=reply)
+    t = await Executor(LMClient(provider), tools=tools).run(w, {"q": "x"})
+    assert [tuple(r.stop or ()) for r in provider.calls] == [("Observation:",), ("Observation:",), ()]
+    assert t.nodes["ans"].steps == [{"tool": "echo", "input": "ping", "observation": "PING"}] * 2
+    assert t.nodes["ans"].calls == 3 and t.outputs == {"a": "PING"} and t.error is None
+    # still acting on its last call: that reply is the answer, unrun (its extraction finds no answer line)
+    t = await Executor(LMClient(ScriptedLM(default="Action: echo[ping]")), tools=tools).run(w, {"q": "x"})
+    assert t.nodes["ans"].calls == 3 and len(t.nodes["ans"].steps) == 2 and t.outputs == {"a": "Action: echo[ping]"}
+
+
+async def test_react_calling_an_unknown_or_failing_tool_observes_the_error_and_goes_on():
+    tools = ToolRegistry([EchoTool(), BrokenTool()])
+    w = single("answer", tools=["echo", "broken"], max_tool_steps=4)
+    script = iter(["Action: teleport[there]", "Action: calculator[1+1]", "Action: broken[x]", "Action: echo[ok]",
+                   "Answer: done"])
+    provider = ScriptedLM(default=lambda req, i: next(script))
+    t = await Executor(LMClient(provider), tools=tools).run(w, {"q": "x"})
+    assert [s["observation"] for s in t.nodes["ans"].steps] == [
+        "error: this step cannot call 'teleport'; it may call echo, broken",
+        "error: this step cannot call 'calculator'; it may call echo, broken",
+        "error: the service is down", "OK"]
+    assert provider.calls[1].messages[-1][1] == ("Observation: error: this step cannot call 'teleport'; it may "
+                                                 "call echo, broken")
+    assert t.outputs == {"a": "done"} and t.error is None and t.nodes["ans"].calls == 5
+
+
+async def test_an_unknown_branch_label_takes_the_default_route():
+    client = lm((r"Classify", "Answer: poetry"), (r"CALC", "m"), (r"TALK", "c"))
+    t = await Executor(client).run(branch_workflow("llm"), {"q": "3+4"})
+    assert t.nodes["route"].output == "chat" and t.nodes["route"].raw == ["Answer: poetry"]
+    assert t.outputs == {"a": "c"} and t.nodes["calc"].skipped and t.error is None
+    # a rule branch whose rules all miss takes it too
+    t = await Executor(lm((r"CALC", "m"), (r"TALK", "c"))).run(branch_workflow("rule"), {"q": "no digits"})
+    assert t.nodes["route"].output == "chat" and t.outputs == {"a": "c"}
