@@ -49,13 +49,18 @@ async def test_disk_is_capped_for_the_whole_run(isolation: str) -> None:
                 written += 8
         except OSError as exc:
             print("STOPPED", type(exc).__name__)
-        print("WROTE", written)
-        import time; time.sleep(1)
+        print("WROTE", written, flush=True)
+        import time; time.sleep(4)
+        print("OUTLIVED THE CAP")
     """)
-    res = await run_python(code, isolation=isolation, disk_mb=32, timeout_s=10)
-    wrote = int(res.stdout.split("WROTE ")[1]) if "WROTE " in res.stdout else 0
-    assert wrote <= 40  # never the 160 MB asked for (each file alone is under the per-file cap)
-    assert res.killed_reason == "disk_limit" or "STOPPED" in res.stdout
+    res = await run_python(code, isolation=isolation, disk_mb=32, timeout_s=20)
+    wrote = int(res.stdout.split("WROTE ")[1].split()[0]) if "WROTE " in res.stdout else 0
+    if isolation == "process":
+        # no kernel boundary: the run's size is sampled, so a fast writer may pass the cap by what it
+        # writes between two samples (more on a loaded machine), and the run is then stopped for it
+        assert res.killed_reason == "disk_limit" and "OUTLIVED THE CAP" not in res.stdout
+    else:  # a tmpfs of disk_mb: never the 160 MB asked for (each file alone is under the per-file cap)
+        assert wrote <= 40 and (res.killed_reason == "disk_limit" or "STOPPED" in res.stdout)
 
 
 def sleep_token() -> str:
