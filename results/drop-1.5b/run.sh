@@ -18,11 +18,18 @@ mkdir -p "$BASE"
 #    sampled self-consistency copies (seeded); one shared cache, so CoT's greedy answer is also the
 #    first sample of CoT-SC.
 EVAL="flowbot eval --task drop $DATA --model $MODEL --concurrency 1 --cache $BASE/cache.sqlite"
+# an evaluation already written is not run again (re-running it from the cache would pay nothing
+# but overwrite its record, wall time included, with the replay's)
+evaluate() {  # output file, eval options
+  local out=$1; shift
+  if [ -e "$out" ]; then echo "$out: done"; return; fi
+  $EVAL "$@" --out "$out"
+}
 # the CoT seed on validation (first 50 of AFlow's validation fixture): every search method starts
 # from it, and each gets a copy of this cache, so the seed's answers are free to all of them alike
-$EVAL --split val --limit 50 -w cot --out $BASE/val-cot.json
+evaluate $BASE/val-cot.json --split val --limit 50 -w cot
 for w in cot io sc3 react; do
-  $EVAL --split test --limit 150 -w $w --out $BASE/test-$w.json
+  evaluate $BASE/test-$w.json --split test --limit 150 -w $w
 done
 [ "$STAGE" = baselines ] && exit 0
 

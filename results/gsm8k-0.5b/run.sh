@@ -12,9 +12,16 @@ STAGE=${1:-all}
 mkdir -p "$BASE"
 # GSM8K's training sample and AFlow's validation and test fixtures ship with FlowBot (no --data-dir)
 EVAL="flowbot eval --task gsm8k --model qwen2.5-coder-0.5b --concurrency 1 --cache $BASE/cache.sqlite"
-$EVAL --split val --limit 50 -w cot --out $BASE/val-cot.json
+# an evaluation already written is not run again (re-running it from the cache would pay nothing
+# but overwrite its record, wall time included, with the replay's)
+evaluate() {  # output file, eval options
+  local out=$1; shift
+  if [ -e "$out" ]; then echo "$out: done"; return; fi
+  $EVAL "$@" --out "$out"
+}
+evaluate $BASE/val-cot.json --split val --limit 50 -w cot
 for w in cot io sc3 react; do
-  $EVAL --split test --limit 150 -w $w --out $BASE/test-$w.json
+  evaluate $BASE/test-$w.json --split test --limit 150 -w $w
 done
 [ "$STAGE" = baselines ] && exit 0
 exec "$OUT/methods.sh"
