@@ -67,9 +67,19 @@ async def method_row(run: Path, task: Any, n_test: int, model: str, optimizer_mo
     }
     return {"scores": {r.example_id: r.score for r in res.batch.results}, "score": res.score, "n": res.n,
             "calls_per_example": res.calls / res.n, "tokens_per_example": res.tokens / res.n,
-            "wall_s": s.get("wall_s_all_sessions", s.get("wall_s")), "search": search, "paid_now": paid,
+            "wall_s": run_wall_s(run, s), "search": search, "paid_now": paid,
             "best": s["best"]["id"], "val": s["best"]["val_score"], "seed_val": s["seed"]["val_score"],
             "proposals": s.get("proposals"), "racing": s.get("racing")}
+
+
+def run_wall_s(run: Path, summary: dict[str, Any]) -> float:
+    """Wall time over all the run's sessions, from sessions.json (each session's start and last
+    event, so a killed session counts too; summaries written before that fix counted only the
+    sessions that finished)."""
+    path = run / "sessions.json"
+    if path.exists():
+        return sum(max(0.0, x["last"] - x["start"]) for x in json.loads(path.read_text()))
+    return summary.get("wall_s_all_sessions", summary.get("wall_s")) or 0.0
 
 
 def fmt_diff(d: dict[str, Any]) -> str:

@@ -269,7 +269,8 @@ async def run_optimization(
         wall_s=time.perf_counter() - start,
     )
     result.summary = _summary(result, task, cfg, budget, task_lm, optimizer_lm, outcome)
-    result.summary["wall_s_all_sessions"] = round(run_dir.add_session_time(result.wall_s), 2)
+    # every session's wall time, a killed one's up to its last event (sessions.json), and this one's
+    result.summary["wall_s_all_sessions"] = round(run_dir.elapsed_before() + result.wall_s, 2)
     run_dir.write_json("summary.json", result.summary)
     log(RunFinished(best=best_entry.id, val_score=best_entry.val_score, test_score=result.test_score,
                     stopped=stopped))

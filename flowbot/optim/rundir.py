@@ -286,14 +286,6 @@ class RunDir:
         atomic_write_text(path, json.dumps({"run_id": run_id, "sessions": 1, "config": config}, indent=2))
         return run_id, False
 
-    def add_session_time(self, seconds: float) -> float:
-        """Add this session's wall time to config.json; returns the run's total over all sessions."""
-        path = self.path / "config.json"
-        saved = json.loads(path.read_text(encoding="utf-8"))
-        saved["wall_s_total"] = saved.get("wall_s_total", 0.0) + seconds
-        atomic_write_text(path, json.dumps(saved, indent=2))
-        return saved["wall_s_total"]
-
     def elapsed_before(self) -> float:
         """Wall time the run's earlier sessions spent (``sessions.json``: each session's start and
         its last event, so a session that was killed counts up to its last event)."""

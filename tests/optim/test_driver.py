@@ -351,3 +351,19 @@ async def test_alternate_schedule_takes_the_structural_step_before_any_tuning(tm
     kinds = [e["type"] for e in events if e["type"] in ("proposal", "inner_step")]
     assert kinds[0] == "proposal" and "inner_step" in kinds  # structure first, then the inner step
     assert result.val_score == 1.0 and result.best.sketch.node_ids()[0] == "write_program"
+
+
+async def test_the_summary_counts_the_wall_time_of_a_killed_session(tmp_path):
+    """A session killed before it could finish writes no summary; its time still counts (sessions.json
+    keeps its start and last event), in the finished run's ``wall_s_all_sessions``."""
+    from flowbot.optim.rundir import RunDir
+    first = prepare(tmp_path, task_lm(), optimizer_lm(), outer={"rounds": 0})
+    with RunDir(first.run_dir) as rd:  # a session that logged its start, ran 100 s and was killed
+        rd.start(first.settings)
+        rd.events({"type": "run_started"})
+    sessions = json.loads((first.run_dir / "sessions.json").read_text())
+    sessions[0]["start"] -= 100.0
+    (first.run_dir / "sessions.json").write_text(json.dumps(sessions))
+    (first.run_dir / "events.jsonl").unlink()  # nothing of it to replay
+    result = await prepare(tmp_path, task_lm(), optimizer_lm(), outer={"rounds": 0}).arun()
+    assert result.summary["wall_s_all_sessions"] >= 100.0 > result.summary["wall_s"]

@@ -116,8 +116,9 @@ def test_config_rewrites_are_atomic_for_readers(tmp_path):
     reader = threading.Thread(target=read)
     reader.start()
     try:
-        for _ in range(100):
-            rd.add_session_time(0.5)
+        for i in range(100):
+            saved = json.loads(path.read_text(encoding="utf-8"))
+            rd.write_json("config.json", {**saved, "rewrites": i})
     finally:
         done.set()
         reader.join()
