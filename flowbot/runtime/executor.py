@@ -163,7 +163,9 @@ class Executor:
         if isinstance(node, BranchNode):
             return await self._run_branch(node, params, inputs, record)
         if isinstance(node, MergeNode):
-            return await self._run_merge(node, params, inputs, record)
+            # a selector judges the candidates against the task's own inputs (the question, the passage)
+            task_inputs = {f: values[f] for f in wf.sketch.inputs if f in values}
+            return await self._run_merge(node, params, inputs, record, task_inputs)
         raise TypeError(f"unknown node kind {node.kind!r}")  # pragma: no cover
 
     async def _complete(self, params: NodeParams, messages: list[dict[str, str]], record: NodeRun,
@@ -244,7 +246,8 @@ class Executor:
         label = extract_label(reply, list(node.routes))
         return label if label in node.routes else node.default
 
-    async def _run_merge(self, node: MergeNode, params: NodeParams, inputs: dict[str, Any], record: NodeRun) -> Any:
+    async def _run_merge(self, node: MergeNode, params: NodeParams, inputs: dict[str, Any], record: NodeRun,
+                         task_inputs: dict[str, Any]) -> Any:
         candidates = [inputs[f] for f in node.reads if f in inputs and inputs[f] is not None]
         if not candidates:
             raise ValueError("no input to merge")
@@ -255,7 +258,7 @@ class Executor:
         if node.strategy == "majority":
             return majority_vote(candidates)
         # select: an LLM picks the best candidate by number
-        reply = await self._complete(params, prompts.select_messages(node, params, candidates, {}), record)
+        reply = await self._complete(params, prompts.select_messages(node, params, candidates, task_inputs), record)
         match = re.search(r"\d+", extract_answer(reply))
         index = int(match.group()) - 1 if match else 0
         return candidates[index] if 0 <= index < len(candidates) else candidates[0]

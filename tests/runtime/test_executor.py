@@ -146,8 +146,11 @@ async def test_select_merge_asks_llm():
     w = Workflow(sketch=Sketch(inputs=["q"], outputs=["a"], nodes=nodes),
                  params={"a1": NodeParams(instruction="ONE"), "a2": NodeParams(instruction="TWO")})
     client = lm((r"Candidate 1", "Answer: 2"), (r"ONE", "first"), (r"TWO", "second"))
-    t = await Executor(client).run(w, {"q": "?"})
+    t = await Executor(client).run(w, {"q": "How many?"})
     assert t.outputs["a"] == "second"
+    # the selector is shown what it judges against: the task's inputs, then the candidates in order
+    body = t.nodes["pick"].messages[-1]["content"]
+    assert body.index("How many?") < body.index("Candidate 1:\nfirst") < body.index("Candidate 2:\nsecond")
 
 
 async def test_tool_node_and_react_loop():
