@@ -72,6 +72,23 @@ async def method_row(run: Path, task: Any, n_test: int, model: str, optimizer_mo
             "proposals": s.get("proposals"), "racing": s.get("racing")}
 
 
+def unfinished_note(run: Path) -> str | None:
+    """For a run directory without a test result yet: how far it got (calls paid, from its last event)."""
+    events = run / "events.jsonl"
+    if not events.exists() or (run / "summary.json").exists():
+        return None
+    last: dict[str, Any] = {}
+    for line in events.read_text().splitlines():
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a torn last line of a killed session
+        if isinstance(event.get("usage_total"), dict):
+            last = event["usage_total"]
+    calls = sum(int(u.get("calls", 0)) for u in last.values() if isinstance(u, dict))
+    return f"not finished: {calls} calls paid so far (all roles); run its script again to resume it"
+
+
 def run_wall_s(run: Path, summary: dict[str, Any]) -> float:
     """Wall time over all the run's sessions, from sessions.json (each session's start and last
     event, so a killed session counts too; summaries written before that fix counted only the
@@ -171,6 +188,10 @@ def main(argv: list[str]) -> None:
         if r["search"] is not None:
             print(f"- {LABELS[k]}: best {r['best']} (validation {r['val']:.3f}, seed {r['seed_val']:.3f}); "
                   f"proposals {r['proposals']}; racing {r['racing']}; calls paid to print this row: {r['paid_now']}")
+    for name in METHODS:
+        note = unfinished_note(args.dir / name)
+        if note:
+            print(f"- {LABELS[name]}: {note}")
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else "?"
     print(f"\nPrinted on: {cpu}, Python {platform.python_version()}.")
