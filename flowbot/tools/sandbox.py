@@ -36,7 +36,10 @@ namespaces allowed): the same kernel boundary built by ``bwrap`` without root: n
 network, PID, UTS and IPC namespaces, every capability dropped, a read-only root holding only the
 system library dirs and the Python installation, a fresh ``/dev`` and ``/proc``, and a tmpfs
 ``/sandbox`` of ``disk_mb`` (also ``/dev/shm``); ``RLIMIT_NPROC`` counts the run's own user
-namespace, so it bounds the run's processes; the PID namespace dies with the run.
+namespace, so it bounds the run's processes; the PID namespace dies with the run. Run as root
+(chosen explicitly; ``auto`` prefers ``"namespaces"`` there), its processes are root's outside the
+namespace, which the kernel exempts from ``RLIMIT_NPROC``: only the supervisor's sampling bounds a
+fork bomb then, and a loaded host can be outrun by it (seen once: the host ran out of memory).
 
 ``"process"`` (any other host): **no boundary** — a child process running as the parent's user
 in a host temp dir, with the same rlimits (``RLIMIT_NPROC`` only for a non-root user, set to the
