@@ -232,6 +232,16 @@ def become(uid):
     os.setgroups([])
     os.setgid(uid)
     os.setuid(uid)
+    _clear_capabilities()  # the setuid emptied the permitted and effective sets; this the inheritable
+
+
+def _clear_capabilities():
+    import ctypes
+
+    header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
+    data = (ctypes.c_uint32 * 6)()  # effective, permitted, inheritable: twice 32 bits each, all zero
+    if ctypes.CDLL(None, use_errno=True).capset(header, data) != 0:
+        raise OSError(ctypes.get_errno(), "capset")
 
 
 def _children():

@@ -77,13 +77,14 @@ async def test_code_behind_a_kernel_boundary_holds_no_capability_and_is_not_root
     code = textwrap.dedent("""
         import os
         status = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines())
-        print(*(f"{k}={status[k].split()[0]}" for k in ("CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs")))
+        print(*(f"{k}={status[k].split()[0]}" for k in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs")))
         print("pid", os.getpid())
     """)
     res = await run_python(code, isolation=boundary, audit_guard=False)
     assert res.ok, res.stderr
     caps = dict(item.split("=") for item in res.stdout.split("\n")[0].split())
-    assert all(int(caps[k], 16) == 0 for k in ("CapPrm", "CapEff", "CapBnd", "CapAmb")) and caps["NoNewPrivs"] == "1"
+    assert all(int(caps[k], 16) == 0 for k in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"))
+    assert caps["NoNewPrivs"] == "1"
     # the kernel counts the run's processes against a uid of its own (RLIMIT_NPROC exempts root's):
     # seen from the host, a process of the run is never root's
     code = "import time\nprint('up', flush=True)\ntime.sleep(3)"
