@@ -23,11 +23,14 @@ from pathlib import Path
 from typing import Any
 
 BASELINES = ("io", "cot", "sc3", "react")
-METHODS = ("inner-only", "aflow", "flowbot", "flowbot-v2", "flowbot-v3", "feedback-global")
+METHODS = ("inner-only", "aflow", "flowbot", "flowbot-v2", "flowbot-v3", "feedback-global",
+           "inner-only-v2", "aflow-v2", "flowbot-v4")
 LABELS = {"io": "IO", "cot": "CoT (the seed)", "sc3": "CoT-SC (3 samples)", "react": "ReAct",
           "inner-only": "prompt-only (inner loop)", "aflow": "AFlow-style search",
           "flowbot": "FlowBot (bilevel), run 1", "flowbot-v2": "FlowBot, run 2", "flowbot-v3": "FlowBot, run 3",
-          "feedback-global": "FlowBot run 3, --feedback global"}
+          "feedback-global": "FlowBot run 3, --feedback global",
+          "inner-only-v2": "prompt-only, alpha 0.25", "aflow-v2": "AFlow-style search, alpha 0.25",
+          "flowbot-v4": "FlowBot, run 4 (alpha 0.25)"}
 
 
 def baseline_row(path: Path) -> dict[str, Any] | None:
@@ -70,6 +73,23 @@ async def method_row(run: Path, task: Any, n_test: int, model: str, optimizer_mo
             "wall_s": run_wall_s(run, s), "search": search, "paid_now": paid,
             "best": s["best"]["id"], "val": s["best"]["val_score"], "seed_val": s["seed"]["val_score"],
             "proposals": s.get("proposals"), "racing": s.get("racing")}
+
+
+def unfinished_note(run: Path) -> str | None:
+    """For a run directory without a test result yet: how far it got (calls paid, from its last event)."""
+    events = run / "events.jsonl"
+    if not events.exists() or (run / "summary.json").exists():
+        return None
+    last: dict[str, Any] = {}
+    for line in events.read_text().splitlines():
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a torn last line of a killed session
+        if isinstance(event.get("usage_total"), dict):
+            last = event["usage_total"]
+    calls = sum(int(u.get("calls", 0)) for u in last.values() if isinstance(u, dict))
+    return f"not finished: {calls} calls paid so far (all roles); run its script again to resume it"
 
 
 def run_wall_s(run: Path, summary: dict[str, Any]) -> float:
@@ -171,6 +191,10 @@ def main(argv: list[str]) -> None:
         if r["search"] is not None:
             print(f"- {LABELS[k]}: best {r['best']} (validation {r['val']:.3f}, seed {r['seed_val']:.3f}); "
                   f"proposals {r['proposals']}; racing {r['racing']}; calls paid to print this row: {r['paid_now']}")
+    for name in METHODS:
+        note = unfinished_note(args.dir / name)
+        if note:
+            print(f"- {LABELS[name]}: {note}")
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else "?"
     print(f"\nPrinted on: {cpu}, Python {platform.python_version()}.")

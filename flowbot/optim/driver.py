@@ -237,7 +237,12 @@ async def run_optimization(
     run_dir.save_best(best_entry.workflow)
 
     test_res = seed_test = None
-    if cfg.evaluate_test and test:
+    # a stop the user asked for ends the run here: with scope "search" the test evaluation is outside
+    # the budget (and its stop condition), and a stopped search's best is not the run's result
+    user_stop = run_dir.stop_requested()
+    if user_stop:
+        stopped = user_stop
+    if cfg.evaluate_test and test and not user_stop:
         # scope "search": the test is paid outside the cap (and reported apart); "all": from the reserve
         test_eval = evaluator_for(budget if cfg.budget.scope == "all" else None)
         try:

@@ -24,7 +24,7 @@ from flowbot.optim.events import (BudgetWarning, CandidateProposed, CandidateRej
 from flowbot.report import pictures, plots
 from flowbot.report.markup import (cost_text, details, duration, esc, figure, fmt_time, kv_table, money, num_td,
                                    redact, score_text, signed_text, table, tick, word_diff)
-from flowbot.report.rundata import RunData, _num, load_run, usage_value
+from flowbot.report.rundata import RunData, _num, load_run, race_text, scored, usage_value
 
 GRADIENT_CHARS = 160
 
@@ -334,8 +334,12 @@ def _outer_tables(run: RunData) -> str:
     return _search_tree(run) + "<h3>Candidates</h3>" + _candidate_tables(run)
 
 
+def _candidate_score(c: dict[str, Any]) -> str:
+    return score_text(c.get("val_score")) if scored(c) else race_text(c)
+
+
 def _candidate_line(run: RunData, c: dict[str, Any], front: set[str], accepted: set[str]) -> str:
-    score = score_text(c.get("val_score"))
+    score = _candidate_score(c)
     before = c.get("initial_val_score")
     if before is not None and abs(_num(before) - _num(c.get("val_score"))) > 1e-12:
         score = f"{score_text(before)} → {score} after tuning"
@@ -389,7 +393,7 @@ def _candidate_tables(run: RunData) -> str:
     front, accepted, best_id = set(run.front_ids), set(run.accepted_ids), run.best_id
     rows = []
     for c in run.candidates:
-        score = score_text(c.get("val_score"))
+        score = _candidate_score(c)
         if c.get("initial_val_score") is not None and abs(_num(c["initial_val_score"]) - _num(c.get("val_score"))) > 1e-12:
             score = f"{score_text(c['initial_val_score'])} → {score}"
         inner_stop = c.get("inner_stopped")

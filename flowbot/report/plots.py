@@ -11,7 +11,7 @@ import io
 from typing import Any
 
 from flowbot.optim.events import CandidateEvaluated, SeedEvaluated
-from flowbot.report.rundata import RunData, UsageSeries, _num
+from flowbot.report.rundata import RunData, UsageSeries, _num, scored
 
 ROLE_COLOURS = {"task": "#2563eb", "optimizer": "#ea580c", "judge": "#16a34a"}
 OTHER_COLOURS = ["#9333ea", "#0891b2", "#be123c", "#4d7c0f"]
@@ -80,8 +80,14 @@ def candidate_x(run: RunData) -> tuple[list[float], str]:
 def score_progress(run: RunData) -> bytes:
     """Validation score of each candidate, the best so far, and the score before the inner loop tuned it."""
     fig, ax = _figure()
-    cands = run.candidates
-    xs, xlabel = candidate_x(run)
+    xs_all, xlabel = candidate_x(run)
+    # a raced-out candidate has no score: a tick on the x axis where it was raced, not a point at 0
+    raced = [x for x, c in zip(xs_all, run.candidates) if not scored(c)]
+    if raced:
+        ax.scatter(raced, [0.0] * len(raced), marker="|", s=160, color="#94a3b8", zorder=3,
+                   transform=ax.get_xaxis_transform(), label="raced out (no full score)")
+    kept = [(x, c) for x, c in zip(xs_all, run.candidates) if scored(c)]
+    xs, cands = [x for x, _ in kept], [c for _, c in kept]
     scores = [_num(c.get("val_score")) for c in cands]
     all_scores = list(scores)
     for x, c, s in zip(xs, cands, scores):  # inner-loop gain: from the untuned to the tuned score
@@ -101,6 +107,9 @@ def score_progress(run: RunData) -> bytes:
                 best_val, best_score = value, _num(c.get("val_score"))
             best_x.append(x)
             best_y.append(best_score)
+        if max(xs_all) > best_x[-1]:  # the best held while the later candidates were raced out
+            best_x.append(max(xs_all))
+            best_y.append(best_score)
         ax.step(best_x, best_y, where="post", color="#16a34a", lw=2, zorder=3, label="best so far")
         if any(c.get("initial_val_score") is not None and abs(_num(c["initial_val_score"]) - s) > 1e-12
                for c, s in zip(cands, scores)):
@@ -114,7 +123,7 @@ def score_progress(run: RunData) -> bytes:
                 ax.annotate(str(c["id"]), (x, s), textcoords="offset points", xytext=(5, 5), fontsize=7.5,
                             color="#1e293b", annotation_clip=False)
         if xlabel.startswith("candidate"):
-            ax.set_xticks(xs if len(xs) <= MAX_LABELS else xs[:: max(1, len(xs) // 10)])
+            ax.set_xticks(xs_all if len(xs_all) <= MAX_LABELS else xs_all[:: max(1, len(xs_all) // 10)])
     seed_ev = run.first(SeedEvaluated)
     seed_val = (run.summary or {}).get("seed", {}).get("val_score", seed_ev.val_score if seed_ev else None)
     if seed_val is not None and run.seed_scored:
@@ -181,7 +190,8 @@ def pareto(run: RunData) -> bytes:
     fig, ax = _figure(6.4, 3.8)
     unit = run.unit()
     front = set(run.front_ids)
-    pts = [(c["id"], run.candidate_cost(c), _num(c.get("val_score"))) for c in run.candidates]
+    pts = [(c["id"], run.candidate_cost(c), _num(c.get("val_score"))) for c in run.candidates if scored(c)]
+    raced_out = len(run.candidates) - len(pts)
     others = [p for p in pts if p[0] not in front]
     on_front = sorted((p for p in pts if p[0] in front), key=lambda p: (p[1], -p[2]))
     if others:
@@ -201,6 +211,9 @@ def pareto(run: RunData) -> bytes:
     if best is not None:
         ax.scatter([best[1]], [best[2]], marker="*", s=200, color="#f59e0b", edgecolors="#92400e", zorder=5,
                    label=f"chosen best ({best[0]})")
+    if raced_out:  # said in the legend, so a reader does not look for them
+        ax.scatter([], [], marker="|", color="#94a3b8",
+                   label=f"{raced_out} raced out (no full score), not shown")
     if not pts:
         ax.text(0.5, 0.5, "no candidate was scored", transform=ax.transAxes, ha="center", va="center")
     _score_limits(ax, [p[2] for p in pts])
@@ -209,6 +222,6 @@ def pareto(run: RunData) -> bytes:
     ax.set_ylabel("validation score")
     ax.set_title("Score against cost: the Pareto front", fontsize=11)
     ax.margins(x=0.1)
-    if pts:
+    if pts or raced_out:
         _legend(ax, fontsize=8, loc="best")
     return _png(fig)

@@ -143,7 +143,8 @@ class RunData:
         accepted = self.of_type(CandidateAccepted)
         if accepted:
             return accepted[-1].id
-        best = max(self.candidates, key=lambda c: _num(c.get("objective", c.get("val_score"))), default=None)
+        best = max((c for c in self.candidates if scored(c)),
+                   key=lambda c: _num(c.get("objective", c.get("val_score"))), default=None)
         return best["id"] if best else None
 
     @property
@@ -177,7 +178,7 @@ class RunData:
         if logged or not self.candidates:
             return logged
         out, best = [], float("-inf")
-        for c in self.candidates:
+        for c in filter(scored, self.candidates):
             value = _num(c.get("objective", c.get("val_score")))
             if value > best:
                 out.append(c["id"])
@@ -234,10 +235,25 @@ def usage_value(u: dict[str, Any] | None, unit: str) -> float:
     return _num(u.get("prompt_tokens")) + _num(u.get("completion_tokens"))
 
 
+def scored(c: dict[str, Any]) -> bool:
+    """Was the candidate scored on every validation item? A race stopped early leaves no score (its
+    results cover the items raced, the incumbent's misses first), which is not a score of zero."""
+    return c.get("val_score") is not None
+
+
+def race_text(c: dict[str, Any]) -> str:
+    """What a raced-out candidate has instead of a score, e.g. ``raced out: 3W/2L after 24 of 50``."""
+    race = c.get("race") or {}
+    if not race.get("evaluated"):
+        return "not scored"
+    return f"raced out: {race.get('wins', 0)}W/{race.get('losses', 0)}L after {race['evaluated']} of {race.get('total', '?')}"
+
+
 def pareto_ids(candidates: list[dict[str, Any]], unit: str) -> list[str]:
-    """Ids no other candidate beats on both score (higher) and cost per example (lower) in ``unit``."""
+    """Ids no other scored candidate beats on both score (higher) and cost per example (lower) in
+    ``unit``; a raced-out candidate has no score and is on no front."""
     key = "cost_per_example" if unit == "usd" else "tokens_per_example"
-    return non_dominated((c["id"], _num(c.get("val_score")), _num(c.get(key))) for c in candidates)
+    return non_dominated((c["id"], _num(c.get("val_score")), _num(c.get(key))) for c in candidates if scored(c))
 
 
 # -- loading --------------------------------------------------------------------------------

@@ -36,7 +36,11 @@ namespaces allowed): the same kernel boundary built by ``bwrap`` without root: n
 network, PID, UTS and IPC namespaces, every capability dropped, a read-only root holding only the
 system library dirs and the Python installation, a fresh ``/dev`` and ``/proc``, and a tmpfs
 ``/sandbox`` of ``disk_mb`` (also ``/dev/shm``); ``RLIMIT_NPROC`` counts the run's own user
-namespace, so it bounds the run's processes; the PID namespace dies with the run.
+namespace, so it bounds the run's processes; the PID namespace dies with the run. Run as root
+(chosen explicitly; ``auto`` prefers ``"namespaces"`` there), no user namespace is made: in one, the
+run's processes would still be root's outside it, which the kernel exempts from ``RLIMIT_NPROC`` (a
+fork bomb once outran the supervisor's sampling there and the host ran out of memory). Instead the
+stub empties the capability bounding set and becomes a fresh per-run uid, as ``"namespaces"`` does.
 
 ``"process"`` (any other host): **no boundary** — a child process running as the parent's user
 in a host temp dir, with the same rlimits (``RLIMIT_NPROC`` only for a non-root user, set to the
@@ -96,7 +100,8 @@ import sysconfig
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Literal
+from pathlib import Path
+from typing import Iterable, Literal
 
 from flowbot.errors import FlowBotError
 from flowbot.tools.proctree import RunWatch, kill_tree, kill_with_environ
@@ -409,7 +414,8 @@ def _pack(obj: dict[str, object]) -> str:
 
 
 def _child_config(spec: _Spec, work: str, code_path: str, status_fd: int, per_uid: bool,
-                  reaper: bool = False) -> str:
+                  reaper: bool = False, uid: int | None = None) -> str:
+    """The boot stub's config; with ``uid`` the stub becomes that user (from root) before the code runs."""
     mb = 1024 * 1024
     cpu = int(math.ceil(spec.timeout_s)) + 1
     rlimits = {  # name: (soft, hard)
@@ -427,7 +433,7 @@ def _child_config(spec: _Spec, work: str, code_path: str, status_fd: int, per_ui
         "reaper": reaper,
         "work": work, "code_path": code_path, "status_fd": status_fd, "rlimits": rlimits,
         "guard": spec.audit_guard, "max_forks": spec.max_processes,
-        "deadline_s": spec.timeout_s + 2.0, "run_name": spec.run_name,
+        "deadline_s": spec.timeout_s + 2.0, "run_name": spec.run_name, "uid": uid,
         "site_dirs": [os.path.realpath(d) for d in _site_dirs()], "read_roots": _python_read_roots(),
         "read_files": ["/dev/null", "/dev/urandom", "/dev/random", "/dev/zero", "/etc/localtime"],
     })
@@ -545,7 +551,7 @@ def _command(spec: _Spec, host: _Host, level: str, run_dir: str, code_path: str,
     if level == "namespaces":
         work = NS_WORKDIR
         cfg = _child_config(spec, work, work + "/main.py", status_w, per_uid=True)
-        uid = host.uid_range[0] + secrets.randbelow(host.uid_range[1] - host.uid_range[0])
+        uid = _fresh_uid(host)
         plan = {
             "new_root": os.path.join(run_dir, "root"), "work": work, "code_path": code_path,
             "parent_pid": os.getpid(), "uid": uid,
@@ -556,29 +562,54 @@ def _command(spec: _Spec, host: _Host, level: str, run_dir: str, code_path: str,
         return [python, "-S", "-s", "-B", "-c", _STUB, _source("_sandbox_launch.py"), _pack(plan)], run_dir, work, uid
     if level == "bwrap":
         work = NS_WORKDIR
-        cfg = _child_config(spec, work, work + "/main.py", status_w, per_uid=True)
-        return [*_bwrap_args(host.bwrap, spec, code_path, work), "--", *boot, cfg], run_dir, work, None
+        # as root: no user namespace (root's processes are exempt from RLIMIT_NPROC whatever uid they
+        # have inside one); the stub becomes a fresh uid instead, so a fork bomb meets the limit
+        uid = _fresh_uid(host) if os.geteuid() == 0 and host.uid_range[1] > host.uid_range[0] else None
+        cfg = _child_config(spec, work, work + "/main.py", status_w, per_uid=True, uid=uid)
+        return [*_bwrap_args(host.bwrap, spec, code_path, work, uid), "--", *boot, cfg], run_dir, work, uid
     work = os.path.join(run_dir, "work")
     os.mkdir(work, 0o700)
     cfg = _child_config(spec, work, code_path, status_w, per_uid=False, reaper=True)
     return [*boot, cfg], work, work, None
 
 
-def _bwrap_args(bwrap: str, spec: _Spec, code_path: str, work: str) -> list[str]:
-    """bubblewrap's options: namespaces, a read-only root of system and Python dirs, a tmpfs work dir."""
+def _fresh_uid(host: _Host) -> int:
+    """A uid no account uses, drawn per run (its processes are the run's alone)."""
+    return host.uid_range[0] + secrets.randbelow(host.uid_range[1] - host.uid_range[0])
+
+
+def _bwrap_args(bwrap: str, spec: _Spec, code_path: str, work: str, uid: int | None = None) -> list[str]:
+    """bubblewrap's options: namespaces, a read-only root of system and Python dirs, a tmpfs work dir.
+    With ``uid`` (bwrap run as root): every namespace but the user's, and of all capabilities only
+    the three the stub needs to empty the bounding set and become ``uid``; none is left after."""
     size = str(spec.disk_mb * 1024 * 1024)
-    args = [bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
-    if os.geteuid() == 0:  # as root, still run the code as someone else inside its user namespace
-        args += ["--unshare-user", "--uid", "65534", "--gid", "65534"]
+    if uid is None:
+        args = [bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
+        if os.geteuid() == 0:  # (no per-run uid range here) nobody inside its own user namespace
+            args += ["--unshare-user", "--uid", "65534", "--gid", "65534"]
+    else:
+        args = [bwrap, "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try",
+                "--die-with-parent", "--new-session", "--cap-drop", "ALL",
+                "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_SETPCAP"]
+    writable = ["--perms", "1777"] if uid is not None else []  # the stub's new uid writes there
+    if uid is not None:  # bwrap makes a bind's missing parents private to root: the new uid could not pass
+        args += _open_parents(entry[1] for entry in _plan_entries() if entry[0] in ("dir", "file", "symlink"))
     for kind, path, target in _plan_entries():
         if kind == "symlink":
             args += ["--symlink", target, path]
         elif kind in ("dir", "file"):
             args += ["--ro-bind", path, path]
-    args += ["--dev", "/dev", "--size", size, "--tmpfs", "/dev/shm", "--proc", "/proc",
-             "--size", size, "--tmpfs", work, "--ro-bind", code_path, work + "/main.py",
+    args += ["--dev", "/dev", *writable, "--size", size, "--tmpfs", "/dev/shm", "--proc", "/proc",
+             *writable, "--size", size, "--tmpfs", work, "--ro-bind", code_path, work + "/main.py",
              "--remount-ro", "/dev", "--remount-ro", "/", "--chdir", work]
     return args
+
+
+def _open_parents(paths: Iterable[str]) -> list[str]:
+    """bwrap options creating every missing parent dir of ``paths`` world-searchable (0755)."""
+    paths = list(paths)
+    parents = {str(p) for path in paths for p in Path(path).parents if str(p) != "/"} - set(paths)
+    return [arg for d in sorted(parents, key=lambda d: d.count("/")) for arg in ("--perms", "0755", "--dir", d)]
 
 
 def _read_status(fd: int) -> bool:

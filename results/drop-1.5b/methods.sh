@@ -3,7 +3,8 @@
 # Qwen2.5-Coder-1.5B in every role, each from the CoT seed with the same search budget (500 calls of
 # all roles together; the test evaluation is outside it and reported apart: --budget-scope search).
 # Resumable: run it again and nothing already paid for is paid again.
-#   results/drop-1.5b/methods.sh [flowbot|aflow|flowbot-v2|flowbot-v3|inner-only|feedback-global]...   (default: all, in this order)
+#   results/drop-1.5b/methods.sh [flowbot|aflow|flowbot-v2|flowbot-v3|inner-only|feedback-global|flowbot-v4|aflow-v2|inner-only-v2]...
+#   (default: the first six, in this order; the set of runs 4 is named explicitly)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=results/drop-1.5b
@@ -52,6 +53,12 @@ for method in "${@:-flowbot aflow flowbot-v2 flowbot-v3 inner-only feedback-glob
       # prompt-only and the backward-pass ablation use the same inner loop (and code) as FlowBot run 3
       inner-only)      run inner-only --inner-only --step rule ;;
       feedback-global) run feedback-global --rounds 8 --schedule alternate --step rule --feedback global ;;
+      # the set of runs 4 (defined before any of them ran; see README.md, "Runs 4"): runs 1-3 and prompt-only
+      # rejected every change that leaned positive (5W/2L to 11W/6L, p 0.17-0.23) at the sign test's
+      # alpha of 0.15 on 50 validation items; all three search methods race at alpha 0.25, all else as run 3
+      flowbot-v4)      run flowbot-v4 --rounds 8 --schedule alternate --step rule --alpha 0.25 ;;
+      aflow-v2)        run aflow-v2 --method aflow --rounds 8 --alpha 0.25 ;;
+      inner-only-v2)   run inner-only-v2 --inner-only --step rule --alpha 0.25 ;;
       *) echo "unknown method $m" >&2; exit 2 ;;
     esac
   done

@@ -27,7 +27,14 @@ PRICE = (1e-6, 4e-6)
 def cluster():
     # the scripted models below live in this test module, which the workers cannot import: ship it by value
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    for attempt in (1, 2):  # Ray gives its raylet a fixed 30 s to start, which a loaded machine can miss
+        try:
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+            break
+        except Exception as exc:  # noqa: BLE001 - Ray raises a bare Exception for this
+            ray.shutdown()
+            if attempt == 2 or "timed out during startup" not in str(exc):
+                raise
     backend = RayBackend()
     yield backend
     backend.shutdown()

@@ -104,6 +104,22 @@ async def test_resume_after_stop_repays_nothing_and_matches_a_full_run(tmp_path)
     assert second.summary["racing"] == ref.summary["racing"]
 
 
+async def test_a_stop_file_ends_the_run_before_its_test_even_when_the_test_is_outside_the_budget(tmp_path):
+    run_dir = tmp_path / "run"
+
+    def stop_after_proposal(event):
+        if event["type"] == "proposal":
+            (run_dir / "STOP").write_text("")
+
+    t, o = task_lm(), optimizer_lm()
+    events = []
+    result = await prepare(tmp_path, t, o, budget={"calls": 500}, budget_scope="search").arun(
+        [stop_after_proposal, events.append])
+    assert result.stopped and "stop file" in result.stopped
+    assert not any(e["type"] == "test_evaluated" for e in events) and result.test_score is None
+    assert not any("testing" in str(e) for e in events)
+
+
 async def test_a_resumed_run_counts_the_time_its_earlier_session_spent(tmp_path, monkeypatch):
     """A 60 s time budget stops the first session after 61 s; the resumed session starts with that
     time spent (sessions.json), so it stops at once and pays nothing, instead of a fresh 60 s."""

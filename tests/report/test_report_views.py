@@ -76,6 +76,24 @@ def test_pareto_label_only_on_the_plotted_front(full_run, tmp_path):
     assert tree.count("Pareto front</span>") == len(front)
 
 
+def test_a_raced_out_candidate_is_shown_as_raced_out_not_as_a_score_of_zero(full_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(full_run, run)
+    summary = json.loads((run / "summary.json").read_text())
+    # the cheapest candidate of all, but its race stopped early: it has no score and is on no front
+    race = {"accepted": False, "wins": 3, "losses": 2, "evaluated": 24, "total": 50, "stopped_early": True}
+    summary["candidates"].append({"id": "c9", "parent": "c0", "edit": "format_answer(solve)", "val_score": None,
+                                  "cost_per_example": 0.0, "tokens_per_example": 1.0, "nodes": 2, "race": race})
+    (run / "summary.json").write_text(json.dumps(summary))
+    data = load_run(run)
+    assert "c9" not in data.front_ids and data.best_id != "c9"
+    assert data.front_ids == pareto_ids([c for c in data.candidates if c["id"] != "c9"], data.unit())
+    outer = section(write_report(run).read_text(), "outer")
+    assert "raced out: 3W/2L after 24 of 50" in outer
+    row = re.search(r"<tr[^>]*><td>c9[^<]*</td>.*?</tr>", outer.split("<h3>Candidates</h3>")[1], re.S).group(0)
+    assert "0.000" not in row and "raced out" in row
+
+
 def test_usage_by_phase_covers_every_session_and_plots_are_over_paid_calls(tmp_path):
     run = tmp_path / "run"
     make_run(run, task_lm((1e-6, 4e-6)), optimizer_lm((1e-6, 4e-6)), budget={"calls": 40})  # a small first session

@@ -47,3 +47,20 @@ async def test_the_drop_protocol_runs_reproduce_their_test_scores_from_their_cac
     res, summary = await rescore(ROOT / "results" / "drop-1.5b" / method, "test", 150, tmp_path)
     assert res.usage["task"]["calls"] == 0
     assert res.n == 150 and res.score == pytest.approx(summary["test"]["score"])
+
+
+def test_the_protocol_table_says_how_far_an_unfinished_run_got(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("protocol", ROOT / "results" / "protocol.py")
+    protocol = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(protocol)
+    run = tmp_path / "inner-only"
+    run.mkdir()
+    assert protocol.unfinished_note(run) is None  # nothing started
+    usage = {"task": {"calls": 12}, "optimizer": {"calls": 4}}
+    (run / "events.jsonl").write_text(json.dumps({"type": "run_started"}) + "\n"
+                                      + json.dumps({"type": "inner_step", "usage_total": usage}) + '\n{"type": "inn')
+    assert protocol.unfinished_note(run).startswith("not finished: 16 calls paid so far")
+    (run / "summary.json").write_text("{}")
+    assert protocol.unfinished_note(run) is None  # finished runs get a row in the table instead

@@ -73,6 +73,38 @@ async def test_kernel_hides_files_without_the_guard(ns_only: None, tmp_path) -> 
     assert uid != 0 and "cwd /sandbox" in res.stdout
 
 
+async def test_code_behind_a_kernel_boundary_holds_no_capability_and_is_not_root_outside(boundary: str) -> None:
+    code = textwrap.dedent("""
+        import os
+        status = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines())
+        print(*(f"{k}={status[k].split()[0]}" for k in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs")))
+        print("pid", os.getpid())
+    """)
+    res = await run_python(code, isolation=boundary, audit_guard=False)
+    assert res.ok, res.stderr
+    caps = dict(item.split("=") for item in res.stdout.split("\n")[0].split())
+    assert all(int(caps[k], 16) == 0 for k in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"))
+    assert caps["NoNewPrivs"] == "1"
+    # the kernel counts the run's processes against a uid of its own (RLIMIT_NPROC exempts root's):
+    # seen from the host, a process of the run is never root's
+    code = "import time\nprint('up', flush=True)\ntime.sleep(3)"
+    task = asyncio.ensure_future(run_python(code, isolation=boundary, audit_guard=False, timeout_s=10))
+    owners: set[int] = set()
+    for _ in range(100):
+        await asyncio.sleep(0.05)
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                cmdline = open(f"/proc/{pid}/cmdline", "rb").read()
+                if b"main.py" in cmdline or b"<flowbot-sandbox>" in cmdline:
+                    owners.add(os.stat(f"/proc/{pid}").st_uid)
+            except OSError:
+                continue
+        if owners - {os.geteuid()}:
+            break
+    res = await task
+    assert res.ok and owners - {0}, owners
+
+
 async def test_cannot_write_outside_its_dir(isolation: str, tmp_path) -> None:
     target = tmp_path / "planted.txt"
     code = f"open({str(target)!r}, 'w').write('x')"
@@ -135,7 +167,7 @@ async def test_fork_bomb_is_stopped(isolation: str, guard: bool) -> None:
     assert not res.ok and not res.timed_out  # stopped by the process limit, not the clock
     if guard:
         assert "PermissionError" in res.stderr
-    else:  # RLIMIT_NPROC, or (for bwrap run as root, whom it exempts) the supervisor's count
+    else:  # RLIMIT_NPROC on the run's own uid (or the supervisor's count)
         assert "BlockingIOError" in res.stderr or res.killed_reason == "process_limit"
     await assert_still_works(isolation)
 
