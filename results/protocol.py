@@ -76,20 +76,13 @@ async def method_row(run: Path, task: Any, n_test: int, model: str, optimizer_mo
 
 
 def unfinished_note(run: Path) -> str | None:
-    """For a run directory without a test result yet: how far it got (calls paid, from its last event)."""
-    events = run / "events.jsonl"
-    if not events.exists() or (run / "summary.json").exists():
+    """For a run directory without a test result yet: how far it got (calls paid, as ``flowbot runs``
+    counts them from its last event)."""
+    if not (run / "events.jsonl").exists() or (run / "summary.json").exists():
         return None
-    last: dict[str, Any] = {}
-    for line in events.read_text().splitlines():
-        try:
-            event = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a torn last line of a killed session
-        if isinstance(event.get("usage_total"), dict):
-            last = event["usage_total"]
-    calls = sum(int(u.get("calls", 0)) for u in last.values() if isinstance(u, dict))
-    return f"not finished: {calls} calls paid so far (all roles); run its script again to resume it"
+    from flowbot.report.runs import run_info
+
+    return f"not finished: {run_info(run).calls} calls paid so far (all roles); run its script again to resume it"
 
 
 def run_wall_s(run: Path, summary: dict[str, Any]) -> float:

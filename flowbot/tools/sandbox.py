@@ -591,10 +591,11 @@ def _bwrap_args(bwrap: str, spec: _Spec, code_path: str, work: str, uid: int | N
         args = [bwrap, "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try",
                 "--die-with-parent", "--new-session", "--cap-drop", "ALL",
                 "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_SETPCAP"]
+    entries = _plan_entries()
     writable = ["--perms", "1777"] if uid is not None else []  # the stub's new uid writes there
     if uid is not None:  # bwrap makes a bind's missing parents private to root: the new uid could not pass
-        args += _open_parents(entry[1] for entry in _plan_entries() if entry[0] in ("dir", "file", "symlink"))
-    for kind, path, target in _plan_entries():
+        args += _open_parents(path for kind, path, _ in entries if kind in ("dir", "file", "symlink"))
+    for kind, path, target in entries:
         if kind == "symlink":
             args += ["--symlink", target, path]
         elif kind in ("dir", "file"):
