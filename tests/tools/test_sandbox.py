@@ -240,7 +240,9 @@ async def test_a_lost_exit_report_still_returns(isolation: str, monkeypatch: pyt
     monkeypatch.setattr(sandbox._Collector, "process_exited", lambda self: None)
     monkeypatch.setattr(sandbox, "_EXIT_GRACE_S", 0.5)
     res = await run_python("while True:\n    pass", isolation=isolation, timeout_s=0.5)
-    assert res.timed_out and res.exit_code == -signal.SIGKILL
+    # the kill comes from the supervisor's clock, or, when a loaded machine delays it past a second
+    # of the loop's CPU time, from the kernel's CPU limit (SIGXCPU), which backs that clock
+    assert res.timed_out and res.exit_code in (-signal.SIGKILL, -signal.SIGXCPU)
     assert "did not report" in res.note
 
 
