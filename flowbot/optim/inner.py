@@ -52,6 +52,10 @@ class InnerConfig:
     #: drop, before it is paid for, a change naming things of the minibatch's examples (see specificity.py)
     specificity_guard: bool = D.SPECIFICITY_GUARD
     demos: int = D.DEMOS  # few-shot demos to try per llm node (bootstrapped from successful traces); 0 = off
+    #: demo sets raced per llm node in one tuning, each of solved training examples the node was not
+    #: shown before (a random search over demo sets, as DSPy's BootstrapFewShotWithRandomSearch);
+    #: 1 = one set, and only for a node that has no demos yet
+    demo_sets: int = D.DEMO_SETS
     minibatch_gate: bool = True
     full_score: float = 1.0
     max_nodes_per_step: int | None = None
@@ -236,7 +240,7 @@ class InnerLoop:
             stepped += 1
         if self.cfg.demos:
             for node in state.workflow.llm_nodes():
-                if node.id not in state.demos_tried:
+                if state.demos_tried[node.id] < self.cfg.demo_sets:
                     forward = await self._try_demos(state, step, node, forward, batch, val, label)
         self.emit(InnerStep(step=step, failing=len(failing), nodes_stepped=stepped, val_score=state.val.score,
                             usage=_usage_delta(usage0, self.meter.snapshot())))
@@ -335,6 +339,10 @@ class InnerLoop:
     async def _try_demos(self, state: "_State", step: int, node: LLMNode, forward: BatchResult,
                          batch: list[dict[str, Any]], val: list[dict[str, Any]], label: str) -> BatchResult:
         wf = state.workflow
+        current = wf.params[node.id].demos
+        if current and self.cfg.demo_sets == 1:
+            return forward  # one set per node: a node that has demos keeps them
+        shown = state.demos_offered.setdefault(node.id, list(current))
         demos: list[Demo] = []
         # training examples only: a demo drawn from a validation example would leak its answer; the
         # newest first, so a node tuned again (a later round) is offered demos it was not offered before
@@ -342,15 +350,16 @@ class InnerLoop:
             run = r.trace.nodes.get(node.id) if r.trace else None
             if run is not None and run.ok and run.raw and run.inputs.keys() >= set(node.reads):
                 demo = Demo(inputs={f: run.inputs[f] for f in node.reads}, output=run.raw[-1])
-                if demo not in demos:
+                if demo not in demos and demo not in shown:
                     demos.append(demo)
             if len(demos) >= self.cfg.demos:
                 break
-        if not demos or wf.params[node.id].demos:
+        if not demos:
             return forward
-        state.demos_tried.add(node.id)
+        state.demos_tried[node.id] += 1
+        shown.extend(demos)
         candidate = wf.with_params(node.id, demos=demos)
-        forward, _ = await self._judge(state, step, node.id, "demos", f"{len(wf.params[node.id].demos)} demos",
+        forward, _ = await self._judge(state, step, node.id, "demos", f"{len(current)} demos",
                                        f"{len(demos)} demos", "bootstrapped from successful traces",
                                        candidate, batch, forward, val, label, gate=False)
         return forward
@@ -413,7 +422,8 @@ class _State:
         self.history: dict[str, list[tuple[str, float]]] = {}
         self.blame: Counter = Counter()
         self.failures: list[Failure] = []
-        self.demos_tried: set[str] = set()
+        self.demos_tried: Counter = Counter()  # demo sets raced, per node
+        self.demos_offered: dict[str, list[Demo]] = {}  # every demo a node has had or been offered
         self.successes: list[ExampleResult] = []  # training examples solved so far (demo pool)
         self.usage_mark: dict[str, RoleUsage] | None = None
         self.races: list[RaceResult] = []

@@ -194,6 +194,7 @@ LEGACY_SETTINGS: dict[str, Any] = {
     "optimize.inner.step": "rewrite",
     "optimize.inner.max_rules": 8,
     "optimize.inner.specificity_guard": False,
+    "optimize.inner.demo_sets": 1,
 }
 
 

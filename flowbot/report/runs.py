@@ -241,11 +241,16 @@ def resume_command(path: Path, config: dict[str, Any], settings: dict[str, Any])
             args = shlex.split(recorded)
         except ValueError:
             args = recorded.split()
-        args = _without_option(args, "--run-dir") + ["--run-dir", str(path)]
-        line = shlex.join(args)
         cwd = config.get("cwd")
-        if isinstance(cwd, str) and cwd and Path(cwd).resolve() != Path.cwd().resolve():
-            line = f"cd {shlex.quote(cwd)} && {line}"
+        # the command's relative paths (data, seed files) were read in the folder it was started in;
+        # after a cd there, the run dir must be given whole. A folder that is gone (another checkout,
+        # another machine) gets no cd: the line is then run from here.
+        elsewhere = isinstance(cwd, str) and bool(cwd) and Path(cwd).is_dir() and \
+            Path(cwd).resolve() != Path.cwd().resolve()
+        run_dir = str(path.resolve()) if elsewhere else str(path)
+        line = shlex.join(_without_option(args, "--run-dir") + ["--run-dir", run_dir])
+        if elsewhere:
+            line = f"cd {shlex.quote(str(cwd))} && {line}"
         return line, False
     rebuilt = rebuild_command(settings, path)
     return rebuilt, rebuilt is not None

@@ -214,34 +214,13 @@ def print_exception(exc, source):
     sys.stderr.flush()
 
 
-PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER, PR_CAPBSET_DROP = 1, 36, 24
+PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER = 1, 36
 
 
 def _prctl(option, value):
     import ctypes
 
     return ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0)
-
-
-def become(uid):
-    """Empty the capability bounding set, then switch to ``uid``: no capability is left, none can
-    come back (bwrap set no_new_privs), and the kernel counts the run's processes for RLIMIT_NPROC."""
-    for cap in range(64):
-        if _prctl(PR_CAPBSET_DROP, cap) != 0:
-            break  # past the last capability this kernel knows (EINVAL)
-    os.setgroups([])
-    os.setgid(uid)
-    os.setuid(uid)
-    _clear_capabilities()  # the setuid emptied the permitted and effective sets; this the inheritable
-
-
-def _clear_capabilities():
-    import ctypes
-
-    header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
-    data = (ctypes.c_uint32 * 6)()  # effective, permitted, inheritable: twice 32 bits each, all zero
-    if ctypes.CDLL(None, use_errno=True).capset(header, data) != 0:
-        raise OSError(ctypes.get_errno(), "capset")
 
 
 def _children():
@@ -344,7 +323,7 @@ def main():
         start_watchdog(status_fd, cfg["deadline_s"])
     set_limits(cfg["rlimits"])
     if cfg.get("uid") is not None:  # (bwrap run as root) become the run's own uid
-        become(cfg["uid"])
+        become(cfg["uid"])  # from _sandbox_privileges.py, whose text runs before this file's
     if cfg["guard"]:
         install_guard(cfg, main_pid, () if reaper is None else (reaper,))
     # The code runs in a fresh module registered as sys.modules[run_name] (so pickle and

@@ -25,7 +25,7 @@ CLONE_NEWPID, CLONE_NEWNET = 0x20000000, 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
 MNT_DETACH = 2
-PR_SET_PDEATHSIG, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS = 1, 24, 38
+PR_SET_PDEATHSIG = 1
 SYS_PIVOT_ROOT = {"x86_64": 155, "amd64": 155, "aarch64": 41, "arm64": 41, "riscv64": 41,
                   "ppc64le": 203, "ppc64": 203, "s390x": 217}
 
@@ -101,15 +101,6 @@ def enter_root(new):
     os.rmdir("/.oldroot")
 
 
-def drop_privileges(uid):
-    for cap in range(64):  # empty the bounding set too (EINVAL past the last known cap)
-        libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)
-    os.setgroups([])
-    os.setresgid(uid, uid, uid)
-    os.setresuid(uid, uid, uid)  # from root to non-root: the kernel clears all capabilities
-    _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")  # no setuid/file caps
-
-
 def relay(pid):
     """Wait for ``pid`` and exit like it did (signal S -> status 128+S)."""
     while True:
@@ -144,7 +135,7 @@ def main():
     if child:
         relay(child)
     try:
-        drop_privileges(plan["uid"])
+        become(plan["uid"])  # from _sandbox_privileges.py, whose text runs before this file's
         argv = plan["argv"]
         os.execve(argv[0], argv, plan["env"])
     except Exception as exc:

@@ -155,10 +155,15 @@ _SOURCES: dict[str, str] = {}
 
 
 def _source(name: str) -> str:
+    """A stub's text for ``python -c``, after the privilege drop both stubs share (neither can
+    import anything of flowbot's, so the shared code travels as text)."""
     if name not in _SOURCES:
-        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), name)
-        with open(path, encoding="utf-8") as f:
-            _SOURCES[name] = f.read()
+        here = os.path.dirname(os.path.abspath(__file__))
+        parts = []
+        for part in ("_sandbox_privileges.py", name):
+            with open(os.path.join(here, part), encoding="utf-8") as f:
+                parts.append(f.read())
+        _SOURCES[name] = "\n".join(parts)
     return _SOURCES[name]
 
 

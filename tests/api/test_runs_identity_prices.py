@@ -20,7 +20,7 @@ from flowbot.cli.main import app, command_settings
 from flowbot.lm import LMRequest
 from flowbot.lm.pricing import PER_MILLION, UnknownPrice, parse_price, per_token_prices, require_prices
 from flowbot.lm.resolve import EMBEDDED_DEFAULT, HOSTED_DEFAULTS
-from flowbot.report.runs import list_runs, run_info
+from flowbot.report.runs import list_runs, resume_command, run_info
 from flowbot.tasks import Task
 from flowbot.testing import OpenAITestServer, ScriptedLM
 
@@ -216,6 +216,21 @@ def test_runs_lists_status_models_scores_spend_and_how_to_resume(tmp_path, monke
     out = CliRunner().invoke(app, ["runs", str(root)])
     assert out.exit_code == 0, out.output
     assert "interrupted" in out.output and "flowbot.optimize(..., run_dir=" in out.output
+
+
+def test_a_resume_command_goes_back_to_its_folder_only_if_that_folder_still_exists(tmp_path, monkeypatch):
+    started_in, here = tmp_path / "checkout", tmp_path / "here"
+    started_in.mkdir()
+    (here / "runs" / "r").mkdir(parents=True)
+    monkeypatch.chdir(here)
+    config = {"command": "flowbot optimize --task drop --data-dir ../data --run-dir runs/r", "cwd": str(started_in)}
+    line, rebuilt = resume_command(Path("runs/r"), config, {})
+    # back to where ../data was read, and the run dir given whole: runs/r would not be found from there
+    assert not rebuilt and line == (f"cd {started_in} && flowbot optimize --task drop --data-dir ../data "
+                                    f"--run-dir {here / 'runs' / 'r'}")
+    started_in.rmdir()  # that checkout is gone: the line runs from here, as the run dir was given
+    line, _ = resume_command(Path("runs/r"), config, {})
+    assert line == "flowbot optimize --task drop --data-dir ../data --run-dir runs/r"
 
 
 def test_a_cli_run_records_its_command_and_a_benchmark_run_gets_a_rebuilt_one(tmp_path, monkeypatch):

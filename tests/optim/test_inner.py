@@ -2,7 +2,7 @@
 
 import re
 
-from flowbot.graph import LLMNode, NodeParams, OutputFormat, Sketch, Workflow
+from flowbot.graph import Demo, LLMNode, NodeParams, OutputFormat, Sketch, Workflow
 from flowbot.lm import Budget, LMClient, LMRequest, UsageMeter
 from flowbot.optim.backward import GradContext, parse_backward, parse_step
 from flowbot.optim.budgeting import BudgetPlan, Price
@@ -331,6 +331,57 @@ async def test_demos_that_only_tie_are_not_kept():
     demo_step = next(s for s in result.steps if s.change == "demos")
     assert demo_step.race["wins"] == demo_step.race["losses"] == 0 and not demo_step.accepted
     assert result.workflow.params["answer"].demos == []
+
+
+def first_demo_is_bad_task(seen: list[str]) -> ScriptedLM:
+    """Answers in upper case (right) when shown a demo, unless it is the first demo question it was
+    ever shown (``seen[0]``): so only a second, different demo set can help."""
+
+    def task(req: LMRequest, i: int) -> str:
+        q = field_value(last_user(req), "Question")
+        shown = [field_value(m[1], "Question") for m in req.messages[1:-1] if m[0] == "user"]
+        if shown and not seen:
+            seen.append(shown[0])
+        return "Answer: " + (q.upper() if shown and seen[0] not in shown else q)
+
+    return ScriptedLM(default=task)
+
+
+async def test_a_second_demo_set_of_examples_not_shown_before_is_raced_when_demo_sets_allow():
+    train = [{"id": f"u{i}", "question": f"UP{i}", "gold": f"UP{i}"} for i in range(3)] + examples("t", 3)
+    val = examples("v", 4)
+
+    first_shown: list[str] = []
+
+    async def tune(demo_sets):
+        first_shown.clear()
+        cfg = InnerConfig(steps=2, demos=1, demo_sets=demo_sets, minibatch_size=6, minibatch_gate=False)
+        loop = build(first_demo_is_bad_task(first_shown), case_optimizer("<instruction>Repeat the question.</instruction>"), cfg)
+        return await loop.optimize(one_node(), train, val)
+
+    one, two = await tune(1), await tune(2)
+    # one set per node (the default): the first set loses and no other is tried
+    assert [s.accepted for s in one.steps if s.change == "demos"] == [False]
+    assert one.val_score == 0.0 and one.workflow.params["answer"].demos == []
+    # two sets: the second is of an example the first did not show, and it wins
+    sets = [s for s in two.steps if s.change == "demos"]
+    assert [s.accepted for s in sets] == [False, True] and two.val_score == 1.0
+    (kept,) = two.workflow.params["answer"].demos
+    assert kept.inputs["question"].startswith("UP") and kept.inputs["question"] != first_shown[0]
+
+
+async def test_with_one_demo_set_a_node_that_has_demos_keeps_them_and_with_more_it_races_a_fresh_set():
+    train = [{"id": f"u{i}", "question": f"UP{i}", "gold": f"UP{i}"} for i in range(3)]
+    wf = one_node()
+    old = Demo(inputs={"question": "OLD"}, output="Answer: OLD")
+    wf = wf.with_params("answer", demos=[old])
+    # three solved examples: a fresh set of 2, then of the 1 left, then none (nothing is raced)
+    for demo_sets, raced in ((1, 0), (3, 2)):
+        cfg = InnerConfig(steps=3, demos=2, demo_sets=demo_sets, minibatch_size=3, minibatch_gate=False)
+        loop = build(case_task_lm(), case_optimizer("<instruction>Repeat the question.</instruction>"), cfg)
+        result = await loop.optimize(wf, train, examples("v", 3))
+        assert sum(s.change == "demos" for s in result.steps) == raced
+        assert result.workflow.params["answer"].demos == [old]  # the fresh sets only tie: not kept
 
 
 def test_parsers_are_forgiving():

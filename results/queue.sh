@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Issue 16: every run of the protocol that is not finished yet, one after another, in the order the
+# phase READMEs give. Each step is resumable and a finished one is skipped (pays nothing), so after
+# any interruption start the queue again:
+#   nohup nice -n -10 results/queue.sh > queue.log 2>&1 &
+# To end it: `touch results/STOP` (no new step starts), then stop the step that is running (a search:
+# `touch <its run dir>/STOP`, it stops before its test; an evaluation: kill it, its answers are cached).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+step() {
+  if [ -e results/STOP ]; then echo "queue: results/STOP is there, not starting: $*"; exit 0; fi
+  echo "queue: $* ($(date -u +%FT%TZ))"
+  "$@"
+}
+# phase 1 as protocolled: prompt-only, then the single-call baselines CoT-SC (3) and ReAct
+step results/drop-1.5b/methods.sh inner-only
+step results/drop-1.5b/run.sh baselines
+# the set of runs 4 (defined in results/drop-1.5b/README.md before any of them ran)
+step results/drop-1.5b/methods.sh flowbot-v4 aflow-v2 inner-only-v2
+# phase 2 (GSM8K, 0.5B task model, 1.5B optimizer), then phase 1's backward-pass ablation
+step results/gsm8k-0.5b/run.sh
+step results/drop-1.5b/methods.sh feedback-global
+echo "queue: done ($(date -u +%FT%TZ))"
