@@ -118,11 +118,14 @@ def plot(rows: dict[str, dict[str, Any]], front: set[str], out: Path, title: str
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    at: dict[tuple[float, float], list[str]] = {}  # methods at one point (the same workflow) share a label
     for k, r in rows.items():
         ax.scatter(r["tokens_per_example"], r["score"], s=60 if k in front else 30,
                    marker="o" if r["search"] is None else "s", color="tab:red" if k in front else "tab:blue")
-        ax.annotate(LABELS.get(k, k), (r["tokens_per_example"], r["score"]), textcoords="offset points",
-                    xytext=(6, 4), fontsize=8)
+        at.setdefault((round(r["tokens_per_example"], 1), round(r["score"], 4)), []).append(LABELS.get(k, k))
+    for (x, y), names in at.items():
+        ax.annotate("\n".join(names), (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8,
+                    va="bottom" if len(names) == 1 else "top")
     pts = sorted((rows[k]["tokens_per_example"], rows[k]["score"]) for k in front)
     if len(pts) > 1:
         ax.plot(*zip(*pts), color="tab:red", linewidth=1, label="Pareto front")
