@@ -20,12 +20,17 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Generic, Iterable, Mapping, TypeVar
 
-#: metadata of a field only older versions wrote: read back from their logs, left out of ``to_dict``
-#: while it holds its default (so what this version logs does not change)
+#: metadata of a field left out of ``to_dict`` while it holds its default, so what the other emitters
+#: log does not change: a field only older versions wrote (read back from their logs), or one only some
+#: emitters of an event set
 LEGACY = {"legacy": True}
 
 
 def _legacy(default: Any = None) -> Any:
+    return field(default=default, metadata=LEGACY)
+
+
+def _when_set(default: Any = None) -> Any:
     return field(default=default, metadata=LEGACY)
 
 
@@ -178,6 +183,8 @@ class Patience(Event):
     type: ClassVar[str] = "patience"
     loop: str
     step: int
+    #: the workflow the inner loop was tuning (the driver sets it, as on every inner-loop event)
+    candidate: str | None = _when_set()
 
 
 @dataclass

@@ -383,3 +383,19 @@ async def test_the_summary_counts_the_wall_time_of_a_killed_session(tmp_path):
     (first.run_dir / "events.jsonl").unlink()  # nothing of it to replay
     result = await prepare(tmp_path, task_lm(), optimizer_lm(), outer={"rounds": 0}).arun()
     assert result.summary["wall_s_all_sessions"] >= 100.0 > result.summary["wall_s"]
+
+
+async def test_every_line_a_run_logs_reads_back_typed_and_whole_patience_included(tmp_path):
+    """The driver tags every inner-loop event with the workflow it tunes; each logged line, the inner
+    loop's patience among them, must read back as its class with no field left over."""
+    from flowbot.optim.events import UnknownEvent, read_event
+    from flowbot.optim.rundir import read_event_log
+
+    await prepare(tmp_path, task_lm(), optimizer_lm(), method="inner-only",
+                  inner={"steps": 3, "demos": 0, "patience": 1}).arun()
+    lines, torn = read_event_log(tmp_path / "run" / "events.jsonl")
+    assert torn is None and any(line["type"] == "patience" and line.get("candidate") for line in lines)
+    for line in lines:
+        rec = read_event(line)
+        assert not isinstance(rec.event, UnknownEvent) and not rec.extra, line
+        assert rec.to_dict() == line
