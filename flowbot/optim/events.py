@@ -3,8 +3,8 @@
 display, the report, the MLflow adapter and typed user callbacks read every line back with
 :func:`read_event`, which never fails: a type this version does not know becomes an
 :class:`UnknownEvent`, a field an older version did not write takes its default (None when it has
-none), and types and fields only older versions wrote are declared here too (marked legacy), so a
-reader only ever reads declared fields. :func:`parse_event` is the strict inverse of ``to_dict``.
+none), and types and fields only older versions wrote are declared here too (left out of what this
+version logs), so a reader only ever reads declared fields. :func:`parse_event` is the strict inverse of ``to_dict``.
 
     >>> e = SeedEvaluated(val_score=0.5, calls=8, tokens=900, cost_usd=None)
     >>> e.to_dict()["type"], parse_event(e.to_dict()).val_score
@@ -20,18 +20,14 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Generic, Iterable, Mapping, TypeVar
 
-#: metadata of a field left out of ``to_dict`` while it holds its default, so what the other emitters
-#: log does not change: a field only older versions wrote (read back from their logs), or one only some
-#: emitters of an event set
-LEGACY = {"legacy": True}
-
-
-def _legacy(default: Any = None) -> Any:
-    return field(default=default, metadata=LEGACY)
+#: metadata of a field left out of ``to_dict`` while it holds its default, so that what is logged
+#: without it does not change: a field only older versions wrote (read back from their logs), or one
+#: only some emitters of an event set
+WHEN_SET = {"when_set": True}
 
 
 def _when_set(default: Any = None) -> Any:
-    return field(default=default, metadata=LEGACY)
+    return field(default=default, metadata=WHEN_SET)
 
 
 @dataclass
@@ -40,7 +36,7 @@ class Event:
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": self.type, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                                      if not (f.metadata.get("legacy") and getattr(self, f.name) == f.default)}}
+                                      if not (f.metadata.get("when_set") and getattr(self, f.name) == f.default)}}
 
 
 @dataclass
@@ -106,9 +102,9 @@ class CandidateRejected(Event):
     method: str = "flowbot"
     # written before proposals were built from new choices alone: an invalid proposal's error after
     # its repair turn (and before it), and the candidate a duplicate had the structure of
-    error: str | None = _legacy()
-    first_error: str | None = _legacy()
-    same_as: str | None = _legacy()
+    error: str | None = _when_set()
+    first_error: str | None = _when_set()
+    same_as: str | None = _when_set()
 
 
 @dataclass
@@ -131,8 +127,8 @@ class CandidateEvaluated(Event):
     inner_steps: int = 0
     method: str = "flowbot"
     # written before racing: blame counts per node, and why the candidate's inner loop stopped
-    blame: dict[str, int] | None = _legacy()
-    inner_stopped: str | None = _legacy()
+    blame: dict[str, int] | None = _when_set()
+    inner_stopped: str | None = _when_set()
 
 
 @dataclass
