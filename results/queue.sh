@@ -12,11 +12,15 @@ step() {
   echo "queue: $* ($(date -u +%FT%TZ))"
   "$@"
 }
-# phase 1 as protocolled: prompt-only, then the single-call baselines CoT-SC (3) and ReAct
+# phase 1 as protocolled: prompt-only (finished), then FlowBot's run 4 first of the set of runs 4
+# (defined in results/drop-1.5b/README.md before any of them ran): it is the run most likely to decide
+# the goal, so it gets the next hours of compute. The order changes no result: every run has its own
+# cache, seeded from the baselines' one, and the sampled CoT-SC answers there are no prompt a search sends.
 step results/drop-1.5b/methods.sh inner-only
+step results/drop-1.5b/methods.sh flowbot-v4
+# the single-call baselines CoT-SC (3) and ReAct, then the rest of the set of runs 4
 step results/drop-1.5b/run.sh baselines
-# the set of runs 4 (defined in results/drop-1.5b/README.md before any of them ran)
-step results/drop-1.5b/methods.sh flowbot-v4 aflow-v2 inner-only-v2
+step results/drop-1.5b/methods.sh aflow-v2 inner-only-v2
 # phase 2 (GSM8K, 0.5B task model, 1.5B optimizer), then phase 1's backward-pass ablation
 step results/gsm8k-0.5b/run.sh
 step results/drop-1.5b/methods.sh feedback-global
