@@ -276,7 +276,8 @@ def _make_config(method: str, objective: str, cost_weight: float, inner: Any, ou
 
 #: (setting, smallest allowed value) of the optimizer settings a user passes
 _MINIMA = (("inner.steps", 0), ("inner.minibatch_size", 1), ("inner.candidates", 1), ("inner.demos", 0),
-           ("inner.demo_sets", 1), ("inner.patience", 0), ("outer.rounds", 0), ("outer.patience", 0), ("aflow.rounds", 0),
+           ("inner.demo_sets", 1), ("inner.demo_bootstrap", 0),
+           ("inner.patience", 0), ("outer.rounds", 0), ("outer.patience", 0), ("aflow.rounds", 0),
            ("train_size", 1), ("val_size", 1), ("test_size", 1), ("concurrency", 1))
 
 

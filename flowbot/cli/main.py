@@ -297,6 +297,9 @@ def optimize(
     demo_sets: int = typer.Option(D.DEMO_SETS, "--demo-sets", help="Demo sets raced per node and tuning, each of "
                                   "solved training examples the node was not shown before (1: one set, only for "
                                   "a node without demos)."),
+    demo_bootstrap: int = typer.Option(D.DEMO_BOOTSTRAP, "--demo-bootstrap", help="Training examples a tuning "
+                                       "may run, beyond its minibatches, to fill a demo set up to --demos before "
+                                       "racing it (0: a set holds only what the minibatches solved)."),
     proposal: str = typer.Option(D.PROPOSAL, "--proposal", help="llm (the optimizer critiques the structure and "
                                  "picks an edit) or fixed (ablation: a fixed order over the operator menu)."),
     schedule: str = typer.Option(D.SCHEDULE, "--schedule", help="tune-first (tune the seed, then "
@@ -348,7 +351,7 @@ def optimize(
                     "--budget-tokens": (budget_tokens, 1), "--budget-seconds": (budget_seconds, 0.0),
                     "--cost-weight": (cost_weight, 0), "--steps": (steps, 0), "--rounds": (rounds, 0),
                     "--minibatch": (minibatch, 1), "--candidates": (candidates, 1), "--demos": (demos, 0),
-                    "--demo-sets": (demo_sets, 1),
+                    "--demo-sets": (demo_sets, 1), "--demo-bootstrap": (demo_bootstrap, 0),
                     "--train-size": (train_size, 1), "--val-size": (val_size, 1),
                     "--test-size": (test_size, 0 if no_test else 1),  # 0 test items: only without a test
                     "--concurrency": (concurrency, 1), "--margin": (margin, 1), "--workers": (workers, 1)},
@@ -406,7 +409,7 @@ def optimize_settings(options: dict[str, Any]) -> dict[str, Any]:
         evaluate_test=not options["no_test"], progress=True, budget_scope=options["budget_scope"],
         inner=_given(steps=options["steps"], minibatch_size=options["minibatch"], candidates=options["candidates"],
                      feedback=options["feedback"], demos=options["demos"], demo_sets=options["demo_sets"],
-                     step=options["step"],
+                     demo_bootstrap=options["demo_bootstrap"], step=options["step"],
                      specificity_guard=options["specificity_guard"], seed=seed),
         outer=_given(rounds=options["rounds"], proposal=options["proposal"], schedule=options["schedule"]),
         aflow=_given(rounds=options["rounds"], seed=seed),

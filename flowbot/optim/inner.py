@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -56,6 +57,10 @@ class InnerConfig:
     #: shown before (a random search over demo sets, as DSPy's BootstrapFewShotWithRandomSearch);
     #: 1 = one set, and only for a node that has no demos yet
     demo_sets: int = D.DEMO_SETS
+    #: training examples a tuning may run, beyond its minibatches, to fill a demo set up to ``demos``
+    #: before racing it (DSPy's bootstrapping: run the program on training data until enough traces
+    #: succeed); 0 = a set holds only what the minibatches solved
+    demo_bootstrap: int = D.DEMO_BOOTSTRAP
     minibatch_gate: bool = True
     full_score: float = 1.0
     max_nodes_per_step: int | None = None
@@ -176,13 +181,14 @@ class InnerLoop:
         state = _State(workflow)
         if demo_pool is not None:
             state.successes = demo_pool
+        sampler = sampler or MinibatchSampler(train, self.cfg.minibatch_size, self.cfg.seed)
+        state.sampler = sampler
         stopped: str | None = None
         try:
             state.val = val_result if val_result is not None else \
                 await self.evaluate(workflow, val, f"{label}validating seed")
             state.initial = state.val.score
-            await self._loop(state, sampler or MinibatchSampler(train, self.cfg.minibatch_size, self.cfg.seed),
-                             val, label)
+            await self._loop(state, sampler, val, label)
         except BudgetExceeded as exc:
             stopped = str(exc)
         if state.val is None:  # the budget ran out before the seed was scored
@@ -343,26 +349,54 @@ class InnerLoop:
         if current and self.cfg.demo_sets == 1:
             return forward  # one set per node: a node that has demos keeps them
         shown = state.demos_offered.setdefault(node.id, list(current))
-        demos: list[Demo] = []
         # training examples only: a demo drawn from a validation example would leak its answer; the
         # newest first, so a node tuned again (a later round) is offered demos it was not offered before
-        for r in reversed(state.successes):
-            run = r.trace.nodes.get(node.id) if r.trace else None
-            if run is not None and run.ok and run.raw and run.inputs.keys() >= set(node.reads):
-                demo = Demo(inputs={f: run.inputs[f] for f in node.reads}, output=run.raw[-1])
-                if demo not in demos and demo not in shown:
-                    demos.append(demo)
-            if len(demos) >= self.cfg.demos:
-                break
+        demos = self._fresh_demos(reversed(state.successes), node, shown, [])
+        ran = 0
+        if len(demos) < self.cfg.demos and self.cfg.demo_bootstrap and self.affords_step(state, val):
+            state.usage_mark = self.meter.snapshot()  # the demo set's record carries what filling it cost
+            ran = await self._bootstrap(state, step, node, shown, demos, label)
         if not demos:
+            state.usage_mark = None
             return forward
         state.demos_tried[node.id] += 1
         shown.extend(demos)
         candidate = wf.with_params(node.id, demos=demos)
         forward, _ = await self._judge(state, step, node.id, "demos", f"{len(current)} demos",
-                                       f"{len(demos)} demos", "bootstrapped from successful traces",
+                                       f"{len(demos)} demos", "bootstrapped from successful traces"
+                                       + (f" ({ran} training examples run to fill the set)" if ran else ""),
                                        candidate, batch, forward, val, label, gate=False)
         return forward
+
+    def _fresh_demos(self, results: Iterable[ExampleResult], node: LLMNode, shown: list[Demo],
+                     demos: list[Demo]) -> list[Demo]:
+        """``demos`` extended, up to the configured count, with the node's step in solved ``results``
+        that neither it nor ``shown`` holds."""
+        for r in results:
+            if len(demos) >= self.cfg.demos:
+                break
+            run = r.trace.nodes.get(node.id) if r.trace else None
+            if run is not None and run.ok and run.raw and run.inputs.keys() >= set(node.reads):
+                demo = Demo(inputs={f: run.inputs[f] for f in node.reads}, output=run.raw[-1])
+                if demo not in demos and demo not in shown:
+                    demos.append(demo)
+        return demos
+
+    async def _bootstrap(self, state: "_State", step: int, node: LLMNode, shown: list[Demo], demos: list[Demo],
+                         label: str) -> int:
+        """Run the workflow on further training examples (from the loop's sampler, so an epoch still
+        walks every example once) until ``demos`` is full or ``demo_bootstrap`` examples have run;
+        returns how many ran. What they solve joins the run's pool of solved examples."""
+        assert state.sampler is not None  # set by optimize() before the loop runs
+        ran = 0
+        while len(demos) < self.cfg.demos and ran < self.cfg.demo_bootstrap:
+            batch = state.sampler.next()[: self.cfg.demo_bootstrap - ran]
+            ran += len(batch)
+            result = await self.evaluate(state.workflow, batch, f"{label}step {step}: bootstrapping demos of {node.id}")
+            solved = [r for r in result.results if r.score >= self.cfg.full_score]
+            state.successes.extend(solved)
+            self._fresh_demos(solved, node, shown, demos)
+        return ran
 
     async def _judge(self, state: "_State", step: int, node_id: str, change: str, old: str, new: str,
                      gradient: str, candidate: Workflow, batch: list[dict[str, Any]], forward: BatchResult,
@@ -425,6 +459,7 @@ class _State:
         self.demos_tried: Counter = Counter()  # demo sets raced, per node
         self.demos_offered: dict[str, list[Demo]] = {}  # every demo a node has had or been offered
         self.successes: list[ExampleResult] = []  # training examples solved so far (demo pool)
+        self.sampler: MinibatchSampling | None = None  # the loop's walk over training data
         self.usage_mark: dict[str, RoleUsage] | None = None
         self.races: list[RaceResult] = []
         self.stopped: str | None = None

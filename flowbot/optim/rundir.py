@@ -195,6 +195,7 @@ LEGACY_SETTINGS: dict[str, Any] = {
     "optimize.inner.max_rules": 8,
     "optimize.inner.specificity_guard": False,
     "optimize.inner.demo_sets": 1,
+    "optimize.inner.demo_bootstrap": 0,
 }
 
 

@@ -370,7 +370,8 @@ def rebuild_command(settings: dict[str, Any], path: Path) -> str | None:
 
 def _search_options(opt: dict[str, Any], method: Any) -> list[str]:
     """The options for the settings of the search that differ from their defaults (budget scope,
-    proposal policy and schedule, the inner step and its guard, racing margin and level)."""
+    proposal policy and schedule, the inner step and its guard, demo sets and their bootstrapping,
+    racing margin and level)."""
     from flowbot.optim.driver import BudgetConfig, RacingConfig
     from flowbot.optim.outer import OuterConfig
 
@@ -386,9 +387,10 @@ def _search_options(opt: dict[str, Any], method: Any) -> list[str]:
     if method != "aflow":
         from flowbot.optim.inner import InnerConfig
 
-        value = _dig(opt, "inner", "step")
-        if value is not None and value != InnerConfig.step:
-            out += ["--step", str(value)]
+        for option, key in (("--step", "step"), ("--demo-sets", "demo_sets"), ("--demo-bootstrap", "demo_bootstrap")):
+            value = _dig(opt, "inner", key)
+            if value is not None and value != getattr(InnerConfig, key):
+                out += [option, str(value)]
         if _dig(opt, "inner", "specificity_guard") is False:
             out.append("--no-specificity-guard")
     for option, key in (("--margin", "margin"), ("--alpha", "alpha")):

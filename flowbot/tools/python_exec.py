@@ -145,7 +145,8 @@ class PythonTool(Tool):
         if ok:
             return ToolResult(last_printed_line(res.stdout) if answer_only else res.stdout, ok=True, details=details)
         if res.timed_out:
-            problem = f"Error: timed out after {self.timeout_s:g} s"
+            spent = "its CPU time" if res.killed_reason == "cpu_limit" else f"{self.timeout_s:g} s"
+            problem = f"Error: timed out after {spent}"
         elif res.killed_reason == "output_limit":
             problem = f"Error: output passed {self.max_output_bytes} bytes; the run was stopped"
         else:

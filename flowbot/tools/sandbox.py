@@ -124,7 +124,7 @@ class SandboxResult:
     stdout: str
     stderr: str
     exit_code: int  # negative: killed by that signal (like subprocess)
-    timed_out: bool
+    timed_out: bool  # the run used up its time (see ran_out_of_time)
     #: why a limit stopped the run: "timeout", "output_limit", "cpu_limit", "memory_limit"
     #: (a MemoryError ended it, or the run's processes together passed memory_mb),
     #: "process_limit", "disk_limit", "killed" (SIGKILL not sent by the parent) or None
@@ -696,12 +696,22 @@ async def _supervise(transport: asyncio.SubprocessTransport, out: _Collector, sp
         log.warning("sandbox: %s", note)
     exit_code = _exit_code(returncode, shell_codes)
     err_text = out.output[2].decode("utf-8", "replace")
-    if reason is None:
-        reason = _limit_reason(exit_code, err_text)
+    reason = reason or _limit_reason(exit_code, err_text)
     return SandboxResult(
         stdout=out.output[1].decode("utf-8", "replace"), stderr=err_text, exit_code=exit_code,
-        timed_out=reason == "timeout", killed_reason=reason, truncated=out.truncated, duration_s=0.0,
+        timed_out=ran_out_of_time(reason), killed_reason=reason, truncated=out.truncated, duration_s=0.0,
         note=note)
+
+
+def ran_out_of_time(reason: str | None) -> bool:
+    """Whether a run ended for ``reason`` used up its time: the wall clock, or the CPU limit that
+    backs it in the kernel (a second more than the timeout; it ends a run first when the supervisor is
+    starved of CPU or the code burns several cores).
+
+    >>> ran_out_of_time("timeout"), ran_out_of_time("cpu_limit"), ran_out_of_time("memory_limit")
+    (True, True, False)
+    """
+    return reason in ("timeout", "cpu_limit")
 
 
 async def _first_set(events: tuple[asyncio.Event, ...], timeout: float) -> bool:

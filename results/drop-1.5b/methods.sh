@@ -3,8 +3,8 @@
 # Qwen2.5-Coder-1.5B in every role, each from the CoT seed with the same search budget (500 calls of
 # all roles together; the test evaluation is outside it and reported apart: --budget-scope search).
 # Resumable: run it again and nothing already paid for is paid again.
-#   results/drop-1.5b/methods.sh [flowbot|aflow|flowbot-v2|flowbot-v3|inner-only|feedback-global|flowbot-v4|aflow-v2|inner-only-v2]...
-#   (default: the first six, in this order; the set of runs 4 is named explicitly)
+#   results/drop-1.5b/methods.sh [flowbot|aflow|flowbot-v2|flowbot-v3|inner-only|feedback-global|flowbot-v4|aflow-v2|inner-only-v2|flowbot-v5|inner-only-v3]...
+#   (default: the first six, in this order; the sets of runs 4 and 5 are named explicitly)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=results/drop-1.5b
@@ -59,6 +59,12 @@ for method in "${@:-flowbot aflow flowbot-v2 flowbot-v3 inner-only feedback-glob
       flowbot-v4)      run flowbot-v4 --rounds 8 --schedule alternate --step rule --alpha 0.25 ;;
       aflow-v2)        run aflow-v2 --method aflow --rounds 8 --alpha 0.25 ;;
       inner-only-v2)   run inner-only-v2 --inner-only --step rule --alpha 0.25 ;;
+      # the set of runs 5 (defined on 7 Dec before any of them ran, after reading flowbot-v4's validation
+      # traces; see README.md, "Runs 5"): flowbot-v4 raced a demo set of one example, all its minibatch had
+      # solved, and lost 8W/5L; a set is now filled to --demos (2) from further training examples first
+      # (--demo-bootstrap 10), all else as runs 4. AFlow-style search has no inner loop: aflow-v2 stands.
+      flowbot-v5)      run flowbot-v5 --rounds 8 --schedule alternate --step rule --alpha 0.25 --demo-bootstrap 10 ;;
+      inner-only-v3)   run inner-only-v3 --inner-only --step rule --alpha 0.25 --demo-bootstrap 10 ;;
       *) echo "unknown method $m" >&2; exit 2 ;;
     esac
   done

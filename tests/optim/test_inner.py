@@ -384,6 +384,42 @@ async def test_with_one_demo_set_a_node_that_has_demos_keeps_them_and_with_more_
         assert result.workflow.params["answer"].demos == [old]  # the fresh sets only tie: not kept
 
 
+def upper_when_shown_demos() -> ScriptedLM:
+    """Answers in upper case (right for every example) when the prompt holds demos, else repeats the
+    question (right only for the UP examples)."""
+    def task(req: LMRequest, i: int) -> str:
+        q = field_value(last_user(req), "Question")
+        return "Answer: " + (q.upper() if len(req.messages) > 2 else q)
+    return ScriptedLM(default=task)
+
+
+async def test_demo_bootstrap_fills_a_set_from_further_solved_training_examples():
+    # 6 of 12 training examples are solved without demos; a minibatch of 2 holds at most 2 of them
+    train = [{"id": f"u{i}", "question": f"UP{i}", "gold": f"UP{i}"} for i in range(6)] + examples("t", 6)
+
+    async def tune(bootstrap):
+        cfg = InnerConfig(steps=1, demos=3, demo_bootstrap=bootstrap, minibatch_size=2, minibatch_gate=False)
+        # the rewrite changes nothing the scripted model does: it is raced and lost before the demos
+        loop = build(upper_when_shown_demos(), case_optimizer("<instruction>Repeat it.</instruction>"), cfg)
+        result = await loop.optimize(one_node(), train, examples("v", 3))
+        return result, [s for s in result.steps if s.change == "demos"]
+
+    plain, plain_sets = await tune(0)
+    assert len(plain_sets) <= 1 and all("run to fill" not in s.gradient for s in plain_sets)
+    assert len(plain.workflow.params["answer"].demos) < 3  # the minibatch alone cannot fill the set
+    filled, (step,) = await tune(10)
+    ran = int(re.search(r"\((\d+) training examples run to fill the set\)", step.gradient).group(1))
+    demos = filled.workflow.params["answer"].demos
+    # full, of solved examples only, and the filling stopped once the set was full, short of its cap
+    assert step.new == "3 demos" and step.accepted and len(demos) == 3 and filled.val_score == 1.0
+    assert all(d.inputs["question"].startswith("UP") for d in demos)
+    assert 1 <= ran < 10
+    # what filling the set cost is in its record, with its minibatch (2) and its race (3)
+    assert step.cost["task"]["calls"] == ran + 2 + 3
+    capped, (short,) = await tune(1)
+    assert "(1 training examples run to fill the set)" in short.gradient and short.new != "3 demos"
+
+
 def test_parsers_are_forgiving():
     g, up = parse_backward("GRADIENT: be precise\nmore detail\nFEEDBACK[x]: none\nFEEDBACK[y]: wrong", ["x", "y"])
     assert g == "be precise\nmore detail" and up == {"x": "", "y": "wrong"}

@@ -56,6 +56,8 @@ CASES = {
     "zero dollar budget": (["optimize", *data("d.jsonl"), "--budget-usd", "0", "--run-dir", "run"], "--budget-usd"),
     "negative steps": (["optimize", *data("d.jsonl"), "--steps", "-1", "--run-dir", "run"], "--steps"),
     "zero minibatch": (["optimize", *data("d.jsonl"), "--minibatch", "0", "--run-dir", "run"], "--minibatch"),
+    "negative --demo-bootstrap": (["optimize", *data("d.jsonl"), "--demo-bootstrap", "-2", "--run-dir", "run"],
+                                  "--demo-bootstrap: must be at least 0, got -2"),
     "negative limit": (["eval", *data("d.jsonl"), "--limit", "-3"], "--limit"),
     "typo in --feedback": (["optimize", *data("d.jsonl"), "--feedback", "local", "--run-dir", "run"],
                            "--feedback: unknown value 'local'"),
@@ -105,7 +107,8 @@ def test_the_python_api_names_the_setting(tmp_path):
     for bad, where in [({"budget": {"calls": -5}}, "budget calls"), ({"inner": {"steps": -2}}, "inner.steps"),
                        ({"inner": {"feedback": "local"}}, "inner.feedback"), ({"val_size": 0}, "val_size"),
                        ({"budget": {"cals": 5}}, "cals"), ({"racing": {"margin": 0}}, "racing.margin"),
-                       ({"racing": {"alpha": 1.5}}, "racing.alpha")]:
+                       ({"racing": {"alpha": 1.5}}, "racing.alpha"),
+                       ({"inner": {"demo_bootstrap": -1}}, "inner.demo_bootstrap")]:
         with pytest.raises(FlowBotError, match=where):
             flowbot.optimize(task, model="m", providers=lm, run_dir=tmp_path / "run", **bad)
         assert not (tmp_path / "run").exists()

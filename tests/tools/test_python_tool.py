@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 
 from flowbot.tools import PythonTool, ToolError
@@ -73,6 +75,20 @@ async def test_bad_arguments_raise_tool_error() -> None:
 )
 def test_last_printed_line(stdout: str, answer: str) -> None:
     assert last_printed_line(stdout) == answer
+
+
+def test_a_run_ended_by_its_cpu_limit_reads_as_timed_out() -> None:
+    """The CPU limit is the timeout's kernel backstop: a run it ends (the supervisor starved of CPU,
+    or code burning several cores) has used up its time, and says so."""
+    from flowbot.tools.sandbox import SandboxResult, _limit_reason, ran_out_of_time
+
+    reason = _limit_reason(-signal.SIGXCPU, "")
+    assert reason == "cpu_limit" and ran_out_of_time(reason)
+    ended = SandboxResult(stdout="partial\n", stderr="", exit_code=-signal.SIGXCPU, timed_out=ran_out_of_time(reason),
+                          killed_reason=reason, truncated=False, duration_s=2.0)
+    res = PythonTool(timeout_s=2)._result(ended, answer_only=True)
+    assert not res.ok and res.output == "Error: timed out after its CPU time"
+    assert res.details["killed_reason"] == "cpu_limit" and res.details["timed_out"] is True
 
 
 async def test_answer_only_returns_the_printed_answer_or_an_error_text() -> None:
