@@ -178,17 +178,15 @@ class InnerLoop:
         so far, which this call adds to and draws demos from (newest first)."""
         start = time.perf_counter()
         usage0 = self.meter.snapshot()
-        state = _State(workflow)
+        state = _State(workflow, sampler or MinibatchSampler(train, self.cfg.minibatch_size, self.cfg.seed))
         if demo_pool is not None:
             state.successes = demo_pool
-        sampler = sampler or MinibatchSampler(train, self.cfg.minibatch_size, self.cfg.seed)
-        state.sampler = sampler
         stopped: str | None = None
         try:
             state.val = val_result if val_result is not None else \
                 await self.evaluate(workflow, val, f"{label}validating seed")
             state.initial = state.val.score
-            await self._loop(state, sampler, val, label)
+            await self._loop(state, val, label)
         except BudgetExceeded as exc:
             stopped = str(exc)
         if state.val is None:  # the budget ran out before the seed was scored
@@ -211,13 +209,13 @@ class InnerLoop:
         left = budget.remaining_calls() if budget is not None else None
         return left is None or left >= raced_at.calls * len(val) + overhead.calls
 
-    async def _loop(self, state: "_State", sampler: MinibatchSampling, val: list[dict[str, Any]], label: str) -> None:
+    async def _loop(self, state: "_State", val: list[dict[str, Any]], label: str) -> None:
         no_gain = 0
         for step in range(1, self.cfg.steps + 1):
             if not self.affords_step(state, val):
                 state.stopped = "the budget left cannot pay for another inner step with a full raced validation"
                 break
-            batch = sampler.next()
+            batch = state.sampler.next()
             before = state.val.score
             changed = await self._step(state, step, batch, val, label)
             no_gain = 0 if changed and state.val.score > before + 1e-12 else no_gain + 1
@@ -357,7 +355,8 @@ class InnerLoop:
             state.usage_mark = self.meter.snapshot()  # the demo set's record carries what filling it cost
             ran = await self._bootstrap(state, step, node, shown, demos, label)
         if not demos:
-            state.usage_mark = None
+            if ran:  # the filling found nothing: its mark is not left for the next record
+                state.usage_mark = None
             return forward
         state.demos_tried[node.id] += 1
         shown.extend(demos)
@@ -387,7 +386,6 @@ class InnerLoop:
         """Run the workflow on further training examples (from the loop's sampler, so an epoch still
         walks every example once) until ``demos`` is full or ``demo_bootstrap`` examples have run;
         returns how many ran. What they solve joins the run's pool of solved examples."""
-        assert state.sampler is not None  # set by optimize() before the loop runs
         ran = 0
         while len(demos) < self.cfg.demos and ran < self.cfg.demo_bootstrap:
             batch = state.sampler.next()[: self.cfg.demo_bootstrap - ran]
@@ -448,8 +446,9 @@ class InnerLoop:
 
 
 class _State:
-    def __init__(self, workflow: Workflow) -> None:
+    def __init__(self, workflow: Workflow, sampler: MinibatchSampling) -> None:
         self.workflow = workflow
+        self.sampler = sampler  # the loop's walk over training data (minibatches, demo bootstrapping)
         self.val: BatchResult | None = None
         self.initial = 0.0
         self.records: list[StepRecord] = []
@@ -459,7 +458,6 @@ class _State:
         self.demos_tried: Counter = Counter()  # demo sets raced, per node
         self.demos_offered: dict[str, list[Demo]] = {}  # every demo a node has had or been offered
         self.successes: list[ExampleResult] = []  # training examples solved so far (demo pool)
-        self.sampler: MinibatchSampling | None = None  # the loop's walk over training data
         self.usage_mark: dict[str, RoleUsage] | None = None
         self.races: list[RaceResult] = []
         self.stopped: str | None = None

@@ -302,16 +302,20 @@ async def test_metric_feedback_reaches_the_textual_loss():
     assert losses and all("SHOUTING REQUIRED" in last_user(r) for r in losses)
 
 
-async def test_demos_bootstrapped_from_successful_traces():
-    # half the questions are already right (they are upper case); demos from them help the rest
+def upper_when_shown_demos() -> ScriptedLM:
+    """Answers in upper case (right for every example) when the prompt holds demos, else repeats the
+    question (right only for the UP examples)."""
     def task(req: LMRequest, i: int) -> str:
         q = field_value(last_user(req), "Question")
-        has_demo = len(req.messages) > 2
-        return "Answer: " + (q.upper() if has_demo else q)
+        return "Answer: " + (q.upper() if len(req.messages) > 2 else q)
+    return ScriptedLM(default=task)
 
+
+async def test_demos_bootstrapped_from_successful_traces():
+    # half the questions are already right (they are upper case); demos from them help the rest
     train = [{"id": f"u{i}", "question": f"UP{i}", "gold": f"UP{i}"} for i in range(3)] + examples("t", 3)
     opt = case_optimizer("<instruction>same</instruction>")
-    loop = build(ScriptedLM(default=task), opt, InnerConfig(steps=1, demos=2, minibatch_size=6))
+    loop = build(upper_when_shown_demos(), opt, InnerConfig(steps=1, demos=2, minibatch_size=6))
     result = await loop.optimize(one_node(), train, examples("v", 3))
     assert len(result.workflow.params["answer"].demos) == 2
     assert any(s.change == "demos" and s.accepted for s in result.steps)
@@ -382,15 +386,6 @@ async def test_with_one_demo_set_a_node_that_has_demos_keeps_them_and_with_more_
         result = await loop.optimize(wf, train, examples("v", 3))
         assert sum(s.change == "demos" for s in result.steps) == raced
         assert result.workflow.params["answer"].demos == [old]  # the fresh sets only tie: not kept
-
-
-def upper_when_shown_demos() -> ScriptedLM:
-    """Answers in upper case (right for every example) when the prompt holds demos, else repeats the
-    question (right only for the UP examples)."""
-    def task(req: LMRequest, i: int) -> str:
-        q = field_value(last_user(req), "Question")
-        return "Answer: " + (q.upper() if len(req.messages) > 2 else q)
-    return ScriptedLM(default=task)
 
 
 async def test_demo_bootstrap_fills_a_set_from_further_solved_training_examples():
