@@ -6,12 +6,14 @@ import asyncio
 import re
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from flowbot.tasks.metrics import math_equiv, math_gold, math_score, normalize_math_answer
+import flowbot.tasks.metrics._math_worker as worker_module
 import flowbot.tasks.metrics.math_answer as me
 
 from .metrics_data import read_jsonl
@@ -128,8 +130,8 @@ async def test_works_from_asyncio_to_thread() -> None:
 
 def test_pathological_expression_times_out_as_not_equal() -> None:
     tower = r"2^{2^{2^{30}}}"
-    assert math_equiv("5", tower, timeout=1) is False  # main thread: math-verify's alarm
-    with ThreadPoolExecutor(1) as pool:  # worker thread: the worker process's alarm
+    assert math_equiv("5", tower, timeout=1) is False  # main thread: the worker's CPU limit
+    with ThreadPoolExecutor(1) as pool:  # worker thread: the same
         assert pool.submit(math_equiv, "5", tower, timeout=1).result() is False
         assert pool.submit(math_equiv, "0.5", r"\frac{1}{2}").result() is True
 
@@ -170,3 +172,62 @@ def test_worker_script_runs_standalone(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, str(script)], input='{"pred": "1/2", "gold": "0.5", "timeout": 5}\n',
                           capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.stdout.splitlines() == ['{"ready": true}', '{"equal": true}']
+
+
+# --------------------------------------------------------------------------- CPU time, not wall time
+
+
+def test_cpu_limit_ignores_time_spent_waiting() -> None:
+    # a check starved of the CPU on a busy machine waits without computing: that must not end it
+    # (math-verify's own wall-clock alarm did, and a correct answer scored 0)
+    assert worker_module.within_cpu_time(0.3, lambda: time.sleep(0.8) or "done") == "done"
+
+
+def test_cpu_limit_ends_a_check_that_computes_too_long() -> None:
+    def spin() -> None:
+        while True:
+            pass
+
+    started = time.process_time()
+    with pytest.raises(worker_module.CpuTimeout):
+        worker_module.within_cpu_time(0.3, spin)
+    assert time.process_time() - started >= 0.3
+
+
+def test_cpu_timeout_is_not_swallowed_by_except_exception() -> None:
+    # math-verify catches Exception everywhere: a timeout it swallowed would compute on, unlimited
+    def careless() -> str:
+        try:
+            while True:
+                pass
+        except Exception:
+            return "swallowed"
+
+    with pytest.raises(worker_module.CpuTimeout):
+        worker_module.within_cpu_time(0.2, careless)
+
+
+def test_kernel_ends_a_worker_stuck_in_c_code(tmp_path: Path) -> None:
+    # catastrophic regex backtracking runs in C, where no Python signal handler gets to run
+    import signal
+    import subprocess
+
+    script = Path(me.__file__).with_name("_math_worker.py")
+    code = (f"import re, runpy; w = runpy.run_path({str(script)!r}); w['arm_kernel_backstop'](1); "
+            "re.match(r'(a+)+$', 'a' * 60 + 'b'); print('finished')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGXCPU and "finished" not in proc.stdout
+
+
+def test_worker_ended_by_the_kernel_counts_as_not_equal_and_is_replaced(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    dying = tmp_path / "dying_worker.py"
+    dying.write_text("import os, signal, sys\nprint('{\"ready\": true}', flush=True)\n"
+                     "sys.stdin.readline()\nos.kill(os.getpid(), signal.SIGXCPU)\n")
+    monkeypatch.setattr(me, "_WORKER_SCRIPT", str(dying))
+    monkeypatch.setattr(me, "_POOL", me._WorkerPool(1))
+    assert math_equiv("(3,\\pi/2)", GOLD_POINT) is False
+    assert me._POOL.live == 0 and not me._POOL.idle
+    monkeypatch.setattr(me, "_WORKER_SCRIPT", str(Path(me.__file__).with_name("_math_worker.py")))
+    assert math_equiv("(3,\\pi/2)", GOLD_POINT) is True
+    me._POOL.close()

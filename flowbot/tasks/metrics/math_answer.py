@@ -4,17 +4,16 @@ The gold answer is the last ``\\boxed{}`` of the reference solution. Two answers
 math-verify (LaTeX -> SymPy, then symbolic / numeric comparison) says so, or when their normalized
 strings or numeric values agree (for text answers math-verify cannot parse, e.g. ``\\text{Monday}``).
 
-Timeouts. SymPy can run for a very long time on some inputs (``2^{2^{2^{30}}}``). math-verify bounds
-each parse/compare with ``signal.alarm``, which only works in the main thread. So:
-
-- called from the main thread, math-verify runs in-process with its own alarm timeouts;
-- called from any other thread (``asyncio.to_thread``, a thread pool), the check is sent to one of
-  up to ``POOL_SIZE`` worker processes (``python _math_worker.py``, JSON lines over pipes), where
-  math-verify's alarms work again. A worker that overruns its timeouts by ``BACKSTOP_SECONDS``
-  (stuck in C code) is killed and replaced, and the answer counts as not equivalent. Workers start
-  on first use, are shared by all threads, exit when their stdin closes, and are stopped at exit or
-  by :func:`close_worker_pool`. They are plain subprocesses, not ``multiprocessing`` ones, so the
-  caller's main script is never re-imported.
+Timeouts. SymPy can run for a very long time on some inputs (``2^{2^{2^{30}}}``), so every check
+math-verify makes runs in one of up to ``POOL_SIZE`` worker processes (``python _math_worker.py``,
+JSON lines over pipes), from any thread. A worker limits each check's *CPU* time, not its wall time
+(see ``_math_worker``): math-verify's own wall-clock alarms cut a check short when a busy machine
+starved it, and a correct answer scored 0. A worker the kernel ends for overrunning its CPU time
+(stuck in C code) is replaced, and the answer counts as not equivalent; one that gives no answer for
+``WALL_BACKSTOP_SECONDS`` is killed and replaced likewise. Workers start on first use, are shared by
+all threads, exit when their stdin closes, and are stopped at exit or by :func:`close_worker_pool`.
+They are plain subprocesses, not ``multiprocessing`` ones, so the caller's main script is never
+re-imported.
 
 >>> math_equiv("0.5", "\\\\frac{1}{2}")
 True
@@ -35,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 from flowbot.scoring.extract import extract_answer, extract_boxed
-from flowbot.tasks.metrics._math_worker import verify_answers
 from flowbot.tasks.metrics.numeric import parse_number
 
 __all__ = ["close_worker_pool", "math_equiv", "math_gold", "math_score", "normalize_math_answer"]
@@ -44,8 +42,10 @@ __all__ = ["close_worker_pool", "math_equiv", "math_gold", "math_score", "normal
 POOL_SIZE = 2
 #: seconds a new worker may take to start (Python + math-verify + SymPy imports)
 STARTUP_SECONDS = 60
-#: extra seconds a caller waits beyond math-verify's own timeouts before killing a stuck worker
-BACKSTOP_SECONDS = 10
+#: wall seconds a caller waits for a verdict before killing the worker. The worker's CPU limits
+#: end a long check; this only ends one that waits without computing, and is long so that a check
+#: starved of the CPU on a busy machine still gets its verdict
+WALL_BACKSTOP_SECONDS = 600
 
 _WORKER_SCRIPT = str(Path(__file__).with_name("_math_worker.py"))
 
@@ -129,9 +129,7 @@ class _Worker:
             self.proc.stdin.flush()
         except OSError:
             return None
-        if wait is None:  # 2 parses + verify each honour `timeout`; beyond a margin it is stuck
-            wait = 4 * timeout + BACKSTOP_SECONDS
-        reply = self._reply(wait)
+        reply = self._reply(WALL_BACKSTOP_SECONDS if wait is None else wait)
         return None if reply is None else bool(reply.get("equal"))
 
     def kill(self) -> None:
@@ -204,24 +202,22 @@ def _verify_in_worker(pred: str, gold: str, timeout: int) -> bool:
         verdict = worker.ask(pred, gold, timeout)
     finally:  # a worker that gave no verdict may still be busy: never reuse it
         _POOL.release(worker, healthy=verdict is not None)
-    return verdict
+    return verdict is True  # no verdict (out of time, died): not shown to be equal
 
 
 def math_equiv(pred: str, gold: str, *, timeout: int = 5) -> bool:
     """True when the answer ``pred`` is mathematically equivalent to the gold answer ``gold``.
 
     Both are bare answers (e.g. the contents of ``\\boxed{}``); see :func:`math_score` for replies.
-    ``timeout`` (whole seconds) bounds each math-verify parse and comparison. Safe in any thread.
+    ``timeout`` (whole seconds): the check may use ``4 * timeout`` seconds of CPU time, else it
+    counts as not equivalent. Safe in any thread.
     """
     pred, gold = str(pred).strip(), str(gold).strip()
     if not pred or not gold:
         return False
     if _fallback_equal(pred, gold):
         return True
-    timeout = max(1, int(timeout))
-    if threading.current_thread() is threading.main_thread():
-        return verify_answers(pred, gold, timeout)
-    return _verify_in_worker(pred, gold, timeout)
+    return _verify_in_worker(pred, gold, max(1, int(timeout)))
 
 
 def math_gold(solution: str) -> str:
