@@ -32,6 +32,9 @@ Sections:
   input        a table of malformed workflows, datasets, configs, metrics and options through the
                CLI: clean one-line errors / total, partial files left
   concurrency  two ``flowbot optimize`` processes on one run directory: calls paid twice
+  starved      MATH answers checked (math-verify, 1 s timeout) by a process at nice 10 while busy
+               processes hold every core, as when a model shares the machine: verdicts right (a
+               wall-clock timeout scored correct answers 0 there; the checks limit CPU time now)
 
 Figures, not assertions: each line is ``section: what: figure``. ``--check`` makes the exit code
 say whether the invariants hold (no leak, no lost event, equal results, ...); expected weaknesses
@@ -1548,10 +1551,53 @@ def _sleepers(token: str, kill: bool = True) -> list[int]:
     return found
 
 
+# -- starved: the MATH metric's verdicts on a machine whose cores are busy ------------------------
+#: answers math-verify must decide (the string fallback cannot), with the right verdict
+STARVED_PAIRS = [
+    (r"(3,\pi/2)", r"\left( 3, \frac{\pi}{2} \right)", True),
+    ("(x+1)^2", "x^2+2x+1", True),
+    (r"\sqrt{8}", r"2\sqrt{2}", True),
+    (r"\frac{\sqrt{3}}{3}", r"\frac{1}{\sqrt{3}}", True),
+    ("x^2", "x^3", False),
+    (r"\frac{2}{3}", "0.6", False),
+]
+_STARVED_CHECKER = (
+    "import json, sys\n"
+    "from flowbot.tasks.metrics import math_equiv\n"
+    "pairs = json.loads(sys.argv[1])\n"
+    "print(json.dumps([math_equiv(p, g, timeout=1) for p, g in pairs]))\n"
+)
+
+
+def starved(b: Battery) -> None:
+    pairs = STARVED_PAIRS[:3] if b.fast else STARVED_PAIRS
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 1)]
+    try:
+        start = time.monotonic()
+        proc = subprocess.run(
+            [sys.executable, "-c", _STARVED_CHECKER, json.dumps([[p, g] for p, g, _ in pairs])],
+            cwd=ROOT, capture_output=True, text=True, timeout=900, preexec_fn=lambda: os.nice(10),
+        )
+        wall = time.monotonic() - start
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+    try:
+        verdicts = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        b.add("starved", "MATH checker", f"no verdicts (exit {proc.returncode}): {proc.stderr.strip()[-200:]}", ok=False)
+        return
+    right = sum(v == want for v, (_, _, want) in zip(verdicts, pairs))
+    b.add("starved", f"MATH verdicts right at nice 10 beside {len(hogs)} busy process(es)",
+          f"{right}/{len(pairs)}", ok=right == len(pairs))
+    b.add("starved", "wall time of the checks (worker start included)", f"{wall:.0f} s")
+
+
 # -- main ----------------------------------------------------------------------------------------
 SECTIONS: dict[str, Callable[[Battery], None]] = {
     "lm": lm_faults, "crash": crash_resume, "hostile": hostile, "secrets": secrets_section, "input": bad_input,
-    "concurrency": concurrency,
+    "concurrency": concurrency, "starved": starved,
 }
 
 

@@ -40,8 +40,9 @@ __all__ = ["close_worker_pool", "math_equiv", "math_gold", "math_score", "normal
 
 #: worker processes used for calls from non-main threads
 POOL_SIZE = 2
-#: seconds a new worker may take to start (Python + math-verify + SymPy imports)
-STARTUP_SECONDS = 60
+#: wall seconds a new worker may take to start (Python + math-verify + SymPy imports: about 2 s of
+#: CPU, but a minute or more on a machine whose cores a model holds; one that cannot start exits at once)
+STARTUP_SECONDS = 600
 #: wall seconds a caller waits for a verdict before killing the worker. The worker's CPU limits
 #: end a long check; this only ends one that waits without computing, and is long so that a check
 #: starved of the CPU on a busy machine still gets its verdict
