@@ -7,6 +7,8 @@
 # `touch <its run dir>/STOP`, it stops before its test; an evaluation: kill it, its answers are cached).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# a step a killed queue left running (resuming it now would meet its lock): wait for it to end
+while pgrep -f "flowbot (optimize|eval) " >/dev/null; do sleep 30; done
 step() {
   if [ -e results/STOP ]; then echo "queue: results/STOP is there, not starting: $*"; exit 0; fi
   echo "queue: $* ($(date -u +%FT%TZ))"
@@ -21,11 +23,12 @@ step results/drop-1.5b/methods.sh flowbot-v4
 # the single-call baselines CoT-SC (3) and ReAct; then FlowBot's run 5 (the set of runs 5, defined in
 # results/drop-1.5b/README.md before any of them ran) and the comparators at its budget and alpha:
 # AFlow-style (no inner loop, so runs 4's) and prompt-only with the same inner loop; then the rest
-# 8 Dec session: FlowBot's run 5 first (the run most likely to decide the goal), then the rest
+# 7 Dec, night: FlowBot's run 5 first (the run most likely to decide the goal); then ReAct, the last
+# single-call baseline of phase 1; then phase 2 (GSM8K, 0.5B task model, 1.5B optimizer), never started
+# and the other half of the issue, ahead of run 5's comparators; then phase 1's backward-pass ablation
 step results/drop-1.5b/methods.sh flowbot-v5
 step results/drop-1.5b/run.sh baselines
-step results/drop-1.5b/methods.sh aflow-v2 inner-only-v3 inner-only-v2
-# phase 2 (GSM8K, 0.5B task model, 1.5B optimizer), then phase 1's backward-pass ablation
 step results/gsm8k-0.5b/run.sh
+step results/drop-1.5b/methods.sh aflow-v2 inner-only-v3 inner-only-v2
 step results/drop-1.5b/methods.sh feedback-global
 echo "queue: done ($(date -u +%FT%TZ))"
