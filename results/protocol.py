@@ -24,13 +24,15 @@ from typing import Any
 
 BASELINES = ("io", "cot", "sc3", "react")
 METHODS = ("inner-only", "aflow", "flowbot", "flowbot-v2", "flowbot-v3", "feedback-global",
-           "inner-only-v2", "aflow-v2", "flowbot-v4")
+           "inner-only-v2", "aflow-v2", "flowbot-v4", "inner-only-v3", "flowbot-v5")
 LABELS = {"io": "IO", "cot": "CoT (the seed)", "sc3": "CoT-SC (3 samples)", "react": "ReAct",
           "inner-only": "prompt-only (inner loop)", "aflow": "AFlow-style search",
           "flowbot": "FlowBot (bilevel), run 1", "flowbot-v2": "FlowBot, run 2", "flowbot-v3": "FlowBot, run 3",
           "feedback-global": "FlowBot run 3, --feedback global",
           "inner-only-v2": "prompt-only, alpha 0.25", "aflow-v2": "AFlow-style search, alpha 0.25",
-          "flowbot-v4": "FlowBot, run 4 (alpha 0.25)"}
+          "flowbot-v4": "FlowBot, run 4 (alpha 0.25)",
+          "inner-only-v3": "prompt-only, alpha 0.25, demo bootstrap 10",
+          "flowbot-v5": "FlowBot, run 5 (alpha 0.25, demo bootstrap 10)"}
 
 
 def baseline_row(path: Path) -> dict[str, Any] | None:
