@@ -144,8 +144,15 @@ class EvalResult:
     def predictions(self) -> list[dict[str, Any]]:
         return [r.prediction for r in self.batch.results]
 
+    @property
+    def warnings(self) -> list[str]:
+        """What looks wrong with the result (e.g. one output, never right, on most examples)."""
+        stuck = self.batch.stuck_output()
+        return [stuck] if stuck else []
+
     def to_dict(self, traces: bool = True) -> dict[str, Any]:
         d = {k: v for k, v in asdict(self).items() if k != "batch"}
+        d["warnings"] = self.warnings
         d["examples"] = [r.to_dict(with_trace=traces) for r in self.batch.results]
         d["stopped"] = self.batch.stopped
         return d

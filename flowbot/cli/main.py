@@ -205,6 +205,9 @@ def eval_cmd(
         table.add_row(r.workflow, f"{r.score:.3f} ± {r.stderr:.3f}", str(r.n), str(r.calls), f"{r.tokens:,}",
                       "—" if r.cost_usd is None else f"${r.cost_usd:.4f}", f"{r.wall_s:.1f}")
     out.print(table)
+    for r in results:
+        for warning in r.warnings:
+            err.print(Text.assemble(("warning: ", "bold yellow"), f"{r.workflow}: {warning}"), highlight=False)
     path = out_path or Path(f"eval-{the_task.name}-{split}.json")
     payload = {"flowbot_version": __version__, "task": the_task.name, "split": split, "limit": limit,
                "command": " ".join(["flowbot", *sys.argv[1:]]),

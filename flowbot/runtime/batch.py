@@ -84,6 +84,28 @@ class BatchResult:
     def tokens_per_example(self) -> float:
         return self.usage.total_tokens / len(self.results) if self.results else 0.0
 
+    def stuck_output(self, share: float = 0.8, least: int = 10) -> str | None:
+        """A warning when one output is most of the answers and scored 0 every time: the workflow's
+        output is then rarely an answer at all (a tool call left unrun, a refusal, a template), and
+        a mean of about 0 would otherwise pass for a weak method. None when nothing is stuck.
+
+        >>> r = lambda a, s: ExampleResult("x", {}, {"answer": a}, s)
+        >>> BatchResult([r("Action: python", 0.0)] * 12, requested=12).stuck_output()
+        "12 of 12 outputs are {'answer': 'Action: python'}, each scored 0: is that an answer? (see a trace)"
+        >>> BatchResult([r("7", 1.0)] * 12, requested=12).stuck_output() is None
+        True
+        """
+        if len(self.results) < least:
+            return None
+        groups: dict[str, list[ExampleResult]] = {}
+        for r in self.results:
+            groups.setdefault(repr(sorted(r.prediction.items())), []).append(r)
+        same = max(groups.values(), key=len)
+        if len(same) < share * len(self.results) or any(r.score > 0 for r in same):
+            return None
+        return (f"{len(same)} of {len(self.results)} outputs are {same[0].prediction}, each scored 0: "
+                "is that an answer? (see a trace)")
+
 
 def example_id(example: dict[str, Any], index: int) -> str:
     for key in ("id", "_id", "task_id", "unique_id"):

@@ -30,6 +30,7 @@ from flowbot.graph.sketch import Workflow
 from flowbot.lm.base import BudgetExceeded, Completion, LMPermanentError
 from flowbot.lm.client import LMClient
 from flowbot.runtime import prompts
+from flowbot.runtime.actions import parse_action
 from flowbot.runtime.trace import NodeRun, Trace
 from flowbot.runtime.tracing import Tracer, active_tracer, end_span, start_span
 from flowbot.scoring.extract import apply_extraction, extract_answer
@@ -37,7 +38,6 @@ from flowbot.scoring.values import format_value
 from flowbot.tools.base import ToolError, ToolRegistry
 
 _MISSING = object()
-_ACTION_RE = re.compile(r"Action:\s*([A-Za-z_][\w]*)\s*\[(.*)\]", re.S)
 
 
 class Executor:
@@ -205,13 +205,15 @@ class Executor:
         for step in range(params.max_tool_steps + 1):
             stop = ["Observation:"] if step < params.max_tool_steps else None
             reply = await self._complete(params, messages, record, stop=stop)
-            action = _ACTION_RE.search(reply)
+            action = parse_action(reply)
             if action is None or step == params.max_tool_steps:
                 return reply
-            name, arg = action.group(1), action.group(2).strip()
+            name, arg = action.tool, action.input
             try:
                 if name not in tool_names:
                     raise ToolError(f"this step cannot call {name!r}; it may call {', '.join(tool_names)}")
+                if arg is None:
+                    raise ToolError(f"the call gave no input; write it on one line as Action: {name}[<input>]")
                 tool = self.tools.get(name)
                 kwargs = {tool.primary_arg: arg}
                 kwargs.update({a: values.get(f) for a, f in bindings.get(name, {}).items()})
@@ -221,7 +223,7 @@ class Executor:
                 observation = f"error: {exc}"
             record.steps.append({"tool": name, "input": arg, "observation": observation})
             messages = messages + [
-                {"role": "assistant", "content": reply[: action.end()]},
+                {"role": "assistant", "content": reply[: action.end]},
                 {"role": "user", "content": f"Observation: {observation}"},
             ]
         return reply  # pragma: no cover - the loop always returns

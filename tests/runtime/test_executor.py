@@ -345,3 +345,37 @@ async def test_an_unknown_branch_label_takes_the_default_route():
     # a rule branch whose rules all miss takes it too
     t = await Executor(lm((r"CALC", "m"), (r"TALK", "c"))).run(branch_workflow("rule"), {"q": "no digits"})
     assert t.nodes["route"].output == "chat" and t.outputs == {"a": "c"}
+
+
+# -- tool calls written another way than Action: <tool>[<input>] (what small models do) --------------
+async def _react_run(script: list[str]) -> tuple:
+    tools = ToolRegistry([EchoTool()])
+    w = single("answer", tools=["echo"], max_tool_steps=3)
+    replies = iter(script)
+    provider = ScriptedLM(default=lambda req, i: next(replies))
+    return await Executor(LMClient(provider), tools=tools).run(w, {"q": "x"}), provider
+
+
+async def test_react_call_without_an_input_is_answered_with_the_form_and_the_loop_goes_on():
+    # the 1.5B on DROP wrote "Action: python" and stopped at the Observation it began to invent;
+    # read as no call, that reply was the answer on all 150 items
+    t, provider = await _react_run(["Action: echo\n", "Action: echo[ping]", "Answer: PING"])
+    assert [s["observation"] for s in t.nodes["ans"].steps] == [
+        "error: the call gave no input; write it on one line as Action: echo[<input>]", "PING"]
+    assert list(provider.calls[1].messages[-2:]) == [
+        ("assistant", "Action: echo"),
+        ("user", "Observation: error: the call gave no input; write it on one line as Action: echo[<input>]")]
+    assert t.outputs == {"a": "PING"} and t.nodes["ans"].calls == 3
+
+
+async def test_react_call_with_its_input_in_a_fenced_block_or_an_input_line_runs_the_tool():
+    t, provider = await _react_run(["Action: echo\n```text\nping\n```\n", "Action: echo\nAction Input: pong\n",
+                                    "Answer: done"])
+    assert [(s["input"], s["observation"]) for s in t.nodes["ans"].steps] == [("ping", "PING"), ("pong", "PONG")]
+    assert provider.calls[1].messages[-2][1] == "Action: echo\n```text\nping\n```"
+    assert t.outputs == {"a": "done"}
+
+
+async def test_a_bare_action_line_followed_by_an_answer_is_an_answer():
+    t, provider = await _react_run(["Action: echo\nNo tool needed after all.\nAnswer: 7"])
+    assert t.outputs == {"a": "7"} and t.nodes["ans"].steps == [] and len(provider.calls) == 1
