@@ -197,7 +197,8 @@ class Executor:
     async def _react_loop(self, params: NodeParams, messages: list[dict[str, str]], values: dict[str, Any],
                           tool_names: list[str], record: NodeRun) -> str:
         """Think-act-observe: the model may call tools by name until it answers or runs out of steps
-        (its last reply, made without the stop sequence, is the answer). A tool that fails, or one
+        (the last observation asks for the final answer, and the reply to it, made without the stop
+        sequence, is the answer). A tool that fails, or one
         this step may not call, is observed as an error, so the model can go on. Extra tool
         arguments come from workflow inputs named in ``config["tool_args"]`` (e.g. the passages a
         retrieval tool searches, which the prompt itself does not show)."""
@@ -224,7 +225,7 @@ class Executor:
             record.steps.append({"tool": name, "input": arg, "observation": observation})
             messages = messages + [
                 {"role": "assistant", "content": reply[: action.end]},
-                {"role": "user", "content": f"Observation: {observation}"},
+                {"role": "user", "content": prompts.observation_text(observation, last=step + 1 == params.max_tool_steps)},
             ]
         return reply  # pragma: no cover - the loop always returns
 

@@ -60,6 +60,20 @@ def tool_hint(tool_descriptions: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
+#: the last observation of a ReAct loop that has used up its tool steps: without it a model that
+#: keeps calling tools answers with one more ``Action:`` line, which is no answer
+LAST_OBSERVATION = "Observation: {observation}\n\nNo more tool calls: give your final answer now, as instructed."
+
+
+def observation_text(observation: str, last: bool) -> str:
+    """The message that shows a tool's result; the last one also asks for the final answer.
+
+    >>> observation_text("83", last=False)
+    'Observation: 83'
+    """
+    return LAST_OBSERVATION.format(observation=observation) if last else f"Observation: {observation}"
+
+
 def system_text(instruction: str, *parts: str) -> str:
     return "\n\n".join(p for p in (instruction.strip(), *parts) if p)
 

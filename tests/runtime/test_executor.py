@@ -314,6 +314,10 @@ async def test_react_that_runs_out_of_steps_answers_with_its_last_reply():
     provider = ScriptedLM(default=reply)
     t = await Executor(LMClient(provider), tools=tools).run(w, {"q": "x"})
     assert [tuple(r.stop or ()) for r in provider.calls] == [("Observation:",), ("Observation:",), ()]
+    # the observation before the last call asks for the answer (a model that keeps acting answers)
+    assert provider.calls[1].messages[-1][1] == "Observation: PING"
+    assert provider.calls[2].messages[-1][1] == ("Observation: PING\n\nNo more tool calls: give your final "
+                                                 "answer now, as instructed.")
     assert t.nodes["ans"].steps == [{"tool": "echo", "input": "ping", "observation": "PING"}] * 2
     assert t.nodes["ans"].calls == 3 and t.outputs == {"a": "PING"} and t.error is None
     # still acting on its last call: that reply is the answer, unrun (its extraction finds no answer line)
