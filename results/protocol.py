@@ -22,10 +22,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-BASELINES = ("io", "cot", "sc3", "react")
+BASELINES = ("io", "cot", "sc3", "react", "react-v2")
 METHODS = ("inner-only", "aflow", "flowbot", "flowbot-v2", "flowbot-v3", "feedback-global",
            "inner-only-v2", "aflow-v2", "flowbot-v4", "inner-only-v3", "flowbot-v5")
 LABELS = {"io": "IO", "cot": "CoT (the seed)", "sc3": "CoT-SC (3 samples)", "react": "ReAct",
+          "react-v2": "ReAct, tool calls read leniently",
           "inner-only": "prompt-only (inner loop)", "aflow": "AFlow-style search",
           "flowbot": "FlowBot (bilevel), run 1", "flowbot-v2": "FlowBot, run 2", "flowbot-v3": "FlowBot, run 3",
           "feedback-global": "FlowBot run 3, --feedback global",

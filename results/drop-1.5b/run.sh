@@ -31,6 +31,11 @@ evaluate $BASE/val-cot.json --split val --limit 50 -w cot
 for w in cot io sc3 react; do
   evaluate $BASE/test-$w.json --split test --limit 150 -w $w
 done
+# ReAct again, reported apart (7 Dec, code 924ff5f): with the protocol's frozen code the 1.5B
+# wrote "Action: python" with no input on every item, which was read as its answer (F1 0 on all 150);
+# the loop now reads such calls, answers them with an error that shows the form, and asks for the
+# final answer before the last call. The first row stays in the table as it was.
+evaluate $BASE/test-react-v2.json --split test --limit 150 -w react
 [ "$STAGE" = baselines ] && exit 0
 
 exec "$OUT/methods.sh"
