@@ -6,9 +6,11 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from flowbot.optim.events import (BudgetWarning, CandidateAccepted, CandidateEvaluated, CandidateRejected,
-                                  InnerCandidate, LoggedEvent, ProposalMade, SeedEvaluated, TestEvaluated, read_event)
+                                  InnerCandidate, LoggedEvent, OutputWarning, ProposalMade, SeedEvaluated,
+                                  TestEvaluated, read_event)
 
 
 def _score(value: float | None) -> str:
@@ -80,6 +82,8 @@ class RunPrinter:
             c.print(f"  [green]incumbent: {e.id} ({_num(e.val_score, '.3f')}) — {e.reason}[/]")
         elif isinstance(e, BudgetWarning):
             c.print(f"[yellow]budget:[/] {e.message}")
+        elif isinstance(e, OutputWarning):
+            c.print(Text.assemble(("warning: ", "bold yellow"), str(e.message)))
         elif isinstance(e, TestEvaluated):
             c.print(f"test ({e.id}): {_num(e.score, '.3f')} on {e.n} examples")
 

@@ -26,7 +26,7 @@ from flowbot.optim.aflow import AFlowConfig, aflow_search
 from flowbot.optim.archive import ArchiveEntry, Objective
 from flowbot.optim.budgeting import BudgetPlan, Price, Scope
 from flowbot.optim.evaluation import Evaluator, with_ids
-from flowbot.optim.events import (BudgetPlanned, BudgetWarning, CandidateAccepted, CandidateEvaluated, Event,
+from flowbot.optim.events import (BudgetPlanned, BudgetWarning, OutputWarning, CandidateAccepted, CandidateEvaluated, Event,
                                   RunFinished, RunStarted, SeedEvaluated, TestEvaluated)
 from flowbot.optim.backward import GradContext
 from flowbot.optim.inner import InnerConfig, InnerLoop
@@ -207,6 +207,8 @@ async def run_optimization(
         seed_val = await base_eval(seed, val, "validating the seed")
         log(SeedEvaluated(val_score=seed_val.score, calls=seed_val.calls, tokens=seed_val.usage.total_tokens,
                           cost_usd=seed_val.usage.cost_usd))
+        if stuck := seed_val.stuck_output():
+            log(OutputWarning(message=f"the seed on validation: {stuck}"))
     except BudgetExceeded as exc:
         stopped = str(exc)
     snap_seed = meter.snapshot()

@@ -77,6 +77,14 @@ class BudgetWarning(Event):
 
 
 @dataclass
+class OutputWarning(Event):
+    """The seed's outputs look like no answer at all (one output, scored 0 each time, on most items)."""
+
+    type: ClassVar[str] = "output_warning"
+    message: str
+
+
+@dataclass
 class ProposalMade(Event):
     """One structural proposal: ``status`` is ``valid`` or ``invalid`` (``duplicate``, with
     ``same_as``, only in runs recorded before proposals were built from new choices alone)."""
@@ -254,7 +262,7 @@ class UnknownEvent(Event):
 
 #: what this version emits, by logged type
 EVENT_TYPES: dict[str, type[Event]] = {cls.type: cls for cls in (
-    RunStarted, SeedEvaluated, BudgetPlanned, BudgetWarning, ProposalMade, CandidateRejected, CandidateEvaluated,
+    RunStarted, SeedEvaluated, BudgetPlanned, BudgetWarning, OutputWarning, ProposalMade, CandidateRejected, CandidateEvaluated,
     CandidateAccepted, InnerStep, InnerCandidate, Patience, TestEvaluated, RunFinished)}
 #: what only older versions wrote
 LEGACY_EVENT_TYPES: dict[str, type[Event]] = {cls.type: cls for cls in (

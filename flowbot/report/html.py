@@ -19,8 +19,8 @@ from typing import Any, Callable
 from flowbot.graph.render import to_mermaid, to_text
 from flowbot.graph.sketch import Workflow
 from flowbot.optim.events import (BudgetWarning, CandidateProposed, CandidateRejected, EditRepaired, InnerCandidate,
-                                  InnerPatience, LoggedEvent, OuterPatience, Patience, ProposalMade, RunStarted,
-                                  SeedEvaluated)
+                                  InnerPatience, LoggedEvent, OuterPatience, OutputWarning, Patience, ProposalMade,
+                                  RunStarted, SeedEvaluated)
 from flowbot.report import pictures, plots
 from flowbot.report.markup import (cost_text, details, duration, esc, figure, fmt_time, kv_table, money, num_td,
                                    redact, score_text, signed_text, table, tick, word_diff)
@@ -101,7 +101,8 @@ def _header(run: RunData) -> str:
         ("run directory", esc(str(run.path))),
     ]
     out = [kv_table(pairs)]
-    warnings = list(run.warnings) + [str(e.message) for e in run.of_type(BudgetWarning)]
+    warnings = list(run.warnings) + [str(e.message) for e in run.of_type(OutputWarning)] + \
+        [str(e.message) for e in run.of_type(BudgetWarning)]
     out += [f'<div class="warn">{esc(w)}</div>' for w in warnings]
     out.append(_usage_tables(run))
     return "".join(out)

@@ -399,3 +399,20 @@ async def test_every_line_a_run_logs_reads_back_typed_and_whole_patience_include
         rec = read_event(line)
         assert not isinstance(rec.event, UnknownEvent) and not rec.extra, line
         assert rec.to_dict() == line
+
+
+async def test_a_seed_whose_outputs_are_stuck_is_warned_about_and_the_search_goes_on(tmp_path):
+    # the seed answers 42 to every product: one output, scored 0 on all 12 validation items
+    events = []
+    result = await prepare(tmp_path, task_lm(), optimizer_lm(), task=mult_task(12), val_size=12).arun([events.append])
+    warnings = [e for e in events if e["type"] == "output_warning"]
+    assert len(warnings) == 1
+    assert warnings[0]["message"] == ("the seed on validation: 12 of 12 outputs are {'answer': '42'}, each scored 0: "
+                                      "is that an answer? (see a trace)")
+    types = [e["type"] for e in events]
+    assert types.index("output_warning") == types.index("seed_evaluated") + 1
+    assert result.val_score == 1.0  # a warning, not a stop: program of thought still fixes it
+    # on 8 items the same answer is too little to tell
+    events.clear()
+    await prepare(tmp_path / "b", task_lm(), optimizer_lm()).arun([events.append])
+    assert not any(e["type"] == "output_warning" for e in events)

@@ -253,6 +253,7 @@ COMPLETE = [  # one of every class, every field filled as a real run fills it (l
     ev.BudgetPlanned(search="calls 100", reserved_for_test="2 calls", scope="all", seed_tuning="50%",
                      child_full_validation={"calls": 2.0}),
     ev.BudgetWarning(message="the budget is small"),
+    ev.OutputWarning(message="12 of 12 outputs are {'answer': '42'}, each scored 0"),
     ev.InnerCandidate(step=1, node_id="solve", change="instruction", old="Solve.", new="Solve exactly.",
                       gradient="be exact", minibatch_before=0.5, minibatch_after=1.0, val_before=0.5, val_after=1.0,
                       accepted=True, reason="won the race", cost=USAGE, race={"wins": 1, "losses": 0}, candidate="c0"),
