@@ -4,6 +4,9 @@
 # committed run directories it pays zero calls.
 #   results/gsm8k-0.5b/run.sh            # baselines, then the search methods
 #   results/gsm8k-0.5b/run.sh baselines  # only the single-call baselines (and the seed on validation)
+# Code: phase 2 had only cached some of the seed's validation answers (CoT, no tools, at 4547266) when the
+# ReAct loop was fixed (924ff5f: tool calls written another way are read, the last observation asks for
+# the answer); its baselines and searches run with the fixed loop, which changes no answer without tools.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=results/gsm8k-0.5b
