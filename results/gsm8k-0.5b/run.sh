@@ -2,7 +2,7 @@
 # Issue 16, phase 2: GSM8K (final-number accuracy), task model the embedded Qwen2.5-Coder-0.5B,
 # optimizer model the 1.5B. Same design as phase 1 (results/drop-1.5b/README.md). Resumable; on the
 # committed run directories it pays zero calls.
-#   results/gsm8k-0.5b/run.sh            # baselines, then the search methods
+#   results/gsm8k-0.5b/run.sh            # the seed, FlowBot, the other baselines, the other searches
 #   results/gsm8k-0.5b/run.sh baselines  # only the single-call baselines (and the seed on validation)
 # Code: phase 2 had only cached some of the seed's validation answers (CoT, no tools, at 4547266) when the
 # ReAct loop was fixed (924ff5f: tool calls written another way are read, the last observation asks for
@@ -22,9 +22,14 @@ evaluate() {  # output file, eval options
   if [ -e "$out" ]; then echo "$out: done"; return; fi
   $EVAL "$@" --out "$out"
 }
+# the seed (CoT) on validation and test first: every search starts from these answers
 evaluate $BASE/val-cot.json --split val --limit 50 -w cot
-for w in cot io sc3 react; do
+evaluate $BASE/test-cot.json --split test --limit 150 -w cot
+# then FlowBot's search before the other baselines (7 Dec): it is what the phase is for, and the order
+# changes no result (each run has its own cache; the baselines are on test only)
+[ "$STAGE" = baselines ] || "$OUT/methods.sh" flowbot
+for w in io sc3 react; do
   evaluate $BASE/test-$w.json --split test --limit 150 -w $w
 done
 [ "$STAGE" = baselines ] && exit 0
-exec "$OUT/methods.sh"
+exec "$OUT/methods.sh" aflow inner-only feedback-global
