@@ -39,10 +39,15 @@ LABELS = {"io": "IO", "cot": "CoT (the seed)", "sc3": "CoT-SC (3 samples)", "rea
 def baseline_row(path: Path) -> dict[str, Any] | None:
     if not path.exists():
         return None
+    from flowbot.runtime.batch import BatchResult, ExampleResult
+
     r = json.loads(path.read_text())["results"][0]
     scores = {e["id"]: e["score"] for e in r["examples"]}
+    # recomputed, not read: evaluations written before the check existed carry no warnings
+    stuck = BatchResult([ExampleResult(e["id"], {}, e["prediction"] or {}, e["score"]) for e in r["examples"]],
+                        requested=r["n"]).stuck_output()
     return {"scores": scores, "score": r["score"], "n": r["n"], "calls_per_example": r["calls"] / r["n"],
-            "tokens_per_example": r["tokens"] / r["n"], "wall_s": r["wall_s"], "search": None}
+            "tokens_per_example": r["tokens"] / r["n"], "wall_s": r["wall_s"], "search": None, "stuck": stuck}
 
 
 async def method_row(run: Path, task: Any, n_test: int, model: str, optimizer_model: str | None) -> dict[str, Any] | None:
@@ -190,6 +195,9 @@ def main(argv: list[str]) -> None:
         if r["search"] is not None:
             print(f"- {LABELS[k]}: best {r['best']} (validation {r['val']:.3f}, seed {r['seed_val']:.3f}); "
                   f"proposals {r['proposals']}; racing {r['racing']}; calls paid to print this row: {r['paid_now']}")
+    for k, r in rows.items():
+        if r.get("stuck"):
+            print(f"- warning, {LABELS[k]}: {r['stuck']}")
     for name in METHODS:
         note = unfinished_note(args.dir / name)
         if note:

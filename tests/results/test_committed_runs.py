@@ -64,3 +64,18 @@ def test_the_protocol_table_says_how_far_an_unfinished_run_got(tmp_path):
     assert protocol.unfinished_note(run).startswith("not finished: 16 calls paid so far")
     (run / "summary.json").write_text("{}")
     assert protocol.unfinished_note(run) is None  # finished runs get a row in the table instead
+
+
+def test_the_protocol_table_flags_a_baseline_whose_outputs_are_stuck():
+    """The committed ReAct row of the frozen code (every output 'Action: python', F1 0) is flagged,
+    though it was written before evaluations carried warnings; its fixed rerun is not."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("protocol", ROOT / "results" / "protocol.py")
+    protocol = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(protocol)
+    base = ROOT / "results" / "drop-1.5b" / "baselines"
+    stuck = protocol.baseline_row(base / "test-react.json")["stuck"]
+    assert stuck.startswith("150 of 150 outputs are {'answer': 'Action: python'}, each scored 0")
+    assert protocol.baseline_row(base / "test-react-v2.json")["stuck"] is None
+    assert protocol.baseline_row(base / "test-cot.json")["stuck"] is None
