@@ -26,7 +26,10 @@ run() {  # name, extra options
   local name=$1; shift
   # a finished run is not resumed: resuming re-executes it from its cache, and code changed since
   # could take it past where it ended; its table comes from results/protocol.py
-  if tail -n 1 "$OUT/$name/events.jsonl" 2>/dev/null | grep -q '"type": "run_finished"'; then
+  # (a run ended by its STOP file also logs run_finished, with the stop as its reason: that one resumes)
+  local last
+  last=$(tail -n 1 "$OUT/$name/events.jsonl" 2>/dev/null || true)
+  if grep -q '"type": "run_finished"' <<<"$last" && ! grep -q '"stopped": "stop file' <<<"$last"; then
     echo "$name: finished (see $OUT/$name/summary.json)"; return
   fi
   seed_cache "$OUT/$name"
