@@ -222,7 +222,8 @@ def evaluate(workflow: Any, task: Task | str, **kwargs: Any) -> EvalResult:
     (default) or ``"ray"`` (or a RayBackend). ``prices``: ``{"model": (in, out)}`` dollars per
     million tokens, needed for a dollar budget on a model without a known price.
     Returns an :class:`EvalResult` (score, per-example predictions and traces, usage, cost, and
-    ``warnings``: e.g. one output, scored 0 each time, on most examples). Works inside a running event loop (Jupyter) too; there, ``await aevaluate(...)`` also does.
+    ``warnings``: e.g. one output, scored 0 each time, on most examples).
+    Works inside a running event loop (Jupyter) too; there, ``await aevaluate(...)`` also does.
     """
     return run_sync(aevaluate(workflow, task, **kwargs))
 

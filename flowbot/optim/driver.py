@@ -26,8 +26,8 @@ from flowbot.optim.aflow import AFlowConfig, aflow_search
 from flowbot.optim.archive import ArchiveEntry, Objective
 from flowbot.optim.budgeting import BudgetPlan, Price, Scope
 from flowbot.optim.evaluation import Evaluator, with_ids
-from flowbot.optim.events import (BudgetPlanned, BudgetWarning, OutputWarning, CandidateAccepted, CandidateEvaluated, Event,
-                                  RunFinished, RunStarted, SeedEvaluated, TestEvaluated)
+from flowbot.optim.events import (BudgetPlanned, BudgetWarning, CandidateAccepted, CandidateEvaluated, Event,
+                                  OutputWarning, RunFinished, RunStarted, SeedEvaluated, TestEvaluated)
 from flowbot.optim.backward import GradContext
 from flowbot.optim.inner import InnerConfig, InnerLoop
 from flowbot.optim.operators import OperatorContext

@@ -262,8 +262,8 @@ class UnknownEvent(Event):
 
 #: what this version emits, by logged type
 EVENT_TYPES: dict[str, type[Event]] = {cls.type: cls for cls in (
-    RunStarted, SeedEvaluated, BudgetPlanned, BudgetWarning, OutputWarning, ProposalMade, CandidateRejected, CandidateEvaluated,
-    CandidateAccepted, InnerStep, InnerCandidate, Patience, TestEvaluated, RunFinished)}
+    RunStarted, SeedEvaluated, BudgetPlanned, BudgetWarning, OutputWarning, ProposalMade, CandidateRejected,
+    CandidateEvaluated, CandidateAccepted, InnerStep, InnerCandidate, Patience, TestEvaluated, RunFinished)}
 #: what only older versions wrote
 LEGACY_EVENT_TYPES: dict[str, type[Event]] = {cls.type: cls for cls in (
     CandidateProposed, EditRepaired, InnerPatience, OuterPatience)}

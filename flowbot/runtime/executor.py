@@ -198,10 +198,10 @@ class Executor:
                           tool_names: list[str], record: NodeRun) -> str:
         """Think-act-observe: the model may call tools by name until it answers or runs out of steps
         (the last observation asks for the final answer, and the reply to it, made without the stop
-        sequence, is the answer). A tool that fails, or one
-        this step may not call, is observed as an error, so the model can go on. Extra tool
-        arguments come from workflow inputs named in ``config["tool_args"]`` (e.g. the passages a
-        retrieval tool searches, which the prompt itself does not show)."""
+        sequence, is the answer). A tool that fails, or one this step may not call, is observed as
+        an error, so the model can go on. Extra tool arguments come from workflow inputs named in
+        ``config["tool_args"]`` (e.g. the passages a retrieval tool searches, which the prompt itself
+        does not show)."""
         bindings: dict[str, dict[str, str]] = params.config.get("tool_args", {})
         for step in range(params.max_tool_steps + 1):
             stop = ["Observation:"] if step < params.max_tool_steps else None
@@ -223,9 +223,10 @@ class Executor:
             except ToolError as exc:
                 observation = f"error: {exc}"
             record.steps.append({"tool": name, "input": arg, "observation": observation})
+            last = step + 1 == params.max_tool_steps
             messages = messages + [
                 {"role": "assistant", "content": reply[: action.end]},
-                {"role": "user", "content": prompts.observation_text(observation, last=step + 1 == params.max_tool_steps)},
+                {"role": "user", "content": prompts.observation_text(observation, last=last)},
             ]
         return reply  # pragma: no cover - the loop always returns
 

@@ -12,29 +12,7 @@ COMMON="--task gsm8k --model qwen2.5-coder-0.5b --optimizer-model qwen2.5-coder-
   --train-size 50 --val-size 50 --test-size 150 --seed 0 --concurrency 1 \
   --budget-calls 500 --budget-scope search"
 
-# Each run starts from a copy of the baselines' cache: the seed's validation and test answers are the
-# same calls in every method, free to all of them alike (a cache hit another run paid for is not charged).
-seed_cache() {
-  if [ ! -e "$1/cache.sqlite" ]; then
-    mkdir -p "$1"
-    python -c "import sqlite3,sys; sqlite3.connect(sys.argv[1]).backup(sqlite3.connect(sys.argv[2]))" \
-      "$BASE/cache.sqlite" "$1/cache.sqlite"
-  fi
-}
-
-run() {  # name, extra options
-  local name=$1; shift
-  # a finished run is not resumed: resuming re-executes it from its cache, and code changed since
-  # could take it past where it ended; its table comes from results/protocol.py
-  # (a run ended by its STOP file also logs run_finished, with the stop as its reason: that one resumes)
-  local last
-  last=$(tail -n 1 "$OUT/$name/events.jsonl" 2>/dev/null || true)
-  if grep -q '"type": "run_finished"' <<<"$last" && ! grep -q '"stopped": "stop file' <<<"$last"; then
-    echo "$name: finished (see $OUT/$name/summary.json)"; return
-  fi
-  seed_cache "$OUT/$name"
-  flowbot optimize $COMMON "$@" --run-dir "$OUT/$name"
-}
+. results/search_runs.sh  # seed_cache, finished, run
 
 for method in "${@:-flowbot aflow inner-only feedback-global}"; do
   for m in $method; do

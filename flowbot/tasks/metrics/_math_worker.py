@@ -32,6 +32,11 @@ T = TypeVar("T")
 
 #: CPU seconds a request may use beyond its own limit before the kernel ends the worker
 BACKSTOP_SECONDS = 10
+
+
+def cpu_seconds(timeout: int) -> int:
+    """A check's CPU time: two parses that may each parse twice, and a comparison, share it."""
+    return 4 * timeout
 #: whether this platform can limit CPU time (else math-verify's wall-clock alarms stay on)
 CPU_LIMITS = hasattr(signal, "setitimer") and resource is not None
 
@@ -108,7 +113,7 @@ def verify_answers(pred: str, gold: str, timeout: int) -> bool:
     try:
         if not CPU_LIMITS:  # pragma: no cover - Windows: math-verify's own timeouts
             return _verify(pred, gold, timeout)
-        return within_cpu_time(4 * timeout, _verify, pred, gold, None)
+        return within_cpu_time(cpu_seconds(timeout), _verify, pred, gold, None)
     except (Exception, CpuTimeout):  # bad LaTeX, SymPy errors, out of time: not shown to be equal
         return False
 
@@ -126,7 +131,7 @@ def main() -> None:
             request = json.loads(line)
             timeout = int(request["timeout"])
             if CPU_LIMITS:
-                arm_kernel_backstop(4 * timeout + BACKSTOP_SECONDS)
+                arm_kernel_backstop(cpu_seconds(timeout) + BACKSTOP_SECONDS)
             equal = verify_answers(str(request["pred"]), str(request["gold"]), timeout)
         except Exception:
             equal = False

@@ -38,7 +38,7 @@ from flowbot.tasks.metrics.numeric import parse_number
 
 __all__ = ["close_worker_pool", "math_equiv", "math_gold", "math_score", "normalize_math_answer"]
 
-#: worker processes used for calls from non-main threads
+#: worker processes, shared by every calling thread
 POOL_SIZE = 2
 #: wall seconds a new worker may take to start (Python + math-verify + SymPy imports: about 2 s of
 #: CPU, but a minute or more on a machine whose cores a model holds; one that cannot start exits at once)
