@@ -273,6 +273,9 @@ def _make_config(method: str, objective: str, cost_weight: float, inner: Any, ou
         raise FlowBotError(f"unknown proposal policy {outer_cfg.proposal!r}; use 'llm' or 'fixed'")
     if outer_cfg.schedule not in ("tune-first", "alternate"):
         raise FlowBotError(f"unknown schedule {outer_cfg.schedule!r}; use 'tune-first' or 'alternate'")
+    if inner_cfg.demo_teacher not in ("task", "optimizer"):
+        raise FlowBotError(f"unknown demo teacher {inner_cfg.demo_teacher!r}; use 'task' or 'optimizer'",
+                           where="inner.demo_teacher")
     margin, alpha = race_cfg.margin, race_cfg.alpha
     if not isinstance(margin, int) or isinstance(margin, bool) or margin < 1:
         raise FlowBotError(f"must be a whole number of at least 1, got {margin!r}", where="racing.margin")

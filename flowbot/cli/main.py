@@ -303,6 +303,9 @@ def optimize(
     demo_bootstrap: int = typer.Option(D.DEMO_BOOTSTRAP, "--demo-bootstrap", help="Training examples a tuning "
                                        "may run, beyond its minibatches, to fill a demo set up to --demos before "
                                        "racing it (0: a set holds only what the minibatches solved)."),
+    demo_teacher: str = typer.Option(D.DEMO_TEACHER, "--demo-teacher", help="Whose solved runs become demos: "
+                                     "task (the task model's own) or optimizer (a teacher: the optimizer model "
+                                     "solves the minibatch's failed examples, then up to --demo-bootstrap more)."),
     proposal: str = typer.Option(D.PROPOSAL, "--proposal", help="llm (the optimizer critiques the structure and "
                                  "picks an edit) or fixed (ablation: a fixed order over the operator menu)."),
     schedule: str = typer.Option(D.SCHEDULE, "--schedule", help="tune-first (tune the seed, then "
@@ -360,6 +363,7 @@ def optimize(
                     "--concurrency": (concurrency, 1), "--margin": (margin, 1), "--workers": (workers, 1)},
                    maxima={"--alpha": (alpha, 0.0, 1.0)},
                    choices={"--feedback": (feedback, ("backward", "global")), "--step": (step, ("rule", "rewrite")),
+                            "--demo-teacher": (demo_teacher, ("task", "optimizer")),
                             "--method": (method, ("flowbot", "inner-only", "aflow")),
                             "--objective": (objective, ("score", "cost"))})
     _sandbox_policy(sandbox)
@@ -412,7 +416,8 @@ def optimize_settings(options: dict[str, Any]) -> dict[str, Any]:
         evaluate_test=not options["no_test"], progress=True, budget_scope=options["budget_scope"],
         inner=_given(steps=options["steps"], minibatch_size=options["minibatch"], candidates=options["candidates"],
                      feedback=options["feedback"], demos=options["demos"], demo_sets=options["demo_sets"],
-                     demo_bootstrap=options["demo_bootstrap"], step=options["step"],
+                     demo_bootstrap=options["demo_bootstrap"], demo_teacher=options["demo_teacher"],
+                     step=options["step"],
                      specificity_guard=options["specificity_guard"], seed=seed),
         outer=_given(rounds=options["rounds"], proposal=options["proposal"], schedule=options["schedule"]),
         aflow=_given(rounds=options["rounds"], seed=seed),

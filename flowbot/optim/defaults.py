@@ -27,6 +27,7 @@ CANDIDATES: Final = 1  # instruction rewrites proposed per node and step
 DEMOS: Final = 2  # few-shot demos to try per node (0 = off)
 DEMO_SETS: Final = 1  # demo sets raced per node and tuning (1: once, for a node that has none yet)
 DEMO_BOOTSTRAP: Final = 0  # training examples a tuning may run to fill a demo set (0: only minibatch successes)
+DEMO_TEACHER: Final = "task"  # which model's solved traces become demos: the task model's own, or the optimizer's
 FEEDBACK: Final = "backward"  # backward (layer by layer) or global (ablation)
 STEP: Final = "rewrite"  # rewrite (a blamed node's instruction whole) or rule (add one general rule to it)
 SPECIFICITY_GUARD: Final = True  # drop a change naming things of the minibatch's examples before paying for it

@@ -36,6 +36,7 @@ from flowbot.optim.policies import BlameOrder, MinibatchGate, MinibatchSampler, 
 from flowbot.optim.racing import Acceptance, PairedRacing, RaceResult
 from flowbot.optim.specificity import specific_terms
 from flowbot.runtime.batch import BatchResult, ExampleResult
+from flowbot.runtime.executor import Executor
 
 
 @dataclass
@@ -61,6 +62,11 @@ class InnerConfig:
     #: before racing it (DSPy's bootstrapping: run the program on training data until enough traces
     #: succeed); 0 = a set holds only what the minibatches solved
     demo_bootstrap: int = D.DEMO_BOOTSTRAP
+    #: whose solved traces become demos: ``task`` (the task model's own, as above) or ``optimizer``
+    #: (a teacher, as DSPy's BootstrapFewShot with a teacher: the optimizer model runs the workflow on
+    #: the minibatch's failed examples, then on up to ``demo_bootstrap`` more, and what it solves is shown
+    #: to the task model; its calls count as the optimizer's)
+    demo_teacher: Literal["task", "optimizer"] = D.DEMO_TEACHER
     minibatch_gate: bool = True
     full_score: float = 1.0
     max_nodes_per_step: int | None = None
@@ -167,6 +173,7 @@ class InnerLoop:
         self.gate = gate or MinibatchGate(self.cfg.minibatch_gate)
         self.node_order = node_selection or BlameOrder(self.cfg.max_nodes_per_step)
         self.plan = plan
+        self._teacher_eval: Evaluator | None = None
 
     async def optimize(self, workflow: Workflow, train: list[dict[str, Any]], val: list[dict[str, Any]],
                        label: str = "", *, val_result: BatchResult | None = None,
@@ -347,13 +354,15 @@ class InnerLoop:
         if current and self.cfg.demo_sets == 1:
             return forward  # one set per node: a node that has demos keeps them
         shown = state.demos_offered.setdefault(node.id, list(current))
+        teacher = self.cfg.demo_teacher == "optimizer"
         # training examples only: a demo drawn from a validation example would leak its answer; the
         # newest first, so a node tuned again (a later round) is offered demos it was not offered before
-        demos = self._fresh_demos(reversed(state.successes), node, shown, [])
+        demos = [] if teacher else self._fresh_demos(reversed(state.successes), node, shown, [])
         ran = 0
-        if len(demos) < self.cfg.demos and self.cfg.demo_bootstrap and self.affords_step(state, val):
+        if len(demos) < self.cfg.demos and (teacher or self.cfg.demo_bootstrap) and self.affords_step(state, val):
             state.usage_mark = self.meter.snapshot()  # the demo set's record carries what filling it cost
-            ran = await self._bootstrap(state, step, node, shown, demos, label)
+            ran = await (self._teach(state, step, node, shown, demos, forward, batch, label) if teacher
+                         else self._bootstrap(state, step, node, shown, demos, label))
         if not demos:
             if ran:  # the filling found nothing: its mark is not left for the next record
                 state.usage_mark = None
@@ -362,8 +371,7 @@ class InnerLoop:
         shown.extend(demos)
         candidate = wf.with_params(node.id, demos=demos)
         forward, _ = await self._judge(state, step, node.id, "demos", f"{len(current)} demos",
-                                       f"{len(demos)} demos", "bootstrapped from successful traces"
-                                       + (f" ({ran} training examples run to fill the set)" if ran else ""),
+                                       f"{len(demos)} demos", _demo_origin(teacher, ran),
                                        candidate, batch, forward, val, label, gate=False)
         return forward
 
@@ -395,6 +403,36 @@ class InnerLoop:
             state.successes.extend(solved)
             self._fresh_demos(solved, node, shown, demos)
         return ran
+
+    async def _teach(self, state: "_State", step: int, node: LLMNode, shown: list[Demo], demos: list[Demo],
+                     forward: BatchResult, batch: list[dict[str, Any]], label: str) -> int:
+        """Fill ``demos`` from the optimizer model's solved runs of the workflow: first on the
+        minibatch's examples the task model failed (what it most needs to be shown), then on up to
+        ``demo_bootstrap`` further training examples; returns how many examples the teacher ran."""
+        teacher = self._teacher()
+        failed = {r.example_id for r in forward.results if r.score < self.cfg.full_score}
+        queue = [ex for ex in batch if str(ex.get("id")) in failed]
+        ran, extra = 0, 0
+        while len(demos) < self.cfg.demos:
+            if not queue:
+                if extra >= self.cfg.demo_bootstrap:
+                    break
+                queue = state.sampler.next()[: self.cfg.demo_bootstrap - extra]
+                extra += len(queue)
+            chunk, queue = queue[: self.cfg.demos - len(demos)], queue[self.cfg.demos - len(demos):]
+            ran += len(chunk)
+            result = await teacher(state.workflow, chunk, f"{label}step {step}: the teacher solving for demos of {node.id}")
+            self._fresh_demos([r for r in result.results if r.score >= self.cfg.full_score], node, shown, demos)
+        return ran
+
+    def _teacher(self) -> Evaluator:
+        """The workflow run by the optimizer model in every step; a memo of its own, so its results
+        are never taken for the task model's."""
+        if self._teacher_eval is None:
+            ev = self.evaluate
+            self._teacher_eval = Evaluator(Executor(self.opt, tools=ev.executor.tools), ev.metric,
+                                           concurrency=ev.concurrency)
+        return self._teacher_eval
 
     async def _judge(self, state: "_State", step: int, node_id: str, change: str, old: str, new: str,
                      gradient: str, candidate: Workflow, batch: list[dict[str, Any]], forward: BatchResult,
@@ -443,6 +481,12 @@ class InnerLoop:
         price = projected_price(state.workflow, Price.of(state.val), candidate).at_least(Price.of(mb))
         return self.plan.affords_candidate(price, overhead=ZERO,
                                            raced_at=race_price(state.workflow, Price.of(state.val), candidate))
+
+
+def _demo_origin(teacher: bool, ran: int) -> str:
+    if teacher:
+        return f"solved by the optimizer model as teacher ({ran} training examples run)"
+    return "bootstrapped from successful traces" + (f" ({ran} training examples run to fill the set)" if ran else "")
 
 
 class _State:

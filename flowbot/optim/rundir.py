@@ -196,6 +196,7 @@ LEGACY_SETTINGS: dict[str, Any] = {
     "optimize.inner.specificity_guard": False,
     "optimize.inner.demo_sets": 1,
     "optimize.inner.demo_bootstrap": 0,
+    "optimize.inner.demo_teacher": "task",
 }
 
 

@@ -387,7 +387,8 @@ def _search_options(opt: dict[str, Any], method: Any) -> list[str]:
     if method != "aflow":
         from flowbot.optim.inner import InnerConfig
 
-        for option, key in (("--step", "step"), ("--demo-sets", "demo_sets"), ("--demo-bootstrap", "demo_bootstrap")):
+        for option, key in (("--step", "step"), ("--demo-sets", "demo_sets"), ("--demo-bootstrap", "demo_bootstrap"),
+                            ("--demo-teacher", "demo_teacher")):
             value = _dig(opt, "inner", key)
             if value is not None and value != getattr(InnerConfig, key):
                 out += [option, str(value)]

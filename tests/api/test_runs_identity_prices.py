@@ -298,7 +298,8 @@ def test_the_resume_command_of_a_no_test_run_resumes_it(tmp_path, monkeypatch):
 def test_the_rebuilt_command_keeps_the_inner_step_its_guard_its_demos_and_the_schedule(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with OpenAITestServer(reply="Answer: 42") as srv:
-        inner = {"steps": 0, "step": "rule", "specificity_guard": False, "demo_sets": 3, "demo_bootstrap": 7}
+        inner = {"steps": 0, "step": "rule", "specificity_guard": False, "demo_sets": 3, "demo_bootstrap": 7,
+                 "demo_teacher": "optimizer"}
         flowbot.optimize("gsm8k", model="served", base_url=srv.base_url, run_dir=tmp_path / "run", train_size=3,
                          val_size=2, test_size=2, inner=inner,
                          outer={"rounds": 0, "schedule": "alternate"}, budget={"calls": 40})
@@ -306,6 +307,7 @@ def test_the_rebuilt_command_keeps_the_inner_step_its_guard_its_demos_and_the_sc
         args = shlex.split(info.command)
         assert args[args.index("--step") + 1] == "rule" and "--no-specificity-guard" in args
         assert args[args.index("--demo-sets") + 1] == "3" and args[args.index("--demo-bootstrap") + 1] == "7"
+        assert args[args.index("--demo-teacher") + 1] == "optimizer"
         assert args[args.index("--schedule") + 1] == "alternate" and info.not_resumable is None
         before = srv.request_count
         again = CliRunner().invoke(app, args[1:] + ["--no-report"])

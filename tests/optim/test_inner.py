@@ -415,6 +415,61 @@ async def test_demo_bootstrap_fills_a_set_from_further_solved_training_examples(
     assert "(1 training examples run to fill the set)" in short.gradient and short.new != "3 demos"
 
 
+def teaching_optimizer(solve=None) -> ScriptedLM:
+    """The optimizer's prompts as ``case_optimizer``'s (a rewrite that changes nothing), and, run as
+    the task model, ``solve`` (by default always right: it answers in upper case)."""
+    def upper(req: LMRequest, i: int) -> str:
+        return "Answer: " + field_value(last_user(req), "Question").upper()
+    rules = [(optimizer_prompt(name), reply) for name, reply in
+             (("loss", "The output is lowercase; the correct answer is uppercase."),
+              ("backward", "GRADIENT: require UPPERCASE output."),
+              ("rewrite", "<instruction>Repeat it.</instruction>"))]
+    return ScriptedLM(rules, default=solve or upper, model="optimizer")
+
+
+async def test_demo_teacher_shows_the_task_model_what_the_optimizer_model_solved():
+    # the task model solves no training example alone, so only a teacher can give it demos
+    train, val = examples("t", 8), examples("v", 3)
+
+    async def tune(teacher, bootstrap=0):
+        cfg = InnerConfig(steps=1, demos=2, demo_teacher=teacher, demo_bootstrap=bootstrap, minibatch_size=3,
+                          minibatch_gate=False)
+        loop = build(upper_when_shown_demos(), teaching_optimizer(), cfg)
+        return loop, await loop.optimize(one_node(), train, val)
+
+    _, alone = await tune("task", bootstrap=5)
+    assert not alone.workflow.params["answer"].demos and alone.val_score == 0.0
+    loop, taught = await tune("optimizer")
+    (step,) = [s for s in taught.steps if s.change == "demos"]
+    demos = taught.workflow.params["answer"].demos
+    assert step.accepted and taught.val_score == 1.0 and len(demos) == 2
+    assert "optimizer model as teacher (2 training examples run)" in step.gradient
+    # the teacher ran only the minibatch's failures it needed, and its calls are the optimizer's
+    assert {d.inputs["question"] for d in demos} <= {ex["question"] for ex in train[:8]}
+    assert all(d.output == "Answer: " + d.inputs["question"].upper() for d in demos)
+    assert step.cost["optimizer"]["calls"] >= 2 and step.cost["task"]["calls"] == 3 + 3
+    # the teacher's results are its own: the task model still fails the examples the teacher solved
+    solved = [ex for ex in train if ex["question"] in {d.inputs["question"] for d in demos}]
+    assert (await loop.evaluate(one_node(), solved)).score == 0.0
+
+
+async def test_demo_teacher_goes_on_to_further_training_examples_up_to_its_cap():
+    # the teacher fails the odd examples: the minibatch's failures give one demo, the bootstrap the rest
+    def solve(req: LMRequest, i: int) -> str:
+        q = field_value(last_user(req), "Question")
+        return "Answer: " + (q.upper() if int(q[-1]) % 2 == 0 else q)
+    teacher = teaching_optimizer(solve)
+    train = examples("t", 10)
+    for bootstrap, demos in ((0, 1), (6, 2)):
+        cfg = InnerConfig(steps=1, demos=2, demo_teacher="optimizer", demo_bootstrap=bootstrap, minibatch_size=2,
+                          minibatch_gate=False)
+        result = await build(upper_when_shown_demos(), teacher, cfg).optimize(one_node(), train, examples("v", 3))
+        (step,) = [s for s in result.steps if s.change == "demos"]
+        assert step.new == f"{demos} demos"
+        ran = int(re.search(r"\((\d+) training examples run\)", step.gradient).group(1))
+        assert ran == 2 if bootstrap == 0 else 2 < ran <= 2 + bootstrap
+
+
 def test_parsers_are_forgiving():
     g, up = parse_backward("GRADIENT: be precise\nmore detail\nFEEDBACK[x]: none\nFEEDBACK[y]: wrong", ["x", "y"])
     assert g == "be precise\nmore detail" and up == {"x": "", "y": "wrong"}

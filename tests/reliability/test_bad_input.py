@@ -58,6 +58,8 @@ CASES = {
     "zero minibatch": (["optimize", *data("d.jsonl"), "--minibatch", "0", "--run-dir", "run"], "--minibatch"),
     "negative --demo-bootstrap": (["optimize", *data("d.jsonl"), "--demo-bootstrap", "-2", "--run-dir", "run"],
                                   "--demo-bootstrap: must be at least 0, got -2"),
+    "typo in --demo-teacher": (["optimize", *data("d.jsonl"), "--demo-teacher", "optimiser", "--run-dir", "run"],
+                               "--demo-teacher: unknown value 'optimiser'"),
     "negative limit": (["eval", *data("d.jsonl"), "--limit", "-3"], "--limit"),
     "typo in --feedback": (["optimize", *data("d.jsonl"), "--feedback", "local", "--run-dir", "run"],
                            "--feedback: unknown value 'local'"),
@@ -108,7 +110,8 @@ def test_the_python_api_names_the_setting(tmp_path):
                        ({"inner": {"feedback": "local"}}, "inner.feedback"), ({"val_size": 0}, "val_size"),
                        ({"budget": {"cals": 5}}, "cals"), ({"racing": {"margin": 0}}, "racing.margin"),
                        ({"racing": {"alpha": 1.5}}, "racing.alpha"),
-                       ({"inner": {"demo_bootstrap": -1}}, "inner.demo_bootstrap")]:
+                       ({"inner": {"demo_bootstrap": -1}}, "inner.demo_bootstrap"),
+                       ({"inner": {"demo_teacher": "teacher"}}, "inner.demo_teacher")]:
         with pytest.raises(FlowBotError, match=where):
             flowbot.optimize(task, model="m", providers=lm, run_dir=tmp_path / "run", **bad)
         assert not (tmp_path / "run").exists()
