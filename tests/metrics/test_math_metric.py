@@ -191,7 +191,10 @@ def test_cpu_limit_ends_a_check_that_computes_too_long() -> None:
     started = time.process_time()
     with pytest.raises(worker_module.CpuTimeout):
         worker_module.within_cpu_time(0.3, spin)
-    assert time.process_time() - started >= 0.25  # it computed until its limit (timer ticks are coarse)
+    # it computed for a good part of its limit: the kernel charges the profiling timer a whole tick to
+    # whichever task holds the CPU at the tick, so on a busy machine it can expire up to ~40% early
+    # (measured: 0.63 s of CPU for a 1 s limit next to a run holding both cores)
+    assert time.process_time() - started >= 0.1
 
 
 def test_cpu_timeout_is_not_swallowed_by_except_exception() -> None:
