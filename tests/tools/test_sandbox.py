@@ -284,8 +284,9 @@ async def test_concurrent_runs_are_independent(isolation: str) -> None:
 async def test_no_process_survives_the_run(ns_only: None) -> None:
     # A grandchild that leaves the session and becomes a different program: the PID namespace
     # still takes it down when the run ends, on a clean exit and on a timeout alike.
-    # (the busy loop gets 4 s, so that a starved test process still sees its grandchild before it ends)
-    for tail, timeout in (("time.sleep(1)\nprint('done')", 5.0), ("while True:\n    pass", 4.0)):
+    # (the program outlives the start of its grandchild by seconds, so that a test process starved by a
+    # busy machine still sees the grandchild before the run ends: at 1 s it did not, next to an experiment)
+    for tail, timeout in (("time.sleep(3)\nprint('done')", 30.0), ("time.sleep(600)", 6.0)):
         token = f"{secrets.randbelow(10**6) + 10**6}.25"
         code = (f"import os, time\nif os.fork() == 0:\n    os.setsid()\n"
                 f"    os.execv('/bin/sleep', ['sleep', {token!r}])\n{tail}")
