@@ -24,7 +24,8 @@ from typing import Any
 
 BASELINES = ("io", "cot", "sc3", "react", "react-v2")
 METHODS = ("inner-only", "aflow", "flowbot", "flowbot-v2", "flowbot-v3", "feedback-global",
-           "inner-only-v2", "aflow-v2", "flowbot-v4", "inner-only-v3", "flowbot-v5")
+           "inner-only-v2", "aflow-v2", "flowbot-v4", "inner-only-v3", "flowbot-v5", "flowbot-teacher",
+           "inner-only-teacher")
 LABELS = {"io": "IO", "cot": "CoT (the seed)", "sc3": "CoT-SC (3 samples)", "react": "ReAct",
           "react-v2": "ReAct, tool calls read leniently",
           "inner-only": "prompt-only (inner loop)", "aflow": "AFlow-style search",
@@ -33,7 +34,9 @@ LABELS = {"io": "IO", "cot": "CoT (the seed)", "sc3": "CoT-SC (3 samples)", "rea
           "inner-only-v2": "prompt-only, alpha 0.25", "aflow-v2": "AFlow-style search, alpha 0.25",
           "flowbot-v4": "FlowBot, run 4 (alpha 0.25)",
           "inner-only-v3": "prompt-only, alpha 0.25, demo bootstrap 10",
-          "flowbot-v5": "FlowBot, run 5 (alpha 0.25, demo bootstrap 10)"}
+          "flowbot-v5": "FlowBot, run 5 (alpha 0.25, demo bootstrap 10)",
+          "flowbot-teacher": "FlowBot, demos from the optimizer model as teacher",
+          "inner-only-teacher": "prompt-only, demos from the optimizer model as teacher"}
 
 
 def baseline_row(path: Path) -> dict[str, Any] | None:

@@ -3,7 +3,8 @@
 # each from the CoT seed with the same search budget (500 calls of
 # all roles together; the test evaluation is outside it and reported apart: --budget-scope search).
 # Resumable: run it again and nothing already paid for is paid again.
-#   results/gsm8k-0.5b/methods.sh [flowbot|aflow|inner-only|feedback-global]...   (default: all four, in this order)
+#   results/gsm8k-0.5b/methods.sh [flowbot|aflow|inner-only|feedback-global|flowbot-teacher|inner-only-teacher]...
+#   (default: the first four, in this order)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=results/gsm8k-0.5b
@@ -26,6 +27,10 @@ for method in "${@:-flowbot aflow inner-only feedback-global}"; do
       inner-only)      run inner-only --inner-only --step rule --alpha 0.25 --demo-bootstrap 10 ;;
       aflow)           run aflow --method aflow --rounds 8 --alpha 0.25 ;;
       flowbot)         run flowbot --rounds 8 --schedule alternate --step rule --alpha 0.25 --demo-bootstrap 10 ;;
+      # planned on 8 Dec before any phase 2 search finished (README): the same runs with the 1.5B writing
+      # the 0.5B's demos (--demo-teacher optimizer), FlowBot and prompt-only alike
+      flowbot-teacher) run flowbot-teacher --rounds 8 --schedule alternate --step rule --alpha 0.25 --demo-bootstrap 10 --demo-teacher optimizer ;;
+      inner-only-teacher) run inner-only-teacher --inner-only --step rule --alpha 0.25 --demo-bootstrap 10 --demo-teacher optimizer ;;
       feedback-global) run feedback-global --rounds 8 --schedule alternate --step rule --alpha 0.25 --demo-bootstrap 10 --feedback global ;;
       *) echo "unknown method $m" >&2; exit 2 ;;
     esac

@@ -32,4 +32,5 @@ for w in io sc3 react; do
   evaluate $BASE/test-$w.json --split test --limit 150 -w $w
 done
 [ "$STAGE" = baselines ] && exit 0
-exec "$OUT/methods.sh" aflow inner-only feedback-global
+# the protocol's comparators, then the teacher runs planned on 8 Dec (README), then the ablation
+exec "$OUT/methods.sh" aflow inner-only flowbot-teacher inner-only-teacher feedback-global
