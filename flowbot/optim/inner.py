@@ -361,8 +361,10 @@ class InnerLoop:
         ran = 0
         if len(demos) < self.cfg.demos and (teacher or self.cfg.demo_bootstrap) and self.affords_step(state, val):
             state.usage_mark = self.meter.snapshot()  # the demo set's record carries what filling it cost
-            ran = await (self._teach(state, step, node, shown, demos, forward, batch, label) if teacher
-                         else self._bootstrap(state, step, node, shown, demos, label))
+            # the teacher starts on the minibatch's examples the task model failed: what it most needs shown
+            failed = {r.example_id for r in forward.results if r.score < self.cfg.full_score}
+            first = [ex for ex in batch if str(ex.get("id")) in failed] if teacher else []
+            ran = await self._fill(state, step, node, shown, demos, label, teacher, first)
         if not demos:
             if ran:  # the filling found nothing: its mark is not left for the next record
                 state.usage_mark = None
@@ -389,40 +391,30 @@ class InnerLoop:
                     demos.append(demo)
         return demos
 
-    async def _bootstrap(self, state: "_State", step: int, node: LLMNode, shown: list[Demo], demos: list[Demo],
-                         label: str) -> int:
-        """Run the workflow on further training examples (from the loop's sampler, so an epoch still
-        walks every example once) until ``demos`` is full or ``demo_bootstrap`` examples have run;
-        returns how many ran. What they solve joins the run's pool of solved examples."""
-        ran = 0
-        while len(demos) < self.cfg.demos and ran < self.cfg.demo_bootstrap:
-            batch = state.sampler.next()[: self.cfg.demo_bootstrap - ran]
-            ran += len(batch)
-            result = await self.evaluate(state.workflow, batch, f"{label}step {step}: bootstrapping demos of {node.id}")
-            solved = [r for r in result.results if r.score >= self.cfg.full_score]
-            state.successes.extend(solved)
-            self._fresh_demos(solved, node, shown, demos)
-        return ran
-
-    async def _teach(self, state: "_State", step: int, node: LLMNode, shown: list[Demo], demos: list[Demo],
-                     forward: BatchResult, batch: list[dict[str, Any]], label: str) -> int:
-        """Fill ``demos`` from the optimizer model's solved runs of the workflow: first on the
-        minibatch's examples the task model failed (what it most needs to be shown), then on up to
-        ``demo_bootstrap`` further training examples; returns how many examples the teacher ran."""
-        teacher = self._teacher()
-        failed = {r.example_id for r in forward.results if r.score < self.cfg.full_score}
-        queue = [ex for ex in batch if str(ex.get("id")) in failed]
-        ran, extra = 0, 0
+    async def _fill(self, state: "_State", step: int, node: LLMNode, shown: list[Demo], demos: list[Demo],
+                    label: str, teacher: bool, first: list[dict[str, Any]]) -> int:
+        """Fill ``demos`` from solved runs of the workflow on ``first``, then on up to
+        ``demo_bootstrap`` further training examples (from the loop's sampler, so an epoch still walks
+        every example once); returns how many examples ran. Run by the task model (DSPy's
+        bootstrapping: what it solves also joins the run's pool of solved examples) or by the teacher,
+        which runs only as many at a time as the set still needs (its calls are dearer)."""
+        evaluate = self._teacher() if teacher else self.evaluate
+        what = "the teacher solving for demos" if teacher else "bootstrapping demos"
+        queue, ran, drawn = list(first), 0, 0
         while len(demos) < self.cfg.demos:
             if not queue:
-                if extra >= self.cfg.demo_bootstrap:
+                if drawn >= self.cfg.demo_bootstrap:
                     break
-                queue = state.sampler.next()[: self.cfg.demo_bootstrap - extra]
-                extra += len(queue)
-            chunk, queue = queue[: self.cfg.demos - len(demos)], queue[self.cfg.demos - len(demos):]
+                queue = state.sampler.next()[: self.cfg.demo_bootstrap - drawn]
+                drawn += len(queue)
+            take = self.cfg.demos - len(demos) if teacher else len(queue)
+            chunk, queue = queue[:take], queue[take:]
             ran += len(chunk)
-            result = await teacher(state.workflow, chunk, f"{label}step {step}: the teacher solving for demos of {node.id}")
-            self._fresh_demos([r for r in result.results if r.score >= self.cfg.full_score], node, shown, demos)
+            result = await evaluate(state.workflow, chunk, f"{label}step {step}: {what} of {node.id}")
+            solved = [r for r in result.results if r.score >= self.cfg.full_score]
+            if not teacher:
+                state.successes.extend(solved)
+            self._fresh_demos(solved, node, shown, demos)
         return ran
 
     def _teacher(self) -> Evaluator:

@@ -14,6 +14,8 @@ COMMON="--task gsm8k --model qwen2.5-coder-0.5b --optimizer-model qwen2.5-coder-
   --budget-calls 500 --budget-scope search"
 
 . results/search_runs.sh  # seed_cache, finished, run
+FLOWBOT="--rounds 8 --schedule alternate --step rule --alpha 0.25 --demo-bootstrap 10"
+PROMPT_ONLY="--inner-only --step rule --alpha 0.25 --demo-bootstrap 10"
 
 for method in "${@:-flowbot aflow inner-only feedback-global}"; do
   for m in $method; do
@@ -24,14 +26,14 @@ for method in "${@:-flowbot aflow inner-only feedback-global}"; do
       # change that leaned positive, and the 0.5B solves about 3 questions in 10, so a minibatch of 5
       # yields demo sets of one example without the filling. Every method races at the same alpha;
       # prompt-only and the backward-pass ablation use the same inner loop.
-      inner-only)      run inner-only --inner-only --step rule --alpha 0.25 --demo-bootstrap 10 ;;
+      inner-only)      run inner-only $PROMPT_ONLY ;;
       aflow)           run aflow --method aflow --rounds 8 --alpha 0.25 ;;
-      flowbot)         run flowbot --rounds 8 --schedule alternate --step rule --alpha 0.25 --demo-bootstrap 10 ;;
+      flowbot)         run flowbot $FLOWBOT ;;
       # planned on 8 Dec before any phase 2 search finished (README): the same runs with the 1.5B writing
-      # the 0.5B's demos (--demo-teacher optimizer), FlowBot and prompt-only alike
-      flowbot-teacher) run flowbot-teacher --rounds 8 --schedule alternate --step rule --alpha 0.25 --demo-bootstrap 10 --demo-teacher optimizer ;;
-      inner-only-teacher) run inner-only-teacher --inner-only --step rule --alpha 0.25 --demo-bootstrap 10 --demo-teacher optimizer ;;
-      feedback-global) run feedback-global --rounds 8 --schedule alternate --step rule --alpha 0.25 --demo-bootstrap 10 --feedback global ;;
+      # the 0.5B's demos, FlowBot and prompt-only alike
+      flowbot-teacher) run flowbot-teacher $FLOWBOT --demo-teacher optimizer ;;
+      inner-only-teacher) run inner-only-teacher $PROMPT_ONLY --demo-teacher optimizer ;;
+      feedback-global) run feedback-global $FLOWBOT --feedback global ;;
       *) echo "unknown method $m" >&2; exit 2 ;;
     esac
   done
